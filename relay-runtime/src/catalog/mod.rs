@@ -1,0 +1,9 @@
+//! The relay's SQL catalog: connections, schema migrations, pipeline loading, offsets, status.
+
+pub mod connect;
+pub mod offsets;
+pub mod pipelines;
+pub mod schema;
+pub mod status;
+
+pub use connect::{connect, connect_with_retry, redact_url, DbConnection};

@@ -1,0 +1,429 @@
+//! Command line: the seed README's flags and environment variables, plus subcommands.
+//! Every flag is global, so `pgtrickle-relay --postgres-url … run` and
+//! `pgtrickle-relay run --postgres-url …` both work; no subcommand means `run`.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::{self, pipelines, schema, status};
+use crate::config::redact::redact_config;
+use crate::config::{secrets, PipelineSpec};
+use crate::coordinator::{Coordinator, CoordinatorOptions};
+use crate::outbox::OutboxTable;
+use crate::state::{default_worker_id, RelayState};
+use crate::telemetry::{self, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(name = "pgtrickle-relay", version, about = "Relay between pg_trickle outbox/inbox tables and message brokers", propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// PostgreSQL connection (URL or key=value string); `${ENV:NAME}` placeholders are expanded
+    #[arg(long, env = "PGTRICKLE_RELAY_POSTGRES_URL", global = true, hide_env_values = true)]
+    pub postgres_url: Option<String>,
+    /// Address of the /metrics, /health, /livez and /readyz server
+    #[arg(long, env = "PGTRICKLE_RELAY_METRICS_ADDR", default_value = "0.0.0.0:9090", global = true)]
+    pub metrics_addr: SocketAddr,
+    /// Log format on stderr
+    #[arg(long, env = "PGTRICKLE_RELAY_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+    /// Log filter (`info`, `debug`, `relay_runtime=debug,warn`); RUST_LOG wins when set
+    #[arg(long, env = "PGTRICKLE_RELAY_LOG_LEVEL", default_value = "info", global = true)]
+    pub log_level: String,
+    /// Relay group: instances of one group share the pipelines and their offsets
+    #[arg(long, env = "PGTRICKLE_RELAY_GROUP_ID", default_value = "default", global = true)]
+    pub relay_group_id: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// How often to look for pipelines to own (notifications trigger it sooner), e.g. 5s, 500ms
+    #[arg(long, env = "PGTRICKLE_RELAY_DISCOVERY_INTERVAL", default_value = "5s", value_parser = parse_duration, global = true)]
+    pub discovery_interval: Duration,
+    /// How long a graceful stop may take to finish and commit in-flight batches
+    #[arg(long, env = "PGTRICKLE_RELAY_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration, global = true)]
+    pub shutdown_timeout: Duration,
+    /// Do not install or upgrade the relay catalog at start (fail if it is missing or older)
+    #[arg(long, env = "PGTRICKLE_RELAY_NO_MIGRATE", global = true)]
+    pub no_migrate: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the relay (the default)
+    Run,
+    /// Install or upgrade the relay catalog in schema pgtrickle, then exit
+    Migrate,
+    /// Validate every pipeline in the catalog; exit 1 if any is invalid
+    Check,
+    /// Inspect and manage pipelines
+    #[command(subcommand)]
+    Pipelines(PipelinesCommand),
+    /// Run the relay on a demo pipeline (a pg_trickle-shaped outbox → stdout)
+    Demo(crate::demo::DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PipelinesCommand {
+    /// List pipelines with their status
+    List {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one pipeline: config (secrets redacted) and status
+    Show { name: String },
+    /// Enable a pipeline (pgtrickle.enable_relay)
+    Enable { name: String },
+    /// Disable a pipeline (pgtrickle.disable_relay)
+    Disable { name: String },
+    /// Delete a pipeline (pgtrickle.delete_relay)
+    Delete { name: String },
+}
+
+/// `5s`, `500ms`, `2m`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("'{s}' is not a duration (use e.g. 5s, 500ms, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("'{s}': unknown unit '{unit}' (use ms, s, m or h)")),
+    };
+    if !(secs.is_finite() && secs > 0.0) {
+        return Err(format!("'{s}' must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Entry point used by `main`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.global.log_format, &cli.global.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(dispatch(cli))
+}
+
+async fn dispatch(cli: Cli) -> ExitCode {
+    let url = match postgres_url(&cli.global) {
+        Ok(url) => url,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        None | Some(Command::Run) => return run(&cli.global, &cli.run, url, CancellationToken::new()).await,
+        Some(Command::Migrate) => migrate_cmd(&url).await,
+        Some(Command::Check) => check_cmd(&url).await,
+        Some(Command::Pipelines(cmd)) => pipelines_cmd(&url, &cli.global.relay_group_id, cmd).await,
+        Some(Command::Demo(args)) => return crate::demo::run(&cli.global, &cli.run, url, args).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn postgres_url(g: &GlobalArgs) -> Result<String, String> {
+    let raw = g.postgres_url.as_deref().filter(|u| !u.trim().is_empty()).ok_or_else(|| {
+        "--postgres-url is required (or set PGTRICKLE_RELAY_POSTGRES_URL)".to_owned()
+    })?;
+    secrets::resolve_str(raw, "--postgres-url").map_err(|e| e.to_string())
+}
+
+/// Runs the relay until SIGINT/SIGTERM or `stop` fires.
+pub async fn run(g: &GlobalArgs, r: &RunArgs, url: String, stop: CancellationToken) -> ExitCode {
+    let shutdown = stop;
+    spawn_signal_handler(shutdown.clone());
+    let worker_id = default_worker_id();
+    let state = match RelayState::new(&g.relay_group_id, &worker_id) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("error: cannot register metrics: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (addr, server) = match crate::http::serve(state.clone(), g.metrics_addr, shutdown.clone()) {
+        Ok(ok) => ok,
+        Err(e) => {
+            tracing::error!(error = %e, "startup failed");
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"), metrics_addr = %addr, relay_group_id = %g.relay_group_id,
+        worker_id = %worker_id, postgres = %catalog::redact_url(&url), "pgtrickle-relay starting"
+    );
+    let Some(mut conn) = catalog::connect_with_retry(&url, "pgtrickle-relay", None, &shutdown).await else {
+        return ExitCode::SUCCESS;
+    };
+    let checked = if r.no_migrate { schema::verify(&conn.client).await } else { schema::migrate(&mut conn.client).await };
+    match checked {
+        Ok(v) => tracing::info!(catalog_version = v, "relay catalog ready"),
+        Err(e) => {
+            tracing::error!(error = %e, "relay catalog unusable");
+            eprintln!("error: {e}");
+            shutdown.cancel();
+            return ExitCode::FAILURE;
+        }
+    }
+    drop(conn);
+    let coordinator = Coordinator::new(
+        state,
+        CoordinatorOptions {
+            postgres_url: url,
+            discovery_interval: r.discovery_interval,
+            stop_timeout: r.shutdown_timeout,
+        },
+    );
+    let clean = coordinator.run(shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = server.await;
+    if clean {
+        tracing::info!("pgtrickle-relay stopped");
+        ExitCode::SUCCESS
+    } else {
+        tracing::error!(timeout = ?r.shutdown_timeout, "some pipelines did not finish within --shutdown-timeout; their last batch will be relayed again");
+        ExitCode::FAILURE
+    }
+}
+
+fn spawn_signal_handler(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut term) = signal(SignalKind::terminate()) else { return };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+        tracing::info!("shutdown requested; finishing in-flight batches");
+        shutdown.cancel();
+    });
+}
+
+async fn connect_once(url: &str) -> anyhow::Result<catalog::DbConnection> {
+    catalog::connect(url, "pgtrickle-relay-cli", None)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL at {}: {e}", catalog::redact_url(url)))
+}
+
+async fn migrate_cmd(url: &str) -> anyhow::Result<ExitCode> {
+    let mut conn = connect_once(url).await?;
+    let v = schema::migrate(&mut conn.client).await?;
+    println!("relay catalog installed (version {v})");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn check_cmd(url: &str) -> anyhow::Result<ExitCode> {
+    let conn = connect_once(url).await?;
+    schema::verify(&conn.client).await?;
+    let rows = pipelines::list(&conn.client).await?;
+    let mut bad = 0;
+    for row in &rows {
+        let verdict = match row.parse() {
+            Err(e) => Err(e.to_string()),
+            Ok(PipelineSpec::Forward(spec)) => match OutboxTable::resolve(&conn.client, &spec.outbox).await {
+                Ok(t) => match crate::sink::build(&spec.sink).await {
+                    Ok(_) => Ok(format!("{} -> {}", t.qualified(), spec.sink.kind.as_str())),
+                    Err(e) => Err(e.to_string()),
+                },
+                Err(e) => Err(e.to_string()),
+            },
+            Ok(PipelineSpec::Reverse(spec)) => Err(format!(
+                "reverse pipelines (source type '{}') are not available in this version yet",
+                spec.source_type
+            )),
+        };
+        let enabled = if row.enabled { "enabled" } else { "disabled" };
+        match verdict {
+            Ok(what) => println!("ok     {} ({}, {enabled}): {what}", row.name, row.direction.as_str()),
+            Err(e) => {
+                bad += 1;
+                println!("ERROR  {} ({}, {enabled}): {e}", row.name, row.direction.as_str());
+            }
+        }
+    }
+    println!("{} pipeline(s) checked, {bad} invalid", rows.len());
+    Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+async fn pipelines_cmd(url: &str, group: &str, cmd: PipelinesCommand) -> anyhow::Result<ExitCode> {
+    let conn = connect_once(url).await?;
+    match cmd {
+        PipelinesCommand::List { json } => {
+            let rows = pipelines::list(&conn.client).await?;
+            let statuses = status::read(&conn.client, group).await.unwrap_or_default();
+            let mut out = Vec::new();
+            for row in &rows {
+                let st = statuses.iter().find(|s| s.name == row.name && s.direction == row.direction);
+                let target = match row.parse() {
+                    Ok(PipelineSpec::Forward(f)) => f.sink.kind.as_str().to_owned(),
+                    Ok(PipelineSpec::Reverse(r)) => r.source_type,
+                    Err(_) => "?".to_owned(),
+                };
+                out.push(serde_json::json!({
+                    "name": row.name,
+                    "direction": row.direction.as_str(),
+                    "enabled": row.enabled,
+                    "backend": target,
+                    "state": st.map(|s| s.state.clone()).unwrap_or_else(|| if row.enabled { "unowned".into() } else { "disabled".into() }),
+                    "owner": st.and_then(|s| s.owner.clone()),
+                    "committed_offset": st.and_then(|s| s.committed_offset),
+                    "lag_rows": st.and_then(|s| s.lag_rows),
+                    "messages_total": st.map(|s| s.messages_total).unwrap_or(0),
+                    "errors_total": st.map(|s| s.errors_total).unwrap_or(0),
+                    "last_error": st.and_then(|s| s.last_error.clone()),
+                    "heartbeat_age_seconds": st.map(|s| s.heartbeat_age_seconds),
+                }));
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                print_table(&out);
+            }
+        }
+        PipelinesCommand::Show { name } => {
+            let rows: Vec<_> = pipelines::list(&conn.client).await?.into_iter().filter(|r| r.name == name).collect();
+            if rows.is_empty() {
+                anyhow::bail!("pipeline '{name}' not found");
+            }
+            let statuses = status::read(&conn.client, group).await.unwrap_or_default();
+            for row in rows {
+                let st = statuses.iter().find(|s| s.name == row.name && s.direction == row.direction);
+                let validation = match row.parse() {
+                    Ok(_) => serde_json::Value::String("ok".into()),
+                    Err(e) => serde_json::Value::String(e.to_string()),
+                };
+                let v = serde_json::json!({
+                    "name": row.name,
+                    "direction": row.direction.as_str(),
+                    "enabled": row.enabled,
+                    "config": redact_config(&row.config),
+                    "validation": validation,
+                    "status": st.map(|s| serde_json::json!({
+                        "state": s.state, "owner": s.owner, "committed_offset": s.committed_offset,
+                        "lag_rows": s.lag_rows, "messages_total": s.messages_total, "errors_total": s.errors_total,
+                        "last_error": s.last_error, "heartbeat_age_seconds": s.heartbeat_age_seconds,
+                    })),
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            }
+        }
+        PipelinesCommand::Enable { name } => {
+            pipelines::set_state(&conn.client, &name, pipelines::PipelineAction::Enable).await?;
+            println!("pipeline '{name}' enabled");
+        }
+        PipelinesCommand::Disable { name } => {
+            pipelines::set_state(&conn.client, &name, pipelines::PipelineAction::Disable).await?;
+            println!("pipeline '{name}' disabled");
+        }
+        PipelinesCommand::Delete { name } => {
+            pipelines::set_state(&conn.client, &name, pipelines::PipelineAction::Delete).await?;
+            println!("pipeline '{name}' deleted");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_table(rows: &[serde_json::Value]) {
+    let cols = ["name", "direction", "enabled", "backend", "state", "owner", "committed_offset", "lag_rows", "messages_total", "last_error"];
+    let cell = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "-".to_owned(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut widths: Vec<usize> = cols.iter().map(|c| c.len()).collect();
+    for r in rows {
+        for (i, c) in cols.iter().enumerate() {
+            widths[i] = widths[i].max(cell(&r[*c]).chars().count().min(60));
+        }
+    }
+    let line = |vals: Vec<String>| {
+        vals.iter().enumerate().map(|(i, v)| format!("{:w$}", v.chars().take(60).collect::<String>(), w = widths[i])).collect::<Vec<_>>().join("  ")
+    };
+    println!("{}", line(cols.iter().map(|c| c.to_uppercase()).collect()).trim_end());
+    for r in rows {
+        println!("{}", line(cols.iter().map(|c| cell(&r[*c])).collect()).trim_end());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn seed_flags_parse_with_defaults() {
+        let cli = Cli::try_parse_from(["pgtrickle-relay", "--postgres-url", "postgres://x@h/db"]).unwrap();
+        assert_eq!(cli.global.metrics_addr.to_string(), "0.0.0.0:9090");
+        assert_eq!(cli.global.log_format, LogFormat::Text);
+        assert_eq!(cli.global.log_level, "info");
+        assert_eq!(cli.global.relay_group_id, "default");
+        assert!(cli.command.is_none());
+        let cli = Cli::try_parse_from([
+            "pgtrickle-relay", "--postgres-url", "postgres://relay:password@localhost:5432/mydb",
+            "--metrics-addr", "0.0.0.0:9191", "--log-format", "json", "--relay-group-id", "dc1-relay",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.log_format, LogFormat::Json);
+        assert_eq!(cli.global.relay_group_id, "dc1-relay");
+        let cli = Cli::try_parse_from(["pgtrickle-relay", "pipelines", "list", "--relay-group-id", "g"]).unwrap();
+        assert_eq!(cli.global.relay_group_id, "g");
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+}

@@ -1,0 +1,221 @@
+//! Discovery and ownership: which pipelines this instance runs.
+//!
+//! Every `discovery_interval`, and at once on a `pgtrickle_relay_config` notification, the
+//! coordinator reads `list_relay_configs()`, stops workers whose pipeline was disabled, deleted
+//! or changed, and tries to own every enabled pipeline nobody owns:
+//! `pg_try_advisory_lock(hashtext(group), hashtext(name))` (contract §4.5) on a fresh
+//! connection that then becomes the worker's — so losing that connection releases the lock and
+//! fences the worker's commits at once. `pgtrickle_outbox_new` notifications (payload: the bare
+//! outbox table name) wake the matching forward worker without waiting for its poll interval.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::connect::Notification;
+use crate::catalog::{self, pipelines, status, DbConnection};
+use crate::config::{Direction, PipelineRow};
+use crate::pipeline::{self, WorkerLink};
+use crate::state::RelayState;
+
+pub const CONFIG_CHANNEL: &str = "pgtrickle_relay_config";
+pub const OUTBOX_CHANNEL: &str = "pgtrickle_outbox_new";
+
+#[derive(Debug, Clone)]
+pub struct CoordinatorOptions {
+    pub postgres_url: String,
+    pub discovery_interval: Duration,
+    /// Bound on how long stopping a worker (finishing its in-flight batch) may take.
+    pub stop_timeout: Duration,
+}
+
+struct Worker {
+    /// The config the worker runs with; a different one in the catalog restarts it.
+    config: serde_json::Value,
+    link: WorkerLink,
+    handle: JoinHandle<()>,
+}
+
+type Key = (String, Direction);
+
+pub struct Coordinator {
+    ctx: Arc<RelayState>,
+    opts: CoordinatorOptions,
+    workers: HashMap<Key, Worker>,
+}
+
+impl Coordinator {
+    pub fn new(ctx: Arc<RelayState>, opts: CoordinatorOptions) -> Self {
+        Self { ctx, opts, workers: HashMap::new() }
+    }
+
+    /// Runs until `shutdown` fires, then stops every worker (each finishes and commits its
+    /// in-flight batch). Returns false when some worker did not stop within the timeout.
+    pub async fn run(mut self, shutdown: CancellationToken) -> bool {
+        'reconnect: loop {
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let Some(conn) = catalog::connect_with_retry(&self.opts.postgres_url, "pgtrickle-relay", Some(tx), &shutdown).await else {
+                break 'reconnect;
+            };
+            if let Err(e) = conn.client.batch_execute(&format!("LISTEN {CONFIG_CHANNEL}; LISTEN {OUTBOX_CHANNEL}")).await {
+                tracing::warn!(error = %e, "cannot LISTEN; reconnecting");
+                continue 'reconnect;
+            }
+            self.ctx.set_catalog_connected(true);
+            // A reconnect may have missed notifications: resync at once.
+            self.discover(&conn).await;
+            self.ctx.set_ready(true);
+            let mut tick = tokio::time::interval(self.opts.discovery_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break 'reconnect,
+                    _ = conn.closed.cancelled() => {
+                        tracing::warn!("lost the catalog connection; reconnecting (workers keep running on their own connections)");
+                        self.ctx.set_catalog_connected(false);
+                        continue 'reconnect;
+                    }
+                    _ = tick.tick() => self.discover(&conn).await,
+                    Some(n) = rx.recv() => {
+                        let mut config_changed = false;
+                        let mut pending = Some(n);
+                        // Drain what is queued: a burst of changes costs one discovery.
+                        while let Some(n) = pending.take().or_else(|| rx.try_recv().ok()) {
+                            if n.channel == CONFIG_CHANNEL {
+                                tracing::debug!(payload = %n.payload, "relay config changed");
+                                config_changed = true;
+                            } else {
+                                self.wake(&n);
+                            }
+                        }
+                        if config_changed {
+                            self.discover(&conn).await;
+                        }
+                    }
+                }
+            }
+        }
+        self.ctx.set_ready(false);
+        self.stop_all().await
+    }
+
+    fn wake(&self, n: &Notification) {
+        for w in self.workers.values() {
+            if w.link.outbox_table.get().is_some_and(|t| *t == n.payload) {
+                w.link.wake.notify_one();
+            }
+        }
+    }
+
+    async fn discover(&mut self, conn: &DbConnection) {
+        // Reap workers that ended by themselves (lost their connection).
+        self.workers.retain(|(name, dir), w| {
+            let alive = !w.handle.is_finished();
+            if !alive {
+                tracing::info!(pipeline = %name, direction = dir.as_str(), "worker ended; will try to own the pipeline again");
+            }
+            alive
+        });
+        let rows = match pipelines::list(&conn.client).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list relay pipelines");
+                return;
+            }
+        };
+        let wanted: HashMap<Key, PipelineRow> =
+            rows.into_iter().filter(|r| r.enabled).map(|r| ((r.name.clone(), r.direction), r)).collect();
+
+        // Stop what was disabled, deleted or changed.
+        let stale: Vec<Key> = self
+            .workers
+            .iter()
+            .filter(|(k, w)| wanted.get(*k).is_none_or(|r| r.config != w.config))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in stale {
+            if let Some(w) = self.workers.remove(&key) {
+                tracing::info!(pipeline = %key.0, direction = key.1.as_str(), "pipeline disabled, deleted or changed; stopping its worker");
+                self.stop_worker(w).await;
+            }
+        }
+        if let Err(e) = status::prune(&conn.client, &self.ctx.group_id).await {
+            tracing::debug!(error = %e, "cannot prune status rows");
+        }
+
+        for (key, row) in wanted {
+            if self.workers.contains_key(&key) {
+                continue;
+            }
+            match self.try_own(conn, &row).await {
+                Ok(Some(worker_conn)) => {
+                    tracing::info!(pipeline = %row.name, direction = row.direction.as_str(), "acquired pipeline");
+                    let link = WorkerLink::new(CancellationToken::new());
+                    let handle = tokio::spawn(pipeline::run_worker(self.ctx.clone(), row.clone(), worker_conn, link.clone()));
+                    self.workers.insert(key, Worker { config: row.config, link, handle });
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(pipeline = %row.name, error = %e, "cannot try the pipeline's lock"),
+            }
+        }
+    }
+
+    /// Takes the pipeline's advisory lock on a new connection, or `None` if another session
+    /// holds it. A cheap `pg_locks` look first avoids opening connections for owned pipelines.
+    async fn try_own(&self, conn: &DbConnection, row: &PipelineRow) -> Result<Option<DbConnection>, tokio_postgres::Error> {
+        let held: bool = conn
+            .client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks
+                                 WHERE locktype = 'advisory' AND objsubid = 2 AND granted
+                                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                                   AND classid::int8 = (hashtext($1)::int8 & 4294967295)
+                                   AND objid::int8 = (hashtext($2)::int8 & 4294967295))",
+                &[&self.ctx.group_id, &row.name],
+            )
+            .await?
+            .get(0);
+        if held {
+            return Ok(None);
+        }
+        let app = format!("pgtrickle-relay {}", row.name);
+        let worker_conn = catalog::connect(&self.opts.postgres_url, &app, None).await?;
+        let got: bool = worker_conn
+            .client
+            .query_one("SELECT pg_try_advisory_lock(hashtext($1), hashtext($2))", &[&self.ctx.group_id, &row.name])
+            .await?
+            .get(0);
+        Ok(got.then_some(worker_conn))
+    }
+
+    async fn stop_worker(&self, w: Worker) {
+        w.link.cancel.cancel();
+        let mut handle = w.handle;
+        if tokio::time::timeout(self.opts.stop_timeout, &mut handle).await.is_err() {
+            tracing::warn!("worker did not stop in time; aborting it (its uncommitted batch will be relayed again)");
+            handle.abort();
+        }
+    }
+
+    async fn stop_all(&mut self) -> bool {
+        let workers: Vec<Worker> = self.workers.drain().map(|(_, w)| w).collect();
+        for w in &workers {
+            w.link.cancel.cancel();
+        }
+        let deadline = tokio::time::Instant::now() + self.opts.stop_timeout;
+        let mut clean = true;
+        for w in workers {
+            let mut handle = w.handle;
+            if tokio::time::timeout_at(deadline, &mut handle).await.is_err() {
+                handle.abort();
+                clean = false;
+            }
+        }
+        clean
+    }
+}

@@ -1,0 +1,19 @@
+//! pgtrickle-relay runtime: moves data between pg_trickle outbox/inbox tables and message brokers.
+//!
+//! SQL is the source of truth: pipelines live in the `pgtrickle.relay_*_config` tables, the
+//! relay installs and migrates its catalog itself ([`catalog`]), discovers and owns pipelines
+//! through advisory locks ([`coordinator`]) and runs one worker per owned pipeline ([`pipeline`]).
+
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod coordinator;
+pub mod demo;
+pub mod http;
+pub mod message;
+pub mod metrics;
+pub mod outbox;
+pub mod pipeline;
+pub mod sink;
+pub mod state;
+pub mod telemetry;

@@ -1,0 +1,207 @@
+//! The relay message (the wire JSON of contract §4.8), dedup keys and subject templates.
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// What happened to a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    Insert,
+    Update,
+    Delete,
+    /// A pg_trickle ≥ 0.46 summary outbox row (counts only, no rows).
+    Summary,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Insert => "insert",
+            Op::Update => "update",
+            Op::Delete => "delete",
+            Op::Summary => "summary",
+        }
+    }
+}
+
+/// One message per changed row. Field names and meaning follow contract §4.8; `before` is
+/// added for `update` messages (the row's previous values).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RelayMessage {
+    /// `<outbox_table>:<outbox_id>:<row_index>`: stable across redelivery, the key every
+    /// deduplicating target uses.
+    pub dedup_key: String,
+    pub subject: String,
+    pub payload: Value,
+    pub op: Op,
+    pub is_full_refresh: bool,
+    pub outbox_id: Option<i64>,
+    pub refresh_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before: Option<Value>,
+}
+
+/// The forward dedup key of contract §4.8.
+pub fn dedup_key(outbox_table: &str, outbox_id: i64, row_index: usize) -> String {
+    format!("{outbox_table}:{outbox_id}:{row_index}")
+}
+
+/// Values a template can refer to.
+#[derive(Debug, Clone, Copy)]
+pub struct TemplateVars<'a> {
+    pub stream_table: &'a str,
+    pub outbox_table: &'a str,
+    pub op: Op,
+    pub outbox_id: i64,
+    pub refresh_id: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    StreamTable,
+    OutboxTable,
+    Op,
+    OutboxId,
+    RefreshId,
+}
+
+/// A subject/topic template, parsed once: `{stream_table}`, `{outbox_table}`, `{op}`,
+/// `{outbox_id}`, `{refresh_id}`. Any other text — other braces included — is literal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    source: String,
+    segments: Vec<Segment>,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum TemplateError {
+    #[error("template is empty")]
+    Empty,
+}
+
+const VARIABLES: &[(&str, Segment)] = &[
+    ("{stream_table}", Segment::StreamTable),
+    ("{outbox_table}", Segment::OutboxTable),
+    ("{op}", Segment::Op),
+    ("{outbox_id}", Segment::OutboxId),
+    ("{refresh_id}", Segment::RefreshId),
+];
+
+impl Template {
+    pub fn parse(source: &str) -> Result<Self, TemplateError> {
+        if source.is_empty() {
+            return Err(TemplateError::Empty);
+        }
+        let mut segments = Vec::new();
+        let mut literal = String::new();
+        let mut rest = source;
+        'outer: while !rest.is_empty() {
+            if rest.starts_with('{') {
+                for (token, seg) in VARIABLES {
+                    if let Some(after) = rest.strip_prefix(token) {
+                        if !literal.is_empty() {
+                            segments.push(Segment::Literal(std::mem::take(&mut literal)));
+                        }
+                        segments.push(seg.clone());
+                        rest = after;
+                        continue 'outer;
+                    }
+                }
+            }
+            let mut chars = rest.chars();
+            if let Some(c) = chars.next() {
+                literal.push(c);
+            }
+            rest = chars.as_str();
+        }
+        if !literal.is_empty() {
+            segments.push(Segment::Literal(literal));
+        }
+        Ok(Self { source: source.to_owned(), segments })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    pub fn render(&self, vars: &TemplateVars<'_>) -> String {
+        let mut out = String::with_capacity(self.source.len() + 16);
+        for seg in &self.segments {
+            match seg {
+                Segment::Literal(s) => out.push_str(s),
+                Segment::StreamTable => out.push_str(vars.stream_table),
+                Segment::OutboxTable => out.push_str(vars.outbox_table),
+                Segment::Op => out.push_str(vars.op.as_str()),
+                Segment::OutboxId => {
+                    use std::fmt::Write;
+                    let _ = write!(out, "{}", vars.outbox_id);
+                }
+                Segment::RefreshId => out.push_str(vars.refresh_id.unwrap_or("")),
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn vars(op: Op) -> TemplateVars<'static> {
+        TemplateVars {
+            stream_table: "orders",
+            outbox_table: "outbox_orders",
+            op,
+            outbox_id: 42,
+            refresh_id: Some("0b5f6c2e-1111-4c4c-8888-000000000001"),
+        }
+    }
+
+    #[test]
+    fn seed_example_renders_stream_table_name() {
+        let t = Template::parse("pgtrickle.{stream_table}.{op}").unwrap();
+        assert_eq!(t.render(&vars(Op::Insert)), "pgtrickle.orders.insert");
+    }
+
+    #[test]
+    fn every_variable_renders_and_unknown_braces_stay() {
+        let t = Template::parse("{outbox_table}/{outbox_id}/{refresh_id}/{op}/{nope}/{").unwrap();
+        assert_eq!(
+            t.render(&vars(Op::Delete)),
+            "outbox_orders/42/0b5f6c2e-1111-4c4c-8888-000000000001/delete/{nope}/{"
+        );
+        let no_refresh = TemplateVars { refresh_id: None, ..vars(Op::Update) };
+        assert_eq!(Template::parse("a.{refresh_id}.{op}").unwrap().render(&no_refresh), "a..update");
+    }
+
+    #[test]
+    fn template_without_variables_and_multibyte_text() {
+        let t = Template::parse("fixed.subjekt.ü").unwrap();
+        assert_eq!(t.render(&vars(Op::Insert)), "fixed.subjekt.ü");
+        assert_eq!(Template::parse(""), Err(TemplateError::Empty));
+    }
+
+    #[test]
+    fn dedup_key_format_and_wire_json() {
+        assert_eq!(dedup_key("outbox_orders", 10, 3), "outbox_orders:10:3");
+        let m = RelayMessage {
+            dedup_key: dedup_key("outbox_orders", 10, 0),
+            subject: "pgtrickle.orders.insert".into(),
+            payload: json!({"id": 1}),
+            op: Op::Insert,
+            is_full_refresh: true,
+            outbox_id: Some(10),
+            refresh_id: None,
+            before: None,
+        };
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!(
+            v,
+            json!({"dedup_key":"outbox_orders:10:0","subject":"pgtrickle.orders.insert","payload":{"id":1},
+                   "op":"insert","is_full_refresh":true,"outbox_id":10,"refresh_id":null})
+        );
+    }
+}

@@ -1,0 +1,229 @@
+//! Reading pg_trickle outbox tables: finding them ([`OutboxTable::resolve`]), reading header
+//! rows in commit-order-safe batches ([`reader`]) and decoding their payloads ([`decode`]).
+
+pub mod decode;
+pub mod reader;
+
+use serde_json::Value;
+use tokio_postgres::Client;
+
+use crate::config::OutboxRef;
+
+/// PostgreSQL truncates identifiers to 63 bytes; pg_trickle cuts names at 63 characters.
+const MAX_IDENT: usize = 63;
+
+/// A resolved outbox: its header table, the stream table it belongs to and, if present, its
+/// claim-check delta table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxTable {
+    pub schema: String,
+    /// Bare header table name (`outbox_orders`): the dedup key prefix and `{outbox_table}`.
+    pub table: String,
+    /// Bare stream table name (`orders`): `{stream_table}` in templates.
+    pub stream_table: String,
+    pub has_claim_check_column: bool,
+    pub has_refresh_id_column: bool,
+    pub has_created_at_column: bool,
+    pub delta: Option<DeltaTable>,
+}
+
+/// The claim-check table (contract §1.3): pg_trickle's `row_op`/`row_data` columns, or the
+/// design's `op`/`payload`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaTable {
+    pub schema: String,
+    pub table: String,
+    pub op_column: String,
+    pub data_column: String,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ResolveError {
+    #[error("outbox table {schema}.{table} does not exist (stream table '{stream_table}'); enable it with SELECT pgtrickle.enable_outbox('{stream_table}') or fix the pipeline's 'stream_table'/'source.outbox'")]
+    Missing { schema: String, table: String, stream_table: String },
+    #[error("table {0} is not a pg_trickle outbox: it needs columns 'id' (bigint) and 'payload' (jsonb)")]
+    NotAnOutbox(String),
+    #[error("database error while resolving the outbox: {0}")]
+    Db(String),
+}
+
+impl From<tokio_postgres::Error> for ResolveError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        ResolveError::Db(e.to_string())
+    }
+}
+
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn truncate_chars(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
+fn bare(name: &str) -> &str {
+    name.rsplit_once('.').map(|(_, t)| t).unwrap_or(name).trim_matches('"')
+}
+
+impl OutboxTable {
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
+    }
+
+    /// Finds the outbox a pipeline refers to. Never derives the name when pg_trickle's catalog
+    /// knows it (contract §1.1: read `pgt_outbox_config.outbox_table_name`).
+    pub async fn resolve(client: &Client, outbox: &OutboxRef) -> Result<Self, ResolveError> {
+        let (schema, table, stream_table) = match outbox {
+            OutboxRef::Outbox(name) => {
+                let (schema, table) = match name.split_once('.') {
+                    Some((s, t)) => (s.trim_matches('"').to_owned(), t.trim_matches('"').to_owned()),
+                    None => ("pgtrickle".to_owned(), name.clone()),
+                };
+                if table_exists(client, &schema, &table).await? {
+                    let st = lookup_stream_table(client, &table)
+                        .await?
+                        .unwrap_or_else(|| table.strip_prefix("outbox_").unwrap_or(&table).to_owned());
+                    (schema, table, st)
+                } else {
+                    // The docs' examples pass a stream table name here.
+                    let (t, st) = outbox_for_stream_table(client, name).await?;
+                    ("pgtrickle".to_owned(), t, st)
+                }
+            }
+            OutboxRef::StreamTable(st) => {
+                let (t, st) = outbox_for_stream_table(client, st).await?;
+                ("pgtrickle".to_owned(), t, st)
+            }
+        };
+        let columns = columns_of(client, &schema, &table).await?;
+        if columns.is_empty() {
+            return Err(ResolveError::Missing { schema, table, stream_table });
+        }
+        if !columns.iter().any(|c| c == "id") || !columns.iter().any(|c| c == "payload") {
+            return Err(ResolveError::NotAnOutbox(format!("{schema}.{table}")));
+        }
+        let delta = find_delta_table(client, &schema, &table, &stream_table).await?;
+        Ok(Self {
+            has_claim_check_column: columns.iter().any(|c| c == "is_claim_check"),
+            has_refresh_id_column: columns.iter().any(|c| c == "refresh_id"),
+            has_created_at_column: columns.iter().any(|c| c == "created_at"),
+            schema,
+            table,
+            stream_table,
+            delta,
+        })
+    }
+}
+
+async fn table_exists(client: &Client, schema: &str, table: &str) -> Result<bool, ResolveError> {
+    Ok(client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p', 'v'))",
+            &[&schema, &table],
+        )
+        .await?
+        .get(0))
+}
+
+async fn columns_of(client: &Client, schema: &str, table: &str) -> Result<Vec<String>, ResolveError> {
+    Ok(client
+        .query(
+            "SELECT a.attname::text FROM pg_attribute a
+               JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&schema, &table],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// Rows of `pgtrickle.pgt_outbox_config` as JSON (its columns differ between pg_trickle
+/// ≤ 0.45 and ≥ 0.46), or nothing when pg_trickle is not installed.
+async fn outbox_config_rows(client: &Client) -> Result<Vec<Value>, ResolveError> {
+    let present: bool = client
+        .query_one("SELECT to_regclass('pgtrickle.pgt_outbox_config') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !present {
+        return Ok(Vec::new());
+    }
+    Ok(client
+        .query("SELECT to_jsonb(c) FROM pgtrickle.pgt_outbox_config c", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+fn outbox_name_of(row: &Value) -> Option<&str> {
+    row.get("outbox_table_name").or_else(|| row.get("tide_outbox_name")).and_then(Value::as_str)
+}
+
+async fn lookup_stream_table(client: &Client, outbox_table: &str) -> Result<Option<String>, ResolveError> {
+    Ok(outbox_config_rows(client)
+        .await?
+        .iter()
+        .find(|r| outbox_name_of(r).map(bare) == Some(outbox_table))
+        .and_then(|r| r.get("stream_table_name").and_then(Value::as_str))
+        .map(|s| bare(s).to_owned()))
+}
+
+/// `(outbox table, bare stream table)` for a stream table name, bare or schema-qualified.
+async fn outbox_for_stream_table(client: &Client, stream_table: &str) -> Result<(String, String), ResolveError> {
+    let st_bare = bare(stream_table).to_owned();
+    for row in outbox_config_rows(client).await? {
+        let Some(name) = row.get("stream_table_name").and_then(Value::as_str) else { continue };
+        if name == stream_table || bare(name) == st_bare {
+            if let Some(outbox) = outbox_name_of(&row) {
+                return Ok((bare(outbox).to_owned(), st_bare));
+            }
+        }
+    }
+    Ok((truncate_chars(&format!("outbox_{st_bare}"), MAX_IDENT), st_bare))
+}
+
+async fn find_delta_table(client: &Client, schema: &str, outbox_table: &str, stream_table: &str) -> Result<Option<DeltaTable>, ResolveError> {
+    // pg_trickle's real name first, then the upstream relay's doubled name (contract §7.2).
+    let candidates = [
+        format!("outbox_delta_rows_{}", truncate_chars(stream_table, 48)),
+        truncate_chars(&format!("outbox_delta_rows_{outbox_table}"), MAX_IDENT),
+    ];
+    for table in candidates {
+        let cols = columns_of(client, schema, &table).await?;
+        if cols.is_empty() {
+            continue;
+        }
+        let has = |c: &str| cols.iter().any(|x| x == c);
+        let (op, data) = if has("row_op") && has("row_data") {
+            ("row_op", "row_data")
+        } else if has("op") && has("payload") {
+            ("op", "payload")
+        } else {
+            tracing::warn!(table = %table, "claim-check table has neither row_op/row_data nor op/payload columns; ignoring it");
+            continue;
+        };
+        return Ok(Some(DeltaTable {
+            schema: schema.to_owned(),
+            table,
+            op_column: op.to_owned(),
+            data_column: data.to_owned(),
+        }));
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_quoted_and_names_cut_by_characters() {
+        assert_eq!(quote_ident("outbox_or\"ders"), "\"outbox_or\"\"ders\"");
+        assert_eq!(truncate_chars(&"ü".repeat(70), 63).chars().count(), 63);
+        assert_eq!(bare("public.orders"), "orders");
+        assert_eq!(bare("orders"), "orders");
+    }
+}

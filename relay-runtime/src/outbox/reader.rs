@@ -1,0 +1,158 @@
+//! Commit-order-safe reading of outbox header rows.
+//!
+//! Outbox ids come from a sequence, allocated *before* the writing transaction commits, so
+//! transactions can commit out of id order: a reader that hands out `id > offset` and moves
+//! its offset to the highest id it saw silently skips a lower id committed a moment later.
+//!
+//! This reader only hands out ids up to a **safe horizon**. A horizon is taken in one
+//! statement: `H` = the highest id visible in the statement's snapshot, and `W` = the virtual
+//! transaction ids of every other session holding `RowExclusiveLock` on the outbox table at
+//! that moment (read after the snapshot). Any transaction that allocated an id below `H` and
+//! has not committed by then must be in `W`: it took that lock before its INSERT evaluated the
+//! id default, and holds it until it ends. So once every transaction of `W` has ended, every
+//! id ≤ `H` is committed or will never exist, and a fresh snapshot sees all of them. While `W`
+//! is non-empty the horizon stays pending and older rows wait (in order) for it to clear; in the
+//! common case — no concurrent writer — `W` is empty and the horizon is safe at once.
+//!
+//! Assumption (true for pg_trickle's `bigserial`): ids are allocated by the INSERT into the
+//! outbox table itself, not by a `nextval()` taken earlier in another statement.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio_postgres::Client;
+
+use super::OutboxTable;
+
+/// One outbox header row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeaderRow {
+    pub id: i64,
+    pub payload: Option<Value>,
+    pub is_claim_check: bool,
+    pub refresh_id: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct PendingHorizon {
+    max_id: i64,
+    lockers: Vec<String>,
+    since: Instant,
+    warned: bool,
+}
+
+pub struct OutboxReader {
+    table: OutboxTable,
+    horizon_sql: String,
+    lockers_sql: String,
+    fetch_sql: String,
+    lag_sql: String,
+    safe: i64,
+    pending: Option<PendingHorizon>,
+}
+
+/// How long a pending horizon may wait before a warning names the blocking transaction.
+const SLOW_WRITER_WARNING: Duration = Duration::from_secs(30);
+
+impl OutboxReader {
+    pub fn new(table: OutboxTable) -> Self {
+        let q = table.qualified();
+        let claim = if table.has_claim_check_column { "is_claim_check" } else { "false" };
+        let refresh = if table.has_refresh_id_column { "refresh_id::text" } else { "NULL::text" };
+        let lag_age = if table.has_created_at_column {
+            format!("(SELECT extract(epoch FROM now() - created_at)::float8 FROM {q} WHERE id > $1 ORDER BY id LIMIT 1)")
+        } else {
+            "NULL::float8".to_owned()
+        };
+        Self {
+            horizon_sql: format!(
+                "SELECT (SELECT coalesce(max(id), 0)::int8 FROM {q}),
+                        coalesce((SELECT array_agg(DISTINCT l.virtualtransaction) FROM pg_locks l
+                                   WHERE l.locktype = 'relation' AND l.relation = $1::text::regclass
+                                     AND l.mode = 'RowExclusiveLock'
+                                     AND l.pid IS DISTINCT FROM pg_backend_pid()), '{{}}'::text[])"
+            ),
+            lockers_sql: "SELECT array_agg(DISTINCT l.virtualtransaction || ' (pid ' || coalesce(l.pid::text, '?') || ')')
+                            FROM pg_locks l
+                           WHERE l.locktype = 'relation' AND l.relation = $1::text::regclass
+                             AND l.mode = 'RowExclusiveLock' AND l.virtualtransaction = ANY($2)"
+                .to_owned(),
+            fetch_sql: format!(
+                "SELECT id::int8, payload, {claim}, {refresh} FROM {q} WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3"
+            ),
+            lag_sql: format!("SELECT (SELECT coalesce(max(id), 0)::int8 FROM {q}), {lag_age}"),
+            table,
+            safe: 0,
+            pending: None,
+        }
+    }
+
+    pub fn table(&self) -> &OutboxTable {
+        &self.table
+    }
+
+    /// The highest id below which no row can still appear. Never decreases.
+    pub async fn safe_horizon(&mut self, client: &Client) -> Result<i64, tokio_postgres::Error> {
+        let qualified = self.table.qualified();
+        if let Some(p) = &mut self.pending {
+            let still: Option<Vec<String>> =
+                client.query_one(&self.lockers_sql, &[&qualified, &p.lockers]).await?.get(0);
+            match still {
+                None => {
+                    self.safe = self.safe.max(p.max_id);
+                    self.pending = None;
+                }
+                Some(blockers) => {
+                    if !p.warned && p.since.elapsed() > SLOW_WRITER_WARNING {
+                        p.warned = true;
+                        tracing::warn!(
+                            outbox = %qualified, below_id = p.max_id, transactions = ?blockers,
+                            "outbox rows wait for transactions that may still commit lower ids; a long-open transaction on the outbox delays delivery"
+                        );
+                    }
+                    return Ok(self.safe);
+                }
+            }
+        }
+        let row = client.query_one(&self.horizon_sql, &[&qualified]).await?;
+        let max_id: i64 = row.get(0);
+        let lockers: Vec<String> = row.get(1);
+        if max_id > self.safe {
+            if lockers.is_empty() {
+                self.safe = max_id;
+            } else {
+                self.pending = Some(PendingHorizon { max_id, lockers, since: Instant::now(), warned: false });
+            }
+        }
+        Ok(self.safe)
+    }
+
+    /// Header rows with `after < id <= upto`, in id order, at most `limit`.
+    pub async fn fetch(&self, client: &Client, after: i64, upto: i64, limit: i64) -> Result<Vec<HeaderRow>, tokio_postgres::Error> {
+        let rows = client.query(&self.fetch_sql, &[&after, &upto, &limit]).await?;
+        Ok(rows
+            .iter()
+            .map(|r| HeaderRow { id: r.get(0), payload: r.get(1), is_claim_check: r.get(2), refresh_id: r.get(3) })
+            .collect())
+    }
+
+    /// `(rows behind, age in seconds of the oldest unrelayed row)` for an offset.
+    pub async fn lag(&self, client: &Client, offset: i64) -> Result<(i64, Option<f64>), tokio_postgres::Error> {
+        let row = client.query_one(&self.lag_sql, &[&offset]).await?;
+        let max: i64 = row.get(0);
+        Ok(((max - offset).max(0), row.get::<_, Option<f64>>(1)))
+    }
+
+    /// The SQL reading one outbox row's claim-check rows, inserts before deletes, in
+    /// `row_num` order: `(is_delete, row)`.
+    pub fn claim_check_sql(&self) -> Option<String> {
+        let d = self.table.delta.as_ref()?;
+        let q = format!("{}.{}", super::quote_ident(&d.schema), super::quote_ident(&d.table));
+        let op = super::quote_ident(&d.op_column);
+        let data = super::quote_ident(&d.data_column);
+        Some(format!(
+            "SELECT upper({op}::text) IN ('DELETE', 'D') AS is_delete, {data} FROM {q}
+              WHERE outbox_id = $1 ORDER BY 1, row_num"
+        ))
+    }
+}

@@ -1,0 +1,394 @@
+//! The forward runner: outbox → sink, one batch at a time.
+//!
+//! Per batch: take the safe horizon, read up to `batch_size` header rows after the committed
+//! offset, decode them into messages (claim-check rows page by page inside a read-only
+//! transaction), publish them — retrying retryable failures with jittered backoff, never
+//! skipping — and only after the sink confirmed everything commit the new offset on the lock
+//! connection. Undecodable rows go to the dead-letter table, never silently dropped.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+
+use super::{report, WorkerLink, START_RETRY};
+use crate::catalog::{connect::jitter, offsets, DbConnection};
+use crate::config::ForwardSpec;
+use crate::message::RelayMessage;
+use crate::outbox::decode::{build_messages, decode, summary_message, Decoded, Delta, MessageContext};
+use crate::outbox::reader::{HeaderRow, OutboxReader};
+use crate::outbox::OutboxTable;
+use crate::sink::{self, Sink};
+use crate::state::{PipelineState, PipelineStatus, RelayState};
+
+/// Messages held before publishing a chunk, bounding memory for huge outbox rows.
+const MAX_CHUNK_MESSAGES: usize = 10_000;
+/// Status table and lag refresh period while busy.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// Wait between attempts after a permanent sink failure (the data stays; a config change or
+/// a fixed target lets the pipeline continue).
+const PERMANENT_RETRY: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Why the runner stopped.
+enum Stop {
+    Cancelled,
+    Db(String),
+}
+
+impl From<tokio_postgres::Error> for Stop {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Stop::Db(e.to_string())
+    }
+}
+
+const CONNECTION_CLOSED: &str = "the pipeline's database connection (which holds its lock) closed";
+
+pub async fn run(ctx: Arc<RelayState>, spec: ForwardSpec, conn: &DbConnection, link: &WorkerLink, st: &mut PipelineStatus) {
+    let (table, sink) = loop {
+        match setup(&conn.client, &spec).await {
+            Ok(ok) => break ok,
+            Err(e) => {
+                tracing::error!(pipeline = %spec.name, error = %e, "cannot start forward pipeline; retrying");
+                st.state = PipelineState::Failed;
+                st.errors_total += 1;
+                let changed = st.last_error.as_deref() != Some(e.as_str());
+                st.last_error = Some(e);
+                report(&ctx, conn, st, 0, i64::from(changed)).await;
+                tokio::select! {
+                    _ = link.cancel.cancelled() => return,
+                    _ = conn.closed.cancelled() => return,
+                    _ = tokio::time::sleep(START_RETRY) => {}
+                }
+            }
+        }
+    };
+    let _ = link.outbox_table.set(table.table.clone());
+    let offset = match offsets::load(&conn.client, &ctx.group_id, &spec.name).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(pipeline = %spec.name, error = %e, "cannot read committed offset");
+            return;
+        }
+    };
+    tracing::info!(pipeline = %spec.name, outbox = %table.qualified(), sink = sink.name(), offset, "forward pipeline started");
+    st.state = PipelineState::Running;
+    st.last_error = None;
+    st.committed_offset = Some(offset);
+    report(&ctx, conn, st, 0, 0).await;
+
+    let mut runner = ForwardRunner {
+        labels: [spec.name.clone(), "forward".to_owned()],
+        ctx: ctx.clone(),
+        reader: OutboxReader::new(table),
+        spec,
+        client: &conn.client,
+        conn,
+        link,
+        st,
+        sink,
+        offset,
+        unreported_messages: 0,
+        unreported_errors: 0,
+        last_status: Instant::now(),
+    };
+    let stop = runner.run_loop().await;
+    if let Err(e) = runner.sink.close().await {
+        tracing::warn!(pipeline = %runner.spec.name, error = %e, "sink did not close cleanly");
+    }
+    runner.flush_status().await;
+    match stop {
+        Stop::Cancelled => tracing::info!(pipeline = %runner.spec.name, offset = runner.offset, "forward pipeline stopped"),
+        Stop::Db(e) => tracing::warn!(pipeline = %runner.spec.name, error = %e, "forward pipeline lost its database connection; another discovery will resume it"),
+    }
+}
+
+async fn setup(client: &Client, spec: &ForwardSpec) -> Result<(OutboxTable, Box<dyn Sink>), String> {
+    let table = OutboxTable::resolve(client, &spec.outbox).await.map_err(|e| e.to_string())?;
+    let sink = sink::build(&spec.sink).await.map_err(|e| e.to_string())?;
+    Ok((table, sink))
+}
+
+struct ForwardRunner<'a> {
+    ctx: Arc<RelayState>,
+    spec: ForwardSpec,
+    client: &'a Client,
+    conn: &'a DbConnection,
+    link: &'a WorkerLink,
+    st: &'a mut PipelineStatus,
+    reader: OutboxReader,
+    sink: Box<dyn Sink>,
+    offset: i64,
+    labels: [String; 2],
+    unreported_messages: i64,
+    unreported_errors: i64,
+    last_status: Instant,
+}
+
+impl ForwardRunner<'_> {
+    fn labels(&self) -> [&str; 2] {
+        [&self.labels[0], &self.labels[1]]
+    }
+
+    async fn run_loop(&mut self) -> Stop {
+        loop {
+            if self.link.cancel.is_cancelled() {
+                return Stop::Cancelled;
+            }
+            match self.step().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    if let Err(e) = self.refresh_lag().await {
+                        return e;
+                    }
+                    tokio::select! {
+                        _ = self.link.cancel.cancelled() => return Stop::Cancelled,
+                        _ = self.conn.closed.cancelled() => return Stop::Db(CONNECTION_CLOSED.to_owned()),
+                        _ = self.link.wake.notified() => {}
+                        _ = tokio::time::sleep(self.spec.poll_interval) => {}
+                    }
+                }
+                Err(stop) => return stop,
+            }
+        }
+    }
+
+    /// One batch. `Ok(false)` when there was nothing to relay.
+    async fn step(&mut self) -> Result<bool, Stop> {
+        let safe = self.reader.safe_horizon(self.client).await?;
+        if safe <= self.offset {
+            return Ok(false);
+        }
+        let started = Instant::now();
+        let rows = self.reader.fetch(self.client, self.offset, safe, self.spec.batch_size).await?;
+        let full = rows.len() as i64 == self.spec.batch_size;
+        // A short batch covers everything up to the horizon (ids in between were rolled back).
+        let new_offset = match rows.last() {
+            Some(last) if full => last.id,
+            _ => safe,
+        };
+        let had_rows = !rows.is_empty();
+        self.relay_rows(rows).await?;
+        self.commit(new_offset).await?;
+        if had_rows {
+            self.ctx.metrics.batch_duration.with_label_values(&self.labels()).observe(started.elapsed().as_secs_f64());
+        }
+        if self.last_status.elapsed() >= STATUS_EVERY {
+            self.refresh_lag().await?;
+        }
+        Ok(had_rows)
+    }
+
+    async fn relay_rows(&mut self, rows: Vec<HeaderRow>) -> Result<(), Stop> {
+        let mut msgs: Vec<RelayMessage> = Vec::new();
+        for row in rows {
+            match decode(row.payload.as_ref(), row.is_claim_check, row.refresh_id.as_deref()) {
+                Ok(Decoded::Empty) => {}
+                Ok(Decoded::Rows { inserted, deleted, full_refresh, refresh_id }) => {
+                    let delta = Delta {
+                        outbox_id: row.id,
+                        inserted,
+                        deleted,
+                        full_refresh,
+                        refresh_id: refresh_id.as_deref(),
+                        first_index: 0,
+                        first_deleted_index: None,
+                    };
+                    build_messages(&self.message_context(), delta, &mut msgs);
+                }
+                Ok(Decoded::Summary(summary)) => {
+                    let m = summary_message(&self.message_context(), row.id, summary);
+                    msgs.push(m);
+                }
+                Ok(Decoded::ClaimCheck { full_refresh, refresh_id }) => {
+                    self.publish(&msgs).await?;
+                    msgs.clear();
+                    self.relay_claim_check(row.id, full_refresh.unwrap_or(true), refresh_id.as_deref()).await?;
+                }
+                Err(e) => self.dead_letter(&row, &e.to_string()).await?,
+            }
+            if msgs.len() >= MAX_CHUNK_MESSAGES {
+                self.publish(&msgs).await?;
+                msgs.clear();
+            }
+        }
+        self.publish(&msgs).await
+    }
+
+    fn message_context(&self) -> MessageContext<'_> {
+        let table = self.reader.table();
+        MessageContext {
+            stream_table: &table.stream_table,
+            outbox_table: &table.table,
+            subject: &self.spec.subject_template,
+            key_columns: &self.spec.key_columns,
+            keep_internal_columns: self.spec.keep_internal_columns,
+        }
+    }
+
+    /// Streams one outbox row's claim-check rows in pages, inside one read-only transaction
+    /// (contract §4.9: the upstream relay declared its cursor outside a transaction).
+    async fn relay_claim_check(&mut self, outbox_id: i64, full_refresh: bool, refresh_id: Option<&str>) -> Result<(), Stop> {
+        let Some(sql) = self.reader.claim_check_sql() else {
+            let t = self.reader.table();
+            let err = format!(
+                "claim-check outbox row but no delta table found (expected {}.outbox_delta_rows_{})",
+                t.schema, t.stream_table
+            );
+            let row = HeaderRow { id: outbox_id, payload: None, is_claim_check: true, refresh_id: refresh_id.map(str::to_owned) };
+            return self.dead_letter(&row, &err).await;
+        };
+        let sql = sql.replace("$1", &outbox_id.to_string());
+        self.client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+        let result = self.page_claim_check(&sql, outbox_id, full_refresh, refresh_id).await;
+        match result {
+            Ok(()) => {
+                self.client.batch_execute("CLOSE pgt_relay_claim_check; COMMIT").await?;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.client.batch_execute("ROLLBACK").await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn page_claim_check(&mut self, sql: &str, outbox_id: i64, full_refresh: bool, refresh_id: Option<&str>) -> Result<(), Stop> {
+        self.client.batch_execute(&format!("DECLARE pgt_relay_claim_check NO SCROLL CURSOR FOR {sql}")).await?;
+        let fetch = format!("FETCH {} FROM pgt_relay_claim_check", self.spec.claim_check_page_size);
+        let mut index = 0usize;
+        loop {
+            let rows = self.client.query(&fetch, &[]).await?;
+            let n = rows.len();
+            let mut inserted = Vec::new();
+            let mut deleted = Vec::new();
+            for r in &rows {
+                let is_delete: bool = r.get(0);
+                let data: serde_json::Value = r.get(1);
+                if is_delete {
+                    deleted.push(data);
+                } else {
+                    inserted.push(data);
+                }
+            }
+            let mut msgs = Vec::with_capacity(n);
+            let delta = Delta {
+                outbox_id,
+                inserted,
+                deleted,
+                full_refresh,
+                refresh_id,
+                first_index: index,
+                first_deleted_index: None,
+            };
+            build_messages(&self.message_context(), delta, &mut msgs);
+            self.publish(&msgs).await?;
+            index += n;
+            if (n as i64) < self.spec.claim_check_page_size {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Publishes until the sink confirms; never gives up on the data while the pipeline runs.
+    async fn publish(&mut self, msgs: &[RelayMessage]) -> Result<(), Stop> {
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        self.ctx.metrics.messages_consumed.with_label_values(&self.labels()).inc_by(msgs.len() as u64);
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.sink.publish(msgs).await {
+                Ok(()) => {
+                    self.ctx.metrics.messages_published.with_label_values(&self.labels()).inc_by(msgs.len() as u64);
+                    self.st.messages_total += msgs.len() as i64;
+                    self.unreported_messages += msgs.len() as i64;
+                    if self.st.state != PipelineState::Running {
+                        tracing::info!(pipeline = %self.spec.name, "sink recovered");
+                        self.st.state = PipelineState::Running;
+                        self.st.last_error = None;
+                        self.flush_status().await;
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    let [p, d] = self.labels();
+                    self.ctx.metrics.publish_errors.with_label_values(&[p, d, e.kind()]).inc();
+                    self.st.errors_total += 1;
+                    self.unreported_errors += 1;
+                    let wait = if e.is_retryable() {
+                        let w = jitter(delay);
+                        delay = (delay * 2).min(MAX_BACKOFF);
+                        w
+                    } else {
+                        PERMANENT_RETRY
+                    };
+                    tracing::warn!(pipeline = %self.spec.name, error = %e, retry_in_ms = wait.as_millis() as u64, "publish failed; nothing is committed until it succeeds");
+                    self.st.state = if e.is_retryable() { PipelineState::Degraded } else { PipelineState::Failed };
+                    self.st.last_error = Some(e.to_string());
+                    self.flush_status().await;
+                    tokio::select! {
+                        _ = self.link.cancel.cancelled() => return Err(Stop::Cancelled),
+                        _ = self.conn.closed.cancelled() => return Err(Stop::Db(CONNECTION_CLOSED.to_owned())),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keeps an undecodable outbox row in `relay_dead_letters` (once) and moves on.
+    async fn dead_letter(&mut self, row: &HeaderRow, error: &str) -> Result<(), Stop> {
+        let source_ref = format!("{}:{}", self.reader.table().table, row.id);
+        let payload = row.payload.as_ref().map(|p| p.to_string().into_bytes());
+        let headers = serde_json::json!({"outbox_id": row.id, "is_claim_check": row.is_claim_check, "refresh_id": row.refresh_id});
+        self.client
+            .execute(
+                "INSERT INTO pgtrickle.relay_dead_letters (relay_group_id, direction, pipeline, source_ref, payload, headers, error)
+                 SELECT $1, 'forward', $2, $3, $4, $5, $6
+                  WHERE NOT EXISTS (SELECT 1 FROM pgtrickle.relay_dead_letters
+                                     WHERE relay_group_id = $1 AND pipeline = $2 AND source_ref = $3 AND replayed_at IS NULL)",
+                &[&self.ctx.group_id, &self.spec.name, &source_ref, &payload, &headers, &error],
+            )
+            .await?;
+        tracing::error!(pipeline = %self.spec.name, outbox_row = %source_ref, error, "outbox row cannot be decoded; kept in pgtrickle.relay_dead_letters");
+        let [p, d] = self.labels();
+        self.ctx.metrics.dead_letters.with_label_values(&[p, d]).inc();
+        self.ctx.metrics.source_errors.with_label_values(&[p, d, "decode"]).inc();
+        self.st.errors_total += 1;
+        self.unreported_errors += 1;
+        self.st.last_error = Some(format!("outbox row {source_ref} moved to pgtrickle.relay_dead_letters: {error}"));
+        Ok(())
+    }
+
+    async fn commit(&mut self, new_offset: i64) -> Result<(), Stop> {
+        if new_offset <= self.offset {
+            return Ok(());
+        }
+        offsets::commit(self.client, &self.ctx.group_id, &self.spec.name, new_offset, &self.ctx.worker_id).await?;
+        self.offset = new_offset;
+        self.st.committed_offset = Some(new_offset);
+        self.ctx.metrics.committed_offset.with_label_values(&[&self.spec.name]).set(new_offset);
+        Ok(())
+    }
+
+    async fn refresh_lag(&mut self) -> Result<(), Stop> {
+        if self.last_status.elapsed() < STATUS_EVERY && self.unreported_messages == 0 && self.unreported_errors == 0 {
+            return Ok(());
+        }
+        let (rows, age) = self.reader.lag(self.client, self.offset).await?;
+        self.st.lag_rows = Some(rows);
+        self.st.lag_seconds = Some(if rows == 0 { 0.0 } else { age.unwrap_or(0.0) });
+        self.ctx.metrics.lag_rows.with_label_values(&[&self.spec.name]).set(rows);
+        self.ctx.metrics.lag_seconds.with_label_values(&[&self.spec.name]).set(self.st.lag_seconds.unwrap_or(0.0));
+        self.flush_status().await;
+        Ok(())
+    }
+
+    async fn flush_status(&mut self) {
+        report(&self.ctx, self.conn, self.st, self.unreported_messages, self.unreported_errors).await;
+        self.unreported_messages = 0;
+        self.unreported_errors = 0;
+        self.last_status = Instant::now();
+    }
+}

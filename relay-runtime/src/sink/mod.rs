@@ -1,0 +1,91 @@
+//! Forward sinks: where relay messages go. One file per backend, each behind its Cargo feature.
+//!
+//! A sink publishes a batch and returns only when the target confirmed every message of it;
+//! the runner commits the outbox offset after that and never before. Failures say whether
+//! retrying can help ([`SinkError::Retryable`]) or the pipeline needs a change first
+//! ([`SinkError::Permanent`]).
+
+#[cfg(feature = "stdout")]
+pub mod stdout;
+
+use futures::future::BoxFuture;
+
+use crate::config::{SinkKind, SinkSpec};
+use crate::message::RelayMessage;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum SinkError {
+    #[error("{backend}: {message} (will retry)")]
+    Retryable { backend: &'static str, message: String },
+    #[error("{backend}: {message}")]
+    Permanent { backend: &'static str, message: String },
+}
+
+impl SinkError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, SinkError::Retryable { .. })
+    }
+
+    /// A stable, low-cardinality label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkError::Retryable { .. } => "retryable",
+            SinkError::Permanent { .. } => "permanent",
+        }
+    }
+}
+
+pub trait Sink: Send {
+    /// The backend name used in logs, metrics and status (`stdout`, `file`, `nats`, …).
+    fn name(&self) -> &'static str;
+
+    /// Publishes a batch; `Ok` means the target confirmed every message.
+    fn publish<'a>(&'a mut self, batch: &'a [RelayMessage]) -> BoxFuture<'a, Result<(), SinkError>>;
+
+    /// Flushes and releases the target.
+    fn close(&mut self) -> BoxFuture<'_, Result<(), SinkError>>;
+}
+
+/// Why a sink could not be built from its spec.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum BuildError {
+    #[error("sink type '{0}' is not compiled into this binary; rebuild with `--features {0}`")]
+    NotCompiled(&'static str),
+    #[error("sink type '{0}' is not available in this version of pgtrickle-relay yet (available: stdout, file)")]
+    NotYetAvailable(&'static str),
+    #[error("sink '{backend}': key '{key}': {message}")]
+    Option { backend: &'static str, key: String, message: String },
+    #[error("sink '{backend}': {message}")]
+    Open { backend: &'static str, message: String },
+}
+
+/// Builds the sink a pipeline asks for.
+pub async fn build(spec: &SinkSpec) -> Result<Box<dyn Sink>, BuildError> {
+    match spec.kind {
+        #[cfg(feature = "stdout")]
+        SinkKind::Stdout | SinkKind::File => stdout::build(spec).await,
+        #[cfg(not(feature = "stdout"))]
+        SinkKind::Stdout | SinkKind::File => Err(BuildError::NotCompiled("stdout")),
+        other => {
+            let compiled = match other {
+                SinkKind::Nats => cfg!(feature = "nats"),
+                SinkKind::Webhook => cfg!(feature = "webhook"),
+                SinkKind::Kafka => cfg!(feature = "kafka"),
+                SinkKind::Redis => cfg!(feature = "redis"),
+                SinkKind::Sqs => cfg!(feature = "sqs"),
+                SinkKind::Rabbitmq => cfg!(feature = "rabbitmq"),
+                SinkKind::PgInbox => cfg!(feature = "pg-inbox"),
+                SinkKind::Stdout | SinkKind::File => true,
+            };
+            let feature = match other {
+                SinkKind::PgInbox => "pg-inbox",
+                k => k.as_str(),
+            };
+            if compiled {
+                Err(BuildError::NotYetAvailable(feature))
+            } else {
+                Err(BuildError::NotCompiled(feature))
+            }
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! In-process state shared by the coordinator, the workers and the HTTP server: who this
+//! instance is, what each owned pipeline is doing, readiness, and the metrics.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::config::Direction;
+use crate::metrics::Metrics;
+
+/// Lifecycle of an owned pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PipelineState {
+    /// Lock acquired, resolving the outbox and building the sink.
+    Starting,
+    /// Relaying (or caught up and waiting for new rows).
+    Running,
+    /// Running but the last attempt failed; retrying by itself.
+    Degraded,
+    /// Cannot run until its config (or the database) changes; the error says why.
+    Failed,
+    /// Released (disabled, deleted, or the relay is shutting down).
+    Stopped,
+}
+
+impl PipelineState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PipelineState::Starting => "starting",
+            PipelineState::Running => "running",
+            PipelineState::Degraded => "degraded",
+            PipelineState::Failed => "failed",
+            PipelineState::Stopped => "stopped",
+        }
+    }
+}
+
+/// What one owned pipeline reports. Never holds config values (they may carry secrets).
+#[derive(Debug, Clone, Serialize)]
+pub struct PipelineStatus {
+    pub name: String,
+    pub direction: Direction,
+    pub state: PipelineState,
+    pub owner: Option<String>,
+    pub sink: Option<String>,
+    pub committed_offset: Option<i64>,
+    pub lag_rows: Option<i64>,
+    pub lag_seconds: Option<f64>,
+    pub messages_total: i64,
+    pub errors_total: i64,
+    pub last_error: Option<String>,
+}
+
+impl Serialize for Direction {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl PipelineStatus {
+    pub fn new(name: &str, direction: Direction, owner: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            direction,
+            state: PipelineState::Starting,
+            owner: Some(owner.to_owned()),
+            sink: None,
+            committed_offset: None,
+            lag_rows: None,
+            lag_seconds: None,
+            messages_total: 0,
+            errors_total: 0,
+            last_error: None,
+        }
+    }
+}
+
+pub struct RelayState {
+    pub group_id: String,
+    /// `<hostname>:<pid>`, the `worker_id` of contract §4.9 and the status table's owner.
+    pub worker_id: String,
+    pub started: Instant,
+    pub metrics: Metrics,
+    ready: AtomicBool,
+    catalog_connected: AtomicBool,
+    pipelines: Mutex<BTreeMap<(String, Direction), PipelineStatus>>,
+}
+
+/// The `/health` body: the seed's three keys plus a per-pipeline list.
+#[derive(Debug, Serialize)]
+pub struct HealthReport {
+    pub status: &'static str,
+    pub pipelines_owned: usize,
+    pub uptime_seconds: u64,
+    pub relay_group_id: String,
+    pub worker_id: String,
+    pub catalog_connected: bool,
+    pub pipelines: Vec<PipelineStatus>,
+}
+
+impl RelayState {
+    pub fn new(group_id: &str, worker_id: &str) -> Result<Self, prometheus::Error> {
+        Ok(Self {
+            group_id: group_id.to_owned(),
+            worker_id: worker_id.to_owned(),
+            started: Instant::now(),
+            metrics: Metrics::new()?,
+            ready: AtomicBool::new(false),
+            catalog_connected: AtomicBool::new(false),
+            pipelines: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<(String, Direction), PipelineStatus>> {
+        // A panic while holding this lock cannot leave the map inconsistent (single inserts).
+        self.pipelines.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    pub fn set_catalog_connected(&self, ok: bool) {
+        self.catalog_connected.store(ok, Ordering::SeqCst);
+    }
+
+    /// Records a pipeline's status and mirrors it into the health gauges.
+    pub fn update(&self, status: &PipelineStatus) {
+        let healthy = matches!(status.state, PipelineState::Running | PipelineState::Starting);
+        self.metrics
+            .pipeline_healthy
+            .with_label_values(&[&status.name, status.direction.as_str()])
+            .set(i64::from(healthy));
+        let mut map = self.lock();
+        map.insert((status.name.clone(), status.direction), status.clone());
+        self.metrics.pipelines_owned.set(map.len() as i64);
+    }
+
+    pub fn remove(&self, name: &str, direction: Direction) {
+        let mut map = self.lock();
+        map.remove(&(name.to_owned(), direction));
+        self.metrics.pipelines_owned.set(map.len() as i64);
+        self.metrics.forget_pipeline(name, direction.as_str());
+    }
+
+    pub fn health(&self) -> HealthReport {
+        let pipelines: Vec<PipelineStatus> = self.lock().values().cloned().collect();
+        let connected = self.catalog_connected.load(Ordering::SeqCst);
+        let status = if !connected {
+            "unhealthy"
+        } else if pipelines.iter().any(|p| matches!(p.state, PipelineState::Degraded | PipelineState::Failed)) {
+            "degraded"
+        } else {
+            "healthy"
+        };
+        HealthReport {
+            status,
+            pipelines_owned: pipelines.len(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            relay_group_id: self.group_id.clone(),
+            worker_id: self.worker_id.clone(),
+            catalog_connected: connected,
+            pipelines,
+        }
+    }
+}
+
+/// `<hostname>:<pid>`, as the upstream relay formed its worker id.
+pub fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_owned()))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "relay".to_owned());
+    format!("{host}:{}", std::process::id())
+}
