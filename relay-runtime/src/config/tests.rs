@@ -1,0 +1,134 @@
+use serde_json::json;
+
+use super::*;
+
+fn row(direction: Direction, config: Value) -> PipelineRow {
+    PipelineRow { name: "p1".into(), direction, enabled: true, config }
+}
+
+fn forward(config: Value) -> Result<ForwardSpec, ConfigError> {
+    match row(Direction::Forward, config).parse()? {
+        PipelineSpec::Forward(f) => Ok(f),
+        PipelineSpec::Reverse(_) => panic!("expected forward"),
+    }
+}
+
+#[test]
+fn seed_flat_shape_parses_with_prefix_stripped_options() {
+    let f = forward(json!({
+        "stream_table": "orders_stream",
+        "sink_type": "nats",
+        "nats_url": "nats://localhost:4222",
+        "nats_stream": "pgtrickle",
+        "subject_template": "pgtrickle.{stream_table}.{op}"
+    }))
+    .unwrap();
+    assert_eq!(f.outbox, OutboxRef::StreamTable("orders_stream".into()));
+    assert_eq!(f.sink.kind, SinkKind::Nats);
+    assert_eq!(f.sink.options["url"], "nats://localhost:4222");
+    assert_eq!(f.sink.options["stream"], "pgtrickle");
+    assert_eq!(f.subject_template.source(), "pgtrickle.{stream_table}.{op}");
+    assert_eq!(f.batch_size, 100);
+    assert_eq!(f.poll_interval, Duration::from_millis(1000));
+    assert!(!f.keep_internal_columns);
+}
+
+#[test]
+fn positional_nested_shape_parses() {
+    // Exactly what pg_trickle 0.45's set_relay_outbox stores (contract Appendix C.9).
+    let f = forward(json!({
+        "sink": {"type": "stdout"},
+        "source": {"group": "g1", "outbox": "outbox_big_orders", "retention_hours": 24},
+        "sink_type": "stdout",
+        "source_type": "outbox"
+    }))
+    .unwrap();
+    assert_eq!(f.outbox, OutboxRef::Outbox("outbox_big_orders".into()));
+    assert_eq!(f.group.as_deref(), Some("g1"));
+    assert_eq!(f.sink.kind, SinkKind::Stdout);
+    assert_eq!(f.subject_template.source(), "pgtrickle.{stream_table}.{op}");
+}
+
+#[test]
+fn nested_sink_keys_win_over_flat_and_aliases_resolve() {
+    let f = forward(json!({
+        "stream_table": "s",
+        "sink_type": "http",
+        "webhook_url": "http://flat",
+        "sink": {"type": "webhook", "url": "http://nested", "subject": "x.{op}"},
+        "key_columns": ["id", "region"],
+        "batch_size": "500",
+        "poll_interval_ms": 50
+    }))
+    .unwrap();
+    assert_eq!(f.sink.kind, SinkKind::Webhook);
+    assert_eq!(f.sink.options["url"], "http://nested");
+    assert_eq!(f.subject_template.source(), "x.{op}");
+    assert_eq!(f.key_columns, vec!["id".to_owned(), "region".to_owned()]);
+    assert_eq!(f.batch_size, 500);
+    assert_eq!(f.poll_interval, Duration::from_millis(50));
+    for (alias, kind) in [("http", SinkKind::Webhook), ("pg-inbox", SinkKind::PgInbox), ("pg_inbox", SinkKind::PgInbox), ("file", SinkKind::File)] {
+        assert_eq!(SinkKind::parse(alias), Some(kind));
+    }
+}
+
+#[test]
+fn errors_name_the_pipeline_and_key() {
+    let e = forward(json!({"stream_table": "s"})).unwrap_err();
+    assert_eq!(e.pipeline, "p1");
+    assert!(e.message.contains("sink_type"), "{e}");
+
+    let e = forward(json!({"stream_table": "s", "sink_type": "carrier-pigeon"})).unwrap_err();
+    assert!(e.to_string().contains("unknown sink type 'carrier-pigeon'"), "{e}");
+    assert!(e.to_string().starts_with("pipeline 'p1': key 'sink_type'"), "{e}");
+
+    let e = forward(json!({"sink_type": "stdout"})).unwrap_err();
+    assert!(e.message.contains("stream_table"), "{e}");
+
+    let e = forward(json!({"stream_table": "s", "sink_type": "stdout", "batch_size": 0})).unwrap_err();
+    assert!(e.message.contains("'batch_size'"), "{e}");
+
+    let e = forward(json!({"stream_table": 5, "sink_type": "stdout"})).unwrap_err();
+    assert!(e.message.contains("key 'stream_table': expected a string, got a number"), "{e}");
+
+    let e = forward(json!({"stream_table": "s", "sink": {"type": "stdout"}, "source_type": "kafka"})).unwrap_err();
+    assert!(e.message.contains("source_type"), "{e}");
+
+    let e = row(Direction::Forward, json!([1, 2])).parse().unwrap_err();
+    assert!(e.message.contains("JSON object"), "{e}");
+}
+
+#[test]
+fn secrets_resolve_inside_pipeline_config_and_missing_ones_fail() {
+    std::env::set_var("PGT_CFG_TEST_TOKEN", "tok-123");
+    let f = forward(json!({"stream_table": "s", "sink_type": "nats", "nats_token": "${env:PGT_CFG_TEST_TOKEN}"})).unwrap();
+    assert_eq!(f.sink.options["token"], "tok-123");
+    let e = forward(json!({"stream_table": "s", "sink_type": "nats", "nats_token": "${env:PGT_CFG_TEST_UNSET}"})).unwrap_err();
+    assert!(e.message.contains("nats_token") && e.message.contains("PGT_CFG_TEST_UNSET"), "{e}");
+    assert!(!e.message.contains("tok-123"));
+}
+
+#[test]
+fn reverse_shapes_parse_with_inbox_aliases() {
+    let nested = row(
+        Direction::Reverse,
+        json!({"source_type": "nats", "source": {"type": "nats", "url": "nats://x"}, "sink_type": "pg-inbox",
+               "sink": {"inbox": "orders_inbox", "max_retries": 3}}),
+    );
+    let flat = row(
+        Direction::Reverse,
+        json!({"source_type": "nats", "nats_url": "nats://x", "nats_stream": "commands",
+               "nats_consumer": "relay-consumer", "inbox_table": "orders_inbox"}),
+    );
+    for r in [nested, flat] {
+        match r.parse().unwrap() {
+            PipelineSpec::Reverse(spec) => {
+                assert_eq!(spec.source_type, "nats");
+                assert_eq!(spec.inbox_table, "orders_inbox");
+            }
+            PipelineSpec::Forward(_) => panic!("expected reverse"),
+        }
+    }
+    let e = row(Direction::Reverse, json!({"source_type": "nats"})).parse().unwrap_err();
+    assert!(e.message.contains("inbox_table"), "{e}");
+}
