@@ -2,7 +2,8 @@
 //! extras; labels stay low-cardinality (`pipeline`, `direction`, `error_kind`).
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -25,11 +26,12 @@ impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let pd = &["pipeline", "direction"];
-        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
         let messages_published = counter(
             "pgtrickle_relay_messages_published_total",
             "Messages confirmed by the sink (forward) or committed to the inbox (reverse).",
@@ -50,32 +52,50 @@ impl Metrics {
             "Errors reading the source (outbox queries, undecodable rows, broker receive errors).",
             &["pipeline", "direction", "error_kind"],
         )?;
-        let dedup_skipped =
-            counter("pgtrickle_relay_dedup_skipped_total", "Messages skipped as duplicates by the target.", &["pipeline"])?;
+        let dedup_skipped = counter(
+            "pgtrickle_relay_dedup_skipped_total",
+            "Messages skipped as duplicates by the target.",
+            &["pipeline"],
+        )?;
         let dead_letters = counter(
             "pgtrickle_relay_dead_letters_total",
             "Rows or messages moved to pgtrickle.relay_dead_letters.",
             pd,
         )?;
         let pipeline_healthy = IntGaugeVec::new(
-            Opts::new("pgtrickle_relay_pipeline_healthy", "1 while an owned pipeline runs without error, else 0."),
+            Opts::new(
+                "pgtrickle_relay_pipeline_healthy",
+                "1 while an owned pipeline runs without error, else 0.",
+            ),
             &["pipeline", "direction"],
         )?;
         registry.register(Box::new(pipeline_healthy.clone()))?;
-        let pipelines_owned = IntGauge::new("pgtrickle_relay_pipelines_owned", "Pipelines owned by this relay instance.")?;
+        let pipelines_owned = IntGauge::new(
+            "pgtrickle_relay_pipelines_owned",
+            "Pipelines owned by this relay instance.",
+        )?;
         registry.register(Box::new(pipelines_owned.clone()))?;
         let lag_rows = IntGaugeVec::new(
-            Opts::new("pgtrickle_relay_lag_rows", "Outbox rows written but not yet relayed."),
+            Opts::new(
+                "pgtrickle_relay_lag_rows",
+                "Outbox rows written but not yet relayed.",
+            ),
             &["pipeline"],
         )?;
         registry.register(Box::new(lag_rows.clone()))?;
         let lag_seconds = GaugeVec::new(
-            Opts::new("pgtrickle_relay_lag_seconds", "Age of the oldest outbox row not yet relayed (0 when caught up)."),
+            Opts::new(
+                "pgtrickle_relay_lag_seconds",
+                "Age of the oldest outbox row not yet relayed (0 when caught up).",
+            ),
             &["pipeline"],
         )?;
         registry.register(Box::new(lag_seconds.clone()))?;
         let committed_offset = IntGaugeVec::new(
-            Opts::new("pgtrickle_relay_committed_offset", "Last committed outbox id."),
+            Opts::new(
+                "pgtrickle_relay_committed_offset",
+                "Last committed outbox id.",
+            ),
             &["pipeline"],
         )?;
         registry.register(Box::new(committed_offset.clone()))?;
@@ -84,7 +104,9 @@ impl Metrics {
                 "pgtrickle_relay_batch_duration_seconds",
                 "Time from reading a batch to committing its offset.",
             )
-            .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
             pd,
         )?;
         registry.register(Box::new(batch_duration.clone()))?;
@@ -117,7 +139,9 @@ impl Metrics {
 
     /// Drops the per-pipeline series of a pipeline this instance no longer owns.
     pub fn forget_pipeline(&self, pipeline: &str, direction: &str) {
-        let _ = self.pipeline_healthy.remove_label_values(&[pipeline, direction]);
+        let _ = self
+            .pipeline_healthy
+            .remove_label_values(&[pipeline, direction]);
         let _ = self.lag_rows.remove_label_values(&[pipeline]);
         let _ = self.lag_seconds.remove_label_values(&[pipeline]);
     }

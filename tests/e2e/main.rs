@@ -1,1 +1,11 @@
-fn main(){}
+//! Black-box end-to-end tests: the built `pgtrickle-relay` binary against a real PostgreSQL.
+
+// Test code: a failed unwrap is a failed test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod catalog;
+mod forward;
+mod ha;
+mod hot_reload;
+mod observability;
+mod torture;

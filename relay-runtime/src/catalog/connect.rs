@@ -22,7 +22,11 @@ pub struct DbConnection {
 }
 
 /// Opens a connection. `notifications`, when given, receives every NOTIFY on it.
-pub async fn connect(url: &str, app_name: &str, notifications: Option<mpsc::UnboundedSender<Notification>>) -> Result<DbConnection, tokio_postgres::Error> {
+pub async fn connect(
+    url: &str,
+    app_name: &str,
+    notifications: Option<mpsc::UnboundedSender<Notification>>,
+) -> Result<DbConnection, tokio_postgres::Error> {
     let mut cfg: tokio_postgres::Config = url.parse()?;
     if cfg.get_application_name().is_none() {
         cfg.application_name(app_name);
@@ -40,10 +44,15 @@ pub async fn connect(url: &str, app_name: &str, notifications: Option<mpsc::Unbo
             match msg {
                 Ok(AsyncMessage::Notification(n)) => {
                     if let Some(tx) = &notifications {
-                        let _ = tx.send(Notification { channel: n.channel().to_owned(), payload: n.payload().to_owned() });
+                        let _ = tx.send(Notification {
+                            channel: n.channel().to_owned(),
+                            payload: n.payload().to_owned(),
+                        });
                     }
                 }
-                Ok(AsyncMessage::Notice(n)) => tracing::debug!(notice = %n.message(), "postgres notice"),
+                Ok(AsyncMessage::Notice(n)) => {
+                    tracing::debug!(notice = %n.message(), "postgres notice")
+                }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::debug!(error = %e, "postgres connection ended");
@@ -58,7 +67,12 @@ pub async fn connect(url: &str, app_name: &str, notifications: Option<mpsc::Unbo
 
 /// Connects, retrying with jittered exponential backoff (100 ms doubling to 30 s) until it
 /// succeeds or `cancel` fires. Each failure is logged with the redacted URL.
-pub async fn connect_with_retry(url: &str, app_name: &str, notifications: Option<mpsc::UnboundedSender<Notification>>, cancel: &CancellationToken) -> Option<DbConnection> {
+pub async fn connect_with_retry(
+    url: &str,
+    app_name: &str,
+    notifications: Option<mpsc::UnboundedSender<Notification>>,
+    cancel: &CancellationToken,
+) -> Option<DbConnection> {
     let mut delay = Duration::from_millis(100);
     let mut attempt = 1u32;
     loop {
@@ -75,6 +89,29 @@ pub async fn connect_with_retry(url: &str, app_name: &str, notifications: Option
                 attempt += 1;
             }
         }
+    }
+}
+
+/// A PostgreSQL error as a person reads it: the server's message, detail and hint for
+/// database errors, the driver's text otherwise.
+pub fn error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!(
+                "{}: {} (SQLSTATE {})",
+                db.severity(),
+                db.message(),
+                db.code().code()
+            );
+            if let Some(d) = db.detail() {
+                s.push_str(&format!("; detail: {d}"));
+            }
+            if let Some(h) = db.hint() {
+                s.push_str(&format!("; hint: {h}"));
+            }
+            s
+        }
+        None => e.to_string(),
     }
 }
 
@@ -122,7 +159,9 @@ pub fn redact_url(url: &str) -> String {
 }
 
 fn redact_query_password(s: &str) -> String {
-    let Some(q) = s.find('?') else { return s.to_owned() };
+    let Some(q) = s.find('?') else {
+        return s.to_owned();
+    };
     let (head, query) = s.split_at(q + 1);
     let parts: Vec<String> = query
         .split('&')
@@ -140,10 +179,22 @@ mod tests {
 
     #[test]
     fn redacts_passwords_in_every_form() {
-        assert_eq!(redact_url("postgres://relay:s3cret@db:5432/app"), "postgres://relay:***@db:5432/app");
-        assert_eq!(redact_url("postgres://relay@db/app"), "postgres://relay@db/app");
-        assert_eq!(redact_url("postgresql://db/app?user=a&password=s3cret"), "postgresql://db/app?user=a&password=***");
-        assert_eq!(redact_url("host=db user=a password=s3cret dbname=x"), "host=db user=a password=*** dbname=x");
+        assert_eq!(
+            redact_url("postgres://relay:s3cret@db:5432/app"),
+            "postgres://relay:***@db:5432/app"
+        );
+        assert_eq!(
+            redact_url("postgres://relay@db/app"),
+            "postgres://relay@db/app"
+        );
+        assert_eq!(
+            redact_url("postgresql://db/app?user=a&password=s3cret"),
+            "postgresql://db/app?user=a&password=***"
+        );
+        assert_eq!(
+            redact_url("host=db user=a password=s3cret dbname=x"),
+            "host=db user=a password=*** dbname=x"
+        );
         assert!(!redact_url("postgres://u:p%40ss@h/d").contains("p%40ss"));
     }
 

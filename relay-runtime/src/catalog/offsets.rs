@@ -4,7 +4,11 @@
 
 use tokio_postgres::Client;
 
-pub async fn load(client: &Client, group: &str, pipeline: &str) -> Result<i64, tokio_postgres::Error> {
+pub async fn load(
+    client: &Client,
+    group: &str,
+    pipeline: &str,
+) -> Result<i64, tokio_postgres::Error> {
     Ok(client
         .query_opt(
             "SELECT last_change_id FROM pgtrickle.relay_consumer_offsets WHERE relay_group_id = $1 AND pipeline_id = $2",
@@ -18,7 +22,13 @@ pub async fn load(client: &Client, group: &str, pipeline: &str) -> Result<i64, t
 /// Commits an offset. Must run on the connection holding the pipeline's advisory lock: if that
 /// connection is gone the lock is gone too, and this fails instead of committing for a worker
 /// that no longer owns the pipeline (fencing).
-pub async fn commit(client: &Client, group: &str, pipeline: &str, offset: i64, worker_id: &str) -> Result<(), tokio_postgres::Error> {
+pub async fn commit(
+    client: &Client,
+    group: &str,
+    pipeline: &str,
+    offset: i64,
+    worker_id: &str,
+) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
             "INSERT INTO pgtrickle.relay_consumer_offsets AS o (relay_group_id, pipeline_id, last_change_id, worker_id, updated_at)

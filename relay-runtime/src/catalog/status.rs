@@ -8,7 +8,13 @@ use crate::state::PipelineStatus;
 
 /// Writes a pipeline's status row. Counters are added as deltas since the last write, so the
 /// table keeps totals across restarts and owners.
-pub async fn upsert(client: &Client, group: &str, s: &PipelineStatus, messages_delta: i64, errors_delta: i64) -> Result<(), tokio_postgres::Error> {
+pub async fn upsert(
+    client: &Client,
+    group: &str,
+    s: &PipelineStatus,
+    messages_delta: i64,
+    errors_delta: i64,
+) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
             "INSERT INTO pgtrickle.relay_pipeline_status AS s

@@ -5,11 +5,29 @@ use serde_json::Value;
 use crate::catalog::redact_url;
 
 /// Key names (or suffixes) whose values are secrets.
-const SECRET_KEYS: &[&str] = &["password", "passwd", "secret", "token", "api_key", "apikey", "private_key", "credentials", "nkey", "seed", "auth_value", "authorization", "sasl_password", "access_key", "secret_key"];
+const SECRET_KEYS: &[&str] = &[
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "private_key",
+    "credentials",
+    "nkey",
+    "seed",
+    "auth_value",
+    "authorization",
+    "sasl_password",
+    "access_key",
+    "secret_key",
+];
 
 fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    SECRET_KEYS.iter().any(|s| k == *s || k.ends_with(&format!("_{s}")))
+    SECRET_KEYS
+        .iter()
+        .any(|s| k == *s || k.ends_with(&format!("_{s}")))
 }
 
 /// A copy of `value` with secret-looking keys replaced by `"***"` and passwords in URLs hidden.
@@ -20,8 +38,14 @@ pub fn redact_config(value: &Value) -> Value {
             map.iter()
                 .map(|(k, v)| {
                     let v = match v {
-                        Value::String(s) if is_secret_key(k) && !s.starts_with("${") => Value::String("***".into()),
-                        Value::Object(_) if k.eq_ignore_ascii_case("headers") || k.ends_with("_headers") => redact_headers(v),
+                        Value::String(s) if is_secret_key(k) && !s.starts_with("${") => {
+                            Value::String("***".into())
+                        }
+                        Value::Object(_)
+                            if k.eq_ignore_ascii_case("headers") || k.ends_with("_headers") =>
+                        {
+                            redact_headers(v)
+                        }
                         other => redact_config(other),
                     };
                     (k.clone(), v)
@@ -40,8 +64,18 @@ fn redact_headers(v: &Value) -> Value {
             map.iter()
                 .map(|(k, v)| {
                     let lower = k.to_ascii_lowercase();
-                    let secret = lower == "authorization" || lower.contains("token") || lower.contains("key") || lower.contains("secret");
-                    (k.clone(), if secret { Value::String("***".into()) } else { v.clone() })
+                    let secret = lower == "authorization"
+                        || lower.contains("token")
+                        || lower.contains("key")
+                        || lower.contains("secret");
+                    (
+                        k.clone(),
+                        if secret {
+                            Value::String("***".into())
+                        } else {
+                            v.clone()
+                        },
+                    )
                 })
                 .collect(),
         ),

@@ -13,7 +13,11 @@ pub enum SecretError {
     #[error("key '{key}': environment variable {var} referenced by ${{env:{var}}} is not set")]
     MissingEnv { key: String, var: String },
     #[error("key '{key}': cannot read secret file {path}: {reason}")]
-    File { key: String, path: String, reason: String },
+    File {
+        key: String,
+        path: String,
+        reason: String,
+    },
     #[error("key '{key}': unterminated secret reference (missing '}}')")]
     Unterminated { key: String },
 }
@@ -76,14 +80,19 @@ pub fn resolve_str(input: &str, key: &str) -> Result<String, SecretError> {
             continue;
         };
         let Some(end) = arg_start.find('}') else {
-            return Err(SecretError::Unterminated { key: key.to_owned() });
+            return Err(SecretError::Unterminated {
+                key: key.to_owned(),
+            });
         };
         let arg = &arg_start[..end];
         match kind {
             "env" => match std::env::var(arg) {
                 Ok(v) => out.push_str(&v),
                 Err(_) => {
-                    return Err(SecretError::MissingEnv { key: key.to_owned(), var: arg.to_owned() })
+                    return Err(SecretError::MissingEnv {
+                        key: key.to_owned(),
+                        var: arg.to_owned(),
+                    })
                 }
             },
             _ => match std::fs::read_to_string(arg) {
@@ -145,8 +154,14 @@ mod tests {
     #[test]
     fn unreadable_file_and_unterminated_are_errors() {
         let mut v = json!({"k": "${file:/nonexistent/pgt/secret}"});
-        assert!(matches!(resolve_secrets(&mut v), Err(SecretError::File { .. })));
+        assert!(matches!(
+            resolve_secrets(&mut v),
+            Err(SecretError::File { .. })
+        ));
         let mut v = json!({"k": "${env:OOPS"});
-        assert!(matches!(resolve_secrets(&mut v), Err(SecretError::Unterminated { .. })));
+        assert!(matches!(
+            resolve_secrets(&mut v),
+            Err(SecretError::Unterminated { .. })
+        ));
     }
 }

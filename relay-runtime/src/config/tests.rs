@@ -3,7 +3,12 @@ use serde_json::json;
 use super::*;
 
 fn row(direction: Direction, config: Value) -> PipelineRow {
-    PipelineRow { name: "p1".into(), direction, enabled: true, config }
+    PipelineRow {
+        name: "p1".into(),
+        direction,
+        enabled: true,
+        config,
+    }
 }
 
 fn forward(config: Value) -> Result<ForwardSpec, ConfigError> {
@@ -67,7 +72,12 @@ fn nested_sink_keys_win_over_flat_and_aliases_resolve() {
     assert_eq!(f.key_columns, vec!["id".to_owned(), "region".to_owned()]);
     assert_eq!(f.batch_size, 500);
     assert_eq!(f.poll_interval, Duration::from_millis(50));
-    for (alias, kind) in [("http", SinkKind::Webhook), ("pg-inbox", SinkKind::PgInbox), ("pg_inbox", SinkKind::PgInbox), ("file", SinkKind::File)] {
+    for (alias, kind) in [
+        ("http", SinkKind::Webhook),
+        ("pg-inbox", SinkKind::PgInbox),
+        ("pg_inbox", SinkKind::PgInbox),
+        ("file", SinkKind::File),
+    ] {
         assert_eq!(SinkKind::parse(alias), Some(kind));
     }
 }
@@ -79,19 +89,32 @@ fn errors_name_the_pipeline_and_key() {
     assert!(e.message.contains("sink_type"), "{e}");
 
     let e = forward(json!({"stream_table": "s", "sink_type": "carrier-pigeon"})).unwrap_err();
-    assert!(e.to_string().contains("unknown sink type 'carrier-pigeon'"), "{e}");
-    assert!(e.to_string().starts_with("pipeline 'p1': key 'sink_type'"), "{e}");
+    assert!(
+        e.to_string().contains("unknown sink type 'carrier-pigeon'"),
+        "{e}"
+    );
+    assert!(
+        e.to_string().starts_with("pipeline 'p1': key 'sink_type'"),
+        "{e}"
+    );
 
     let e = forward(json!({"sink_type": "stdout"})).unwrap_err();
     assert!(e.message.contains("stream_table"), "{e}");
 
-    let e = forward(json!({"stream_table": "s", "sink_type": "stdout", "batch_size": 0})).unwrap_err();
+    let e =
+        forward(json!({"stream_table": "s", "sink_type": "stdout", "batch_size": 0})).unwrap_err();
     assert!(e.message.contains("'batch_size'"), "{e}");
 
     let e = forward(json!({"stream_table": 5, "sink_type": "stdout"})).unwrap_err();
-    assert!(e.message.contains("key 'stream_table': expected a string, got a number"), "{e}");
+    assert!(
+        e.message
+            .contains("key 'stream_table': expected a string, got a number"),
+        "{e}"
+    );
 
-    let e = forward(json!({"stream_table": "s", "sink": {"type": "stdout"}, "source_type": "kafka"})).unwrap_err();
+    let e =
+        forward(json!({"stream_table": "s", "sink": {"type": "stdout"}, "source_type": "kafka"}))
+            .unwrap_err();
     assert!(e.message.contains("source_type"), "{e}");
 
     let e = row(Direction::Forward, json!([1, 2])).parse().unwrap_err();
@@ -104,7 +127,10 @@ fn secrets_resolve_inside_pipeline_config_and_missing_ones_fail() {
     let f = forward(json!({"stream_table": "s", "sink_type": "nats", "nats_token": "${env:PGT_CFG_TEST_TOKEN}"})).unwrap();
     assert_eq!(f.sink.options["token"], "tok-123");
     let e = forward(json!({"stream_table": "s", "sink_type": "nats", "nats_token": "${env:PGT_CFG_TEST_UNSET}"})).unwrap_err();
-    assert!(e.message.contains("nats_token") && e.message.contains("PGT_CFG_TEST_UNSET"), "{e}");
+    assert!(
+        e.message.contains("nats_token") && e.message.contains("PGT_CFG_TEST_UNSET"),
+        "{e}"
+    );
     assert!(!e.message.contains("tok-123"));
 }
 
@@ -129,6 +155,8 @@ fn reverse_shapes_parse_with_inbox_aliases() {
             PipelineSpec::Forward(_) => panic!("expected reverse"),
         }
     }
-    let e = row(Direction::Reverse, json!({"source_type": "nats"})).parse().unwrap_err();
+    let e = row(Direction::Reverse, json!({"source_type": "nats"}))
+        .parse()
+        .unwrap_err();
     assert!(e.message.contains("inbox_table"), "{e}");
 }

@@ -18,10 +18,18 @@ pub enum Decoded {
     /// Nothing to relay; the offset simply moves past the row.
     Empty,
     /// Rows carried inline.
-    Rows { inserted: Vec<Value>, deleted: Vec<Value>, full_refresh: bool, refresh_id: Option<String> },
+    Rows {
+        inserted: Vec<Value>,
+        deleted: Vec<Value>,
+        full_refresh: bool,
+        refresh_id: Option<String>,
+    },
     /// Rows must be read from the claim-check delta table. `full_refresh` is `None` when the
     /// header does not say (pg_trickle 0.45 writes whole snapshots, all `INSERT`).
-    ClaimCheck { full_refresh: Option<bool>, refresh_id: Option<String> },
+    ClaimCheck {
+        full_refresh: Option<bool>,
+        refresh_id: Option<String>,
+    },
     /// A counts-only summary row, relayed as one message carrying the object.
     Summary(Value),
 }
@@ -38,11 +46,18 @@ pub enum DecodeError {
 
 /// Decodes one header row's payload. `row_refresh_id` is the header's own `refresh_id`
 /// column (always NULL in pg_trickle ≤ 0.45, used when the payload does not carry one).
-pub fn decode(payload: Option<&Value>, is_claim_check: bool, row_refresh_id: Option<&str>) -> Result<Decoded, DecodeError> {
+pub fn decode(
+    payload: Option<&Value>,
+    is_claim_check: bool,
+    row_refresh_id: Option<&str>,
+) -> Result<Decoded, DecodeError> {
     let fallback_refresh = row_refresh_id.map(str::to_owned);
     let Some(payload) = payload.filter(|p| !p.is_null()) else {
         return Ok(if is_claim_check {
-            Decoded::ClaimCheck { full_refresh: None, refresh_id: fallback_refresh }
+            Decoded::ClaimCheck {
+                full_refresh: None,
+                refresh_id: fallback_refresh,
+            }
         } else {
             Decoded::Empty
         });
@@ -50,9 +65,17 @@ pub fn decode(payload: Option<&Value>, is_claim_check: bool, row_refresh_id: Opt
     match payload {
         Value::Array(rows) => {
             if is_claim_check && rows.is_empty() {
-                return Ok(Decoded::ClaimCheck { full_refresh: Some(true), refresh_id: fallback_refresh });
+                return Ok(Decoded::ClaimCheck {
+                    full_refresh: Some(true),
+                    refresh_id: fallback_refresh,
+                });
             }
-            Ok(Decoded::Rows { inserted: rows.clone(), deleted: Vec::new(), full_refresh: true, refresh_id: fallback_refresh })
+            Ok(Decoded::Rows {
+                inserted: rows.clone(),
+                deleted: Vec::new(),
+                full_refresh: true,
+                refresh_id: fallback_refresh,
+            })
         }
         Value::Object(obj) => decode_object(obj, is_claim_check, fallback_refresh),
         Value::Bool(_) => Err(DecodeError::UnexpectedShape("a boolean")),
@@ -62,7 +85,11 @@ pub fn decode(payload: Option<&Value>, is_claim_check: bool, row_refresh_id: Opt
     }
 }
 
-fn decode_object(obj: &Map<String, Value>, is_claim_check: bool, fallback_refresh: Option<String>) -> Result<Decoded, DecodeError> {
+fn decode_object(
+    obj: &Map<String, Value>,
+    is_claim_check: bool,
+    fallback_refresh: Option<String>,
+) -> Result<Decoded, DecodeError> {
     match obj.get("v") {
         // The docs' examples read `payload -> 'inserted'` without a version: accept that too.
         None => {}
@@ -74,15 +101,21 @@ fn decode_object(obj: &Map<String, Value>, is_claim_check: bool, fallback_refres
         .find_map(|k| obj.get(*k).and_then(Value::as_str).map(str::to_owned))
         .or(fallback_refresh);
     let full_refresh = obj.get("full_refresh").and_then(Value::as_bool);
-    let is_summary = obj.get("inserted").is_some_and(Value::is_number) || obj.get("deleted").is_some_and(Value::is_number);
+    let is_summary = obj.get("inserted").is_some_and(Value::is_number)
+        || obj.get("deleted").is_some_and(Value::is_number);
     if is_summary {
         return Ok(Decoded::Summary(Value::Object(obj.clone())));
     }
     if is_claim_check || obj.get("claim_check").and_then(Value::as_bool) == Some(true) {
-        return Ok(Decoded::ClaimCheck { full_refresh, refresh_id });
+        return Ok(Decoded::ClaimCheck {
+            full_refresh,
+            refresh_id,
+        });
     }
     if !obj.contains_key("inserted") && !obj.contains_key("deleted") {
-        return Err(DecodeError::UnexpectedShape("an object without 'inserted'/'deleted'"));
+        return Err(DecodeError::UnexpectedShape(
+            "an object without 'inserted'/'deleted'",
+        ));
     }
     Ok(Decoded::Rows {
         inserted: rows_of(obj, "inserted")?,
@@ -128,12 +161,24 @@ pub struct Delta<'a> {
 /// rows, continuing the index. With key columns, a deleted and an inserted row of the same
 /// key become one `update` message (at the insert's index, the old row in `before`).
 pub fn build_messages(ctx: &MessageContext<'_>, delta: Delta<'_>, out: &mut Vec<RelayMessage>) {
-    let Delta { outbox_id, inserted, deleted, full_refresh, refresh_id, first_index, first_deleted_index } = delta;
+    let Delta {
+        outbox_id,
+        inserted,
+        deleted,
+        full_refresh,
+        refresh_id,
+        first_index,
+        first_deleted_index,
+    } = delta;
     let deleted_base = first_deleted_index.unwrap_or(first_index + inserted.len());
-    let mut deleted: Vec<Option<Value>> = deleted.into_iter().map(|r| Some(clean(r, ctx.keep_internal_columns))).collect();
+    let mut deleted: Vec<Option<Value>> = deleted
+        .into_iter()
+        .map(|r| Some(clean(r, ctx.keep_internal_columns)))
+        .collect();
 
     // Index the deleted rows by key so pairing is linear, not quadratic.
-    let mut by_key: std::collections::HashMap<String, Vec<usize>> = std::collections::HashMap::new();
+    let mut by_key: std::collections::HashMap<String, Vec<usize>> =
+        std::collections::HashMap::new();
     if !ctx.key_columns.is_empty() {
         for (i, row) in deleted.iter().enumerate() {
             if let Some(k) = row.as_ref().and_then(|r| row_key(r, ctx.key_columns)) {
@@ -151,9 +196,21 @@ pub fn build_messages(ctx: &MessageContext<'_>, delta: Delta<'_>, out: &mut Vec<
     for (i, row) in inserted.into_iter().enumerate() {
         let row = clean(row, ctx.keep_internal_columns);
         let before = row_key(&row, ctx.key_columns)
-            .and_then(|k| by_key.get_mut(&k).and_then(|v| if v.is_empty() { None } else { Some(v.remove(0)) }))
+            .and_then(|k| {
+                by_key.get_mut(&k).and_then(|v| {
+                    if v.is_empty() {
+                        None
+                    } else {
+                        Some(v.remove(0))
+                    }
+                })
+            })
             .and_then(|di| deleted[di].take());
-        let op = if before.is_some() { Op::Update } else { Op::Insert };
+        let op = if before.is_some() {
+            Op::Update
+        } else {
+            Op::Insert
+        };
         out.push(RelayMessage {
             dedup_key: dedup_key(ctx.outbox_table, outbox_id, first_index + i),
             subject: ctx.subject.render(&vars(op)),
@@ -182,7 +239,10 @@ pub fn build_messages(ctx: &MessageContext<'_>, delta: Delta<'_>, out: &mut Vec<
 
 /// The one message of a summary row.
 pub fn summary_message(ctx: &MessageContext<'_>, outbox_id: i64, summary: Value) -> RelayMessage {
-    let refresh_id = summary.get("refresh_id").and_then(Value::as_str).map(str::to_owned);
+    let refresh_id = summary
+        .get("refresh_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let subject = ctx.subject.render(&TemplateVars {
         stream_table: ctx.stream_table,
         outbox_table: ctx.outbox_table,
@@ -227,7 +287,9 @@ fn row_key(row: &Value, key_columns: &[String]) -> Option<String> {
             Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
                 (Some(i), _, _) => key.push_str(&format!("n{i}")),
                 (_, Some(u), _) => key.push_str(&format!("n{u}")),
-                (_, _, Some(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => key.push_str(&format!("n{}", f as i64)),
+                (_, _, Some(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => {
+                    key.push_str(&format!("n{}", f as i64))
+                }
                 (_, _, Some(f)) => key.push_str(&format!("n{f:?}")),
                 _ => key.push_str(&format!("n{n}")),
             },

@@ -40,7 +40,11 @@ pub struct DeltaTable {
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ResolveError {
     #[error("outbox table {schema}.{table} does not exist (stream table '{stream_table}'); enable it with SELECT pgtrickle.enable_outbox('{stream_table}') or fix the pipeline's 'stream_table'/'source.outbox'")]
-    Missing { schema: String, table: String, stream_table: String },
+    Missing {
+        schema: String,
+        table: String,
+        stream_table: String,
+    },
     #[error("table {0} is not a pg_trickle outbox: it needs columns 'id' (bigint) and 'payload' (jsonb)")]
     NotAnOutbox(String),
     #[error("database error while resolving the outbox: {0}")]
@@ -62,7 +66,10 @@ fn truncate_chars(s: &str, n: usize) -> String {
 }
 
 fn bare(name: &str) -> &str {
-    name.rsplit_once('.').map(|(_, t)| t).unwrap_or(name).trim_matches('"')
+    name.rsplit_once('.')
+        .map(|(_, t)| t)
+        .unwrap_or(name)
+        .trim_matches('"')
 }
 
 impl OutboxTable {
@@ -76,13 +83,18 @@ impl OutboxTable {
         let (schema, table, stream_table) = match outbox {
             OutboxRef::Outbox(name) => {
                 let (schema, table) = match name.split_once('.') {
-                    Some((s, t)) => (s.trim_matches('"').to_owned(), t.trim_matches('"').to_owned()),
+                    Some((s, t)) => (
+                        s.trim_matches('"').to_owned(),
+                        t.trim_matches('"').to_owned(),
+                    ),
                     None => ("pgtrickle".to_owned(), name.clone()),
                 };
                 if table_exists(client, &schema, &table).await? {
                     let st = lookup_stream_table(client, &table)
                         .await?
-                        .unwrap_or_else(|| table.strip_prefix("outbox_").unwrap_or(&table).to_owned());
+                        .unwrap_or_else(|| {
+                            table.strip_prefix("outbox_").unwrap_or(&table).to_owned()
+                        });
                     (schema, table, st)
                 } else {
                     // The docs' examples pass a stream table name here.
@@ -97,7 +109,11 @@ impl OutboxTable {
         };
         let columns = columns_of(client, &schema, &table).await?;
         if columns.is_empty() {
-            return Err(ResolveError::Missing { schema, table, stream_table });
+            return Err(ResolveError::Missing {
+                schema,
+                table,
+                stream_table,
+            });
         }
         if !columns.iter().any(|c| c == "id") || !columns.iter().any(|c| c == "payload") {
             return Err(ResolveError::NotAnOutbox(format!("{schema}.{table}")));
@@ -126,7 +142,11 @@ async fn table_exists(client: &Client, schema: &str, table: &str) -> Result<bool
         .get(0))
 }
 
-async fn columns_of(client: &Client, schema: &str, table: &str) -> Result<Vec<String>, ResolveError> {
+async fn columns_of(
+    client: &Client,
+    schema: &str,
+    table: &str,
+) -> Result<Vec<String>, ResolveError> {
     Ok(client
         .query(
             "SELECT a.attname::text FROM pg_attribute a
@@ -144,7 +164,10 @@ async fn columns_of(client: &Client, schema: &str, table: &str) -> Result<Vec<St
 /// ≤ 0.45 and ≥ 0.46), or nothing when pg_trickle is not installed.
 async fn outbox_config_rows(client: &Client) -> Result<Vec<Value>, ResolveError> {
     let present: bool = client
-        .query_one("SELECT to_regclass('pgtrickle.pgt_outbox_config') IS NOT NULL", &[])
+        .query_one(
+            "SELECT to_regclass('pgtrickle.pgt_outbox_config') IS NOT NULL",
+            &[],
+        )
         .await?
         .get(0);
     if !present {
@@ -159,10 +182,15 @@ async fn outbox_config_rows(client: &Client) -> Result<Vec<Value>, ResolveError>
 }
 
 fn outbox_name_of(row: &Value) -> Option<&str> {
-    row.get("outbox_table_name").or_else(|| row.get("tide_outbox_name")).and_then(Value::as_str)
+    row.get("outbox_table_name")
+        .or_else(|| row.get("tide_outbox_name"))
+        .and_then(Value::as_str)
 }
 
-async fn lookup_stream_table(client: &Client, outbox_table: &str) -> Result<Option<String>, ResolveError> {
+async fn lookup_stream_table(
+    client: &Client,
+    outbox_table: &str,
+) -> Result<Option<String>, ResolveError> {
     Ok(outbox_config_rows(client)
         .await?
         .iter()
@@ -172,20 +200,33 @@ async fn lookup_stream_table(client: &Client, outbox_table: &str) -> Result<Opti
 }
 
 /// `(outbox table, bare stream table)` for a stream table name, bare or schema-qualified.
-async fn outbox_for_stream_table(client: &Client, stream_table: &str) -> Result<(String, String), ResolveError> {
+async fn outbox_for_stream_table(
+    client: &Client,
+    stream_table: &str,
+) -> Result<(String, String), ResolveError> {
     let st_bare = bare(stream_table).to_owned();
     for row in outbox_config_rows(client).await? {
-        let Some(name) = row.get("stream_table_name").and_then(Value::as_str) else { continue };
+        let Some(name) = row.get("stream_table_name").and_then(Value::as_str) else {
+            continue;
+        };
         if name == stream_table || bare(name) == st_bare {
             if let Some(outbox) = outbox_name_of(&row) {
                 return Ok((bare(outbox).to_owned(), st_bare));
             }
         }
     }
-    Ok((truncate_chars(&format!("outbox_{st_bare}"), MAX_IDENT), st_bare))
+    Ok((
+        truncate_chars(&format!("outbox_{st_bare}"), MAX_IDENT),
+        st_bare,
+    ))
 }
 
-async fn find_delta_table(client: &Client, schema: &str, outbox_table: &str, stream_table: &str) -> Result<Option<DeltaTable>, ResolveError> {
+async fn find_delta_table(
+    client: &Client,
+    schema: &str,
+    outbox_table: &str,
+    stream_table: &str,
+) -> Result<Option<DeltaTable>, ResolveError> {
     // pg_trickle's real name first, then the upstream relay's doubled name (contract §7.2).
     let candidates = [
         format!("outbox_delta_rows_{}", truncate_chars(stream_table, 48)),

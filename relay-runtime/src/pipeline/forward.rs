@@ -15,7 +15,9 @@ use super::{report, WorkerLink, START_RETRY};
 use crate::catalog::{connect::jitter, offsets, DbConnection};
 use crate::config::ForwardSpec;
 use crate::message::RelayMessage;
-use crate::outbox::decode::{build_messages, decode, summary_message, Decoded, Delta, MessageContext};
+use crate::outbox::decode::{
+    build_messages, decode, summary_message, Decoded, Delta, MessageContext,
+};
 use crate::outbox::reader::{HeaderRow, OutboxReader};
 use crate::outbox::OutboxTable;
 use crate::sink::{self, Sink};
@@ -44,7 +46,13 @@ impl From<tokio_postgres::Error> for Stop {
 
 const CONNECTION_CLOSED: &str = "the pipeline's database connection (which holds its lock) closed";
 
-pub async fn run(ctx: Arc<RelayState>, spec: ForwardSpec, conn: &DbConnection, link: &WorkerLink, st: &mut PipelineStatus) {
+pub async fn run(
+    ctx: Arc<RelayState>,
+    spec: ForwardSpec,
+    conn: &DbConnection,
+    link: &WorkerLink,
+    st: &mut PipelineStatus,
+) {
     let (table, sink) = loop {
         match setup(&conn.client, &spec).await {
             Ok(ok) => break ok,
@@ -98,13 +106,22 @@ pub async fn run(ctx: Arc<RelayState>, spec: ForwardSpec, conn: &DbConnection, l
     }
     runner.flush_status().await;
     match stop {
-        Stop::Cancelled => tracing::info!(pipeline = %runner.spec.name, offset = runner.offset, "forward pipeline stopped"),
-        Stop::Db(e) => tracing::warn!(pipeline = %runner.spec.name, error = %e, "forward pipeline lost its database connection; another discovery will resume it"),
+        Stop::Cancelled => {
+            tracing::info!(pipeline = %runner.spec.name, offset = runner.offset, "forward pipeline stopped")
+        }
+        Stop::Db(e) => {
+            tracing::warn!(pipeline = %runner.spec.name, error = %e, "forward pipeline lost its database connection; another discovery will resume it")
+        }
     }
 }
 
-async fn setup(client: &Client, spec: &ForwardSpec) -> Result<(OutboxTable, Box<dyn Sink>), String> {
-    let table = OutboxTable::resolve(client, &spec.outbox).await.map_err(|e| e.to_string())?;
+async fn setup(
+    client: &Client,
+    spec: &ForwardSpec,
+) -> Result<(OutboxTable, Box<dyn Sink>), String> {
+    let table = OutboxTable::resolve(client, &spec.outbox)
+        .await
+        .map_err(|e| e.to_string())?;
     let sink = sink::build(&spec.sink).await.map_err(|e| e.to_string())?;
     Ok((table, sink))
 }
@@ -160,7 +177,10 @@ impl ForwardRunner<'_> {
             return Ok(false);
         }
         let started = Instant::now();
-        let rows = self.reader.fetch(self.client, self.offset, safe, self.spec.batch_size).await?;
+        let rows = self
+            .reader
+            .fetch(self.client, self.offset, safe, self.spec.batch_size)
+            .await?;
         let full = rows.len() as i64 == self.spec.batch_size;
         // A short batch covers everything up to the horizon (ids in between were rolled back).
         let new_offset = match rows.last() {
@@ -171,7 +191,11 @@ impl ForwardRunner<'_> {
         self.relay_rows(rows).await?;
         self.commit(new_offset).await?;
         if had_rows {
-            self.ctx.metrics.batch_duration.with_label_values(&self.labels()).observe(started.elapsed().as_secs_f64());
+            self.ctx
+                .metrics
+                .batch_duration
+                .with_label_values(&self.labels())
+                .observe(started.elapsed().as_secs_f64());
         }
         if self.last_status.elapsed() >= STATUS_EVERY {
             self.refresh_lag().await?;
@@ -182,9 +206,18 @@ impl ForwardRunner<'_> {
     async fn relay_rows(&mut self, rows: Vec<HeaderRow>) -> Result<(), Stop> {
         let mut msgs: Vec<RelayMessage> = Vec::new();
         for row in rows {
-            match decode(row.payload.as_ref(), row.is_claim_check, row.refresh_id.as_deref()) {
+            match decode(
+                row.payload.as_ref(),
+                row.is_claim_check,
+                row.refresh_id.as_deref(),
+            ) {
                 Ok(Decoded::Empty) => {}
-                Ok(Decoded::Rows { inserted, deleted, full_refresh, refresh_id }) => {
+                Ok(Decoded::Rows {
+                    inserted,
+                    deleted,
+                    full_refresh,
+                    refresh_id,
+                }) => {
                     let delta = Delta {
                         outbox_id: row.id,
                         inserted,
@@ -200,10 +233,18 @@ impl ForwardRunner<'_> {
                     let m = summary_message(&self.message_context(), row.id, summary);
                     msgs.push(m);
                 }
-                Ok(Decoded::ClaimCheck { full_refresh, refresh_id }) => {
+                Ok(Decoded::ClaimCheck {
+                    full_refresh,
+                    refresh_id,
+                }) => {
                     self.publish(&msgs).await?;
                     msgs.clear();
-                    self.relay_claim_check(row.id, full_refresh.unwrap_or(true), refresh_id.as_deref()).await?;
+                    self.relay_claim_check(
+                        row.id,
+                        full_refresh.unwrap_or(true),
+                        refresh_id.as_deref(),
+                    )
+                    .await?;
                 }
                 Err(e) => self.dead_letter(&row, &e.to_string()).await?,
             }
@@ -228,22 +269,38 @@ impl ForwardRunner<'_> {
 
     /// Streams one outbox row's claim-check rows in pages, inside one read-only transaction
     /// (contract §4.9: the upstream relay declared its cursor outside a transaction).
-    async fn relay_claim_check(&mut self, outbox_id: i64, full_refresh: bool, refresh_id: Option<&str>) -> Result<(), Stop> {
+    async fn relay_claim_check(
+        &mut self,
+        outbox_id: i64,
+        full_refresh: bool,
+        refresh_id: Option<&str>,
+    ) -> Result<(), Stop> {
         let Some(sql) = self.reader.claim_check_sql() else {
             let t = self.reader.table();
             let err = format!(
                 "claim-check outbox row but no delta table found (expected {}.outbox_delta_rows_{})",
                 t.schema, t.stream_table
             );
-            let row = HeaderRow { id: outbox_id, payload: None, is_claim_check: true, refresh_id: refresh_id.map(str::to_owned) };
+            let row = HeaderRow {
+                id: outbox_id,
+                payload: None,
+                is_claim_check: true,
+                refresh_id: refresh_id.map(str::to_owned),
+            };
             return self.dead_letter(&row, &err).await;
         };
         let sql = sql.replace("$1", &outbox_id.to_string());
-        self.client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
-        let result = self.page_claim_check(&sql, outbox_id, full_refresh, refresh_id).await;
+        self.client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
+        let result = self
+            .page_claim_check(&sql, outbox_id, full_refresh, refresh_id)
+            .await;
         match result {
             Ok(()) => {
-                self.client.batch_execute("CLOSE pgt_relay_claim_check; COMMIT").await?;
+                self.client
+                    .batch_execute("CLOSE pgt_relay_claim_check; COMMIT")
+                    .await?;
                 Ok(())
             }
             Err(e) => {
@@ -253,9 +310,22 @@ impl ForwardRunner<'_> {
         }
     }
 
-    async fn page_claim_check(&mut self, sql: &str, outbox_id: i64, full_refresh: bool, refresh_id: Option<&str>) -> Result<(), Stop> {
-        self.client.batch_execute(&format!("DECLARE pgt_relay_claim_check NO SCROLL CURSOR FOR {sql}")).await?;
-        let fetch = format!("FETCH {} FROM pgt_relay_claim_check", self.spec.claim_check_page_size);
+    async fn page_claim_check(
+        &mut self,
+        sql: &str,
+        outbox_id: i64,
+        full_refresh: bool,
+        refresh_id: Option<&str>,
+    ) -> Result<(), Stop> {
+        self.client
+            .batch_execute(&format!(
+                "DECLARE pgt_relay_claim_check NO SCROLL CURSOR FOR {sql}"
+            ))
+            .await?;
+        let fetch = format!(
+            "FETCH {} FROM pgt_relay_claim_check",
+            self.spec.claim_check_page_size
+        );
         let mut index = 0usize;
         loop {
             let rows = self.client.query(&fetch, &[]).await?;
@@ -295,12 +365,20 @@ impl ForwardRunner<'_> {
         if msgs.is_empty() {
             return Ok(());
         }
-        self.ctx.metrics.messages_consumed.with_label_values(&self.labels()).inc_by(msgs.len() as u64);
+        self.ctx
+            .metrics
+            .messages_consumed
+            .with_label_values(&self.labels())
+            .inc_by(msgs.len() as u64);
         let mut delay = Duration::from_millis(100);
         loop {
             match self.sink.publish(msgs).await {
                 Ok(()) => {
-                    self.ctx.metrics.messages_published.with_label_values(&self.labels()).inc_by(msgs.len() as u64);
+                    self.ctx
+                        .metrics
+                        .messages_published
+                        .with_label_values(&self.labels())
+                        .inc_by(msgs.len() as u64);
                     self.st.messages_total += msgs.len() as i64;
                     self.unreported_messages += msgs.len() as i64;
                     if self.st.state != PipelineState::Running {
@@ -313,7 +391,11 @@ impl ForwardRunner<'_> {
                 }
                 Err(e) => {
                     let [p, d] = self.labels();
-                    self.ctx.metrics.publish_errors.with_label_values(&[p, d, e.kind()]).inc();
+                    self.ctx
+                        .metrics
+                        .publish_errors
+                        .with_label_values(&[p, d, e.kind()])
+                        .inc();
                     self.st.errors_total += 1;
                     self.unreported_errors += 1;
                     let wait = if e.is_retryable() {
@@ -324,7 +406,11 @@ impl ForwardRunner<'_> {
                         PERMANENT_RETRY
                     };
                     tracing::warn!(pipeline = %self.spec.name, error = %e, retry_in_ms = wait.as_millis() as u64, "publish failed; nothing is committed until it succeeds");
-                    self.st.state = if e.is_retryable() { PipelineState::Degraded } else { PipelineState::Failed };
+                    self.st.state = if e.is_retryable() {
+                        PipelineState::Degraded
+                    } else {
+                        PipelineState::Failed
+                    };
                     self.st.last_error = Some(e.to_string());
                     self.flush_status().await;
                     tokio::select! {
@@ -353,11 +439,21 @@ impl ForwardRunner<'_> {
             .await?;
         tracing::error!(pipeline = %self.spec.name, outbox_row = %source_ref, error, "outbox row cannot be decoded; kept in pgtrickle.relay_dead_letters");
         let [p, d] = self.labels();
-        self.ctx.metrics.dead_letters.with_label_values(&[p, d]).inc();
-        self.ctx.metrics.source_errors.with_label_values(&[p, d, "decode"]).inc();
+        self.ctx
+            .metrics
+            .dead_letters
+            .with_label_values(&[p, d])
+            .inc();
+        self.ctx
+            .metrics
+            .source_errors
+            .with_label_values(&[p, d, "decode"])
+            .inc();
         self.st.errors_total += 1;
         self.unreported_errors += 1;
-        self.st.last_error = Some(format!("outbox row {source_ref} moved to pgtrickle.relay_dead_letters: {error}"));
+        self.st.last_error = Some(format!(
+            "outbox row {source_ref} moved to pgtrickle.relay_dead_letters: {error}"
+        ));
         Ok(())
     }
 
@@ -365,28 +461,57 @@ impl ForwardRunner<'_> {
         if new_offset <= self.offset {
             return Ok(());
         }
-        offsets::commit(self.client, &self.ctx.group_id, &self.spec.name, new_offset, &self.ctx.worker_id).await?;
+        offsets::commit(
+            self.client,
+            &self.ctx.group_id,
+            &self.spec.name,
+            new_offset,
+            &self.ctx.worker_id,
+        )
+        .await?;
         self.offset = new_offset;
         self.st.committed_offset = Some(new_offset);
-        self.ctx.metrics.committed_offset.with_label_values(&[&self.spec.name]).set(new_offset);
+        self.ctx
+            .metrics
+            .committed_offset
+            .with_label_values(&[&self.spec.name])
+            .set(new_offset);
         Ok(())
     }
 
     async fn refresh_lag(&mut self) -> Result<(), Stop> {
-        if self.last_status.elapsed() < STATUS_EVERY && self.unreported_messages == 0 && self.unreported_errors == 0 {
+        if self.last_status.elapsed() < STATUS_EVERY
+            && self.unreported_messages == 0
+            && self.unreported_errors == 0
+        {
             return Ok(());
         }
         let (rows, age) = self.reader.lag(self.client, self.offset).await?;
         self.st.lag_rows = Some(rows);
         self.st.lag_seconds = Some(if rows == 0 { 0.0 } else { age.unwrap_or(0.0) });
-        self.ctx.metrics.lag_rows.with_label_values(&[&self.spec.name]).set(rows);
-        self.ctx.metrics.lag_seconds.with_label_values(&[&self.spec.name]).set(self.st.lag_seconds.unwrap_or(0.0));
+        self.ctx
+            .metrics
+            .lag_rows
+            .with_label_values(&[&self.spec.name])
+            .set(rows);
+        self.ctx
+            .metrics
+            .lag_seconds
+            .with_label_values(&[&self.spec.name])
+            .set(self.st.lag_seconds.unwrap_or(0.0));
         self.flush_status().await;
         Ok(())
     }
 
     async fn flush_status(&mut self) {
-        report(&self.ctx, self.conn, self.st, self.unreported_messages, self.unreported_errors).await;
+        report(
+            &self.ctx,
+            self.conn,
+            self.st,
+            self.unreported_messages,
+            self.unreported_errors,
+        )
+        .await;
         self.unreported_messages = 0;
         self.unreported_errors = 0;
         self.last_status = Instant::now();

@@ -16,9 +16,15 @@ use crate::message::RelayMessage;
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum SinkError {
     #[error("{backend}: {message} (will retry)")]
-    Retryable { backend: &'static str, message: String },
+    Retryable {
+        backend: &'static str,
+        message: String,
+    },
     #[error("{backend}: {message}")]
-    Permanent { backend: &'static str, message: String },
+    Permanent {
+        backend: &'static str,
+        message: String,
+    },
 }
 
 impl SinkError {
@@ -40,7 +46,8 @@ pub trait Sink: Send {
     fn name(&self) -> &'static str;
 
     /// Publishes a batch; `Ok` means the target confirmed every message.
-    fn publish<'a>(&'a mut self, batch: &'a [RelayMessage]) -> BoxFuture<'a, Result<(), SinkError>>;
+    fn publish<'a>(&'a mut self, batch: &'a [RelayMessage])
+        -> BoxFuture<'a, Result<(), SinkError>>;
 
     /// Flushes and releases the target.
     fn close(&mut self) -> BoxFuture<'_, Result<(), SinkError>>;
@@ -54,9 +61,16 @@ pub enum BuildError {
     #[error("sink type '{0}' is not available in this version of pgtrickle-relay yet (available: stdout, file)")]
     NotYetAvailable(&'static str),
     #[error("sink '{backend}': key '{key}': {message}")]
-    Option { backend: &'static str, key: String, message: String },
+    Option {
+        backend: &'static str,
+        key: String,
+        message: String,
+    },
     #[error("sink '{backend}': {message}")]
-    Open { backend: &'static str, message: String },
+    Open {
+        backend: &'static str,
+        message: String,
+    },
 }
 
 /// Builds the sink a pipeline asks for.

@@ -20,7 +20,10 @@ pub enum Format {
 
 enum Target {
     Stdout(tokio::io::Stdout),
-    File { path: PathBuf, file: tokio::fs::File },
+    File {
+        path: PathBuf,
+        file: tokio::fs::File,
+    },
 }
 
 pub struct StdoutSink {
@@ -30,7 +33,11 @@ pub struct StdoutSink {
 }
 
 pub async fn build(spec: &SinkSpec) -> Result<Box<dyn Sink>, BuildError> {
-    let backend = if spec.kind == SinkKind::File { "file" } else { "stdout" };
+    let backend = if spec.kind == SinkKind::File {
+        "file"
+    } else {
+        "stdout"
+    };
     let format = match spec.options.get("format") {
         None | Some(Value::Null) => Format::JsonLines,
         Some(Value::String(s)) => match s.as_str() {
@@ -45,10 +52,17 @@ pub async fn build(spec: &SinkSpec) -> Result<Box<dyn Sink>, BuildError> {
             }
         },
         Some(_) => {
-            return Err(BuildError::Option { backend, key: "format".into(), message: "expected a string".into() })
+            return Err(BuildError::Option {
+                backend,
+                key: "format".into(),
+                message: "expected a string".into(),
+            })
         }
     };
-    let path = ["path", "output", "file"].iter().find_map(|k| spec.options.get(*k)).and_then(Value::as_str);
+    let path = ["path", "output", "file"]
+        .iter()
+        .find_map(|k| spec.options.get(*k))
+        .and_then(Value::as_str);
     let path = match (spec.kind, path) {
         (_, Some(p)) if p != "-" && p != "stdout" => Some(PathBuf::from(p)),
         (SinkKind::File, _) => {
@@ -62,17 +76,48 @@ pub async fn build(spec: &SinkSpec) -> Result<Box<dyn Sink>, BuildError> {
     };
     let target = match path {
         Some(path) => {
+            drop_partial_last_line(&path)
+                .await
+                .map_err(|e| BuildError::Open {
+                    backend: "file",
+                    message: format!("cannot repair {}: {e}", path.display()),
+                })?;
             let file = tokio::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&path)
                 .await
-                .map_err(|e| BuildError::Open { backend: "file", message: format!("cannot open {}: {e}", path.display()) })?;
+                .map_err(|e| BuildError::Open {
+                    backend: "file",
+                    message: format!("cannot open {}: {e}", path.display()),
+                })?;
             Target::File { path, file }
         }
         None => Target::Stdout(tokio::io::stdout()),
     };
-    Ok(Box::new(StdoutSink { target, format, buf: Vec::with_capacity(64 * 1024) }))
+    Ok(Box::new(StdoutSink {
+        target,
+        format,
+        buf: Vec::with_capacity(64 * 1024),
+    }))
+}
+
+/// A relay killed mid-write can leave a partial last line. That line was never confirmed, so
+/// its messages will be relayed again: cut it off so the file stays valid JSON lines.
+async fn drop_partial_last_line(path: &std::path::Path) -> std::io::Result<()> {
+    let data = match tokio::fs::read(path).await {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if data.is_empty() || data.ends_with(b"\n") {
+        return Ok(());
+    }
+    let keep = data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    tracing::warn!(path = %path.display(), dropped_bytes = data.len() - keep, "removing an unconfirmed partial line left by an interrupted write");
+    let file = tokio::fs::OpenOptions::new().write(true).open(path).await?;
+    file.set_len(keep as u64).await?;
+    file.sync_all().await
 }
 
 impl StdoutSink {
@@ -83,7 +128,10 @@ impl StdoutSink {
                 Format::JsonLines => serde_json::to_writer(&mut self.buf, m),
                 Format::Pretty => serde_json::to_writer_pretty(&mut self.buf, m),
             };
-            r.map_err(|e| SinkError::Permanent { backend: self.name(), message: format!("cannot encode message: {e}") })?;
+            r.map_err(|e| SinkError::Permanent {
+                backend: self.name(),
+                message: format!("cannot encode message: {e}"),
+            })?;
             self.buf.push(b'\n');
         }
         Ok(())
@@ -98,11 +146,17 @@ impl Sink for StdoutSink {
         }
     }
 
-    fn publish<'a>(&'a mut self, batch: &'a [RelayMessage]) -> BoxFuture<'a, Result<(), SinkError>> {
+    fn publish<'a>(
+        &'a mut self,
+        batch: &'a [RelayMessage],
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
             self.encode(batch)?;
             let name = self.name();
-            let io = |e: std::io::Error| SinkError::Retryable { backend: name, message: e.to_string() };
+            let io = |e: std::io::Error| SinkError::Retryable {
+                backend: name,
+                message: e.to_string(),
+            };
             match &mut self.target {
                 Target::Stdout(out) => {
                     out.write_all(&self.buf).await.map_err(io)?;
@@ -130,7 +184,10 @@ impl Sink for StdoutSink {
                 Target::Stdout(out) => out.flush().await,
                 Target::File { file, .. } => file.sync_all().await,
             }
-            .map_err(|e| SinkError::Retryable { backend: name, message: e.to_string() })
+            .map_err(|e| SinkError::Retryable {
+                backend: name,
+                message: e.to_string(),
+            })
         })
     }
 }

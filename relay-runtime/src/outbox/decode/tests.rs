@@ -17,7 +17,12 @@ fn messages(decoded: Decoded, keys: &[String]) -> Vec<RelayMessage> {
     let c = ctx(&subject, keys);
     let mut out = Vec::new();
     match decoded {
-        Decoded::Rows { inserted, deleted, full_refresh, refresh_id } => build_messages(
+        Decoded::Rows {
+            inserted,
+            deleted,
+            full_refresh,
+            refresh_id,
+        } => build_messages(
             &c,
             Delta {
                 outbox_id: 7,
@@ -39,10 +44,16 @@ fn messages(decoded: Decoded, keys: &[String]) -> Vec<RelayMessage> {
 #[test]
 fn null_payload_is_empty_or_claim_check() {
     assert_eq!(decode(None, false, None).unwrap(), Decoded::Empty);
-    assert_eq!(decode(Some(&Value::Null), false, None).unwrap(), Decoded::Empty);
+    assert_eq!(
+        decode(Some(&Value::Null), false, None).unwrap(),
+        Decoded::Empty
+    );
     assert_eq!(
         decode(None, true, Some("r1")).unwrap(),
-        Decoded::ClaimCheck { full_refresh: None, refresh_id: Some("r1".into()) }
+        Decoded::ClaimCheck {
+            full_refresh: None,
+            refresh_id: Some("r1".into())
+        }
     );
 }
 
@@ -55,7 +66,10 @@ fn pg_trickle_045_snapshot_array_becomes_full_refresh_inserts_without_internal_c
     let msgs = messages(decode(Some(&payload), false, None).unwrap(), &[]);
     assert_eq!(msgs.len(), 2);
     assert!(msgs.iter().all(|m| m.op == Op::Insert && m.is_full_refresh));
-    assert_eq!(msgs[0].payload, json!({"total": 175.0, "customer_id": 10, "order_count": 1}));
+    assert_eq!(
+        msgs[0].payload,
+        json!({"total": 175.0, "customer_id": 10, "order_count": 1})
+    );
     assert_eq!(msgs[1].dedup_key, "outbox_orders:7:1");
     assert_eq!(msgs[1].subject, "pgtrickle.orders.insert");
     assert_eq!(msgs[0].outbox_id, Some(7));
@@ -84,18 +98,29 @@ fn internal_columns_kept_on_request() {
 fn v1_envelope_inserts_first_then_deletes_with_continuous_index() {
     let payload = json!({"v": 1, "inserted": [{"id": 1}, {"id": 2}], "deleted": [{"id": 3}], "pgt_id": "0b5f6c2e-1111-4c4c-8888-000000000001"});
     let msgs = messages(decode(Some(&payload), false, None).unwrap(), &[]);
-    let summary: Vec<(&str, Op, bool)> = msgs.iter().map(|m| (m.dedup_key.as_str(), m.op, m.is_full_refresh)).collect();
+    let summary: Vec<(&str, Op, bool)> = msgs
+        .iter()
+        .map(|m| (m.dedup_key.as_str(), m.op, m.is_full_refresh))
+        .collect();
     assert_eq!(
         summary,
-        vec![("outbox_orders:7:0", Op::Insert, false), ("outbox_orders:7:1", Op::Insert, false), ("outbox_orders:7:2", Op::Delete, false)]
+        vec![
+            ("outbox_orders:7:0", Op::Insert, false),
+            ("outbox_orders:7:1", Op::Insert, false),
+            ("outbox_orders:7:2", Op::Delete, false)
+        ]
     );
     assert_eq!(msgs[2].subject, "pgtrickle.orders.delete");
-    assert_eq!(msgs[0].refresh_id.as_deref(), Some("0b5f6c2e-1111-4c4c-8888-000000000001"));
+    assert_eq!(
+        msgs[0].refresh_id.as_deref(),
+        Some("0b5f6c2e-1111-4c4c-8888-000000000001")
+    );
 }
 
 #[test]
 fn v1_full_refresh_flag_marks_inserts_only() {
-    let payload = json!({"v": 1, "full_refresh": true, "inserted": [{"id": 1}], "deleted": [{"id": 2}]});
+    let payload =
+        json!({"v": 1, "full_refresh": true, "inserted": [{"id": 1}], "deleted": [{"id": 2}]});
     let msgs = messages(decode(Some(&payload), false, None).unwrap(), &[]);
     assert!(msgs[0].is_full_refresh);
     assert!(!msgs[1].is_full_refresh);
@@ -109,7 +134,14 @@ fn key_columns_turn_delete_insert_pairs_into_updates() {
     let keys = vec!["id".to_owned()];
     let msgs = messages(decode(Some(&payload), false, None).unwrap(), &keys);
     let ops: Vec<(Op, &str)> = msgs.iter().map(|m| (m.op, m.dedup_key.as_str())).collect();
-    assert_eq!(ops, vec![(Op::Update, "outbox_orders:7:0"), (Op::Insert, "outbox_orders:7:1"), (Op::Delete, "outbox_orders:7:2")]);
+    assert_eq!(
+        ops,
+        vec![
+            (Op::Update, "outbox_orders:7:0"),
+            (Op::Insert, "outbox_orders:7:1"),
+            (Op::Delete, "outbox_orders:7:2")
+        ]
+    );
     assert_eq!(msgs[0].before, Some(json!({"id": 2.0, "total": 42.5})));
     assert_eq!(msgs[0].subject, "pgtrickle.orders.update");
     assert_eq!(msgs[2].payload, json!({"id": 1, "total": 175.0}));
@@ -145,23 +177,50 @@ fn claim_check_header_envelope() {
     let payload = json!({"v": 1, "claim_check": true, "inserted_count": 5, "deleted_count": 0, "full_refresh": true});
     assert_eq!(
         decode(Some(&payload), true, None).unwrap(),
-        Decoded::ClaimCheck { full_refresh: Some(true), refresh_id: None }
+        Decoded::ClaimCheck {
+            full_refresh: Some(true),
+            refresh_id: None
+        }
     );
 }
 
 #[test]
 fn bad_payloads_are_errors_not_panics() {
-    assert_eq!(decode(Some(&json!({"v": 99})), false, None).unwrap_err(), DecodeError::UnsupportedVersion("99".into()));
-    assert!(matches!(decode(Some(&json!("text")), false, None), Err(DecodeError::UnexpectedShape(_))));
-    assert!(matches!(decode(Some(&json!(12)), false, None), Err(DecodeError::UnexpectedShape(_))));
-    assert!(matches!(decode(Some(&json!({"other": 1})), false, None), Err(DecodeError::UnexpectedShape(_))));
-    assert_eq!(decode(Some(&json!({"v": 1, "inserted": "x"})), false, None).unwrap_err(), DecodeError::BadArray("inserted"));
+    assert_eq!(
+        decode(Some(&json!({"v": 99})), false, None).unwrap_err(),
+        DecodeError::UnsupportedVersion("99".into())
+    );
+    assert!(matches!(
+        decode(Some(&json!("text")), false, None),
+        Err(DecodeError::UnexpectedShape(_))
+    ));
+    assert!(matches!(
+        decode(Some(&json!(12)), false, None),
+        Err(DecodeError::UnexpectedShape(_))
+    ));
+    assert!(matches!(
+        decode(Some(&json!({"other": 1})), false, None),
+        Err(DecodeError::UnexpectedShape(_))
+    ));
+    assert_eq!(
+        decode(Some(&json!({"v": 1, "inserted": "x"})), false, None).unwrap_err(),
+        DecodeError::BadArray("inserted")
+    );
 }
 
 #[test]
 fn empty_arrays_produce_no_messages() {
     assert!(messages(decode(Some(&json!([])), false, None).unwrap(), &[]).is_empty());
-    assert!(messages(decode(Some(&json!({"v": 1, "inserted": [], "deleted": []})), false, None).unwrap(), &[]).is_empty());
+    assert!(messages(
+        decode(
+            Some(&json!({"v": 1, "inserted": [], "deleted": []})),
+            false,
+            None
+        )
+        .unwrap(),
+        &[]
+    )
+    .is_empty());
 }
 
 #[test]

@@ -1,0 +1,80 @@
+# shellcheck shell=bash
+# Finds or starts the services the tests and the demo need, on loopback only.
+# A service already answering is reused; a missing one is installed (Debian packages) and
+# started in a private directory under $PGTRICKLE_RELAY_STATE (default /var/tmp/pgtrickle-relay).
+
+PGTRICKLE_RELAY_STATE=${PGTRICKLE_RELAY_STATE:-/var/tmp/pgtrickle-relay}
+PG_HOST=127.0.0.1
+PG_PORT=${PG_PORT:-5432}
+
+log() { printf '[services] %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_install() {
+  log "installing $* (apt)"
+  if [ -z "${_APT_UPDATED:-}" ]; then
+    as_root apt-get update -qq >/dev/null
+    _APT_UPDATED=1
+  fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+pg_ready() {
+  command -v pg_isready >/dev/null 2>&1 && pg_isready -q -h "$PG_HOST" -p "$PG_PORT" -t 2
+}
+
+ensure_postgres() {
+  if pg_ready; then
+    log "PostgreSQL answers on $PG_HOST:$PG_PORT (reused)"
+    return 0
+  fi
+  # The machine's own cluster, if there is one that is merely stopped.
+  if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ] && [ -n "$(ls /etc/postgresql 2>/dev/null)" ]; then
+    local v
+    v=$(ls /etc/postgresql | sort -V | tail -n1)
+    log "starting the machine's PostgreSQL $v cluster"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$v" main start 2>/dev/null || true
+    for _ in $(seq 1 30); do pg_ready && break; sleep 0.5; done
+    if pg_ready && psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -Atqc 'select 1' postgres >/dev/null 2>&1; then
+      return 0
+    fi
+  fi
+  # Otherwise a private trust-auth cluster of our own.
+  local initdb
+  initdb=$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -n1 || true)
+  if [ -z "$initdb" ]; then
+    apt_install postgresql postgresql-client
+    initdb=$(ls /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n1)
+    # The package may start its own cluster; if that one now answers with trust, use it.
+    if pg_ready && psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -Atqc 'select 1' postgres >/dev/null 2>&1; then
+      return 0
+    fi
+  fi
+  local bindir data
+  bindir=$(dirname "$initdb")
+  data="$PGTRICKLE_RELAY_STATE/pg"
+  mkdir -p "$PGTRICKLE_RELAY_STATE"
+  if [ ! -f "$data/PG_VERSION" ]; then
+    log "creating a private PostgreSQL cluster in $data"
+    as_root mkdir -p "$data"
+    as_root chown postgres "$data" 2>/dev/null || true
+    run_pg "$bindir/initdb" -D "$data" -U postgres -A trust >/dev/null
+  fi
+  log "starting private PostgreSQL on $PG_HOST:$PG_PORT"
+  run_pg "$bindir/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 \
+    -o "-c listen_addresses=$PG_HOST -p $PG_PORT -c unix_socket_directories=/tmp -c max_connections=300" start >/dev/null
+  pg_ready || { log "PostgreSQL did not start; see $data/server.log"; return 1; }
+}
+
+# PostgreSQL refuses to run as root: run its tools as the postgres user when we are root.
+run_pg() {
+  if [ "$(id -u)" = 0 ]; then
+    id postgres >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql --shell /bin/sh postgres
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
+}

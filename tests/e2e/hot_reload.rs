@@ -1,0 +1,124 @@
+//! Hot reload through `LISTEN pgtrickle_relay_config`: disable, enable, config change and
+//! delete each take effect in under a second, without a restart.
+
+use std::time::{Duration, Instant};
+
+use relay_e2e::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disable_enable_change_delete_apply_within_a_second() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    assert!(run_cli(&db.url, &["migrate"]).0.success());
+    let outbox = enable_outbox(&c, "reload", None).await;
+    c.batch_execute(
+        r#"SELECT pgtrickle.set_relay_outbox('reload', config => '{"stream_table": "reload", "sink_type": "stdout"}'::jsonb);
+           SELECT pgtrickle.enable_relay('reload');"#,
+    )
+    .await
+    .unwrap();
+    // A long discovery interval: only notifications can make these changes fast.
+    let relay = Relay::start(&db.url, "default", &["--discovery-interval", "60s"]);
+    write_inline(&c, &outbox, Some(json!([{"n": 1}]))).await;
+    relay.wait_for_messages(1, Duration::from_secs(10)).await;
+    assert!(lock_holder(&c, "default", "reload").await.is_some());
+
+    // disable_relay: the worker stops and releases its lock.
+    let t = Instant::now();
+    c.execute("SELECT pgtrickle.disable_relay('reload')", &[])
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "lock released after disable",
+        || async {
+            lock_holder(&c, "default", "reload")
+                .await
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    let disable_took = t.elapsed();
+    assert!(
+        disable_took < Duration::from_secs(1),
+        "disable took {disable_took:?}"
+    );
+    write_inline(&c, &outbox, Some(json!([{"n": 2}]))).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        relay.messages().len(),
+        1,
+        "a disabled pipeline relays nothing"
+    );
+
+    // enable_relay: resumes where it stopped.
+    let t = Instant::now();
+    c.execute("SELECT pgtrickle.enable_relay('reload')", &[])
+        .await
+        .unwrap();
+    let msgs = relay.wait_for_messages(2, Duration::from_secs(5)).await;
+    let enable_took = t.elapsed();
+    assert!(
+        enable_took < Duration::from_secs(1),
+        "enable took {enable_took:?}"
+    );
+    assert_eq!(msgs[1]["payload"], json!({"n": 2}));
+
+    // Config change: a new subject template applies to the next rows.
+    let t = Instant::now();
+    c.batch_execute(
+        r#"SELECT pgtrickle.set_relay_outbox('reload', config => '{"stream_table": "reload", "sink_type": "stdout", "subject_template": "changed.{op}"}'::jsonb)"#,
+    )
+    .await
+    .unwrap();
+    write_inline(&c, &outbox, Some(json!([{"n": 3}]))).await;
+    let msgs = relay.wait_for_messages(3, Duration::from_secs(5)).await;
+    let change_took = t.elapsed();
+    assert!(
+        change_took < Duration::from_secs(1),
+        "config change took {change_took:?}"
+    );
+    assert_eq!(msgs[2]["subject"], "changed.insert");
+    assert_eq!(
+        msgs.len(),
+        3,
+        "no message relayed twice by the restart: {msgs:?}"
+    );
+
+    // delete_relay: stops, releases, and the status row goes away.
+    let t = Instant::now();
+    c.execute("SELECT pgtrickle.delete_relay('reload')", &[])
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "lock released after delete",
+        || async {
+            lock_holder(&c, "default", "reload")
+                .await
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "delete took {:?}",
+        t.elapsed()
+    );
+    eventually(Duration::from_secs(5), "status row removed", || async {
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pgtrickle.relay_pipeline_status WHERE name = 'reload'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (n == 0).then_some(())
+    })
+    .await;
+    assert_eq!(relay.health()["pipelines_owned"], 0);
+}
