@@ -44,13 +44,21 @@ pub enum DecodeError {
     BadArray(&'static str),
 }
 
-/// Decodes one header row's payload. `row_refresh_id` is the header's own `refresh_id`
-/// column (always NULL in pg_trickle ≤ 0.45, used when the payload does not carry one).
+/// A payload that cannot be decoded, handed back whole so it can be dead-lettered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Undecodable {
+    pub error: DecodeError,
+    pub payload: Value,
+}
+
+/// Decodes one header row's payload, taking ownership so rows are moved, not copied.
+/// `row_refresh_id` is the header's own `refresh_id` column (always NULL in pg_trickle
+/// ≤ 0.45, used when the payload does not carry one).
 pub fn decode(
-    payload: Option<&Value>,
+    payload: Option<Value>,
     is_claim_check: bool,
     row_refresh_id: Option<&str>,
-) -> Result<Decoded, DecodeError> {
+) -> Result<Decoded, Undecodable> {
     let fallback_refresh = row_refresh_id.map(str::to_owned);
     let Some(payload) = payload.filter(|p| !p.is_null()) else {
         return Ok(if is_claim_check {
@@ -62,74 +70,94 @@ pub fn decode(
             Decoded::Empty
         });
     };
-    match payload {
-        Value::Array(rows) => {
-            if is_claim_check && rows.is_empty() {
-                return Ok(Decoded::ClaimCheck {
-                    full_refresh: Some(true),
-                    refresh_id: fallback_refresh,
-                });
-            }
-            Ok(Decoded::Rows {
-                inserted: rows.clone(),
-                deleted: Vec::new(),
-                full_refresh: true,
-                refresh_id: fallback_refresh,
-            })
-        }
-        Value::Object(obj) => decode_object(obj, is_claim_check, fallback_refresh),
-        Value::Bool(_) => Err(DecodeError::UnexpectedShape("a boolean")),
-        Value::Number(_) => Err(DecodeError::UnexpectedShape("a number")),
-        Value::String(_) => Err(DecodeError::UnexpectedShape("a string")),
-        Value::Null => Ok(Decoded::Empty),
+    let shape = match &payload {
+        Value::Array(_) => None,
+        Value::Object(obj) => check_object(obj).err(),
+        Value::Bool(_) => Some(DecodeError::UnexpectedShape("a boolean")),
+        Value::Number(_) => Some(DecodeError::UnexpectedShape("a number")),
+        Value::String(_) => Some(DecodeError::UnexpectedShape("a string")),
+        Value::Null => None,
+    };
+    if let Some(error) = shape {
+        return Err(Undecodable { error, payload });
     }
+    Ok(match payload {
+        Value::Array(rows) if is_claim_check && rows.is_empty() => Decoded::ClaimCheck {
+            full_refresh: Some(true),
+            refresh_id: fallback_refresh,
+        },
+        Value::Array(rows) => Decoded::Rows {
+            inserted: rows,
+            deleted: Vec::new(),
+            full_refresh: true,
+            refresh_id: fallback_refresh,
+        },
+        Value::Object(obj) => decode_object(obj, is_claim_check, fallback_refresh),
+        _ => Decoded::Empty,
+    })
 }
 
-fn decode_object(
-    obj: &Map<String, Value>,
-    is_claim_check: bool,
-    fallback_refresh: Option<String>,
-) -> Result<Decoded, DecodeError> {
+/// Everything that can be wrong with an object payload, checked before it is taken apart.
+fn check_object(obj: &Map<String, Value>) -> Result<(), DecodeError> {
     match obj.get("v") {
         // The docs' examples read `payload -> 'inserted'` without a version: accept that too.
         None => {}
         Some(Value::Number(n)) if n.as_i64() == Some(1) => {}
         Some(other) => return Err(DecodeError::UnsupportedVersion(other.to_string())),
     }
-    let refresh_id = ["refresh_id", "pgt_id"]
-        .iter()
-        .find_map(|k| obj.get(*k).and_then(Value::as_str).map(str::to_owned))
-        .or(fallback_refresh);
-    let full_refresh = obj.get("full_refresh").and_then(Value::as_bool);
-    let is_summary = obj.get("inserted").is_some_and(Value::is_number)
-        || obj.get("deleted").is_some_and(Value::is_number);
-    if is_summary {
-        return Ok(Decoded::Summary(Value::Object(obj.clone())));
-    }
-    if is_claim_check || obj.get("claim_check").and_then(Value::as_bool) == Some(true) {
-        return Ok(Decoded::ClaimCheck {
-            full_refresh,
-            refresh_id,
-        });
+    if is_summary(obj) || obj.get("claim_check").and_then(Value::as_bool) == Some(true) {
+        return Ok(());
     }
     if !obj.contains_key("inserted") && !obj.contains_key("deleted") {
         return Err(DecodeError::UnexpectedShape(
             "an object without 'inserted'/'deleted'",
         ));
     }
-    Ok(Decoded::Rows {
-        inserted: rows_of(obj, "inserted")?,
-        deleted: rows_of(obj, "deleted")?,
-        full_refresh: full_refresh.unwrap_or(false),
-        refresh_id,
-    })
+    for key in ["inserted", "deleted"] {
+        if !matches!(
+            obj.get(key),
+            None | Some(Value::Null) | Some(Value::Array(_))
+        ) {
+            return Err(DecodeError::BadArray(key));
+        }
+    }
+    Ok(())
 }
 
-fn rows_of(obj: &Map<String, Value>, key: &'static str) -> Result<Vec<Value>, DecodeError> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Array(rows)) => Ok(rows.clone()),
-        Some(_) => Err(DecodeError::BadArray(key)),
+/// pg_trickle ≥ 0.46 writes counts where the envelope has arrays.
+fn is_summary(obj: &Map<String, Value>) -> bool {
+    obj.get("inserted").is_some_and(Value::is_number)
+        || obj.get("deleted").is_some_and(Value::is_number)
+}
+
+fn decode_object(
+    mut obj: Map<String, Value>,
+    is_claim_check: bool,
+    fallback_refresh: Option<String>,
+) -> Decoded {
+    let refresh_id = ["refresh_id", "pgt_id"]
+        .iter()
+        .find_map(|k| obj.get(*k).and_then(Value::as_str).map(str::to_owned))
+        .or(fallback_refresh);
+    let full_refresh = obj.get("full_refresh").and_then(Value::as_bool);
+    if is_summary(&obj) {
+        return Decoded::Summary(Value::Object(obj));
+    }
+    if is_claim_check || obj.get("claim_check").and_then(Value::as_bool) == Some(true) {
+        return Decoded::ClaimCheck {
+            full_refresh,
+            refresh_id,
+        };
+    }
+    let mut rows_of = |key: &str| match obj.remove(key) {
+        Some(Value::Array(rows)) => rows,
+        _ => Vec::new(),
+    };
+    Decoded::Rows {
+        inserted: rows_of("inserted"),
+        deleted: rows_of("deleted"),
+        full_refresh: full_refresh.unwrap_or(false),
+        refresh_id,
     }
 }
 

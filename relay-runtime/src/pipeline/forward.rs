@@ -205,9 +205,9 @@ impl ForwardRunner<'_> {
 
     async fn relay_rows(&mut self, rows: Vec<HeaderRow>) -> Result<(), Stop> {
         let mut msgs: Vec<RelayMessage> = Vec::new();
-        for row in rows {
+        for mut row in rows {
             match decode(
-                row.payload.as_ref(),
+                row.payload.take(),
                 row.is_claim_check,
                 row.refresh_id.as_deref(),
             ) {
@@ -246,7 +246,10 @@ impl ForwardRunner<'_> {
                     )
                     .await?;
                 }
-                Err(e) => self.dead_letter(&row, &e.to_string()).await?,
+                Err(bad) => {
+                    row.payload = Some(bad.payload);
+                    self.dead_letter(&row, &bad.error.to_string()).await?
+                }
             }
             if msgs.len() >= MAX_CHUNK_MESSAGES {
                 self.publish(&msgs).await?;
