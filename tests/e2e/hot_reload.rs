@@ -25,22 +25,7 @@ async fn disable_enable_change_delete_apply_within_a_second() {
     assert!(lock_holder(&c, "default", "reload").await.is_some());
 
     // disable_relay: the worker stops and releases its lock.
-    let t = Instant::now();
-    c.execute("SELECT pgtrickle.disable_relay('reload')", &[])
-        .await
-        .unwrap();
-    eventually(
-        Duration::from_secs(5),
-        "lock released after disable",
-        || async {
-            lock_holder(&c, "default", "reload")
-                .await
-                .is_none()
-                .then_some(())
-        },
-    )
-    .await;
-    let disable_took = t.elapsed();
+    let disable_took = time_until_released(&c, "SELECT pgtrickle.disable_relay('reload')").await;
     assert!(
         disable_took < Duration::from_secs(1),
         "disable took {disable_took:?}"
@@ -88,25 +73,10 @@ async fn disable_enable_change_delete_apply_within_a_second() {
     );
 
     // delete_relay: stops, releases, and the status row goes away.
-    let t = Instant::now();
-    c.execute("SELECT pgtrickle.delete_relay('reload')", &[])
-        .await
-        .unwrap();
-    eventually(
-        Duration::from_secs(5),
-        "lock released after delete",
-        || async {
-            lock_holder(&c, "default", "reload")
-                .await
-                .is_none()
-                .then_some(())
-        },
-    )
-    .await;
+    let delete_took = time_until_released(&c, "SELECT pgtrickle.delete_relay('reload')").await;
     assert!(
-        t.elapsed() < Duration::from_secs(1),
-        "delete took {:?}",
-        t.elapsed()
+        delete_took < Duration::from_secs(1),
+        "delete took {delete_took:?}"
     );
     eventually(Duration::from_secs(5), "status row removed", || async {
         let n: i64 = c
@@ -121,4 +91,18 @@ async fn disable_enable_change_delete_apply_within_a_second() {
     })
     .await;
     assert_eq!(relay.health()["pipelines_owned"], 0);
+}
+
+/// Runs `sql` and measures how long until no session holds the pipeline's lock.
+async fn time_until_released(c: &tokio_postgres::Client, sql: &str) -> Duration {
+    let t = Instant::now();
+    c.execute(sql, &[]).await.unwrap();
+    eventually(Duration::from_secs(5), "lock released", || async {
+        lock_holder(c, "default", "reload")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    t.elapsed()
 }
