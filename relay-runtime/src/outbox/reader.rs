@@ -45,7 +45,7 @@ pub struct OutboxReader {
     table: OutboxTable,
     horizon_sql: String,
     lockers_sql: String,
-    fetch_sql: String,
+    fetch_sql: std::sync::Arc<str>,
     lag_sql: String,
     safe: i64,
     pending: Option<PendingHorizon>,
@@ -87,7 +87,8 @@ impl OutboxReader {
                 .to_owned(),
             fetch_sql: format!(
                 "SELECT id::int8, payload, {claim}, {refresh} FROM {q} WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3"
-            ),
+            )
+            .into(),
             lag_sql: format!("SELECT (SELECT coalesce(max(id), 0)::int8 FROM {q}), {lag_age}"),
             table,
             safe: 0,
@@ -150,18 +151,12 @@ impl OutboxReader {
         upto: i64,
         limit: i64,
     ) -> Result<Vec<HeaderRow>, tokio_postgres::Error> {
-        let rows = client
-            .query(&self.fetch_sql, &[&after, &upto, &limit])
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|r| HeaderRow {
-                id: r.get(0),
-                payload: r.get(1),
-                is_claim_check: r.get(2),
-                refresh_id: r.get(3),
-            })
-            .collect())
+        fetch_rows(client, &self.fetch_sql, after, upto, limit).await
+    }
+
+    /// The fetch statement, for reading ahead while the reader itself is borrowed elsewhere.
+    pub fn fetch_statement(&self) -> std::sync::Arc<str> {
+        self.fetch_sql.clone()
     }
 
     /// `(rows behind, age in seconds of the oldest unrelayed row)` for an offset.
@@ -191,4 +186,24 @@ impl OutboxReader {
               WHERE outbox_id = $1 ORDER BY 1, row_num"
         ))
     }
+}
+
+/// Runs a fetch statement of [`OutboxReader::fetch_statement`].
+pub async fn fetch_rows(
+    client: &Client,
+    sql: &str,
+    after: i64,
+    upto: i64,
+    limit: i64,
+) -> Result<Vec<HeaderRow>, tokio_postgres::Error> {
+    let rows = client.query(sql, &[&after, &upto, &limit]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| HeaderRow {
+            id: r.get(0),
+            payload: r.get(1),
+            is_claim_check: r.get(2),
+            refresh_id: r.get(3),
+        })
+        .collect())
 }

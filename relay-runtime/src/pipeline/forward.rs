@@ -18,7 +18,7 @@ use crate::message::RelayMessage;
 use crate::outbox::decode::{
     build_messages, decode, summary_message, Decoded, Delta, MessageContext,
 };
-use crate::outbox::reader::{HeaderRow, OutboxReader};
+use crate::outbox::reader::{fetch_rows, HeaderRow, OutboxReader};
 use crate::outbox::OutboxTable;
 use crate::sink::{self, Sink};
 use crate::state::{PipelineState, PipelineStatus, RelayState};
@@ -99,6 +99,7 @@ pub async fn run(
         unreported_messages: 0,
         unreported_errors: 0,
         last_status: Instant::now(),
+        prefetched: None,
     };
     let stop = runner.run_loop().await;
     if let Err(e) = runner.sink.close().await {
@@ -126,6 +127,13 @@ async fn setup(
     Ok((table, sink))
 }
 
+/// The next batch, read ahead: rows with `after < id <= upto`.
+struct Prefetched {
+    after: i64,
+    upto: i64,
+    rows: Vec<HeaderRow>,
+}
+
 struct ForwardRunner<'a> {
     ctx: Arc<RelayState>,
     spec: ForwardSpec,
@@ -140,6 +148,7 @@ struct ForwardRunner<'a> {
     unreported_messages: i64,
     unreported_errors: i64,
     last_status: Instant,
+    prefetched: Option<Prefetched>,
 }
 
 impl ForwardRunner<'_> {
@@ -177,18 +186,43 @@ impl ForwardRunner<'_> {
             return Ok(false);
         }
         let started = Instant::now();
-        let rows = self
-            .reader
-            .fetch(self.client, self.offset, safe, self.spec.batch_size)
-            .await?;
+        let (rows, upto) = match self.prefetched.take() {
+            Some(p) if p.after == self.offset => (p.rows, p.upto),
+            _ => (
+                self.reader
+                    .fetch(self.client, self.offset, safe, self.spec.batch_size)
+                    .await?,
+                safe,
+            ),
+        };
         let full = rows.len() as i64 == self.spec.batch_size;
-        // A short batch covers everything up to the horizon (ids in between were rolled back).
+        // A short batch covers everything up to its horizon (ids in between were rolled back).
         let new_offset = match rows.last() {
             Some(last) if full => last.id,
-            _ => safe,
+            _ => upto,
         };
         let had_rows = !rows.is_empty();
-        self.relay_rows(rows).await?;
+        if full {
+            // Read the next batch while this one is published, so PostgreSQL and the relay work
+            // at the same time. The rows are only used if this batch commits as planned.
+            let (client, sql, limit) = (
+                self.client,
+                self.reader.fetch_statement(),
+                self.spec.batch_size,
+            );
+            let next = async move { fetch_rows(client, &sql, new_offset, safe, limit).await };
+            let (relayed, next) = tokio::join!(self.relay_rows(rows), next);
+            relayed?;
+            if let Ok(rows) = next {
+                self.prefetched = Some(Prefetched {
+                    after: new_offset,
+                    upto: safe,
+                    rows,
+                });
+            }
+        } else {
+            self.relay_rows(rows).await?;
+        }
         self.commit(new_offset).await?;
         if had_rows {
             self.ctx
