@@ -38,45 +38,19 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
     /// PostgreSQL connection (URL or key=value string); `${ENV:NAME}` placeholders are expanded
-    #[arg(
-        long,
-        env = "PGTRICKLE_RELAY_POSTGRES_URL",
-        global = true,
-        hide_env_values = true
-    )]
+    #[arg(long, env = "PGTRICKLE_RELAY_POSTGRES_URL", global = true, hide_env_values = true)]
     pub postgres_url: Option<String>,
     /// Address of the /metrics, /health, /livez and /readyz server
-    #[arg(
-        long,
-        env = "PGTRICKLE_RELAY_METRICS_ADDR",
-        default_value = "0.0.0.0:9090",
-        global = true
-    )]
+    #[arg(long, env = "PGTRICKLE_RELAY_METRICS_ADDR", default_value = "0.0.0.0:9090", global = true)]
     pub metrics_addr: SocketAddr,
     /// Log format on stderr
-    #[arg(
-        long,
-        env = "PGTRICKLE_RELAY_LOG_FORMAT",
-        value_enum,
-        default_value = "text",
-        global = true
-    )]
+    #[arg(long, env = "PGTRICKLE_RELAY_LOG_FORMAT", value_enum, default_value = "text", global = true)]
     pub log_format: LogFormat,
     /// Log filter (`info`, `debug`, `relay_runtime=debug,warn`); RUST_LOG wins when set
-    #[arg(
-        long,
-        env = "PGTRICKLE_RELAY_LOG_LEVEL",
-        default_value = "info",
-        global = true
-    )]
+    #[arg(long, env = "PGTRICKLE_RELAY_LOG_LEVEL", default_value = "info", global = true)]
     pub log_level: String,
     /// Relay group: instances of one group share the pipelines and their offsets
-    #[arg(
-        long,
-        env = "PGTRICKLE_RELAY_GROUP_ID",
-        default_value = "default",
-        global = true
-    )]
+    #[arg(long, env = "PGTRICKLE_RELAY_GROUP_ID", default_value = "default", global = true)]
     pub relay_group_id: String,
 }
 
@@ -133,9 +107,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         Some(i) => s.split_at(i),
         None => (s, "s"),
     };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration (use e.g. 5s, 500ms, 2m)"))?;
+    let n: f64 = num.parse().map_err(|_| format!("'{s}' is not a duration (use e.g. 5s, 500ms, 2m)"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" => n,
@@ -153,10 +125,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.global.log_format, &cli.global.log_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -175,15 +144,11 @@ async fn dispatch(cli: Cli) -> ExitCode {
         }
     };
     let result = match cli.command {
-        None | Some(Command::Run) => {
-            return run(&cli.global, &cli.run, url, CancellationToken::new()).await
-        }
+        None | Some(Command::Run) => return run(&cli.global, &cli.run, url, CancellationToken::new()).await,
         Some(Command::Migrate) => migrate_cmd(&url).await,
         Some(Command::Check) => check_cmd(&url).await,
         Some(Command::Pipelines(cmd)) => pipelines_cmd(&url, &cli.global.relay_group_id, cmd).await,
-        Some(Command::Demo(args)) => {
-            return crate::demo::run(&cli.global, &cli.run, url, args).await
-        }
+        Some(Command::Demo(args)) => return crate::demo::run(&cli.global, &cli.run, url, args).await,
     };
     match result {
         Ok(code) => code,
@@ -199,9 +164,7 @@ fn postgres_url(g: &GlobalArgs) -> Result<String, String> {
         .postgres_url
         .as_deref()
         .filter(|u| !u.trim().is_empty())
-        .ok_or_else(|| {
-            "--postgres-url is required (or set PGTRICKLE_RELAY_POSTGRES_URL)".to_owned()
-        })?;
+        .ok_or_else(|| "--postgres-url is required (or set PGTRICKLE_RELAY_POSTGRES_URL)".to_owned())?;
     secrets::resolve_str(raw, "--postgres-url").map_err(|e| e.to_string())
 }
 
@@ -229,16 +192,11 @@ pub async fn run(g: &GlobalArgs, r: &RunArgs, url: String, stop: CancellationTok
         version = env!("CARGO_PKG_VERSION"), metrics_addr = %addr, relay_group_id = %g.relay_group_id,
         worker_id = %worker_id, postgres = %catalog::redact_url(&url), "pgtrickle-relay starting"
     );
-    let Some(mut conn) =
-        catalog::connect_with_retry(&url, "pgtrickle-relay", None, &shutdown).await
-    else {
+    let Some(mut conn) = catalog::connect_with_retry(&url, "pgtrickle-relay", None, &shutdown).await else {
         return ExitCode::SUCCESS;
     };
-    let checked = if r.no_migrate {
-        schema::verify(&conn.client).await
-    } else {
-        schema::migrate(&mut conn.client).await
-    };
+    let checked =
+        if r.no_migrate { schema::verify(&conn.client).await } else { schema::migrate(&mut conn.client).await };
     match checked {
         Ok(v) => tracing::info!(catalog_version = v, "relay catalog ready"),
         Err(e) => {
@@ -298,12 +256,7 @@ fn spawn_signal_handler(shutdown: CancellationToken) {
 async fn connect_once(url: &str) -> anyhow::Result<catalog::DbConnection> {
     catalog::connect(url, "pgtrickle-relay-cli", None)
         .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot connect to PostgreSQL at {}: {e}",
-                catalog::redact_url(url)
-            )
-        })
+        .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL at {}: {e}", catalog::redact_url(url)))
 }
 
 async fn migrate_cmd(url: &str) -> anyhow::Result<ExitCode> {
@@ -321,15 +274,21 @@ async fn check_cmd(url: &str) -> anyhow::Result<ExitCode> {
     for row in &rows {
         let verdict = match row.parse() {
             Err(e) => Err(e.to_string()),
-            Ok(PipelineSpec::Forward(spec)) => {
-                match OutboxTable::resolve(&conn.client, &spec.outbox).await {
-                    Ok(t) => match crate::sink::build(&spec.sink).await {
-                        Ok(_) => Ok(format!("{} -> {}", t.qualified(), spec.sink.kind.as_str())),
-                        Err(e) => Err(e.to_string()),
+            Ok(PipelineSpec::Forward(spec)) => match OutboxTable::resolve(&conn.client, &spec.outbox).await {
+                Ok(t) => match crate::sink::build(
+                    &spec.sink,
+                    &crate::sink::SinkContext {
+                        pipeline: &spec.name,
+                        subject_template: spec.subject_template.source(),
                     },
+                )
+                .await
+                {
+                    Ok(_) => Ok(format!("{} -> {}", t.qualified(), spec.sink.kind.as_str())),
                     Err(e) => Err(e.to_string()),
-                }
-            }
+                },
+                Err(e) => Err(e.to_string()),
+            },
             Ok(PipelineSpec::Reverse(spec)) => Err(format!(
                 "reverse pipelines (source type '{}') are not available in this version yet",
                 spec.source_type
@@ -337,27 +296,15 @@ async fn check_cmd(url: &str) -> anyhow::Result<ExitCode> {
         };
         let enabled = if row.enabled { "enabled" } else { "disabled" };
         match verdict {
-            Ok(what) => println!(
-                "ok     {} ({}, {enabled}): {what}",
-                row.name,
-                row.direction.as_str()
-            ),
+            Ok(what) => println!("ok     {} ({}, {enabled}): {what}", row.name, row.direction.as_str()),
             Err(e) => {
                 bad += 1;
-                println!(
-                    "ERROR  {} ({}, {enabled}): {e}",
-                    row.name,
-                    row.direction.as_str()
-                );
+                println!("ERROR  {} ({}, {enabled}): {e}", row.name, row.direction.as_str());
             }
         }
     }
     println!("{} pipeline(s) checked, {bad} invalid", rows.len());
-    Ok(if bad == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 async fn pipelines_cmd(url: &str, group: &str, cmd: PipelinesCommand) -> anyhow::Result<ExitCode> {
@@ -368,9 +315,7 @@ async fn pipelines_cmd(url: &str, group: &str, cmd: PipelinesCommand) -> anyhow:
             let statuses = status::read(&conn.client, group).await.unwrap_or_default();
             let mut out = Vec::new();
             for row in &rows {
-                let st = statuses
-                    .iter()
-                    .find(|s| s.name == row.name && s.direction == row.direction);
+                let st = statuses.iter().find(|s| s.name == row.name && s.direction == row.direction);
                 let target = match row.parse() {
                     Ok(PipelineSpec::Forward(f)) => f.sink.kind.as_str().to_owned(),
                     Ok(PipelineSpec::Reverse(r)) => r.source_type,
@@ -398,19 +343,13 @@ async fn pipelines_cmd(url: &str, group: &str, cmd: PipelinesCommand) -> anyhow:
             }
         }
         PipelinesCommand::Show { name } => {
-            let rows: Vec<_> = pipelines::list(&conn.client)
-                .await?
-                .into_iter()
-                .filter(|r| r.name == name)
-                .collect();
+            let rows: Vec<_> = pipelines::list(&conn.client).await?.into_iter().filter(|r| r.name == name).collect();
             if rows.is_empty() {
                 anyhow::bail!("pipeline '{name}' not found");
             }
             let statuses = status::read(&conn.client, group).await.unwrap_or_default();
             for row in rows {
-                let st = statuses
-                    .iter()
-                    .find(|s| s.name == row.name && s.direction == row.direction);
+                let st = statuses.iter().find(|s| s.name == row.name && s.direction == row.direction);
                 let validation = match row.parse() {
                     Ok(_) => serde_json::Value::String("ok".into()),
                     Err(e) => serde_json::Value::String(e.to_string()),
@@ -473,25 +412,13 @@ fn print_table(rows: &[serde_json::Value]) {
     let line = |vals: Vec<String>| {
         vals.iter()
             .enumerate()
-            .map(|(i, v)| {
-                format!(
-                    "{:w$}",
-                    v.chars().take(60).collect::<String>(),
-                    w = widths[i]
-                )
-            })
+            .map(|(i, v)| format!("{:w$}", v.chars().take(60).collect::<String>(), w = widths[i]))
             .collect::<Vec<_>>()
             .join("  ")
     };
-    println!(
-        "{}",
-        line(cols.iter().map(|c| c.to_uppercase()).collect()).trim_end()
-    );
+    println!("{}", line(cols.iter().map(|c| c.to_uppercase()).collect()).trim_end());
     for r in rows {
-        println!(
-            "{}",
-            line(cols.iter().map(|c| cell(&r[*c])).collect()).trim_end()
-        );
+        println!("{}", line(cols.iter().map(|c| cell(&r[*c])).collect()).trim_end());
     }
 }
 
@@ -507,8 +434,7 @@ mod tests {
 
     #[test]
     fn seed_flags_parse_with_defaults() {
-        let cli = Cli::try_parse_from(["pgtrickle-relay", "--postgres-url", "postgres://x@h/db"])
-            .unwrap();
+        let cli = Cli::try_parse_from(["pgtrickle-relay", "--postgres-url", "postgres://x@h/db"]).unwrap();
         assert_eq!(cli.global.metrics_addr.to_string(), "0.0.0.0:9090");
         assert_eq!(cli.global.log_format, LogFormat::Text);
         assert_eq!(cli.global.log_level, "info");
@@ -528,14 +454,7 @@ mod tests {
         .unwrap();
         assert_eq!(cli.global.log_format, LogFormat::Json);
         assert_eq!(cli.global.relay_group_id, "dc1-relay");
-        let cli = Cli::try_parse_from([
-            "pgtrickle-relay",
-            "pipelines",
-            "list",
-            "--relay-group-id",
-            "g",
-        ])
-        .unwrap();
+        let cli = Cli::try_parse_from(["pgtrickle-relay", "pipelines", "list", "--relay-group-id", "g"]).unwrap();
         assert_eq!(cli.global.relay_group_id, "g");
     }
 

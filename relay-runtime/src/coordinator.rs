@@ -50,11 +50,7 @@ pub struct Coordinator {
 
 impl Coordinator {
     pub fn new(ctx: Arc<RelayState>, opts: CoordinatorOptions) -> Self {
-        Self {
-            ctx,
-            opts,
-            workers: HashMap::new(),
-        }
+        Self { ctx, opts, workers: HashMap::new() }
     }
 
     /// Runs until `shutdown` fires, then stops every worker (each finishes and commits its
@@ -62,20 +58,13 @@ impl Coordinator {
     pub async fn run(mut self, shutdown: CancellationToken) -> bool {
         'reconnect: loop {
             let (tx, mut rx) = mpsc::unbounded_channel();
-            let Some(conn) = catalog::connect_with_retry(
-                &self.opts.postgres_url,
-                "pgtrickle-relay",
-                Some(tx),
-                &shutdown,
-            )
-            .await
+            let Some(conn) =
+                catalog::connect_with_retry(&self.opts.postgres_url, "pgtrickle-relay", Some(tx), &shutdown).await
             else {
                 break 'reconnect;
             };
-            if let Err(e) = conn
-                .client
-                .batch_execute(&format!("LISTEN {CONFIG_CHANNEL}; LISTEN {OUTBOX_CHANNEL}"))
-                .await
+            if let Err(e) =
+                conn.client.batch_execute(&format!("LISTEN {CONFIG_CHANNEL}; LISTEN {OUTBOX_CHANNEL}")).await
             {
                 tracing::warn!(error = %e, "cannot LISTEN; reconnecting");
                 continue 'reconnect;
@@ -143,11 +132,8 @@ impl Coordinator {
                 return;
             }
         };
-        let wanted: HashMap<Key, PipelineRow> = rows
-            .into_iter()
-            .filter(|r| r.enabled)
-            .map(|r| ((r.name.clone(), r.direction), r))
-            .collect();
+        let wanted: HashMap<Key, PipelineRow> =
+            rows.into_iter().filter(|r| r.enabled).map(|r| ((r.name.clone(), r.direction), r)).collect();
 
         // Stop what was disabled, deleted or changed.
         let stale: Vec<Key> = self
@@ -174,20 +160,9 @@ impl Coordinator {
                 Ok(Some(worker_conn)) => {
                     tracing::info!(pipeline = %row.name, direction = row.direction.as_str(), "acquired pipeline");
                     let link = WorkerLink::new(CancellationToken::new());
-                    let handle = tokio::spawn(pipeline::run_worker(
-                        self.ctx.clone(),
-                        row.clone(),
-                        worker_conn,
-                        link.clone(),
-                    ));
-                    self.workers.insert(
-                        key,
-                        Worker {
-                            config: row.config,
-                            link,
-                            handle,
-                        },
-                    );
+                    let handle =
+                        tokio::spawn(pipeline::run_worker(self.ctx.clone(), row.clone(), worker_conn, link.clone()));
+                    self.workers.insert(key, Worker { config: row.config, link, handle });
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -223,10 +198,7 @@ impl Coordinator {
         let worker_conn = catalog::connect(&self.opts.postgres_url, &app, None).await?;
         let got: bool = worker_conn
             .client
-            .query_one(
-                "SELECT pg_try_advisory_lock(hashtext($1), hashtext($2))",
-                &[&self.ctx.group_id, &row.name],
-            )
+            .query_one("SELECT pg_try_advisory_lock(hashtext($1), hashtext($2))", &[&self.ctx.group_id, &row.name])
             .await?
             .get(0);
         Ok(got.then_some(worker_conn))
@@ -235,10 +207,7 @@ impl Coordinator {
     async fn stop_worker(&self, w: Worker) {
         w.link.cancel.cancel();
         let mut handle = w.handle;
-        if tokio::time::timeout(self.opts.stop_timeout, &mut handle)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(self.opts.stop_timeout, &mut handle).await.is_err() {
             tracing::warn!("worker did not stop in time; aborting it (its uncommitted batch will be relayed again)");
             handle.abort();
         }
@@ -253,10 +222,7 @@ impl Coordinator {
         let mut clean = true;
         for w in workers {
             let mut handle = w.handle;
-            if tokio::time::timeout_at(deadline, &mut handle)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout_at(deadline, &mut handle).await.is_err() {
                 handle.abort();
                 clean = false;
             }

@@ -120,46 +120,25 @@ pub async fn run(g: &GlobalArgs, r: &RunArgs, url: String, args: DemoArgs) -> Ex
 async fn prepare(url: &str) -> Result<(), String> {
     let mut conn = catalog::connect(url, "pgtrickle-relay-demo", None)
         .await
-        .map_err(|e| {
-            format!(
-                "cannot connect to PostgreSQL at {}: {e}",
-                catalog::redact_url(url)
-            )
-        })?;
-    schema::migrate(&mut conn.client)
-        .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("cannot connect to PostgreSQL at {}: {e}", catalog::redact_url(url)))?;
+    schema::migrate(&mut conn.client).await.map_err(|e| e.to_string())?;
+    conn.client.batch_execute(SETUP).await.map_err(|e| format!("cannot create the demo outbox: {e}"))?;
     conn.client
-        .batch_execute(SETUP)
-        .await
-        .map_err(|e| format!("cannot create the demo outbox: {e}"))?;
-    conn.client
-        .execute(
-            "DELETE FROM pgtrickle.relay_consumer_offsets WHERE pipeline_id = $1",
-            &[&PIPELINE],
-        )
+        .execute("DELETE FROM pgtrickle.relay_consumer_offsets WHERE pipeline_id = $1", &[&PIPELINE])
         .await
         .map_err(|e| e.to_string())?;
     eprintln!("demo: created pgtrickle.outbox_demo_orders (pg_trickle 0.45 outbox shape) and its claim-check table");
-    conn.client
-        .batch_execute(REGISTER)
-        .await
-        .map_err(|e| format!("cannot register the demo pipeline: {e}"))?;
+    conn.client.batch_execute(REGISTER).await.map_err(|e| format!("cannot register the demo pipeline: {e}"))?;
     eprintln!("demo: registered pipeline '{PIPELINE}' with the seed README's SQL:{REGISTER}");
     Ok(())
 }
 
 async fn write_and_wait(url: &str, stop: &CancellationToken) -> Result<i64, String> {
-    let conn = catalog::connect(url, "pgtrickle-relay-demo", None)
-        .await
-        .map_err(|e| e.to_string())?;
+    let conn = catalog::connect(url, "pgtrickle-relay-demo", None).await.map_err(|e| e.to_string())?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     for (what, sql) in REFRESHES {
         eprintln!("demo: writing {what}");
-        conn.client
-            .batch_execute(sql)
-            .await
-            .map_err(|e| format!("cannot write demo outbox row: {e}"))?;
+        conn.client.batch_execute(sql).await.map_err(|e| format!("cannot write demo outbox row: {e}"))?;
         conn.client
             .batch_execute("NOTIFY pgtrickle_outbox_new, 'outbox_demo_orders'")
             .await
@@ -187,9 +166,7 @@ async fn write_and_wait(url: &str, stop: &CancellationToken) -> Result<i64, Stri
             return Ok(last);
         }
         if stop.is_cancelled() || tokio::time::Instant::now() > deadline {
-            return Err(
-                "the relay did not relay the demo rows within 30 s; see the log above".into(),
-            );
+            return Err("the relay did not relay the demo rows within 30 s; see the log above".into());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

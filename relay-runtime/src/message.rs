@@ -119,10 +119,7 @@ impl Template {
         if !literal.is_empty() {
             segments.push(Segment::Literal(literal));
         }
-        Ok(Self {
-            source: source.to_owned(),
-            segments,
-        })
+        Ok(Self { source: source.to_owned(), segments })
     }
 
     pub fn source(&self) -> &str {
@@ -176,16 +173,8 @@ mod tests {
             t.render(&vars(Op::Delete)),
             "outbox_orders/42/0b5f6c2e-1111-4c4c-8888-000000000001/delete/{nope}/{"
         );
-        let no_refresh = TemplateVars {
-            refresh_id: None,
-            ..vars(Op::Update)
-        };
-        assert_eq!(
-            Template::parse("a.{refresh_id}.{op}")
-                .unwrap()
-                .render(&no_refresh),
-            "a..update"
-        );
+        let no_refresh = TemplateVars { refresh_id: None, ..vars(Op::Update) };
+        assert_eq!(Template::parse("a.{refresh_id}.{op}").unwrap().render(&no_refresh), "a..update");
     }
 
     #[test]

@@ -2,8 +2,7 @@
 //! extras; labels stay low-cardinality (`pipeline`, `direction`, `error_kind`).
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -26,12 +25,11 @@ impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let pd = &["pipeline", "direction"];
-        let counter =
-            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
-                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-                registry.register(Box::new(c.clone()))?;
-                Ok(c)
-            };
+        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
         let messages_published = counter(
             "pgtrickle_relay_messages_published_total",
             "Messages confirmed by the sink (forward) or committed to the inbox (reverse).",
@@ -63,23 +61,15 @@ impl Metrics {
             pd,
         )?;
         let pipeline_healthy = IntGaugeVec::new(
-            Opts::new(
-                "pgtrickle_relay_pipeline_healthy",
-                "1 while an owned pipeline runs without error, else 0.",
-            ),
+            Opts::new("pgtrickle_relay_pipeline_healthy", "1 while an owned pipeline runs without error, else 0."),
             &["pipeline", "direction"],
         )?;
         registry.register(Box::new(pipeline_healthy.clone()))?;
-        let pipelines_owned = IntGauge::new(
-            "pgtrickle_relay_pipelines_owned",
-            "Pipelines owned by this relay instance.",
-        )?;
+        let pipelines_owned =
+            IntGauge::new("pgtrickle_relay_pipelines_owned", "Pipelines owned by this relay instance.")?;
         registry.register(Box::new(pipelines_owned.clone()))?;
         let lag_rows = IntGaugeVec::new(
-            Opts::new(
-                "pgtrickle_relay_lag_rows",
-                "Outbox rows written but not yet relayed.",
-            ),
+            Opts::new("pgtrickle_relay_lag_rows", "Outbox rows written but not yet relayed."),
             &["pipeline"],
         )?;
         registry.register(Box::new(lag_rows.clone()))?;
@@ -92,10 +82,7 @@ impl Metrics {
         )?;
         registry.register(Box::new(lag_seconds.clone()))?;
         let committed_offset = IntGaugeVec::new(
-            Opts::new(
-                "pgtrickle_relay_committed_offset",
-                "Last committed outbox id.",
-            ),
+            Opts::new("pgtrickle_relay_committed_offset", "Last committed outbox id."),
             &["pipeline"],
         )?;
         registry.register(Box::new(committed_offset.clone()))?;
@@ -104,9 +91,7 @@ impl Metrics {
                 "pgtrickle_relay_batch_duration_seconds",
                 "Time from reading a batch to committing its offset.",
             )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
+            .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             pd,
         )?;
         registry.register(Box::new(batch_duration.clone()))?;
@@ -139,9 +124,7 @@ impl Metrics {
 
     /// Drops the per-pipeline series of a pipeline this instance no longer owns.
     pub fn forget_pipeline(&self, pipeline: &str, direction: &str) {
-        let _ = self
-            .pipeline_healthy
-            .remove_label_values(&[pipeline, direction]);
+        let _ = self.pipeline_healthy.remove_label_values(&[pipeline, direction]);
         let _ = self.lag_rows.remove_label_values(&[pipeline]);
         let _ = self.lag_seconds.remove_label_values(&[pipeline]);
     }

@@ -134,10 +134,7 @@ impl RelayState {
 
     /// Records a pipeline's status and mirrors it into the health gauges.
     pub fn update(&self, status: &PipelineStatus) {
-        let healthy = matches!(
-            status.state,
-            PipelineState::Running | PipelineState::Starting
-        );
+        let healthy = matches!(status.state, PipelineState::Running | PipelineState::Starting);
         self.metrics
             .pipeline_healthy
             .with_label_values(&[&status.name, status.direction.as_str()])
@@ -159,10 +156,7 @@ impl RelayState {
         let connected = self.catalog_connected.load(Ordering::SeqCst);
         let status = if !connected {
             "unhealthy"
-        } else if pipelines
-            .iter()
-            .any(|p| matches!(p.state, PipelineState::Degraded | PipelineState::Failed))
-        {
+        } else if pipelines.iter().any(|p| matches!(p.state, PipelineState::Degraded | PipelineState::Failed)) {
             "degraded"
         } else {
             "healthy"
@@ -184,11 +178,7 @@ pub fn default_worker_id() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .map(|h| h.trim().to_owned())
-        })
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_owned()))
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "relay".to_owned());
     format!("{host}:{}", std::process::id())

@@ -24,11 +24,7 @@ async fn migrate_is_idempotent_and_safe_to_race() {
         assert!(out.contains("relay catalog installed (version 1)"));
     }
     let c = db.client().await;
-    let versions: i64 = c
-        .query_one("SELECT count(*) FROM pgtrickle.relay_schema_version", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let versions: i64 = c.query_one("SELECT count(*) FROM pgtrickle.relay_schema_version", &[]).await.unwrap().get(0);
     assert_eq!(versions, 1);
     for f in [
         "pgtrickle.set_relay_outbox(text,text,text,jsonb,integer,boolean)",
@@ -41,11 +37,7 @@ async fn migrate_is_idempotent_and_safe_to_race() {
         "pgtrickle.get_relay_config(text)",
         "pgtrickle.list_relay_configs()",
     ] {
-        let exists: bool = c
-            .query_one("SELECT to_regprocedure($1) IS NOT NULL", &[&f])
-            .await
-            .unwrap()
-            .get(0);
+        let exists: bool = c.query_one("SELECT to_regprocedure($1) IS NOT NULL", &[&f]).await.unwrap().get(0);
         assert!(exists, "{f} missing");
     }
 }
@@ -65,10 +57,7 @@ async fn both_call_forms_store_the_contract_shapes_and_notify() {
             }
         }
     });
-    listener
-        .batch_execute("LISTEN pgtrickle_relay_config")
-        .await
-        .unwrap();
+    listener.batch_execute("LISTEN pgtrickle_relay_config").await.unwrap();
 
     c.execute(
         "SELECT pgtrickle.set_relay_outbox('orders-to-nats', 'outbox_big_orders', 'g1', '{\"type\": \"stdout\"}'::jsonb)",
@@ -76,24 +65,15 @@ async fn both_call_forms_store_the_contract_shapes_and_notify() {
     )
     .await
     .unwrap();
-    let (chan, payload) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let (chan, payload) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
     assert_eq!(chan, "pgtrickle_relay_config");
     // pg_trickle's exact text, spaces around the colons included (contract §3.2).
     assert_eq!(
         payload,
         r#"{"direction" : "relay_outbox_config", "event" : "INSERT", "name" : "orders-to-nats", "enabled" : true}"#
     );
-    let cfg: Value = c
-        .query_one(
-            "SELECT config FROM pgtrickle.get_relay_config('orders-to-nats')",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let cfg: Value =
+        c.query_one("SELECT config FROM pgtrickle.get_relay_config('orders-to-nats')", &[]).await.unwrap().get(0);
     assert_eq!(
         cfg,
         json!({"sink": {"type": "stdout"}, "source": {"group": "g1", "outbox": "outbox_big_orders", "retention_hours": 24}, "sink_type": "stdout", "source_type": "outbox"})
@@ -106,51 +86,25 @@ async fn both_call_forms_store_the_contract_shapes_and_notify() {
     )
     .await
     .unwrap();
-    let (_, p2) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let (_, p2) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
     assert!(p2.contains(r#""event" : "UPDATE""#), "{p2}");
     let rows = c
-        .query(
-            "SELECT name, direction, enabled FROM pgtrickle.get_relay_config('orders-to-nats')",
-            &[],
-        )
+        .query("SELECT name, direction, enabled FROM pgtrickle.get_relay_config('orders-to-nats')", &[])
         .await
         .unwrap();
     let dirs: Vec<String> = rows.iter().map(|r| r.get(1)).collect();
     assert_eq!(dirs, vec!["forward", "reverse"]);
 
-    c.execute("SELECT pgtrickle.disable_relay('orders-to-nats')", &[])
-        .await
-        .unwrap();
-    let all = c
-        .query(
-            "SELECT name, direction, enabled FROM pgtrickle.list_relay_configs()",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert!(
-        all.iter().all(|r| !r.get::<_, bool>(2)),
-        "disable acts on both directions"
-    );
+    c.execute("SELECT pgtrickle.disable_relay('orders-to-nats')", &[]).await.unwrap();
+    let all = c.query("SELECT name, direction, enabled FROM pgtrickle.list_relay_configs()", &[]).await.unwrap();
+    assert!(all.iter().all(|r| !r.get::<_, bool>(2)), "disable acts on both directions");
 
     // Errors keep pg_trickle's SQLSTATEs and texts.
-    let e = c
-        .execute("SELECT pgtrickle.enable_relay('nope')", &[])
-        .await
-        .unwrap_err();
+    let e = c.execute("SELECT pgtrickle.enable_relay('nope')", &[]).await.unwrap_err();
     let db_err = e.as_db_error().unwrap();
     assert_eq!(db_err.code().code(), "P0002");
     assert_eq!(db_err.message(), r#"relay: pipeline "nope" not found"#);
-    let e = c
-        .execute(
-            "SELECT pgtrickle.set_relay_outbox('x', 'outbox_x', NULL, '{}'::jsonb)",
-            &[],
-        )
-        .await
-        .unwrap_err();
+    let e = c.execute("SELECT pgtrickle.set_relay_outbox('x', 'outbox_x', NULL, '{}'::jsonb)", &[]).await.unwrap_err();
     assert_eq!(e.as_db_error().unwrap().code().code(), "P0001");
     assert!(e
         .as_db_error()
@@ -158,21 +112,12 @@ async fn both_call_forms_store_the_contract_shapes_and_notify() {
         .message()
         .starts_with("relay.invalid_config: sink JSONB must contain a \"type\" key"));
     let e = c
-        .execute(
-            "SELECT pgtrickle.set_relay_outbox('x', config => '{\"stream_table\": \"s\"}'::jsonb)",
-            &[],
-        )
+        .execute("SELECT pgtrickle.set_relay_outbox('x', config => '{\"stream_table\": \"s\"}'::jsonb)", &[])
         .await
         .unwrap_err();
     assert!(e.as_db_error().unwrap().message().contains("sink_type"));
 
-    c.execute("SELECT pgtrickle.delete_relay('orders-to-nats')", &[])
-        .await
-        .unwrap();
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM pgtrickle.list_relay_configs()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    c.execute("SELECT pgtrickle.delete_relay('orders-to-nats')", &[]).await.unwrap();
+    let n: i64 = c.query_one("SELECT count(*) FROM pgtrickle.list_relay_configs()", &[]).await.unwrap().get(0);
     assert_eq!(n, 0);
 }

@@ -53,8 +53,20 @@ async fn seed_sql_pipeline_relays_every_payload_form_in_order_exactly_once_acros
     )
     .await;
     let _o2 = write_inline(&c, &outbox, None).await; // pg_trickle ≤ 0.35: nothing to relay
-    let o3 = write_inline(&c, &outbox, Some(json!({"v": 1, "inserted": [{"id": 2, "v": "b2"}], "deleted": [{"id": 2, "v": "b"}, {"id": 1, "v": "a"}]}))).await;
-    let o4 = write_inline(&c, &outbox, Some(json!({"v": 1, "refresh_id": null, "inserted": 3, "deleted": 0, "source": "public.orders"}))).await;
+    let o3 = write_inline(
+        &c,
+        &outbox,
+        Some(
+            json!({"v": 1, "inserted": [{"id": 2, "v": "b2"}], "deleted": [{"id": 2, "v": "b"}, {"id": 1, "v": "a"}]}),
+        ),
+    )
+    .await;
+    let o4 = write_inline(
+        &c,
+        &outbox,
+        Some(json!({"v": 1, "refresh_id": null, "inserted": 3, "deleted": 0, "source": "public.orders"})),
+    )
+    .await;
     let o5 = write_claim_check(
         &c,
         &outbox,
@@ -104,20 +116,12 @@ async fn seed_sql_pipeline_relays_every_payload_form_in_order_exactly_once_acros
         .await
         .unwrap();
     assert_eq!(dl.get::<_, String>(0), format!("{outbox}:{o6}"));
-    assert!(
-        dl.get::<_, String>(1).contains("a string"),
-        "{}",
-        dl.get::<_, String>(1)
-    );
+    assert!(dl.get::<_, String>(1).contains("a string"), "{}", dl.get::<_, String>(1));
     assert_eq!(dl.get::<_, String>(2), "\"not a payload\"");
 
-    eventually(
-        Duration::from_secs(5),
-        "offset committed to the last row",
-        || async {
-            (committed_offset(&c, "default", "orders-to-stdout").await == Some(o7)).then_some(())
-        },
-    )
+    eventually(Duration::from_secs(5), "offset committed to the last row", || async {
+        (committed_offset(&c, "default", "orders-to-stdout").await == Some(o7)).then_some(())
+    })
     .await;
 
     // Clean restart: nothing is relayed twice, new rows continue.
@@ -129,11 +133,7 @@ async fn seed_sql_pipeline_relays_every_payload_form_in_order_exactly_once_acros
     let msgs2 = relay2.wait_for_messages(1, Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     let msgs2_final = relay2.messages();
-    assert_eq!(
-        summary(&msgs2_final),
-        vec![(k(o8, 0), "insert".into(), s("insert"))],
-        "{msgs2:?}"
-    );
+    assert_eq!(summary(&msgs2_final), vec![(k(o8, 0), "insert".into(), s("insert"))], "{msgs2:?}");
 
     // Status row tells what happened.
     let st = c
@@ -144,10 +144,7 @@ async fn seed_sql_pipeline_relays_every_payload_form_in_order_exactly_once_acros
     assert_eq!(st.get::<_, Option<i64>>(1), Some(o8));
     assert_eq!(st.get::<_, i64>(2), 12);
     assert!(st.get::<_, i64>(3) >= 1);
-    assert!(st
-        .get::<_, Option<String>>(4)
-        .unwrap()
-        .ends_with(&format!(":{}", relay2.pid)));
+    assert!(st.get::<_, Option<String>>(4).unwrap().ends_with(&format!(":{}", relay2.pid)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,17 +163,11 @@ async fn positional_form_with_file_sink_appends_fsynced_jsonl() {
     .await
     .unwrap();
     let stored: Value = c
-        .query_one(
-            "SELECT config FROM pgtrickle.relay_outbox_config WHERE name = 'big-orders-file'",
-            &[],
-        )
+        .query_one("SELECT config FROM pgtrickle.relay_outbox_config WHERE name = 'big-orders-file'", &[])
         .await
         .unwrap()
         .get(0);
-    assert_eq!(
-        stored["source"],
-        json!({"outbox": "outbox_big_orders", "group": "g1", "retention_hours": 24})
-    );
+    assert_eq!(stored["source"], json!({"outbox": "outbox_big_orders", "group": "g1", "retention_hours": 24}));
     assert_eq!(stored["sink_type"], "file");
 
     let relay = Relay::start(&db.url, "default", &[]);
@@ -191,17 +182,11 @@ async fn positional_form_with_file_sink_appends_fsynced_jsonl() {
     let lines = read_jsonl(&path);
     assert_eq!(lines.len(), 40, "{}", relay.stderr());
     for (j, id) in ids.iter().enumerate() {
-        assert_eq!(
-            lines[2 * j]["subject"],
-            format!("outbox_big_orders/{id}/insert")
-        );
+        assert_eq!(lines[2 * j]["subject"], format!("outbox_big_orders/{id}/insert"));
         assert_eq!(lines[2 * j]["payload"]["n"], j);
         assert_eq!(lines[2 * j + 1]["payload"]["n"], j + 1000);
     }
-    assert!(
-        relay.messages().is_empty(),
-        "the file sink writes nothing to stdout"
-    );
+    assert!(relay.messages().is_empty(), "the file sink writes nothing to stdout");
     let _ = std::fs::remove_file(&path);
 }
 
@@ -228,38 +213,24 @@ async fn sigkill_mid_stream_resumes_from_committed_offset_without_loss() {
     .await
     .unwrap();
     let mut relay = Relay::start(&db.url, "default", &[]);
-    eventually(
-        Duration::from_secs(30),
-        "some progress before the kill",
-        || async { (read_jsonl(&path).len() >= 400).then_some(()) },
-    )
+    eventually(Duration::from_secs(30), "some progress before the kill", || async {
+        (read_jsonl(&path).len() >= 400).then_some(())
+    })
     .await;
     relay.kill();
     let at_kill = read_jsonl(&path).len();
-    assert!(
-        at_kill < 12_000,
-        "the kill must land mid-stream (had {at_kill})"
-    );
+    assert!(at_kill < 12_000, "the kill must land mid-stream (had {at_kill})");
     let committed = committed_offset(&c, "default", "kills").await.unwrap_or(0);
 
     let _relay2 = Relay::start(&db.url, "default", &[]);
-    eventually(
-        Duration::from_secs(60),
-        "the whole backlog relayed",
-        || async { (committed_offset(&c, "default", "kills").await == Some(3000)).then_some(()) },
-    )
+    eventually(Duration::from_secs(60), "the whole backlog relayed", || async {
+        (committed_offset(&c, "default", "kills").await == Some(3000)).then_some(())
+    })
     .await;
     let lines = read_jsonl(&path);
-    let keys: Vec<String> = lines
-        .iter()
-        .map(|m| m["dedup_key"].as_str().unwrap().to_owned())
-        .collect();
+    let keys: Vec<String> = lines.iter().map(|m| m["dedup_key"].as_str().unwrap().to_owned()).collect();
     let unique: std::collections::BTreeSet<&String> = keys.iter().collect();
-    assert_eq!(
-        unique.len(),
-        12_000,
-        "every message delivered at least once"
-    );
+    assert_eq!(unique.len(), 12_000, "every message delivered at least once");
     // Replays are bounded by what was not yet committed when the relay died.
     let replayed = keys.len() - unique.len();
     assert!(
@@ -268,15 +239,9 @@ async fn sigkill_mid_stream_resumes_from_committed_offset_without_loss() {
     );
     // Resumed from the committed offset: the first message of the second run is right after it.
     let second_start = &lines[at_kill.min(lines.len() - 1)];
-    assert!(
-        second_start["outbox_id"].as_i64().unwrap() <= committed + 1,
-        "{second_start} vs committed {committed}"
-    );
+    assert!(second_start["outbox_id"].as_i64().unwrap() <= committed + 1, "{second_start} vs committed {committed}");
     // Order holds within each run: outbox ids never go backwards except at the restart point.
-    let ids: Vec<i64> = lines
-        .iter()
-        .map(|m| m["outbox_id"].as_i64().unwrap())
-        .collect();
+    let ids: Vec<i64> = lines.iter().map(|m| m["outbox_id"].as_i64().unwrap()).collect();
     let backwards = ids.windows(2).filter(|w| w[1] < w[0]).count();
     assert!(backwards <= 1, "outbox order broken {backwards} times");
     let _ = std::fs::remove_file(&path);

@@ -19,10 +19,7 @@ async fn two_relays_share_pipelines_and_fail_over_without_loss() {
         outboxes.push(enable_outbox(&c, &st, None).await);
         c.execute(
             "SELECT pgtrickle.set_relay_outbox($1, config => $2::jsonb)",
-            &[
-                &n,
-                &json!({"stream_table": st, "sink_type": "stdout", "poll_interval_ms": 100}),
-            ],
+            &[&n, &json!({"stream_table": st, "sink_type": "stdout", "poll_interval_ms": 100})],
         )
         .await
         .unwrap();
@@ -62,76 +59,47 @@ async fn two_relays_share_pipelines_and_fail_over_without_loss() {
             let t = Instant::now();
             if killed_owned > 0 {
                 // Every pipeline must be held again (by relay 2) within discovery (500 ms) + 1 s.
-                eventually(
-                    Duration::from_secs(10),
-                    "all pipelines re-owned",
-                    || async {
-                        let mut all = true;
-                        for n in names {
-                            all &= lock_holder(&c, "ha-group", n).await.is_some();
-                        }
-                        all.then_some(())
-                    },
-                )
+                eventually(Duration::from_secs(10), "all pipelines re-owned", || async {
+                    let mut all = true;
+                    for n in names {
+                        all &= lock_holder(&c, "ha-group", n).await.is_some();
+                    }
+                    all.then_some(())
+                })
                 .await;
                 let failover = t.elapsed();
-                assert!(
-                    failover <= Duration::from_millis(1500),
-                    "failover took {failover:?}"
-                );
+                assert!(failover <= Duration::from_millis(1500), "failover took {failover:?}");
             }
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let _ = ha_a_holder_before;
-    eventually(
-        Duration::from_secs(20),
-        "relay 2 owns everything",
-        || async { (owned_by(&r2) == 4).then_some(()) },
-    )
-    .await;
+    eventually(Duration::from_secs(20), "relay 2 owns everything", || async { (owned_by(&r2) == 4).then_some(()) })
+        .await;
     for n in names {
         let last: i64 = c
-            .query_one(
-                &format!(
-                    "SELECT max(id) FROM pgtrickle.outbox_{}",
-                    n.replace('-', "_")
-                ),
-                &[],
-            )
+            .query_one(&format!("SELECT max(id) FROM pgtrickle.outbox_{}", n.replace('-', "_")), &[])
             .await
             .unwrap()
             .get(0);
-        eventually(
-            Duration::from_secs(20),
-            "all offsets at the end",
-            || async { (committed_offset(&c, "ha-group", n).await == Some(last)).then_some(()) },
-        )
+        eventually(Duration::from_secs(20), "all offsets at the end", || async {
+            (committed_offset(&c, "ha-group", n).await == Some(last)).then_some(())
+        })
         .await;
     }
     let all: Vec<Value> = r1.messages().into_iter().chain(r2.messages()).collect();
-    let keys: BTreeSet<String> = all
-        .iter()
-        .map(|m| m["dedup_key"].as_str().unwrap().to_owned())
-        .collect();
+    let keys: BTreeSet<String> = all.iter().map(|m| m["dedup_key"].as_str().unwrap().to_owned()).collect();
     assert_eq!(keys.len(), written, "every row relayed (no loss)");
     // Duplicates are possible only for batches relay 1 published but had not committed.
     let dups = all.len() - keys.len();
     assert!(dups <= 4 * 100, "too many duplicates: {dups}");
     // Before the kill nothing was relayed by both relays.
-    let r1_keys: BTreeSet<String> = r1
-        .messages()
-        .iter()
-        .map(|m| m["dedup_key"].as_str().unwrap().to_owned())
-        .collect();
+    let r1_keys: BTreeSet<String> = r1.messages().iter().map(|m| m["dedup_key"].as_str().unwrap().to_owned()).collect();
     let r2_early: BTreeSet<String> = r2
         .messages()
         .iter()
         .filter(|m| m["payload"]["round"].as_i64().unwrap() < 15)
         .map(|m| m["dedup_key"].as_str().unwrap().to_owned())
         .collect();
-    assert!(
-        r1_keys.is_disjoint(&r2_early),
-        "two relays relayed the same rows while both were alive"
-    );
+    assert!(r1_keys.is_disjoint(&r2_early), "two relays relayed the same rows while both were alive");
 }

@@ -26,29 +26,17 @@ async fn disable_enable_change_delete_apply_within_a_second() {
 
     // disable_relay: the worker stops and releases its lock.
     let disable_took = time_until_released(&c, "SELECT pgtrickle.disable_relay('reload')").await;
-    assert!(
-        disable_took < Duration::from_secs(1),
-        "disable took {disable_took:?}"
-    );
+    assert!(disable_took < Duration::from_secs(1), "disable took {disable_took:?}");
     write_inline(&c, &outbox, Some(json!([{"n": 2}]))).await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(
-        relay.messages().len(),
-        1,
-        "a disabled pipeline relays nothing"
-    );
+    assert_eq!(relay.messages().len(), 1, "a disabled pipeline relays nothing");
 
     // enable_relay: resumes where it stopped.
     let t = Instant::now();
-    c.execute("SELECT pgtrickle.enable_relay('reload')", &[])
-        .await
-        .unwrap();
+    c.execute("SELECT pgtrickle.enable_relay('reload')", &[]).await.unwrap();
     let msgs = relay.wait_for_messages(2, Duration::from_secs(5)).await;
     let enable_took = t.elapsed();
-    assert!(
-        enable_took < Duration::from_secs(1),
-        "enable took {enable_took:?}"
-    );
+    assert!(enable_took < Duration::from_secs(1), "enable took {enable_took:?}");
     assert_eq!(msgs[1]["payload"], json!({"n": 2}));
 
     // Config change: a new subject template applies to the next rows.
@@ -61,29 +49,16 @@ async fn disable_enable_change_delete_apply_within_a_second() {
     write_inline(&c, &outbox, Some(json!([{"n": 3}]))).await;
     let msgs = relay.wait_for_messages(3, Duration::from_secs(5)).await;
     let change_took = t.elapsed();
-    assert!(
-        change_took < Duration::from_secs(1),
-        "config change took {change_took:?}"
-    );
+    assert!(change_took < Duration::from_secs(1), "config change took {change_took:?}");
     assert_eq!(msgs[2]["subject"], "changed.insert");
-    assert_eq!(
-        msgs.len(),
-        3,
-        "no message relayed twice by the restart: {msgs:?}"
-    );
+    assert_eq!(msgs.len(), 3, "no message relayed twice by the restart: {msgs:?}");
 
     // delete_relay: stops, releases, and the status row goes away.
     let delete_took = time_until_released(&c, "SELECT pgtrickle.delete_relay('reload')").await;
-    assert!(
-        delete_took < Duration::from_secs(1),
-        "delete took {delete_took:?}"
-    );
+    assert!(delete_took < Duration::from_secs(1), "delete took {delete_took:?}");
     eventually(Duration::from_secs(5), "status row removed", || async {
         let n: i64 = c
-            .query_one(
-                "SELECT count(*) FROM pgtrickle.relay_pipeline_status WHERE name = 'reload'",
-                &[],
-            )
+            .query_one("SELECT count(*) FROM pgtrickle.relay_pipeline_status WHERE name = 'reload'", &[])
             .await
             .unwrap()
             .get(0);
@@ -98,10 +73,7 @@ async fn time_until_released(c: &tokio_postgres::Client, sql: &str) -> Duration 
     let t = Instant::now();
     c.execute(sql, &[]).await.unwrap();
     eventually(Duration::from_secs(5), "lock released", || async {
-        lock_holder(c, "default", "reload")
-            .await
-            .is_none()
-            .then_some(())
+        lock_holder(c, "default", "reload").await.is_none().then_some(())
     })
     .await;
     t.elapsed()

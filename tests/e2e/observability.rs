@@ -27,95 +27,48 @@ async fn bad_pipelines_are_reported_alone_and_healthy_ones_keep_running() {
     let msgs = relay.wait_for_messages(1, Duration::from_secs(10)).await;
     assert_eq!(msgs[0]["payload"], json!({"ok": true}));
 
-    let health = eventually(
-        Duration::from_secs(10),
-        "all five pipelines in /health",
-        || async {
-            let h = relay.health();
-            (h["pipelines"].as_array().unwrap().len() == 5).then_some(h)
-        },
-    )
+    let health = eventually(Duration::from_secs(10), "all five pipelines in /health", || async {
+        let h = relay.health();
+        (h["pipelines"].as_array().unwrap().len() == 5).then_some(h)
+    })
     .await;
     assert_eq!(health["status"], "degraded");
     assert_eq!(health["pipelines_owned"], 5);
     assert!(health["uptime_seconds"].is_u64());
-    let by_name = |n: &str| -> Value {
-        health["pipelines"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == n)
-            .unwrap()
-            .clone()
-    };
+    let by_name =
+        |n: &str| -> Value { health["pipelines"].as_array().unwrap().iter().find(|p| p["name"] == n).unwrap().clone() };
     assert_eq!(by_name("good")["state"], "running");
     assert_eq!(by_name("bad-sink")["state"], "failed");
-    assert!(by_name("bad-sink")["last_error"]
-        .as_str()
-        .unwrap()
-        .contains("unknown sink type 'carrier-pigeon'"));
-    assert!(by_name("no-table")["last_error"]
-        .as_str()
-        .unwrap()
-        .contains("outbox_does_not_exist does not exist"));
-    assert!(by_name("not-an-object")["last_error"]
-        .as_str()
-        .unwrap()
-        .contains("JSON object"));
-    assert!(by_name("secret-nats")["last_error"]
-        .as_str()
-        .unwrap()
-        .contains("kafka"));
+    assert!(by_name("bad-sink")["last_error"].as_str().unwrap().contains("unknown sink type 'carrier-pigeon'"));
+    assert!(by_name("no-table")["last_error"].as_str().unwrap().contains("outbox_does_not_exist does not exist"));
+    assert!(by_name("not-an-object")["last_error"].as_str().unwrap().contains("JSON object"));
+    assert!(by_name("secret-nats")["last_error"].as_str().unwrap().contains("kafka"));
 
     // The same errors are in the status table for operators and the Kubernetes operator.
     let rows = c
-        .query(
-            "SELECT name, state, last_error FROM pgtrickle.relay_pipeline_status ORDER BY name",
-            &[],
-        )
+        .query("SELECT name, state, last_error FROM pgtrickle.relay_pipeline_status ORDER BY name", &[])
         .await
         .unwrap();
-    let failed: Vec<String> = rows
-        .iter()
-        .filter(|r| r.get::<_, String>(1) == "failed")
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(
-        failed,
-        vec!["bad-sink", "no-table", "not-an-object", "secret-nats"]
-    );
+    let failed: Vec<String> = rows.iter().filter(|r| r.get::<_, String>(1) == "failed").map(|r| r.get(0)).collect();
+    assert_eq!(failed, vec!["bad-sink", "no-table", "not-an-object", "secret-nats"]);
 
     let (code, metrics) = relay.get("/metrics");
     assert_eq!(code, 200);
     assert!(
-        metrics.contains(
-            r#"pgtrickle_relay_messages_published_total{direction="forward",pipeline="good"} 1"#
-        ),
+        metrics.contains(r#"pgtrickle_relay_messages_published_total{direction="forward",pipeline="good"} 1"#),
         "{metrics}"
     );
     assert!(
-        metrics.contains(
-            r#"pgtrickle_relay_pipeline_healthy{direction="forward",pipeline="bad-sink"} 0"#
-        ),
+        metrics.contains(r#"pgtrickle_relay_pipeline_healthy{direction="forward",pipeline="bad-sink"} 0"#),
         "{metrics}"
     );
     assert!(
-        metrics
-            .contains(r#"pgtrickle_relay_pipeline_healthy{direction="forward",pipeline="good"} 1"#),
+        metrics.contains(r#"pgtrickle_relay_pipeline_healthy{direction="forward",pipeline="good"} 1"#),
         "{metrics}"
     );
-    assert!(
-        metrics.contains("pgtrickle_relay_pipelines_owned 5"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("pgtrickle_relay_batch_duration_seconds_bucket"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(r#"pgtrickle_relay_lag_rows{pipeline="good"} 0"#),
-        "{metrics}"
-    );
+    assert!(metrics.contains("pgtrickle_relay_pipelines_owned 5"), "{metrics}");
+    assert!(metrics.contains("pgtrickle_relay_batch_duration_seconds_bucket"), "{metrics}");
+    assert!(metrics.contains(r#"pgtrickle_relay_lag_rows{pipeline="good"} 0"#), "{metrics}");
     assert_eq!(relay.get("/livez").0, 200);
     assert_eq!(relay.get("/readyz").0, 200);
 
@@ -123,39 +76,21 @@ async fn bad_pipelines_are_reported_alone_and_healthy_ones_keep_running() {
     let (status, out, _) = run_cli(&db.url, &["check"]);
     assert!(!status.success());
     assert!(out.contains("ok     good"), "{out}");
-    assert!(
-        out.contains("ERROR  bad-sink") && out.contains("carrier-pigeon"),
-        "{out}"
-    );
+    assert!(out.contains("ERROR  bad-sink") && out.contains("carrier-pigeon"), "{out}");
     assert!(out.contains("5 pipeline(s) checked, 4 invalid"), "{out}");
 
     // `pipelines list --json` shows state and errors; `show` redacts the secret.
     let (status, out, err) = run_cli(&db.url, &["pipelines", "list", "--json"]);
     assert!(status.success(), "{err}");
     let list: Value = serde_json::from_str(&out).unwrap();
-    let good = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "good")
-        .unwrap();
+    let good = list.as_array().unwrap().iter().find(|p| p["name"] == "good").unwrap();
     assert_eq!(good["state"], "running");
     assert_eq!(good["messages_total"], 1);
     let (_, shown, _) = run_cli(&db.url, &["pipelines", "show", "secret-nats"]);
-    assert!(
-        shown.contains("\"kafka_sasl_password\": \"***\""),
-        "{shown}"
-    );
+    assert!(shown.contains("\"kafka_sasl_password\": \"***\""), "{shown}");
 
     // The secret never leaves the catalog table.
-    let everything = format!(
-        "{}{}{}{}{}",
-        relay.get("/health").1,
-        metrics,
-        relay.full_stderr(),
-        out,
-        shown
-    );
+    let everything = format!("{}{}{}{}{}", relay.get("/health").1, metrics, relay.full_stderr(), out, shown);
     assert!(!everything.contains("hunter2"), "a secret leaked");
 
     // Fixing the config brings the pipeline up without a restart.
@@ -164,20 +99,12 @@ async fn bad_pipelines_are_reported_alone_and_healthy_ones_keep_running() {
         .unwrap();
     eventually(Duration::from_secs(5), "fixed pipeline running", || async {
         let h = relay.health();
-        let p = h["pipelines"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == "bad-sink")
-            .cloned();
+        let p = h["pipelines"].as_array().unwrap().iter().find(|p| p["name"] == "bad-sink").cloned();
         p.filter(|p| p["state"] == "running").map(|_| ())
     })
     .await;
     let msgs = relay.wait_for_messages(2, Duration::from_secs(10)).await;
-    assert!(
-        msgs.iter().any(|m| m["subject"] == "fixed.insert"),
-        "{msgs:?}"
-    );
+    assert!(msgs.iter().any(|m| m["subject"] == "fixed.insert"), "{msgs:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,19 +118,10 @@ async fn cli_requires_a_postgres_url_and_reports_unreachable_databases() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("--postgres-url is required (or set PGTRICKLE_RELAY_POSTGRES_URL)"));
     let port = free_port();
-    let (status, _, err) = run_cli(
-        &format!("postgres://relay:topsecret@127.0.0.1:{port}/x"),
-        &["check"],
-    );
+    let (status, _, err) = run_cli(&format!("postgres://relay:topsecret@127.0.0.1:{port}/x"), &["check"]);
     assert!(!status.success());
-    assert!(
-        err.contains("cannot connect to PostgreSQL at postgres://relay:***@127.0.0.1"),
-        "{err}"
-    );
+    assert!(err.contains("cannot connect to PostgreSQL at postgres://relay:***@127.0.0.1"), "{err}");
     assert!(!err.contains("topsecret"));
-    let out = std::process::Command::new(relay_bin())
-        .arg("--version")
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(relay_bin()).arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("pgtrickle-relay "));
 }

@@ -30,19 +30,17 @@ async fn out_of_order_commits_from_many_writers_lose_nothing() {
     let rolled_back = Arc::new(Mutex::new(BTreeSet::new()));
     let mut tasks = Vec::new();
     for w in 0..WRITERS {
-        let (url, outbox, committed, rolled_back) = (
-            db.url.clone(),
-            outbox.clone(),
-            committed.clone(),
-            rolled_back.clone(),
-        );
+        let (url, outbox, committed, rolled_back) =
+            (db.url.clone(), outbox.clone(), committed.clone(), rolled_back.clone());
         tasks.push(tokio::spawn(async move {
             let mut client = connect(&url).await;
             for t in 0..TX_PER_WRITER {
                 let tx = client.transaction().await.unwrap();
                 let id: i64 = tx
                     .query_one(
-                        &format!("INSERT INTO pgtrickle.\"{outbox}\" (inserted_count, payload) VALUES (1, $1) RETURNING id"),
+                        &format!(
+                            "INSERT INTO pgtrickle.\"{outbox}\" (inserted_count, payload) VALUES (1, $1) RETURNING id"
+                        ),
                         &[&json!([{"w": w, "t": t}])],
                     )
                     .await
@@ -68,43 +66,18 @@ async fn out_of_order_commits_from_many_writers_lose_nothing() {
     let rolled_back = rolled_back.lock().unwrap().clone();
     let max_id = *committed.iter().max().unwrap();
     eventually(Duration::from_secs(30), "relay caught up", || async {
-        (committed_offset(&c, "default", "torture")
-            .await
-            .unwrap_or(0)
-            >= max_id)
-            .then_some(())
+        (committed_offset(&c, "default", "torture").await.unwrap_or(0) >= max_id).then_some(())
     })
     .await;
     let lines = read_jsonl(&path);
-    let delivered: BTreeSet<i64> = lines
-        .iter()
-        .map(|m| m["outbox_id"].as_i64().unwrap())
-        .collect();
+    let delivered: BTreeSet<i64> = lines.iter().map(|m| m["outbox_id"].as_i64().unwrap()).collect();
     let missing: Vec<&i64> = committed.difference(&delivered).collect();
-    assert!(
-        missing.is_empty(),
-        "lost {} committed rows: {missing:?}\n{}",
-        missing.len(),
-        relay.stderr()
-    );
-    assert!(
-        delivered.is_disjoint(&rolled_back),
-        "relayed a rolled-back row"
-    );
-    assert_eq!(
-        lines.len(),
-        committed.len(),
-        "each committed row exactly once"
-    );
+    assert!(missing.is_empty(), "lost {} committed rows: {missing:?}\n{}", missing.len(), relay.stderr());
+    assert!(delivered.is_disjoint(&rolled_back), "relayed a rolled-back row");
+    assert_eq!(lines.len(), committed.len(), "each committed row exactly once");
     // Delivered in outbox order.
-    let order: Vec<i64> = lines
-        .iter()
-        .map(|m| m["outbox_id"].as_i64().unwrap())
-        .collect();
-    assert!(
-        order.windows(2).all(|w| w[0] < w[1]),
-        "not in outbox id order"
-    );
+    let order: Vec<i64> = lines.iter().map(|m| m["outbox_id"].as_i64().unwrap()).collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "not in outbox id order");
     assert!(committed.len() >= WRITERS * TX_PER_WRITER / 2);
     let _ = std::fs::remove_file(&path);
 }

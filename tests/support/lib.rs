@@ -41,9 +41,7 @@ pub fn relay_bin() -> PathBuf {
 pub async fn connect(url: &str) -> Client {
     let (client, conn) = tokio_postgres::connect(url, NoTls)
         .await
-        .unwrap_or_else(|e| {
-            panic!("cannot connect to PostgreSQL at {url}: {e} (start it with scripts/test)")
-        });
+        .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL at {url}: {e} (start it with scripts/test)"));
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -60,20 +58,10 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new() -> Self {
-        let name = format!(
-            "relay_e2e_{}_{}",
-            std::process::id(),
-            DB_COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
+        let name = format!("relay_e2e_{}_{}", std::process::id(), DB_COUNTER.fetch_add(1, Ordering::SeqCst));
         let admin = connect(&admin_url()).await;
-        admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .await
-            .unwrap();
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await.unwrap();
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
         let base = admin_url();
         let url = match base.rfind('/') {
             Some(i) if base[..i].contains("://") && !base[i..].contains('@') => {
@@ -95,16 +83,11 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
                 if let Ok((c, conn)) = tokio_postgres::connect(&admin_url(), NoTls).await {
                     tokio::spawn(conn);
-                    let _ = c
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
+                    let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
                 }
             });
         })
@@ -115,18 +98,9 @@ impl Drop for TestDb {
 /// What pg_trickle 0.45's `enable_outbox` creates (contract §1.2–§1.5, Appendix C): the
 /// catalog row, the header table and the claim-check table. `outbox_name` lets a test use a
 /// collision-suffixed name that only the catalog can reveal.
-pub async fn enable_outbox(
-    client: &Client,
-    stream_table: &str,
-    outbox_name: Option<&str>,
-) -> String {
-    let outbox = outbox_name
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("outbox_{stream_table}"));
-    let delta: String = format!(
-        "outbox_delta_rows_{}",
-        stream_table.chars().take(48).collect::<String>()
-    );
+pub async fn enable_outbox(client: &Client, stream_table: &str, outbox_name: Option<&str>) -> String {
+    let outbox = outbox_name.map(str::to_owned).unwrap_or_else(|| format!("outbox_{stream_table}"));
+    let delta: String = format!("outbox_delta_rows_{}", stream_table.chars().take(48).collect::<String>());
     client
         .batch_execute(&format!(
             r#"
@@ -167,24 +141,19 @@ pub async fn enable_outbox(
 /// Writes one inline outbox row as a refresh would (with its NOTIFY); returns its id.
 pub async fn write_inline(client: &Client, outbox: &str, payload: Option<Value>) -> i64 {
     let id: i64 = client
-        .query_one(&format!("INSERT INTO pgtrickle.\"{outbox}\" (inserted_count, payload) VALUES (1, $1) RETURNING id"), &[&payload])
+        .query_one(
+            &format!("INSERT INTO pgtrickle.\"{outbox}\" (inserted_count, payload) VALUES (1, $1) RETURNING id"),
+            &[&payload],
+        )
         .await
         .unwrap()
         .get(0);
-    client
-        .execute("SELECT pg_notify('pgtrickle_outbox_new', $1)", &[&outbox])
-        .await
-        .unwrap();
+    client.execute("SELECT pg_notify('pgtrickle_outbox_new', $1)", &[&outbox]).await.unwrap();
     id
 }
 
 /// Writes a claim-check outbox row and its delta rows (`(is_delete, row)`); returns its id.
-pub async fn write_claim_check(
-    client: &Client,
-    outbox: &str,
-    stream_table: &str,
-    rows: &[(bool, Value)],
-) -> i64 {
+pub async fn write_claim_check(client: &Client, outbox: &str, stream_table: &str, rows: &[(bool, Value)]) -> i64 {
     let id: i64 = client
         .query_one(
             &format!("INSERT INTO pgtrickle.\"{outbox}\" (inserted_count, is_claim_check, payload) VALUES ($1, true, NULL) RETURNING id"),
@@ -202,35 +171,19 @@ pub async fn write_claim_check(
             .await
             .unwrap();
     }
-    client
-        .execute("SELECT pg_notify('pgtrickle_outbox_new', $1)", &[&outbox])
-        .await
-        .unwrap();
+    client.execute("SELECT pg_notify('pgtrickle_outbox_new', $1)", &[&outbox]).await.unwrap();
     id
 }
 
 /// Runs a one-shot CLI command; returns (exit status, stdout, stderr).
 pub fn run_cli(url: &str, args: &[&str]) -> (ExitStatus, String, String) {
-    let out = Command::new(relay_bin())
-        .arg("--postgres-url")
-        .arg(url)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out =
+        Command::new(relay_bin()).arg("--postgres-url").arg(url).args(args).env_remove("RUST_LOG").output().unwrap();
+    (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A running relay process with its stdout collected line by line.
@@ -247,20 +200,10 @@ impl Relay {
     pub fn start(url: &str, group: &str, extra: &[&str]) -> Self {
         let port = free_port();
         let metrics_addr = format!("127.0.0.1:{port}");
-        let stderr_path = std::env::temp_dir().join(format!(
-            "pgtrickle-relay-e2e-{}-{port}.log",
-            std::process::id()
-        ));
+        let stderr_path = std::env::temp_dir().join(format!("pgtrickle-relay-e2e-{}-{port}.log", std::process::id()));
         let stderr = std::fs::File::create(&stderr_path).unwrap();
         let mut child = Command::new(relay_bin())
-            .args([
-                "--postgres-url",
-                url,
-                "--metrics-addr",
-                &metrics_addr,
-                "--relay-group-id",
-                group,
-            ])
+            .args(["--postgres-url", url, "--metrics-addr", &metrics_addr, "--relay-group-id", group])
             .args([
                 "--discovery-interval",
                 "500ms",
@@ -287,23 +230,13 @@ impl Relay {
                 sink.lock().unwrap().push(line);
             }
         });
-        let relay = Self {
-            child,
-            pid,
-            metrics_addr,
-            lines,
-            stderr_path,
-        };
+        let relay = Self { child, pid, metrics_addr, lines, stderr_path };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok((200, _)) = relay.try_get("/readyz") {
                 return relay;
             }
-            assert!(
-                Instant::now() < deadline,
-                "relay did not become ready:\n{}",
-                relay.stderr()
-            );
+            assert!(Instant::now() < deadline, "relay did not become ready:\n{}", relay.stderr());
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -316,10 +249,7 @@ impl Relay {
     pub fn messages(&self) -> Vec<Value> {
         self.lines()
             .iter()
-            .map(|l| {
-                serde_json::from_str(l)
-                    .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {l}"))
-            })
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {l}")))
             .collect()
     }
 
@@ -357,20 +287,13 @@ impl Relay {
 
     /// SIGTERM, then waits for the exit.
     pub fn terminate(&mut self) -> ExitStatus {
-        Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status()
-            .unwrap();
+        Command::new("kill").args(["-TERM", &self.pid.to_string()]).status().unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "relay did not exit after SIGTERM:\n{}",
-                self.stderr()
-            );
+            assert!(Instant::now() < deadline, "relay did not exit after SIGTERM:\n{}", self.stderr());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -403,29 +326,12 @@ impl Drop for Relay {
 pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
-    let status = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    let body = if buf
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(&body)
-    } else {
-        body
-    };
+    let status = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = if buf.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(&body) } else { body };
     Ok((status, body))
 }
 
@@ -454,10 +360,7 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -490,10 +393,7 @@ pub async fn committed_offset(client: &Client, group: &str, pipeline: &str) -> O
 pub fn read_jsonl(path: &std::path::Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
-        .map(|l| {
-            serde_json::from_str(l)
-                .unwrap_or_else(|e| panic!("bad line in {} ({e}): {l}", path.display()))
-        })
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line in {} ({e}): {l}", path.display())))
         .collect()
 }
 

@@ -44,10 +44,8 @@ pub async fn connect(
             match msg {
                 Ok(AsyncMessage::Notification(n)) => {
                     if let Some(tx) = &notifications {
-                        let _ = tx.send(Notification {
-                            channel: n.channel().to_owned(),
-                            payload: n.payload().to_owned(),
-                        });
+                        let _ =
+                            tx.send(Notification { channel: n.channel().to_owned(), payload: n.payload().to_owned() });
                     }
                 }
                 Ok(AsyncMessage::Notice(n)) => {
@@ -97,12 +95,7 @@ pub async fn connect_with_retry(
 pub fn error_text(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => {
-            let mut s = format!(
-                "{}: {} (SQLSTATE {})",
-                db.severity(),
-                db.message(),
-                db.code().code()
-            );
+            let mut s = format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code());
             if let Some(d) = db.detail() {
                 s.push_str(&format!("; detail: {d}"));
             }
@@ -179,22 +172,10 @@ mod tests {
 
     #[test]
     fn redacts_passwords_in_every_form() {
-        assert_eq!(
-            redact_url("postgres://relay:s3cret@db:5432/app"),
-            "postgres://relay:***@db:5432/app"
-        );
-        assert_eq!(
-            redact_url("postgres://relay@db/app"),
-            "postgres://relay@db/app"
-        );
-        assert_eq!(
-            redact_url("postgresql://db/app?user=a&password=s3cret"),
-            "postgresql://db/app?user=a&password=***"
-        );
-        assert_eq!(
-            redact_url("host=db user=a password=s3cret dbname=x"),
-            "host=db user=a password=*** dbname=x"
-        );
+        assert_eq!(redact_url("postgres://relay:s3cret@db:5432/app"), "postgres://relay:***@db:5432/app");
+        assert_eq!(redact_url("postgres://relay@db/app"), "postgres://relay@db/app");
+        assert_eq!(redact_url("postgresql://db/app?user=a&password=s3cret"), "postgresql://db/app?user=a&password=***");
+        assert_eq!(redact_url("host=db user=a password=s3cret dbname=x"), "host=db user=a password=*** dbname=x");
         assert!(!redact_url("postgres://u:p%40ss@h/d").contains("p%40ss"));
     }
 

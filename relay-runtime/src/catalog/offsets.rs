@@ -4,11 +4,7 @@
 
 use tokio_postgres::Client;
 
-pub async fn load(
-    client: &Client,
-    group: &str,
-    pipeline: &str,
-) -> Result<i64, tokio_postgres::Error> {
+pub async fn load(client: &Client, group: &str, pipeline: &str) -> Result<i64, tokio_postgres::Error> {
     Ok(client
         .query_opt(
             "SELECT last_change_id FROM pgtrickle.relay_consumer_offsets WHERE relay_group_id = $1 AND pipeline_id = $2",

@@ -8,12 +8,7 @@ use crate::config::{Direction, PipelineRow};
 
 /// Every pipeline of both directions, ordered by name.
 pub async fn list(client: &Client) -> Result<Vec<PipelineRow>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            "SELECT name, direction, enabled, config FROM pgtrickle.list_relay_configs()",
-            &[],
-        )
-        .await?;
+    let rows = client.query("SELECT name, direction, enabled, config FROM pgtrickle.list_relay_configs()", &[]).await?;
     Ok(rows
         .iter()
         .filter_map(|r| {
@@ -29,11 +24,7 @@ pub async fn list(client: &Client) -> Result<Vec<PipelineRow>, tokio_postgres::E
 }
 
 /// Calls `enable_relay`, `disable_relay` or `delete_relay`.
-pub async fn set_state(
-    client: &Client,
-    name: &str,
-    action: PipelineAction,
-) -> Result<(), tokio_postgres::Error> {
+pub async fn set_state(client: &Client, name: &str, action: PipelineAction) -> Result<(), tokio_postgres::Error> {
     let sql = match action {
         PipelineAction::Enable => "SELECT pgtrickle.enable_relay($1)",
         PipelineAction::Disable => "SELECT pgtrickle.disable_relay($1)",

@@ -22,11 +22,7 @@ pub enum SchemaError {
         "installing the relay catalog (migration {version}: {step}) failed: {}",
         crate::catalog::connect::error_text(cause)
     )]
-    Migration {
-        version: i32,
-        step: String,
-        cause: tokio_postgres::Error,
-    },
+    Migration { version: i32, step: String, cause: tokio_postgres::Error },
     #[error("the relay catalog in this database has version {found}, newer than this relay understands ({SCHEMA_VERSION}); upgrade pgtrickle-relay")]
     TooNew { found: i32 },
     #[error("relay catalog is not installed (version {found} < {SCHEMA_VERSION}); run `pgtrickle-relay migrate` or start `run` without --no-migrate")]
@@ -39,10 +35,7 @@ pub enum SchemaError {
 /// is missing or already ours.
 enum Step {
     Sql(&'static str, &'static str),
-    ContractFunction {
-        signature: &'static str,
-        create: &'static str,
-    },
+    ContractFunction { signature: &'static str, create: &'static str },
 }
 
 struct Migration {
@@ -53,8 +46,7 @@ struct Migration {
 
 const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
-    description:
-        "relay catalog: config tables, offsets, functions, notify trigger, status, dead letters",
+    description: "relay catalog: config tables, offsets, functions, notify trigger, status, dead letters",
     steps: &[
         Step::Sql("config tables", include_str!("sql/v1_tables.sql")),
         Step::ContractFunction {
@@ -67,8 +59,7 @@ const MIGRATIONS: &[Migration] = &[Migration {
             create: include_str!("sql/fn_set_relay_outbox.sql"),
         },
         Step::ContractFunction {
-            signature:
-                "pgtrickle.set_relay_inbox(text,text,jsonb,integer,text,boolean,integer,boolean)",
+            signature: "pgtrickle.set_relay_inbox(text,text,jsonb,integer,text,boolean,integer,boolean)",
             create: include_str!("sql/fn_set_relay_inbox.sql"),
         },
         Step::ContractFunction {
@@ -93,14 +84,8 @@ const MIGRATIONS: &[Migration] = &[Migration {
         },
         // The seed README's `set_relay_outbox(name, config => jsonb)` forms. pg_trickle never had
         // them, so they are always ours and never clash with its positional overloads.
-        Step::Sql(
-            "seed-form config functions",
-            include_str!("sql/v1_seed_functions.sql"),
-        ),
-        Step::Sql(
-            "status and dead-letter tables",
-            include_str!("sql/v1_status.sql"),
-        ),
+        Step::Sql("seed-form config functions", include_str!("sql/v1_seed_functions.sql")),
+        Step::Sql("status and dead-letter tables", include_str!("sql/v1_status.sql")),
     ],
 }];
 
@@ -108,17 +93,11 @@ const MIGRATIONS: &[Migration] = &[Migration {
 pub async fn migrate(client: &mut Client) -> Result<i32, SchemaError> {
     let wrap = |version: i32, step: &str| {
         let step = step.to_owned();
-        move |cause| SchemaError::Migration {
-            version,
-            step,
-            cause,
-        }
+        move |cause| SchemaError::Migration { version, step, cause }
     };
     // Concurrent relays may all start on an empty database: the bootstrap is serialised too.
     let tx = client.transaction().await.map_err(wrap(0, "begin"))?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
-        .await
-        .map_err(wrap(0, "lock"))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY]).await.map_err(wrap(0, "lock"))?;
     tx.batch_execute(
         "CREATE SCHEMA IF NOT EXISTS pgtrickle;
          CREATE TABLE IF NOT EXISTS pgtrickle.relay_schema_version (
@@ -134,18 +113,12 @@ pub async fn migrate(client: &mut Client) -> Result<i32, SchemaError> {
         return Err(SchemaError::TooNew { found });
     }
     for m in MIGRATIONS {
-        let tx = client
-            .transaction()
-            .await
-            .map_err(wrap(m.version, "begin"))?;
+        let tx = client.transaction().await.map_err(wrap(m.version, "begin"))?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
             .await
             .map_err(wrap(m.version, "lock"))?;
         let done = tx
-            .query_opt(
-                "SELECT 1 FROM pgtrickle.relay_schema_version WHERE version = $1",
-                &[&m.version],
-            )
+            .query_opt("SELECT 1 FROM pgtrickle.relay_schema_version WHERE version = $1", &[&m.version])
             .await
             .map_err(wrap(m.version, "check"))?
             .is_some();
@@ -155,9 +128,7 @@ pub async fn migrate(client: &mut Client) -> Result<i32, SchemaError> {
         }
         for step in m.steps {
             match step {
-                Step::Sql(name, sql) => {
-                    tx.batch_execute(sql).await.map_err(wrap(m.version, name))?
-                }
+                Step::Sql(name, sql) => tx.batch_execute(sql).await.map_err(wrap(m.version, name))?,
                 Step::ContractFunction { signature, create } => {
                     // Missing → create. Present and ours → replace (picks up fixes). Present as
                     // a member of the pg_trickle extension → leave the extension's own alone.
@@ -174,9 +145,7 @@ pub async fn migrate(client: &mut Client) -> Result<i32, SchemaError> {
                         .map_err(wrap(m.version, signature))?;
                     let (exists, extension_owned): (bool, bool) = (row.get(0), row.get(1));
                     if !(exists && extension_owned) {
-                        tx.batch_execute(create)
-                            .await
-                            .map_err(wrap(m.version, signature))?;
+                        tx.batch_execute(create).await.map_err(wrap(m.version, signature))?;
                     }
                 }
             }
@@ -188,34 +157,19 @@ pub async fn migrate(client: &mut Client) -> Result<i32, SchemaError> {
         .await
         .map_err(wrap(m.version, "record version"))?;
         tx.commit().await.map_err(wrap(m.version, "commit"))?;
-        tracing::info!(
-            version = m.version,
-            description = m.description,
-            "relay catalog migrated"
-        );
+        tracing::info!(version = m.version, description = m.description, "relay catalog migrated");
     }
     installed_version(client).await
 }
 
 /// The catalog version installed in the database (0 when none).
 pub async fn installed_version(client: &Client) -> Result<i32, SchemaError> {
-    let exists: bool = client
-        .query_one(
-            "SELECT to_regclass('pgtrickle.relay_schema_version') IS NOT NULL",
-            &[],
-        )
-        .await?
-        .get(0);
+    let exists: bool =
+        client.query_one("SELECT to_regclass('pgtrickle.relay_schema_version') IS NOT NULL", &[]).await?.get(0);
     if !exists {
         return Ok(0);
     }
-    Ok(client
-        .query_one(
-            "SELECT coalesce(max(version), 0) FROM pgtrickle.relay_schema_version",
-            &[],
-        )
-        .await?
-        .get(0))
+    Ok(client.query_one("SELECT coalesce(max(version), 0) FROM pgtrickle.relay_schema_version", &[]).await?.get(0))
 }
 
 /// Checks that the installed catalog is usable by this binary (for `run --no-migrate`).

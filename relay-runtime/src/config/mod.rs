@@ -64,10 +64,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(pipeline: &str, message: impl Into<String>) -> Self {
-        Self {
-            pipeline: pipeline.to_owned(),
-            message: message.into(),
-        }
+        Self { pipeline: pipeline.to_owned(), message: message.into() }
     }
 }
 
@@ -131,8 +128,7 @@ impl SinkKind {
     }
 }
 
-pub const KNOWN_SINKS: &str =
-    "stdout, file, nats, webhook (http), kafka, redis, sqs, rabbitmq, pg-inbox";
+pub const KNOWN_SINKS: &str = "stdout, file, nats, webhook (http), kafka, redis, sqs, rabbitmq, pg-inbox";
 
 /// Where a forward pipeline reads from, as written by the user; resolved against the database
 /// by [`crate::outbox::OutboxTable::resolve`].
@@ -211,8 +207,7 @@ impl PipelineRow {
     /// Resolves secrets and parses the row into a typed spec.
     pub fn parse(&self) -> Result<PipelineSpec, ConfigError> {
         let mut config = self.config.clone();
-        secrets::resolve_secrets(&mut config)
-            .map_err(|e| ConfigError::new(&self.name, e.to_string()))?;
+        secrets::resolve_secrets(&mut config).map_err(|e| ConfigError::new(&self.name, e.to_string()))?;
         let Value::Object(obj) = config else {
             return Err(ConfigError::new(&self.name, "config must be a JSON object"));
         };
@@ -231,15 +226,13 @@ fn get_str<'a>(
 ) -> Result<Option<&'a str>, ConfigError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.trim().is_empty() => Err(ConfigError::new(
-            pipeline,
-            format!("key '{path}': must not be empty"),
-        )),
+        Some(Value::String(s)) if s.trim().is_empty() => {
+            Err(ConfigError::new(pipeline, format!("key '{path}': must not be empty")))
+        }
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(ConfigError::new(
-            pipeline,
-            format!("key '{path}': expected a string, got {}", json_type(other)),
-        )),
+        Some(other) => {
+            Err(ConfigError::new(pipeline, format!("key '{path}': expected a string, got {}", json_type(other))))
+        }
     }
 }
 
@@ -260,29 +253,17 @@ fn get_int(
     };
     match v {
         Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
-        _ => Err(ConfigError::new(
-            pipeline,
-            format!("key '{path}': expected an integer between {min} and {max}"),
-        )),
+        _ => Err(ConfigError::new(pipeline, format!("key '{path}': expected an integer between {min} and {max}"))),
     }
 }
 
-fn get_bool(
-    pipeline: &str,
-    obj: &Map<String, Value>,
-    key: &str,
-    path: &str,
-) -> Result<Option<bool>, ConfigError> {
+fn get_bool(pipeline: &str, obj: &Map<String, Value>, key: &str, path: &str) -> Result<Option<bool>, ConfigError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(ConfigError::new(
-            pipeline,
-            format!(
-                "key '{path}': expected true or false, got {}",
-                json_type(other)
-            ),
-        )),
+        Some(other) => {
+            Err(ConfigError::new(pipeline, format!("key '{path}': expected true or false, got {}", json_type(other))))
+        }
     }
 }
 
@@ -302,10 +283,7 @@ fn parse_forward(name: &str, obj: &Map<String, Value>) -> Result<ForwardSpec, Co
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(m)) => m.clone(),
         Some(other) => {
-            return Err(ConfigError::new(
-                name,
-                format!("key 'source': expected an object, got {}", json_type(other)),
-            ))
+            return Err(ConfigError::new(name, format!("key 'source': expected an object, got {}", json_type(other))))
         }
     };
     if let Some(st) = get_str(name, obj, "source_type", "source_type")? {
@@ -343,26 +321,17 @@ fn parse_forward(name: &str, obj: &Map<String, Value>) -> Result<ForwardSpec, Co
         None | Some(Value::Null) => (Map::new(), "sink_type"),
         Some(Value::Object(m)) => (m.clone(), "sink.type"),
         Some(other) => {
-            return Err(ConfigError::new(
-                name,
-                format!("key 'sink': expected an object, got {}", json_type(other)),
-            ))
+            return Err(ConfigError::new(name, format!("key 'sink': expected an object, got {}", json_type(other))))
         }
     };
     let type_str = match get_str(name, &sink_obj, "type", "sink.type")? {
         Some(t) => t,
         None => get_str(name, obj, "sink_type", "sink_type")?.ok_or_else(|| {
-            ConfigError::new(
-                name,
-                "missing key 'sink_type' (or 'sink.type'): where should messages go?",
-            )
+            ConfigError::new(name, "missing key 'sink_type' (or 'sink.type'): where should messages go?")
         })?,
     };
     let kind = SinkKind::parse(type_str).ok_or_else(|| {
-        ConfigError::new(
-            name,
-            format!("key '{sink_path}': unknown sink type '{type_str}' (known: {KNOWN_SINKS})"),
-        )
+        ConfigError::new(name, format!("key '{sink_path}': unknown sink type '{type_str}' (known: {KNOWN_SINKS})"))
     })?;
 
     // Options: flat top-level keys first (prefix stripped), then the nested sink object wins.
@@ -371,11 +340,7 @@ fn parse_forward(name: &str, obj: &Map<String, Value>) -> Result<ForwardSpec, Co
         if FORWARD_PIPELINE_KEYS.contains(&k.as_str()) {
             continue;
         }
-        let key = kind
-            .flat_prefixes()
-            .iter()
-            .find_map(|p| k.strip_prefix(p))
-            .unwrap_or(k.as_str());
+        let key = kind.flat_prefixes().iter().find_map(|p| k.strip_prefix(p)).unwrap_or(k.as_str());
         options.insert(key.to_owned(), v.clone());
     }
     for (k, v) in sink_obj {
@@ -384,90 +349,39 @@ fn parse_forward(name: &str, obj: &Map<String, Value>) -> Result<ForwardSpec, Co
         }
     }
 
-    let template_src = match options
-        .get("subject_template")
-        .or_else(|| options.get("subject"))
-    {
+    let template_src = match options.get("subject_template").or_else(|| options.get("subject")) {
         None | Some(Value::Null) => DEFAULT_SUBJECT.to_owned(),
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(_) => {
-            return Err(ConfigError::new(
-                name,
-                "key 'subject_template': expected a non-empty string",
-            ))
-        }
+        Some(_) => return Err(ConfigError::new(name, "key 'subject_template': expected a non-empty string")),
     };
-    let subject_template = Template::parse(&template_src)
-        .map_err(|e| ConfigError::new(name, format!("key 'subject_template': {e}")))?;
+    let subject_template =
+        Template::parse(&template_src).map_err(|e| ConfigError::new(name, format!("key 'subject_template': {e}")))?;
 
     let key_columns = match obj.get("key_columns").or_else(|| source.get("key_columns")) {
         None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => s
-            .split(',')
-            .map(|c| c.trim().to_owned())
-            .filter(|c| !c.is_empty())
-            .collect(),
+        Some(Value::String(s)) => s.split(',').map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect(),
         Some(Value::Array(items)) => {
             let mut cols = Vec::with_capacity(items.len());
             for item in items {
                 match item.as_str() {
                     Some(c) if !c.is_empty() => cols.push(c.to_owned()),
-                    _ => {
-                        return Err(ConfigError::new(
-                            name,
-                            "key 'key_columns': expected an array of column names",
-                        ))
-                    }
+                    _ => return Err(ConfigError::new(name, "key 'key_columns': expected an array of column names")),
                 }
             }
             cols
         }
-        Some(_) => {
-            return Err(ConfigError::new(
-                name,
-                "key 'key_columns': expected an array of column names",
-            ))
-        }
+        Some(_) => return Err(ConfigError::new(name, "key 'key_columns': expected an array of column names")),
     };
 
     let batch_size = get_int(name, obj, "batch_size", "batch_size", 1, 100_000)?
-        .or(get_int(
-            name,
-            &source,
-            "batch_size",
-            "source.batch_size",
-            1,
-            100_000,
-        )?)
+        .or(get_int(name, &source, "batch_size", "source.batch_size", 1, 100_000)?)
         .unwrap_or(100);
-    let poll_ms = get_int(
-        name,
-        obj,
-        "poll_interval_ms",
-        "poll_interval_ms",
-        10,
-        3_600_000,
-    )?
-    .or(get_int(
-        name,
-        &source,
-        "poll_interval_ms",
-        "source.poll_interval_ms",
-        10,
-        3_600_000,
-    )?)
-    .unwrap_or(1000);
-    let claim_check_page_size = get_int(
-        name,
-        obj,
-        "claim_check_page_size",
-        "claim_check_page_size",
-        1,
-        1_000_000,
-    )?
-    .unwrap_or(1000);
-    let keep_internal_columns =
-        get_bool(name, obj, "keep_internal_columns", "keep_internal_columns")?.unwrap_or(false);
+    let poll_ms = get_int(name, obj, "poll_interval_ms", "poll_interval_ms", 10, 3_600_000)?
+        .or(get_int(name, &source, "poll_interval_ms", "source.poll_interval_ms", 10, 3_600_000)?)
+        .unwrap_or(1000);
+    let claim_check_page_size =
+        get_int(name, obj, "claim_check_page_size", "claim_check_page_size", 1, 1_000_000)?.unwrap_or(1000);
+    let keep_internal_columns = get_bool(name, obj, "keep_internal_columns", "keep_internal_columns")?.unwrap_or(false);
 
     Ok(ForwardSpec {
         name: name.to_owned(),
@@ -510,10 +424,7 @@ fn parse_reverse(name: &str, obj: &Map<String, Value>) -> Result<ReverseSpec, Co
     .flatten()
     .next()
     .ok_or_else(|| {
-        ConfigError::new(
-            name,
-            "missing key 'inbox_table' (or 'sink.inbox'): which inbox should receive messages?",
-        )
+        ConfigError::new(name, "missing key 'inbox_table' (or 'sink.inbox'): which inbox should receive messages?")
     })?
     .to_owned();
     let mut options = Map::new();
@@ -522,12 +433,7 @@ fn parse_reverse(name: &str, obj: &Map<String, Value>) -> Result<ReverseSpec, Co
             options.insert(k.clone(), v.clone());
         }
     }
-    Ok(ReverseSpec {
-        name: name.to_owned(),
-        source_type,
-        inbox_table,
-        options,
-    })
+    Ok(ReverseSpec { name: name.to_owned(), source_type, inbox_table, options })
 }
 
 #[cfg(test)]

@@ -25,9 +25,7 @@ const SECRET_KEYS: &[&str] = &[
 
 fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    SECRET_KEYS
-        .iter()
-        .any(|s| k == *s || k.ends_with(&format!("_{s}")))
+    SECRET_KEYS.iter().any(|s| k == *s || k.ends_with(&format!("_{s}")))
 }
 
 /// A copy of `value` with secret-looking keys replaced by `"***"` and passwords in URLs hidden.
@@ -38,12 +36,8 @@ pub fn redact_config(value: &Value) -> Value {
             map.iter()
                 .map(|(k, v)| {
                     let v = match v {
-                        Value::String(s) if is_secret_key(k) && !s.starts_with("${") => {
-                            Value::String("***".into())
-                        }
-                        Value::Object(_)
-                            if k.eq_ignore_ascii_case("headers") || k.ends_with("_headers") =>
-                        {
+                        Value::String(s) if is_secret_key(k) && !s.starts_with("${") => Value::String("***".into()),
+                        Value::Object(_) if k.eq_ignore_ascii_case("headers") || k.ends_with("_headers") => {
                             redact_headers(v)
                         }
                         other => redact_config(other),
@@ -68,14 +62,7 @@ fn redact_headers(v: &Value) -> Value {
                         || lower.contains("token")
                         || lower.contains("key")
                         || lower.contains("secret");
-                    (
-                        k.clone(),
-                        if secret {
-                            Value::String("***".into())
-                        } else {
-                            v.clone()
-                        },
-                    )
+                    (k.clone(), if secret { Value::String("***".into()) } else { v.clone() })
                 })
                 .collect(),
         ),

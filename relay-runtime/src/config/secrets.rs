@@ -13,11 +13,7 @@ pub enum SecretError {
     #[error("key '{key}': environment variable {var} referenced by ${{env:{var}}} is not set")]
     MissingEnv { key: String, var: String },
     #[error("key '{key}': cannot read secret file {path}: {reason}")]
-    File {
-        key: String,
-        path: String,
-        reason: String,
-    },
+    File { key: String, path: String, reason: String },
     #[error("key '{key}': unterminated secret reference (missing '}}')")]
     Unterminated { key: String },
 }
@@ -80,31 +76,20 @@ pub fn resolve_str(input: &str, key: &str) -> Result<String, SecretError> {
             continue;
         };
         let Some(end) = arg_start.find('}') else {
-            return Err(SecretError::Unterminated {
-                key: key.to_owned(),
-            });
+            return Err(SecretError::Unterminated { key: key.to_owned() });
         };
         let arg = &arg_start[..end];
         match kind {
             "env" => match std::env::var(arg) {
                 Ok(v) => out.push_str(&v),
-                Err(_) => {
-                    return Err(SecretError::MissingEnv {
-                        key: key.to_owned(),
-                        var: arg.to_owned(),
-                    })
-                }
+                Err(_) => return Err(SecretError::MissingEnv { key: key.to_owned(), var: arg.to_owned() }),
             },
             _ => match std::fs::read_to_string(arg) {
                 // Secret files (Kubernetes secret mounts, `echo > file`) usually end in a newline
                 // that is not part of the secret.
                 Ok(v) => out.push_str(v.trim_end_matches(['\n', '\r'])),
                 Err(e) => {
-                    return Err(SecretError::File {
-                        key: key.to_owned(),
-                        path: arg.to_owned(),
-                        reason: e.to_string(),
-                    })
+                    return Err(SecretError::File { key: key.to_owned(), path: arg.to_owned(), reason: e.to_string() })
                 }
             },
         }
@@ -143,10 +128,7 @@ mod tests {
         let err = resolve_secrets(&mut v).unwrap_err();
         assert_eq!(
             err,
-            SecretError::MissingEnv {
-                key: "sink.password".into(),
-                var: "PGT_TEST_SURELY_UNSET_VAR".into()
-            }
+            SecretError::MissingEnv { key: "sink.password".into(), var: "PGT_TEST_SURELY_UNSET_VAR".into() }
         );
         assert!(err.to_string().contains("sink.password"));
     }
@@ -154,14 +136,8 @@ mod tests {
     #[test]
     fn unreadable_file_and_unterminated_are_errors() {
         let mut v = json!({"k": "${file:/nonexistent/pgt/secret}"});
-        assert!(matches!(
-            resolve_secrets(&mut v),
-            Err(SecretError::File { .. })
-        ));
+        assert!(matches!(resolve_secrets(&mut v), Err(SecretError::File { .. })));
         let mut v = json!({"k": "${env:OOPS"});
-        assert!(matches!(
-            resolve_secrets(&mut v),
-            Err(SecretError::Unterminated { .. })
-        ));
+        assert!(matches!(resolve_secrets(&mut v), Err(SecretError::Unterminated { .. })));
     }
 }

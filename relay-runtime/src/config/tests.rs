@@ -3,12 +3,7 @@ use serde_json::json;
 use super::*;
 
 fn row(direction: Direction, config: Value) -> PipelineRow {
-    PipelineRow {
-        name: "p1".into(),
-        direction,
-        enabled: true,
-        config,
-    }
+    PipelineRow { name: "p1".into(), direction, enabled: true, config }
 }
 
 fn forward(config: Value) -> Result<ForwardSpec, ConfigError> {
@@ -89,32 +84,19 @@ fn errors_name_the_pipeline_and_key() {
     assert!(e.message.contains("sink_type"), "{e}");
 
     let e = forward(json!({"stream_table": "s", "sink_type": "carrier-pigeon"})).unwrap_err();
-    assert!(
-        e.to_string().contains("unknown sink type 'carrier-pigeon'"),
-        "{e}"
-    );
-    assert!(
-        e.to_string().starts_with("pipeline 'p1': key 'sink_type'"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("unknown sink type 'carrier-pigeon'"), "{e}");
+    assert!(e.to_string().starts_with("pipeline 'p1': key 'sink_type'"), "{e}");
 
     let e = forward(json!({"sink_type": "stdout"})).unwrap_err();
     assert!(e.message.contains("stream_table"), "{e}");
 
-    let e =
-        forward(json!({"stream_table": "s", "sink_type": "stdout", "batch_size": 0})).unwrap_err();
+    let e = forward(json!({"stream_table": "s", "sink_type": "stdout", "batch_size": 0})).unwrap_err();
     assert!(e.message.contains("'batch_size'"), "{e}");
 
     let e = forward(json!({"stream_table": 5, "sink_type": "stdout"})).unwrap_err();
-    assert!(
-        e.message
-            .contains("key 'stream_table': expected a string, got a number"),
-        "{e}"
-    );
+    assert!(e.message.contains("key 'stream_table': expected a string, got a number"), "{e}");
 
-    let e =
-        forward(json!({"stream_table": "s", "sink": {"type": "stdout"}, "source_type": "kafka"}))
-            .unwrap_err();
+    let e = forward(json!({"stream_table": "s", "sink": {"type": "stdout"}, "source_type": "kafka"})).unwrap_err();
     assert!(e.message.contains("source_type"), "{e}");
 
     let e = row(Direction::Forward, json!([1, 2])).parse().unwrap_err();
@@ -124,13 +106,12 @@ fn errors_name_the_pipeline_and_key() {
 #[test]
 fn secrets_resolve_inside_pipeline_config_and_missing_ones_fail() {
     std::env::set_var("PGT_CFG_TEST_TOKEN", "tok-123");
-    let f = forward(json!({"stream_table": "s", "sink_type": "nats", "nats_token": "${env:PGT_CFG_TEST_TOKEN}"})).unwrap();
+    let f =
+        forward(json!({"stream_table": "s", "sink_type": "nats", "nats_token": "${env:PGT_CFG_TEST_TOKEN}"})).unwrap();
     assert_eq!(f.sink.options["token"], "tok-123");
-    let e = forward(json!({"stream_table": "s", "sink_type": "nats", "nats_token": "${env:PGT_CFG_TEST_UNSET}"})).unwrap_err();
-    assert!(
-        e.message.contains("nats_token") && e.message.contains("PGT_CFG_TEST_UNSET"),
-        "{e}"
-    );
+    let e = forward(json!({"stream_table": "s", "sink_type": "nats", "nats_token": "${env:PGT_CFG_TEST_UNSET}"}))
+        .unwrap_err();
+    assert!(e.message.contains("nats_token") && e.message.contains("PGT_CFG_TEST_UNSET"), "{e}");
     assert!(!e.message.contains("tok-123"));
 }
 
@@ -155,8 +136,6 @@ fn reverse_shapes_parse_with_inbox_aliases() {
             PipelineSpec::Forward(_) => panic!("expected reverse"),
         }
     }
-    let e = row(Direction::Reverse, json!({"source_type": "nats"}))
-        .parse()
-        .unwrap_err();
+    let e = row(Direction::Reverse, json!({"source_type": "nats"})).parse().unwrap_err();
     assert!(e.message.contains("inbox_table"), "{e}");
 }

@@ -18,18 +18,10 @@ pub enum Decoded {
     /// Nothing to relay; the offset simply moves past the row.
     Empty,
     /// Rows carried inline.
-    Rows {
-        inserted: Vec<Value>,
-        deleted: Vec<Value>,
-        full_refresh: bool,
-        refresh_id: Option<String>,
-    },
+    Rows { inserted: Vec<Value>, deleted: Vec<Value>, full_refresh: bool, refresh_id: Option<String> },
     /// Rows must be read from the claim-check delta table. `full_refresh` is `None` when the
     /// header does not say (pg_trickle 0.45 writes whole snapshots, all `INSERT`).
-    ClaimCheck {
-        full_refresh: Option<bool>,
-        refresh_id: Option<String>,
-    },
+    ClaimCheck { full_refresh: Option<bool>, refresh_id: Option<String> },
     /// A counts-only summary row, relayed as one message carrying the object.
     Summary(Value),
 }
@@ -62,10 +54,7 @@ pub fn decode(
     let fallback_refresh = row_refresh_id.map(str::to_owned);
     let Some(payload) = payload.filter(|p| !p.is_null()) else {
         return Ok(if is_claim_check {
-            Decoded::ClaimCheck {
-                full_refresh: None,
-                refresh_id: fallback_refresh,
-            }
+            Decoded::ClaimCheck { full_refresh: None, refresh_id: fallback_refresh }
         } else {
             Decoded::Empty
         });
@@ -82,16 +71,12 @@ pub fn decode(
         return Err(Undecodable { error, payload });
     }
     Ok(match payload {
-        Value::Array(rows) if is_claim_check && rows.is_empty() => Decoded::ClaimCheck {
-            full_refresh: Some(true),
-            refresh_id: fallback_refresh,
-        },
-        Value::Array(rows) => Decoded::Rows {
-            inserted: rows,
-            deleted: Vec::new(),
-            full_refresh: true,
-            refresh_id: fallback_refresh,
-        },
+        Value::Array(rows) if is_claim_check && rows.is_empty() => {
+            Decoded::ClaimCheck { full_refresh: Some(true), refresh_id: fallback_refresh }
+        }
+        Value::Array(rows) => {
+            Decoded::Rows { inserted: rows, deleted: Vec::new(), full_refresh: true, refresh_id: fallback_refresh }
+        }
         Value::Object(obj) => decode_object(obj, is_claim_check, fallback_refresh),
         _ => Decoded::Empty,
     })
@@ -109,15 +94,10 @@ fn check_object(obj: &Map<String, Value>) -> Result<(), DecodeError> {
         return Ok(());
     }
     if !obj.contains_key("inserted") && !obj.contains_key("deleted") {
-        return Err(DecodeError::UnexpectedShape(
-            "an object without 'inserted'/'deleted'",
-        ));
+        return Err(DecodeError::UnexpectedShape("an object without 'inserted'/'deleted'"));
     }
     for key in ["inserted", "deleted"] {
-        if !matches!(
-            obj.get(key),
-            None | Some(Value::Null) | Some(Value::Array(_))
-        ) {
+        if !matches!(obj.get(key), None | Some(Value::Null) | Some(Value::Array(_))) {
             return Err(DecodeError::BadArray(key));
         }
     }
@@ -126,15 +106,10 @@ fn check_object(obj: &Map<String, Value>) -> Result<(), DecodeError> {
 
 /// pg_trickle ≥ 0.46 writes counts where the envelope has arrays.
 fn is_summary(obj: &Map<String, Value>) -> bool {
-    obj.get("inserted").is_some_and(Value::is_number)
-        || obj.get("deleted").is_some_and(Value::is_number)
+    obj.get("inserted").is_some_and(Value::is_number) || obj.get("deleted").is_some_and(Value::is_number)
 }
 
-fn decode_object(
-    mut obj: Map<String, Value>,
-    is_claim_check: bool,
-    fallback_refresh: Option<String>,
-) -> Decoded {
+fn decode_object(mut obj: Map<String, Value>, is_claim_check: bool, fallback_refresh: Option<String>) -> Decoded {
     let refresh_id = ["refresh_id", "pgt_id"]
         .iter()
         .find_map(|k| obj.get(*k).and_then(Value::as_str).map(str::to_owned))
@@ -144,10 +119,7 @@ fn decode_object(
         return Decoded::Summary(Value::Object(obj));
     }
     if is_claim_check || obj.get("claim_check").and_then(Value::as_bool) == Some(true) {
-        return Decoded::ClaimCheck {
-            full_refresh,
-            refresh_id,
-        };
+        return Decoded::ClaimCheck { full_refresh, refresh_id };
     }
     let mut rows_of = |key: &str| match obj.remove(key) {
         Some(Value::Array(rows)) => rows,
@@ -189,24 +161,13 @@ pub struct Delta<'a> {
 /// rows, continuing the index. With key columns, a deleted and an inserted row of the same
 /// key become one `update` message (at the insert's index, the old row in `before`).
 pub fn build_messages(ctx: &MessageContext<'_>, delta: Delta<'_>, out: &mut Vec<RelayMessage>) {
-    let Delta {
-        outbox_id,
-        inserted,
-        deleted,
-        full_refresh,
-        refresh_id,
-        first_index,
-        first_deleted_index,
-    } = delta;
+    let Delta { outbox_id, inserted, deleted, full_refresh, refresh_id, first_index, first_deleted_index } = delta;
     let deleted_base = first_deleted_index.unwrap_or(first_index + inserted.len());
-    let mut deleted: Vec<Option<Value>> = deleted
-        .into_iter()
-        .map(|r| Some(clean(r, ctx.keep_internal_columns)))
-        .collect();
+    let mut deleted: Vec<Option<Value>> =
+        deleted.into_iter().map(|r| Some(clean(r, ctx.keep_internal_columns))).collect();
 
     // Index the deleted rows by key so pairing is linear, not quadratic.
-    let mut by_key: std::collections::HashMap<String, Vec<usize>> =
-        std::collections::HashMap::new();
+    let mut by_key: std::collections::HashMap<String, Vec<usize>> = std::collections::HashMap::new();
     if !ctx.key_columns.is_empty() {
         for (i, row) in deleted.iter().enumerate() {
             if let Some(k) = row.as_ref().and_then(|r| row_key(r, ctx.key_columns)) {
@@ -224,21 +185,9 @@ pub fn build_messages(ctx: &MessageContext<'_>, delta: Delta<'_>, out: &mut Vec<
     for (i, row) in inserted.into_iter().enumerate() {
         let row = clean(row, ctx.keep_internal_columns);
         let before = row_key(&row, ctx.key_columns)
-            .and_then(|k| {
-                by_key.get_mut(&k).and_then(|v| {
-                    if v.is_empty() {
-                        None
-                    } else {
-                        Some(v.remove(0))
-                    }
-                })
-            })
+            .and_then(|k| by_key.get_mut(&k).and_then(|v| if v.is_empty() { None } else { Some(v.remove(0)) }))
             .and_then(|di| deleted[di].take());
-        let op = if before.is_some() {
-            Op::Update
-        } else {
-            Op::Insert
-        };
+        let op = if before.is_some() { Op::Update } else { Op::Insert };
         out.push(RelayMessage {
             dedup_key: dedup_key(ctx.outbox_table, outbox_id, first_index + i),
             subject: ctx.subject.render(&vars(op)),
@@ -267,10 +216,7 @@ pub fn build_messages(ctx: &MessageContext<'_>, delta: Delta<'_>, out: &mut Vec<
 
 /// The one message of a summary row.
 pub fn summary_message(ctx: &MessageContext<'_>, outbox_id: i64, summary: Value) -> RelayMessage {
-    let refresh_id = summary
-        .get("refresh_id")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
+    let refresh_id = summary.get("refresh_id").and_then(Value::as_str).map(str::to_owned);
     let subject = ctx.subject.render(&TemplateVars {
         stream_table: ctx.stream_table,
         outbox_table: ctx.outbox_table,
@@ -315,9 +261,7 @@ fn row_key(row: &Value, key_columns: &[String]) -> Option<String> {
             Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
                 (Some(i), _, _) => key.push_str(&format!("n{i}")),
                 (_, Some(u), _) => key.push_str(&format!("n{u}")),
-                (_, _, Some(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => {
-                    key.push_str(&format!("n{}", f as i64))
-                }
+                (_, _, Some(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => key.push_str(&format!("n{}", f as i64)),
                 (_, _, Some(f)) => key.push_str(&format!("n{f:?}")),
                 _ => key.push_str(&format!("n{n}")),
             },

@@ -40,11 +40,7 @@ pub struct DeltaTable {
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ResolveError {
     #[error("outbox table {schema}.{table} does not exist (stream table '{stream_table}'); enable it with SELECT pgtrickle.enable_outbox('{stream_table}') or fix the pipeline's 'stream_table'/'source.outbox'")]
-    Missing {
-        schema: String,
-        table: String,
-        stream_table: String,
-    },
+    Missing { schema: String, table: String, stream_table: String },
     #[error("table {0} is not a pg_trickle outbox: it needs columns 'id' (bigint) and 'payload' (jsonb)")]
     NotAnOutbox(String),
     #[error("database error while resolving the outbox: {0}")]
@@ -66,10 +62,7 @@ fn truncate_chars(s: &str, n: usize) -> String {
 }
 
 fn bare(name: &str) -> &str {
-    name.rsplit_once('.')
-        .map(|(_, t)| t)
-        .unwrap_or(name)
-        .trim_matches('"')
+    name.rsplit_once('.').map(|(_, t)| t).unwrap_or(name).trim_matches('"')
 }
 
 impl OutboxTable {
@@ -83,18 +76,13 @@ impl OutboxTable {
         let (schema, table, stream_table) = match outbox {
             OutboxRef::Outbox(name) => {
                 let (schema, table) = match name.split_once('.') {
-                    Some((s, t)) => (
-                        s.trim_matches('"').to_owned(),
-                        t.trim_matches('"').to_owned(),
-                    ),
+                    Some((s, t)) => (s.trim_matches('"').to_owned(), t.trim_matches('"').to_owned()),
                     None => ("pgtrickle".to_owned(), name.clone()),
                 };
                 if table_exists(client, &schema, &table).await? {
                     let st = lookup_stream_table(client, &table)
                         .await?
-                        .unwrap_or_else(|| {
-                            table.strip_prefix("outbox_").unwrap_or(&table).to_owned()
-                        });
+                        .unwrap_or_else(|| table.strip_prefix("outbox_").unwrap_or(&table).to_owned());
                     (schema, table, st)
                 } else {
                     // The docs' examples pass a stream table name here.
@@ -109,11 +97,7 @@ impl OutboxTable {
         };
         let columns = columns_of(client, &schema, &table).await?;
         if columns.is_empty() {
-            return Err(ResolveError::Missing {
-                schema,
-                table,
-                stream_table,
-            });
+            return Err(ResolveError::Missing { schema, table, stream_table });
         }
         if !columns.iter().any(|c| c == "id") || !columns.iter().any(|c| c == "payload") {
             return Err(ResolveError::NotAnOutbox(format!("{schema}.{table}")));
@@ -142,11 +126,7 @@ async fn table_exists(client: &Client, schema: &str, table: &str) -> Result<bool
         .get(0))
 }
 
-async fn columns_of(
-    client: &Client,
-    schema: &str,
-    table: &str,
-) -> Result<Vec<String>, ResolveError> {
+async fn columns_of(client: &Client, schema: &str, table: &str) -> Result<Vec<String>, ResolveError> {
     Ok(client
         .query(
             "SELECT a.attname::text FROM pg_attribute a
@@ -163,13 +143,8 @@ async fn columns_of(
 /// Rows of `pgtrickle.pgt_outbox_config` as JSON (its columns differ between pg_trickle
 /// ≤ 0.45 and ≥ 0.46), or nothing when pg_trickle is not installed.
 async fn outbox_config_rows(client: &Client) -> Result<Vec<Value>, ResolveError> {
-    let present: bool = client
-        .query_one(
-            "SELECT to_regclass('pgtrickle.pgt_outbox_config') IS NOT NULL",
-            &[],
-        )
-        .await?
-        .get(0);
+    let present: bool =
+        client.query_one("SELECT to_regclass('pgtrickle.pgt_outbox_config') IS NOT NULL", &[]).await?.get(0);
     if !present {
         return Ok(Vec::new());
     }
@@ -182,15 +157,10 @@ async fn outbox_config_rows(client: &Client) -> Result<Vec<Value>, ResolveError>
 }
 
 fn outbox_name_of(row: &Value) -> Option<&str> {
-    row.get("outbox_table_name")
-        .or_else(|| row.get("tide_outbox_name"))
-        .and_then(Value::as_str)
+    row.get("outbox_table_name").or_else(|| row.get("tide_outbox_name")).and_then(Value::as_str)
 }
 
-async fn lookup_stream_table(
-    client: &Client,
-    outbox_table: &str,
-) -> Result<Option<String>, ResolveError> {
+async fn lookup_stream_table(client: &Client, outbox_table: &str) -> Result<Option<String>, ResolveError> {
     Ok(outbox_config_rows(client)
         .await?
         .iter()
@@ -200,10 +170,7 @@ async fn lookup_stream_table(
 }
 
 /// `(outbox table, bare stream table)` for a stream table name, bare or schema-qualified.
-async fn outbox_for_stream_table(
-    client: &Client,
-    stream_table: &str,
-) -> Result<(String, String), ResolveError> {
+async fn outbox_for_stream_table(client: &Client, stream_table: &str) -> Result<(String, String), ResolveError> {
     let st_bare = bare(stream_table).to_owned();
     for row in outbox_config_rows(client).await? {
         let Some(name) = row.get("stream_table_name").and_then(Value::as_str) else {
@@ -215,10 +182,7 @@ async fn outbox_for_stream_table(
             }
         }
     }
-    Ok((
-        truncate_chars(&format!("outbox_{st_bare}"), MAX_IDENT),
-        st_bare,
-    ))
+    Ok((truncate_chars(&format!("outbox_{st_bare}"), MAX_IDENT), st_bare))
 }
 
 async fn find_delta_table(

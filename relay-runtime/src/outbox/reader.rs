@@ -57,18 +57,12 @@ const SLOW_WRITER_WARNING: Duration = Duration::from_secs(30);
 impl OutboxReader {
     pub fn new(table: OutboxTable) -> Self {
         let q = table.qualified();
-        let claim = if table.has_claim_check_column {
-            "is_claim_check"
-        } else {
-            "false"
-        };
-        let refresh = if table.has_refresh_id_column {
-            "refresh_id::text"
-        } else {
-            "NULL::text"
-        };
+        let claim = if table.has_claim_check_column { "is_claim_check" } else { "false" };
+        let refresh = if table.has_refresh_id_column { "refresh_id::text" } else { "NULL::text" };
         let lag_age = if table.has_created_at_column {
-            format!("(SELECT extract(epoch FROM now() - created_at)::float8 FROM {q} WHERE id > $1 ORDER BY id LIMIT 1)")
+            format!(
+                "(SELECT extract(epoch FROM now() - created_at)::float8 FROM {q} WHERE id > $1 ORDER BY id LIMIT 1)"
+            )
         } else {
             "NULL::float8".to_owned()
         };
@@ -80,11 +74,12 @@ impl OutboxReader {
                                      AND l.mode = 'RowExclusiveLock'
                                      AND l.pid IS DISTINCT FROM pg_backend_pid()), '{{}}'::text[])"
             ),
-            lockers_sql: "SELECT array_agg(DISTINCT l.virtualtransaction || ' (pid ' || coalesce(l.pid::text, '?') || ')')
+            lockers_sql:
+                "SELECT array_agg(DISTINCT l.virtualtransaction || ' (pid ' || coalesce(l.pid::text, '?') || ')')
                             FROM pg_locks l
                            WHERE l.locktype = 'relation' AND l.relation = $1::text::regclass
                              AND l.mode = 'RowExclusiveLock' AND l.virtualtransaction = ANY($2)"
-                .to_owned(),
+                    .to_owned(),
             fetch_sql: format!(
                 "SELECT id::int8, payload, {claim}, {refresh} FROM {q} WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3"
             )
@@ -104,10 +99,8 @@ impl OutboxReader {
     pub async fn safe_horizon(&mut self, client: &Client) -> Result<i64, tokio_postgres::Error> {
         let qualified = self.table.qualified();
         if let Some(p) = &mut self.pending {
-            let still: Option<Vec<String>> = client
-                .query_one(&self.lockers_sql, &[&qualified, &p.lockers])
-                .await?
-                .get(0);
+            let still: Option<Vec<String>> =
+                client.query_one(&self.lockers_sql, &[&qualified, &p.lockers]).await?.get(0);
             match still {
                 None => {
                     self.safe = self.safe.max(p.max_id);
@@ -132,12 +125,7 @@ impl OutboxReader {
             if lockers.is_empty() {
                 self.safe = max_id;
             } else {
-                self.pending = Some(PendingHorizon {
-                    max_id,
-                    lockers,
-                    since: Instant::now(),
-                    warned: false,
-                });
+                self.pending = Some(PendingHorizon { max_id, lockers, since: Instant::now(), warned: false });
             }
         }
         Ok(self.safe)
@@ -160,11 +148,7 @@ impl OutboxReader {
     }
 
     /// `(rows behind, age in seconds of the oldest unrelayed row)` for an offset.
-    pub async fn lag(
-        &self,
-        client: &Client,
-        offset: i64,
-    ) -> Result<(i64, Option<f64>), tokio_postgres::Error> {
+    pub async fn lag(&self, client: &Client, offset: i64) -> Result<(i64, Option<f64>), tokio_postgres::Error> {
         let row = client.query_one(&self.lag_sql, &[&offset]).await?;
         let max: i64 = row.get(0);
         Ok(((max - offset).max(0), row.get::<_, Option<f64>>(1)))
@@ -174,11 +158,7 @@ impl OutboxReader {
     /// `row_num` order: `(is_delete, row)`.
     pub fn claim_check_sql(&self) -> Option<String> {
         let d = self.table.delta.as_ref()?;
-        let q = format!(
-            "{}.{}",
-            super::quote_ident(&d.schema),
-            super::quote_ident(&d.table)
-        );
+        let q = format!("{}.{}", super::quote_ident(&d.schema), super::quote_ident(&d.table));
         let op = super::quote_ident(&d.op_column);
         let data = super::quote_ident(&d.data_column);
         Some(format!(
@@ -199,11 +179,6 @@ pub async fn fetch_rows(
     let rows = client.query(sql, &[&after, &upto, &limit]).await?;
     Ok(rows
         .iter()
-        .map(|r| HeaderRow {
-            id: r.get(0),
-            payload: r.get(1),
-            is_claim_check: r.get(2),
-            refresh_id: r.get(3),
-        })
+        .map(|r| HeaderRow { id: r.get(0), payload: r.get(1), is_claim_check: r.get(2), refresh_id: r.get(3) })
         .collect())
 }

@@ -15,12 +15,10 @@ use super::{report, WorkerLink, START_RETRY};
 use crate::catalog::{connect::jitter, offsets, DbConnection};
 use crate::config::ForwardSpec;
 use crate::message::RelayMessage;
-use crate::outbox::decode::{
-    build_messages, decode, summary_message, Decoded, Delta, MessageContext,
-};
+use crate::outbox::decode::{build_messages, decode, summary_message, Decoded, Delta, MessageContext};
 use crate::outbox::reader::{fetch_rows, HeaderRow, OutboxReader};
 use crate::outbox::OutboxTable;
-use crate::sink::{self, Sink};
+use crate::sink::{self, Sink, SinkContext};
 use crate::state::{PipelineState, PipelineStatus, RelayState};
 
 /// Messages held before publishing a chunk, bounding memory for huge outbox rows.
@@ -53,20 +51,29 @@ pub async fn run(
     link: &WorkerLink,
     st: &mut PipelineStatus,
 ) {
+    let mut backoff = Duration::from_secs(1);
     let (table, sink) = loop {
         match setup(&conn.client, &spec).await {
             Ok(ok) => break ok,
             Err(e) => {
-                tracing::error!(pipeline = %spec.name, error = %e, "cannot start forward pipeline; retrying");
-                st.state = PipelineState::Failed;
+                // A target that is down makes the pipeline degraded and retried with backoff;
+                // anything else needs a change and is retried slowly.
+                let wait = if e.transient {
+                    let w = jitter(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    w
+                } else {
+                    START_RETRY
+                };
+                tracing::error!(pipeline = %spec.name, error = %e.message, retry_in_ms = wait.as_millis() as u64, "cannot start forward pipeline");
+                st.state = if e.transient { PipelineState::Degraded } else { PipelineState::Failed };
                 st.errors_total += 1;
-                let changed = st.last_error.as_deref() != Some(e.as_str());
-                st.last_error = Some(e);
-                report(&ctx, conn, st, 0, i64::from(changed)).await;
+                st.last_error = Some(e.message);
+                report(&ctx, conn, st, 0, 1).await;
                 tokio::select! {
                     _ = link.cancel.cancelled() => return,
                     _ = conn.closed.cancelled() => return,
-                    _ = tokio::time::sleep(START_RETRY) => {}
+                    _ = tokio::time::sleep(wait) => {}
                 }
             }
         }
@@ -116,14 +123,20 @@ pub async fn run(
     }
 }
 
-async fn setup(
-    client: &Client,
-    spec: &ForwardSpec,
-) -> Result<(OutboxTable, Box<dyn Sink>), String> {
+/// Why a pipeline could not start, and whether waiting can fix it.
+struct SetupError {
+    message: String,
+    transient: bool,
+}
+
+async fn setup(client: &Client, spec: &ForwardSpec) -> Result<(OutboxTable, Box<dyn Sink>), SetupError> {
     let table = OutboxTable::resolve(client, &spec.outbox)
         .await
-        .map_err(|e| e.to_string())?;
-    let sink = sink::build(&spec.sink).await.map_err(|e| e.to_string())?;
+        .map_err(|e| SetupError { message: e.to_string(), transient: false })?;
+    let ctx = SinkContext { pipeline: &spec.name, subject_template: spec.subject_template.source() };
+    let sink = sink::build(&spec.sink, &ctx)
+        .await
+        .map_err(|e| SetupError { transient: e.is_transient(), message: e.to_string() })?;
     Ok((table, sink))
 }
 
@@ -188,12 +201,7 @@ impl ForwardRunner<'_> {
         let started = Instant::now();
         let (rows, upto) = match self.prefetched.take() {
             Some(p) if p.after == self.offset => (p.rows, p.upto),
-            _ => (
-                self.reader
-                    .fetch(self.client, self.offset, safe, self.spec.batch_size)
-                    .await?,
-                safe,
-            ),
+            _ => (self.reader.fetch(self.client, self.offset, safe, self.spec.batch_size).await?, safe),
         };
         let full = rows.len() as i64 == self.spec.batch_size;
         // A short batch covers everything up to its horizon (ids in between were rolled back).
@@ -205,31 +213,19 @@ impl ForwardRunner<'_> {
         if full {
             // Read the next batch while this one is published, so PostgreSQL and the relay work
             // at the same time. The rows are only used if this batch commits as planned.
-            let (client, sql, limit) = (
-                self.client,
-                self.reader.fetch_statement(),
-                self.spec.batch_size,
-            );
+            let (client, sql, limit) = (self.client, self.reader.fetch_statement(), self.spec.batch_size);
             let next = async move { fetch_rows(client, &sql, new_offset, safe, limit).await };
             let (relayed, next) = tokio::join!(self.relay_rows(rows), next);
             relayed?;
             if let Ok(rows) = next {
-                self.prefetched = Some(Prefetched {
-                    after: new_offset,
-                    upto: safe,
-                    rows,
-                });
+                self.prefetched = Some(Prefetched { after: new_offset, upto: safe, rows });
             }
         } else {
             self.relay_rows(rows).await?;
         }
         self.commit(new_offset).await?;
         if had_rows {
-            self.ctx
-                .metrics
-                .batch_duration
-                .with_label_values(&self.labels())
-                .observe(started.elapsed().as_secs_f64());
+            self.ctx.metrics.batch_duration.with_label_values(&self.labels()).observe(started.elapsed().as_secs_f64());
         }
         if self.last_status.elapsed() >= STATUS_EVERY {
             self.refresh_lag().await?;
@@ -240,18 +236,9 @@ impl ForwardRunner<'_> {
     async fn relay_rows(&mut self, rows: Vec<HeaderRow>) -> Result<(), Stop> {
         let mut msgs: Vec<RelayMessage> = Vec::new();
         for mut row in rows {
-            match decode(
-                row.payload.take(),
-                row.is_claim_check,
-                row.refresh_id.as_deref(),
-            ) {
+            match decode(row.payload.take(), row.is_claim_check, row.refresh_id.as_deref()) {
                 Ok(Decoded::Empty) => {}
-                Ok(Decoded::Rows {
-                    inserted,
-                    deleted,
-                    full_refresh,
-                    refresh_id,
-                }) => {
+                Ok(Decoded::Rows { inserted, deleted, full_refresh, refresh_id }) => {
                     let delta = Delta {
                         outbox_id: row.id,
                         inserted,
@@ -267,18 +254,10 @@ impl ForwardRunner<'_> {
                     let m = summary_message(&self.message_context(), row.id, summary);
                     msgs.push(m);
                 }
-                Ok(Decoded::ClaimCheck {
-                    full_refresh,
-                    refresh_id,
-                }) => {
+                Ok(Decoded::ClaimCheck { full_refresh, refresh_id }) => {
                     self.publish(&msgs).await?;
                     msgs.clear();
-                    self.relay_claim_check(
-                        row.id,
-                        full_refresh.unwrap_or(true),
-                        refresh_id.as_deref(),
-                    )
-                    .await?;
+                    self.relay_claim_check(row.id, full_refresh.unwrap_or(true), refresh_id.as_deref()).await?;
                 }
                 Err(bad) => {
                     row.payload = Some(bad.payload);
@@ -327,17 +306,11 @@ impl ForwardRunner<'_> {
             return self.dead_letter(&row, &err).await;
         };
         let sql = sql.replace("$1", &outbox_id.to_string());
-        self.client
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await?;
-        let result = self
-            .page_claim_check(&sql, outbox_id, full_refresh, refresh_id)
-            .await;
+        self.client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+        let result = self.page_claim_check(&sql, outbox_id, full_refresh, refresh_id).await;
         match result {
             Ok(()) => {
-                self.client
-                    .batch_execute("CLOSE pgt_relay_claim_check; COMMIT")
-                    .await?;
+                self.client.batch_execute("CLOSE pgt_relay_claim_check; COMMIT").await?;
                 Ok(())
             }
             Err(e) => {
@@ -354,15 +327,8 @@ impl ForwardRunner<'_> {
         full_refresh: bool,
         refresh_id: Option<&str>,
     ) -> Result<(), Stop> {
-        self.client
-            .batch_execute(&format!(
-                "DECLARE pgt_relay_claim_check NO SCROLL CURSOR FOR {sql}"
-            ))
-            .await?;
-        let fetch = format!(
-            "FETCH {} FROM pgt_relay_claim_check",
-            self.spec.claim_check_page_size
-        );
+        self.client.batch_execute(&format!("DECLARE pgt_relay_claim_check NO SCROLL CURSOR FOR {sql}")).await?;
+        let fetch = format!("FETCH {} FROM pgt_relay_claim_check", self.spec.claim_check_page_size);
         let mut index = 0usize;
         loop {
             let rows = self.client.query(&fetch, &[]).await?;
@@ -402,20 +368,12 @@ impl ForwardRunner<'_> {
         if msgs.is_empty() {
             return Ok(());
         }
-        self.ctx
-            .metrics
-            .messages_consumed
-            .with_label_values(&self.labels())
-            .inc_by(msgs.len() as u64);
+        self.ctx.metrics.messages_consumed.with_label_values(&self.labels()).inc_by(msgs.len() as u64);
         let mut delay = Duration::from_millis(100);
         loop {
             match self.sink.publish(msgs).await {
                 Ok(()) => {
-                    self.ctx
-                        .metrics
-                        .messages_published
-                        .with_label_values(&self.labels())
-                        .inc_by(msgs.len() as u64);
+                    self.ctx.metrics.messages_published.with_label_values(&self.labels()).inc_by(msgs.len() as u64);
                     self.st.messages_total += msgs.len() as i64;
                     self.unreported_messages += msgs.len() as i64;
                     if self.st.state != PipelineState::Running {
@@ -428,11 +386,7 @@ impl ForwardRunner<'_> {
                 }
                 Err(e) => {
                     let [p, d] = self.labels();
-                    self.ctx
-                        .metrics
-                        .publish_errors
-                        .with_label_values(&[p, d, e.kind()])
-                        .inc();
+                    self.ctx.metrics.publish_errors.with_label_values(&[p, d, e.kind()]).inc();
                     self.st.errors_total += 1;
                     self.unreported_errors += 1;
                     let wait = if e.is_retryable() {
@@ -443,11 +397,7 @@ impl ForwardRunner<'_> {
                         PERMANENT_RETRY
                     };
                     tracing::warn!(pipeline = %self.spec.name, error = %e, retry_in_ms = wait.as_millis() as u64, "publish failed; nothing is committed until it succeeds");
-                    self.st.state = if e.is_retryable() {
-                        PipelineState::Degraded
-                    } else {
-                        PipelineState::Failed
-                    };
+                    self.st.state = if e.is_retryable() { PipelineState::Degraded } else { PipelineState::Failed };
                     self.st.last_error = Some(e.to_string());
                     self.flush_status().await;
                     tokio::select! {
@@ -476,21 +426,11 @@ impl ForwardRunner<'_> {
             .await?;
         tracing::error!(pipeline = %self.spec.name, outbox_row = %source_ref, error, "outbox row cannot be decoded; kept in pgtrickle.relay_dead_letters");
         let [p, d] = self.labels();
-        self.ctx
-            .metrics
-            .dead_letters
-            .with_label_values(&[p, d])
-            .inc();
-        self.ctx
-            .metrics
-            .source_errors
-            .with_label_values(&[p, d, "decode"])
-            .inc();
+        self.ctx.metrics.dead_letters.with_label_values(&[p, d]).inc();
+        self.ctx.metrics.source_errors.with_label_values(&[p, d, "decode"]).inc();
         self.st.errors_total += 1;
         self.unreported_errors += 1;
-        self.st.last_error = Some(format!(
-            "outbox row {source_ref} moved to pgtrickle.relay_dead_letters: {error}"
-        ));
+        self.st.last_error = Some(format!("outbox row {source_ref} moved to pgtrickle.relay_dead_letters: {error}"));
         Ok(())
     }
 
@@ -498,57 +438,28 @@ impl ForwardRunner<'_> {
         if new_offset <= self.offset {
             return Ok(());
         }
-        offsets::commit(
-            self.client,
-            &self.ctx.group_id,
-            &self.spec.name,
-            new_offset,
-            &self.ctx.worker_id,
-        )
-        .await?;
+        offsets::commit(self.client, &self.ctx.group_id, &self.spec.name, new_offset, &self.ctx.worker_id).await?;
         self.offset = new_offset;
         self.st.committed_offset = Some(new_offset);
-        self.ctx
-            .metrics
-            .committed_offset
-            .with_label_values(&[&self.spec.name])
-            .set(new_offset);
+        self.ctx.metrics.committed_offset.with_label_values(&[&self.spec.name]).set(new_offset);
         Ok(())
     }
 
     async fn refresh_lag(&mut self) -> Result<(), Stop> {
-        if self.last_status.elapsed() < STATUS_EVERY
-            && self.unreported_messages == 0
-            && self.unreported_errors == 0
-        {
+        if self.last_status.elapsed() < STATUS_EVERY && self.unreported_messages == 0 && self.unreported_errors == 0 {
             return Ok(());
         }
         let (rows, age) = self.reader.lag(self.client, self.offset).await?;
         self.st.lag_rows = Some(rows);
         self.st.lag_seconds = Some(if rows == 0 { 0.0 } else { age.unwrap_or(0.0) });
-        self.ctx
-            .metrics
-            .lag_rows
-            .with_label_values(&[&self.spec.name])
-            .set(rows);
-        self.ctx
-            .metrics
-            .lag_seconds
-            .with_label_values(&[&self.spec.name])
-            .set(self.st.lag_seconds.unwrap_or(0.0));
+        self.ctx.metrics.lag_rows.with_label_values(&[&self.spec.name]).set(rows);
+        self.ctx.metrics.lag_seconds.with_label_values(&[&self.spec.name]).set(self.st.lag_seconds.unwrap_or(0.0));
         self.flush_status().await;
         Ok(())
     }
 
     async fn flush_status(&mut self) {
-        report(
-            &self.ctx,
-            self.conn,
-            self.st,
-            self.unreported_messages,
-            self.unreported_errors,
-        )
-        .await;
+        report(&self.ctx, self.conn, self.st, self.unreported_messages, self.unreported_errors).await;
         self.unreported_messages = 0;
         self.unreported_errors = 0;
         self.last_status = Instant::now();

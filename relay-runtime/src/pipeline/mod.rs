@@ -26,11 +26,7 @@ pub struct WorkerLink {
 
 impl WorkerLink {
     pub fn new(cancel: CancellationToken) -> Self {
-        Self {
-            outbox_table: Arc::new(OnceLock::new()),
-            wake: Arc::new(Notify::new()),
-            cancel,
-        }
+        Self { outbox_table: Arc::new(OnceLock::new()), wake: Arc::new(Notify::new()), cancel }
     }
 }
 
@@ -39,12 +35,7 @@ impl WorkerLink {
 pub const START_RETRY: Duration = Duration::from_secs(10);
 
 /// Runs a pipeline until cancelled or until its lock connection breaks.
-pub async fn run_worker(
-    ctx: Arc<RelayState>,
-    row: PipelineRow,
-    conn: DbConnection,
-    link: WorkerLink,
-) {
+pub async fn run_worker(ctx: Arc<RelayState>, row: PipelineRow, conn: DbConnection, link: WorkerLink) {
     let mut st = PipelineStatus::new(&row.name, row.direction, &ctx.worker_id);
     let spec = match row.parse() {
         Ok(spec) => spec,
@@ -110,22 +101,8 @@ pub async fn report(
     report_db(ctx, conn, st, messages_delta, errors_delta).await;
 }
 
-async fn report_db(
-    ctx: &RelayState,
-    conn: &DbConnection,
-    st: &PipelineStatus,
-    messages_delta: i64,
-    errors_delta: i64,
-) {
-    if let Err(e) = status::upsert(
-        &conn.client,
-        &ctx.group_id,
-        st,
-        messages_delta,
-        errors_delta,
-    )
-    .await
-    {
+async fn report_db(ctx: &RelayState, conn: &DbConnection, st: &PipelineStatus, messages_delta: i64, errors_delta: i64) {
+    if let Err(e) = status::upsert(&conn.client, &ctx.group_id, st, messages_delta, errors_delta).await {
         tracing::warn!(pipeline = %st.name, error = %e, "cannot write pipeline status");
     }
 }

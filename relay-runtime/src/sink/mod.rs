@@ -5,6 +5,9 @@
 //! retrying can help ([`SinkError::Retryable`]) or the pipeline needs a change first
 //! ([`SinkError::Permanent`]).
 
+#[cfg(feature = "nats")]
+pub mod nats;
+pub mod options;
 #[cfg(feature = "stdout")]
 pub mod stdout;
 
@@ -16,15 +19,9 @@ use crate::message::RelayMessage;
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum SinkError {
     #[error("{backend}: {message} (will retry)")]
-    Retryable {
-        backend: &'static str,
-        message: String,
-    },
+    Retryable { backend: &'static str, message: String },
     #[error("{backend}: {message}")]
-    Permanent {
-        backend: &'static str,
-        message: String,
-    },
+    Permanent { backend: &'static str, message: String },
 }
 
 impl SinkError {
@@ -46,8 +43,7 @@ pub trait Sink: Send {
     fn name(&self) -> &'static str;
 
     /// Publishes a batch; `Ok` means the target confirmed every message.
-    fn publish<'a>(&'a mut self, batch: &'a [RelayMessage])
-        -> BoxFuture<'a, Result<(), SinkError>>;
+    fn publish<'a>(&'a mut self, batch: &'a [RelayMessage]) -> BoxFuture<'a, Result<(), SinkError>>;
 
     /// Flushes and releases the target.
     fn close(&mut self) -> BoxFuture<'_, Result<(), SinkError>>;
@@ -58,24 +54,37 @@ pub trait Sink: Send {
 pub enum BuildError {
     #[error("sink type '{0}' is not compiled into this binary; rebuild with `--features {0}`")]
     NotCompiled(&'static str),
-    #[error("sink type '{0}' is not available in this version of pgtrickle-relay yet (available: stdout, file)")]
+    #[error("sink type '{0}' is not available in this version of pgtrickle-relay yet (available: stdout, file, nats)")]
     NotYetAvailable(&'static str),
     #[error("sink '{backend}': key '{key}': {message}")]
-    Option {
-        backend: &'static str,
-        key: String,
-        message: String,
-    },
+    Option { backend: &'static str, key: String, message: String },
     #[error("sink '{backend}': {message}")]
-    Open {
-        backend: &'static str,
-        message: String,
-    },
+    Open { backend: &'static str, message: String },
+    /// The target could not be reached; retried with backoff, the pipeline is `degraded`.
+    #[error("sink '{backend}': {message}")]
+    Unreachable { backend: &'static str, message: String },
+}
+
+impl BuildError {
+    /// Whether waiting (not a config change) can fix this.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, BuildError::Unreachable { .. })
+    }
+}
+
+/// What a sink may need to know about its pipeline.
+#[derive(Debug, Clone, Copy)]
+pub struct SinkContext<'a> {
+    pub pipeline: &'a str,
+    pub subject_template: &'a str,
 }
 
 /// Builds the sink a pipeline asks for.
-pub async fn build(spec: &SinkSpec) -> Result<Box<dyn Sink>, BuildError> {
+pub async fn build(spec: &SinkSpec, ctx: &SinkContext<'_>) -> Result<Box<dyn Sink>, BuildError> {
+    let _ = ctx; // unused when only stdout is compiled in
     match spec.kind {
+        #[cfg(feature = "nats")]
+        SinkKind::Nats => nats::build(&spec.options, ctx).await,
         #[cfg(feature = "stdout")]
         SinkKind::Stdout | SinkKind::File => stdout::build(spec).await,
         #[cfg(not(feature = "stdout"))]

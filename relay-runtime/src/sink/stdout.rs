@@ -20,10 +20,7 @@ pub enum Format {
 
 enum Target {
     Stdout(tokio::io::Stdout),
-    File {
-        path: PathBuf,
-        file: tokio::fs::File,
-    },
+    File { path: PathBuf, file: tokio::fs::File },
 }
 
 pub struct StdoutSink {
@@ -33,11 +30,7 @@ pub struct StdoutSink {
 }
 
 pub async fn build(spec: &SinkSpec) -> Result<Box<dyn Sink>, BuildError> {
-    let backend = if spec.kind == SinkKind::File {
-        "file"
-    } else {
-        "stdout"
-    };
+    let backend = if spec.kind == SinkKind::File { "file" } else { "stdout" };
     let format = match spec.options.get("format") {
         None | Some(Value::Null) => Format::JsonLines,
         Some(Value::String(s)) => match s.as_str() {
@@ -52,17 +45,10 @@ pub async fn build(spec: &SinkSpec) -> Result<Box<dyn Sink>, BuildError> {
             }
         },
         Some(_) => {
-            return Err(BuildError::Option {
-                backend,
-                key: "format".into(),
-                message: "expected a string".into(),
-            })
+            return Err(BuildError::Option { backend, key: "format".into(), message: "expected a string".into() })
         }
     };
-    let path = ["path", "output", "file"]
-        .iter()
-        .find_map(|k| spec.options.get(*k))
-        .and_then(Value::as_str);
+    let path = ["path", "output", "file"].iter().find_map(|k| spec.options.get(*k)).and_then(Value::as_str);
     let path = match (spec.kind, path) {
         (_, Some(p)) if p != "-" && p != "stdout" => Some(PathBuf::from(p)),
         (SinkKind::File, _) => {
@@ -76,30 +62,18 @@ pub async fn build(spec: &SinkSpec) -> Result<Box<dyn Sink>, BuildError> {
     };
     let target = match path {
         Some(path) => {
-            drop_partial_last_line(&path)
-                .await
-                .map_err(|e| BuildError::Open {
-                    backend: "file",
-                    message: format!("cannot repair {}: {e}", path.display()),
-                })?;
-            let file = tokio::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .await
-                .map_err(|e| BuildError::Open {
-                    backend: "file",
-                    message: format!("cannot open {}: {e}", path.display()),
-                })?;
+            drop_partial_last_line(&path).await.map_err(|e| BuildError::Open {
+                backend: "file",
+                message: format!("cannot repair {}: {e}", path.display()),
+            })?;
+            let file = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await.map_err(|e| {
+                BuildError::Open { backend: "file", message: format!("cannot open {}: {e}", path.display()) }
+            })?;
             Target::File { path, file }
         }
         None => Target::Stdout(tokio::io::stdout()),
     };
-    Ok(Box::new(StdoutSink {
-        target,
-        format,
-        buf: Vec::with_capacity(64 * 1024),
-    }))
+    Ok(Box::new(StdoutSink { target, format, buf: Vec::with_capacity(64 * 1024) }))
 }
 
 /// A relay killed mid-write can leave a partial last line. That line was never confirmed, so
@@ -146,17 +120,11 @@ impl Sink for StdoutSink {
         }
     }
 
-    fn publish<'a>(
-        &'a mut self,
-        batch: &'a [RelayMessage],
-    ) -> BoxFuture<'a, Result<(), SinkError>> {
+    fn publish<'a>(&'a mut self, batch: &'a [RelayMessage]) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
             self.encode(batch)?;
             let name = self.name();
-            let io = |e: std::io::Error| SinkError::Retryable {
-                backend: name,
-                message: e.to_string(),
-            };
+            let io = |e: std::io::Error| SinkError::Retryable { backend: name, message: e.to_string() };
             match &mut self.target {
                 Target::Stdout(out) => {
                     out.write_all(&self.buf).await.map_err(io)?;
@@ -184,10 +152,7 @@ impl Sink for StdoutSink {
                 Target::Stdout(out) => out.flush().await,
                 Target::File { file, .. } => file.sync_all().await,
             }
-            .map_err(|e| SinkError::Retryable {
-                backend: name,
-                message: e.to_string(),
-            })
+            .map_err(|e| SinkError::Retryable { backend: name, message: e.to_string() })
         })
     }
 }

@@ -17,12 +17,7 @@ fn messages(decoded: Decoded, keys: &[String]) -> Vec<RelayMessage> {
     let c = ctx(&subject, keys);
     let mut out = Vec::new();
     match decoded {
-        Decoded::Rows {
-            inserted,
-            deleted,
-            full_refresh,
-            refresh_id,
-        } => build_messages(
+        Decoded::Rows { inserted, deleted, full_refresh, refresh_id } => build_messages(
             &c,
             Delta {
                 outbox_id: 7,
@@ -44,16 +39,10 @@ fn messages(decoded: Decoded, keys: &[String]) -> Vec<RelayMessage> {
 #[test]
 fn null_payload_is_empty_or_claim_check() {
     assert_eq!(decode(None, false, None).unwrap(), Decoded::Empty);
-    assert_eq!(
-        decode(Some(Value::Null), false, None).unwrap(),
-        Decoded::Empty
-    );
+    assert_eq!(decode(Some(Value::Null), false, None).unwrap(), Decoded::Empty);
     assert_eq!(
         decode(None, true, Some("r1")).unwrap(),
-        Decoded::ClaimCheck {
-            full_refresh: None,
-            refresh_id: Some("r1".into())
-        }
+        Decoded::ClaimCheck { full_refresh: None, refresh_id: Some("r1".into()) }
     );
 }
 
@@ -66,10 +55,7 @@ fn pg_trickle_045_snapshot_array_becomes_full_refresh_inserts_without_internal_c
     let msgs = messages(decode(Some(payload.clone()), false, None).unwrap(), &[]);
     assert_eq!(msgs.len(), 2);
     assert!(msgs.iter().all(|m| m.op == Op::Insert && m.is_full_refresh));
-    assert_eq!(
-        msgs[0].payload,
-        json!({"total": 175.0, "customer_id": 10, "order_count": 1})
-    );
+    assert_eq!(msgs[0].payload, json!({"total": 175.0, "customer_id": 10, "order_count": 1}));
     assert_eq!(msgs[1].dedup_key, "outbox_orders:7:1");
     assert_eq!(msgs[1].subject, "pgtrickle.orders.insert");
     assert_eq!(msgs[0].outbox_id, Some(7));
@@ -98,10 +84,7 @@ fn internal_columns_kept_on_request() {
 fn v1_envelope_inserts_first_then_deletes_with_continuous_index() {
     let payload = json!({"v": 1, "inserted": [{"id": 1}, {"id": 2}], "deleted": [{"id": 3}], "pgt_id": "0b5f6c2e-1111-4c4c-8888-000000000001"});
     let msgs = messages(decode(Some(payload.clone()), false, None).unwrap(), &[]);
-    let summary: Vec<(&str, Op, bool)> = msgs
-        .iter()
-        .map(|m| (m.dedup_key.as_str(), m.op, m.is_full_refresh))
-        .collect();
+    let summary: Vec<(&str, Op, bool)> = msgs.iter().map(|m| (m.dedup_key.as_str(), m.op, m.is_full_refresh)).collect();
     assert_eq!(
         summary,
         vec![
@@ -111,16 +94,12 @@ fn v1_envelope_inserts_first_then_deletes_with_continuous_index() {
         ]
     );
     assert_eq!(msgs[2].subject, "pgtrickle.orders.delete");
-    assert_eq!(
-        msgs[0].refresh_id.as_deref(),
-        Some("0b5f6c2e-1111-4c4c-8888-000000000001")
-    );
+    assert_eq!(msgs[0].refresh_id.as_deref(), Some("0b5f6c2e-1111-4c4c-8888-000000000001"));
 }
 
 #[test]
 fn v1_full_refresh_flag_marks_inserts_only() {
-    let payload =
-        json!({"v": 1, "full_refresh": true, "inserted": [{"id": 1}], "deleted": [{"id": 2}]});
+    let payload = json!({"v": 1, "full_refresh": true, "inserted": [{"id": 1}], "deleted": [{"id": 2}]});
     let msgs = messages(decode(Some(payload.clone()), false, None).unwrap(), &[]);
     assert!(msgs[0].is_full_refresh);
     assert!(!msgs[1].is_full_refresh);
@@ -136,11 +115,7 @@ fn key_columns_turn_delete_insert_pairs_into_updates() {
     let ops: Vec<(Op, &str)> = msgs.iter().map(|m| (m.op, m.dedup_key.as_str())).collect();
     assert_eq!(
         ops,
-        vec![
-            (Op::Update, "outbox_orders:7:0"),
-            (Op::Insert, "outbox_orders:7:1"),
-            (Op::Delete, "outbox_orders:7:2")
-        ]
+        vec![(Op::Update, "outbox_orders:7:0"), (Op::Insert, "outbox_orders:7:1"), (Op::Delete, "outbox_orders:7:2")]
     );
     assert_eq!(msgs[0].before, Some(json!({"id": 2.0, "total": 42.5})));
     assert_eq!(msgs[0].subject, "pgtrickle.orders.update");
@@ -177,54 +152,29 @@ fn claim_check_header_envelope() {
     let payload = json!({"v": 1, "claim_check": true, "inserted_count": 5, "deleted_count": 0, "full_refresh": true});
     assert_eq!(
         decode(Some(payload.clone()), true, None).unwrap(),
-        Decoded::ClaimCheck {
-            full_refresh: Some(true),
-            refresh_id: None
-        }
+        Decoded::ClaimCheck { full_refresh: Some(true), refresh_id: None }
     );
 }
 
 #[test]
 fn bad_payloads_are_errors_not_panics() {
     let err = |p: Value| decode(Some(p), false, None).unwrap_err();
-    assert_eq!(
-        err(json!({"v": 99})).error,
-        DecodeError::UnsupportedVersion("99".into())
-    );
-    assert!(matches!(
-        err(json!("text")).error,
-        DecodeError::UnexpectedShape(_)
-    ));
-    assert!(matches!(
-        err(json!(12)).error,
-        DecodeError::UnexpectedShape(_)
-    ));
-    assert!(matches!(
-        err(json!({"other": 1})).error,
-        DecodeError::UnexpectedShape(_)
-    ));
+    assert_eq!(err(json!({"v": 99})).error, DecodeError::UnsupportedVersion("99".into()));
+    assert!(matches!(err(json!("text")).error, DecodeError::UnexpectedShape(_)));
+    assert!(matches!(err(json!(12)).error, DecodeError::UnexpectedShape(_)));
+    assert!(matches!(err(json!({"other": 1})).error, DecodeError::UnexpectedShape(_)));
     // The payload comes back whole, for the dead-letter table.
     let bad = err(json!({"v": 1, "inserted": "x", "deleted": [{"a": 1}]}));
     assert_eq!(bad.error, DecodeError::BadArray("inserted"));
-    assert_eq!(
-        bad.payload,
-        json!({"v": 1, "inserted": "x", "deleted": [{"a": 1}]})
-    );
+    assert_eq!(bad.payload, json!({"v": 1, "inserted": "x", "deleted": [{"a": 1}]}));
 }
 
 #[test]
 fn empty_arrays_produce_no_messages() {
     assert!(messages(decode(Some(json!([])), false, None).unwrap(), &[]).is_empty());
-    assert!(messages(
-        decode(
-            Some(json!({"v": 1, "inserted": [], "deleted": []})),
-            false,
-            None
-        )
-        .unwrap(),
-        &[]
-    )
-    .is_empty());
+    assert!(
+        messages(decode(Some(json!({"v": 1, "inserted": [], "deleted": []})), false, None).unwrap(), &[]).is_empty()
+    );
 }
 
 #[test]
