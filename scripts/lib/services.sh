@@ -78,3 +78,12 @@ run_pg() {
     "$@"
   fi
 }
+
+# Tests run their own nats-server processes (free ports, private storage) so they can stop and
+# restart the broker; only the binary is needed here.
+ensure_nats_server_binary() {
+  if command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ]; then
+    return 0
+  fi
+  apt_install nats-server
+}

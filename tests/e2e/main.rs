@@ -7,5 +7,6 @@ mod catalog;
 mod forward;
 mod ha;
 mod hot_reload;
+mod nats;
 mod observability;
 mod torture;

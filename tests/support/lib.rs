@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio_postgres::{Client, NoTls};
 
+pub mod nats;
+
 pub fn admin_url() -> String {
     std::env::var("PGTRICKLE_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())

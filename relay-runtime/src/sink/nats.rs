@@ -159,7 +159,7 @@ fn classify(e: &async_nats::jetstream::context::PublishError, subject: &str) -> 
 impl NatsSink {
     fn headers(m: &RelayMessage) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert("Nats-Msg-Id", m.dedup_key.as_str());
+        h.insert(async_nats::header::NATS_MESSAGE_ID, m.dedup_key.as_str());
         h.insert("Pgtrickle-Op", m.op.as_str());
         if m.is_full_refresh {
             h.insert("Pgtrickle-Full-Refresh", "true");

@@ -1,0 +1,157 @@
+//! Forward pipelines to a real NATS JetStream: the seed's example as written, exactly one
+//! stored copy after redelivery, clear errors for a missing stream, recovery from a broker
+//! outage without loss.
+
+use std::time::Duration;
+
+use relay_e2e::nats::NatsServer;
+use relay_e2e::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_nats_example_publishes_every_row_once_even_after_redelivery() {
+    let nats = NatsServer::start();
+    nats.create_stream("pgtrickle", &["pgtrickle.>"]).await;
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    assert!(run_cli(&db.url, &["migrate"]).0.success());
+    let outbox = enable_outbox(&c, "orders_stream", None).await;
+    // The seed README's SQL, pointed at this test's server.
+    c.batch_execute(&format!(
+        r#"SELECT pgtrickle.set_relay_outbox(
+            'orders-to-nats',
+            config => '{{
+                "stream_table": "orders_stream",
+                "sink_type": "nats",
+                "nats_url": "{}",
+                "nats_stream": "pgtrickle",
+                "subject_template": "pgtrickle.{{stream_table}}.{{op}}"
+            }}'::jsonb
+        );
+        SELECT pgtrickle.enable_relay('orders-to-nats');"#,
+        nats.url()
+    ))
+    .await
+    .unwrap();
+    let mut relay = Relay::start(&db.url, "default", &[]);
+    let a = write_inline(&c, &outbox, Some(json!([{"id": 1, "__pgt_row_id": 7}, {"id": 2, "__pgt_row_id": 8}]))).await;
+    let b = write_inline(&c, &outbox, Some(json!({"v": 1, "inserted": [{"id": 3}], "deleted": [{"id": 1}]}))).await;
+    eventually(Duration::from_secs(10), "4 messages in JetStream", || async {
+        (nats.stream_messages("pgtrickle").await.len() >= 4).then_some(())
+    })
+    .await;
+    let stored = nats.stream_messages("pgtrickle").await;
+    let got: Vec<(&str, Option<&str>, Option<&str>)> =
+        stored.iter().map(|m| (m.subject.as_str(), m.msg_id.as_deref(), m.op_header.as_deref())).collect();
+    let key = |id: i64, i: usize| format!("{outbox}:{id}:{i}");
+    let (ka, kb, kc, kd) = (key(a, 0), key(a, 1), key(b, 0), key(b, 1));
+    assert_eq!(
+        got,
+        vec![
+            ("pgtrickle.orders_stream.insert", Some(ka.as_str()), Some("insert")),
+            ("pgtrickle.orders_stream.insert", Some(kb.as_str()), Some("insert")),
+            ("pgtrickle.orders_stream.insert", Some(kc.as_str()), Some("insert")),
+            ("pgtrickle.orders_stream.delete", Some(kd.as_str()), Some("delete")),
+        ]
+    );
+    assert_eq!(stored[0].body["payload"], json!({"id": 1}));
+    assert_eq!(stored[0].body["dedup_key"], ka.as_str());
+    assert_eq!(stored[0].full_refresh_header.as_deref(), Some("true"));
+    assert_eq!(stored[2].full_refresh_header, None);
+
+    // A crash between publish and commit means the next owner publishes again: simulate it by
+    // rewinding the committed offset while the relay is down. JetStream keeps one copy.
+    assert!(relay.terminate().success());
+    c.execute(
+        "UPDATE pgtrickle.relay_consumer_offsets SET last_change_id = 0 WHERE pipeline_id = 'orders-to-nats'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let _relay = Relay::start(&db.url, "default", &[]);
+    eventually(Duration::from_secs(10), "offset re-committed", || async {
+        (committed_offset(&c, "default", "orders-to-nats").await == Some(b)).then_some(())
+    })
+    .await;
+    let stored = nats.stream_messages("pgtrickle").await;
+    assert_eq!(stored.len(), 4, "redelivered messages must be dropped by the duplicate window: {stored:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_stream_is_a_clear_error_and_create_stream_fixes_it() {
+    let nats = NatsServer::start();
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    assert!(run_cli(&db.url, &["migrate"]).0.success());
+    let outbox = enable_outbox(&c, "orders", None).await;
+    let config = |create: bool| {
+        json!({"stream_table": "orders", "sink_type": "nats", "nats_url": nats.url(), "nats_stream": "relay_orders",
+               "subject_template": "relay.{stream_table}.{op}", "create_stream": create})
+    };
+    c.execute("SELECT pgtrickle.set_relay_outbox('p', config => $1::jsonb)", &[&config(false)]).await.unwrap();
+    let relay = Relay::start(&db.url, "default", &[]);
+    let err = eventually(Duration::from_secs(10), "failed state", || async {
+        let h = relay.health();
+        let p = h["pipelines"].as_array().unwrap().first().cloned()?;
+        (p["state"] == "failed").then(|| p["last_error"].as_str().unwrap().to_owned())
+    })
+    .await;
+    assert!(err.contains("stream 'relay_orders' does not exist") && err.contains("create_stream"), "{err}");
+
+    write_inline(&c, &outbox, Some(json!([{"id": 1}]))).await;
+    c.execute("SELECT pgtrickle.set_relay_outbox('p', config => $1::jsonb)", &[&config(true)]).await.unwrap();
+    eventually(Duration::from_secs(10), "message stored in the created stream", || async {
+        let s = nats.stream_messages("relay_orders").await;
+        (s.len() == 1 && s[0].subject == "relay.orders.insert").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_outage_degrades_then_resumes_without_loss_or_duplicates() {
+    let mut nats = NatsServer::start();
+    nats.create_stream("events", &["ev.>"]).await;
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    assert!(run_cli(&db.url, &["migrate"]).0.success());
+    let outbox = enable_outbox(&c, "ev", None).await;
+    c.execute(
+        "SELECT pgtrickle.set_relay_outbox('ev', config => $1::jsonb)",
+        &[&json!({"stream_table": "ev", "sink_type": "nats", "nats_url": nats.url(), "subject_template": "ev.{op}", "ack_timeout_ms": 1000})],
+    )
+    .await
+    .unwrap();
+    let relay = Relay::start(&db.url, "default", &[]);
+    for i in 0..50 {
+        write_inline(&c, &outbox, Some(json!([{"i": i}]))).await;
+    }
+    eventually(Duration::from_secs(10), "first 50 stored", || async {
+        (nats.stream_messages("events").await.len() == 50).then_some(())
+    })
+    .await;
+    nats.stop();
+    for i in 50..100 {
+        write_inline(&c, &outbox, Some(json!([{"i": i}]))).await;
+    }
+    let state = eventually(Duration::from_secs(20), "pipeline degraded while NATS is down", || async {
+        let h = relay.health();
+        let p = h["pipelines"].as_array().unwrap().first().cloned()?;
+        (p["state"] == "degraded").then(|| h["status"].clone())
+    })
+    .await;
+    assert_eq!(state, "degraded");
+    nats.restart();
+    eventually(Duration::from_secs(30), "all 100 stored after the broker came back", || async {
+        (nats.stream_messages("events").await.len() >= 100).then_some(())
+    })
+    .await;
+    let stored = nats.stream_messages("events").await;
+    let mut seen: Vec<i64> = stored.iter().map(|m| m.body["payload"]["i"].as_i64().unwrap()).collect();
+    assert_eq!(stored.len(), 100, "no duplicates stored");
+    seen.sort();
+    assert_eq!(seen, (0..100).collect::<Vec<_>>());
+    eventually(Duration::from_secs(10), "running again", || async {
+        (relay.health()["pipelines"][0]["state"] == "running").then_some(())
+    })
+    .await;
+}
