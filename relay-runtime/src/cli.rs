@@ -173,7 +173,7 @@ pub async fn run(g: &GlobalArgs, r: &RunArgs, url: String, stop: CancellationTok
     let shutdown = stop;
     spawn_signal_handler(shutdown.clone());
     let worker_id = default_worker_id();
-    let state = match RelayState::new(&g.relay_group_id, &worker_id) {
+    let state = match RelayState::new(&g.relay_group_id, &worker_id, &url) {
         Ok(s) => Arc::new(s),
         Err(e) => {
             eprintln!("error: cannot register metrics: {e}");
@@ -280,6 +280,7 @@ async fn check_cmd(url: &str) -> anyhow::Result<ExitCode> {
                     &crate::sink::SinkContext {
                         pipeline: &spec.name,
                         subject_template: spec.subject_template.source(),
+                        postgres_url: url,
                     },
                 )
                 .await

@@ -83,6 +83,8 @@ pub struct RelayState {
     pub group_id: String,
     /// `<hostname>:<pid>`, the `worker_id` of contract §4.9 and the status table's owner.
     pub worker_id: String,
+    /// The relay's database (may hold a password: never logged or reported as is).
+    pub postgres_url: String,
     pub started: Instant,
     pub metrics: Metrics,
     ready: AtomicBool,
@@ -103,10 +105,11 @@ pub struct HealthReport {
 }
 
 impl RelayState {
-    pub fn new(group_id: &str, worker_id: &str) -> Result<Self, prometheus::Error> {
+    pub fn new(group_id: &str, worker_id: &str, postgres_url: &str) -> Result<Self, prometheus::Error> {
         Ok(Self {
             group_id: group_id.to_owned(),
             worker_id: worker_id.to_owned(),
+            postgres_url: postgres_url.to_owned(),
             started: Instant::now(),
             metrics: Metrics::new()?,
             ready: AtomicBool::new(false),

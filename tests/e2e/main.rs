@@ -4,9 +4,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod catalog;
+mod conformance;
 mod forward;
 mod ha;
 mod hot_reload;
 mod nats;
 mod observability;
+mod pg_inbox;
 mod torture;

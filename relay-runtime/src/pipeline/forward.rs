@@ -53,7 +53,7 @@ pub async fn run(
 ) {
     let mut backoff = Duration::from_secs(1);
     let (table, sink) = loop {
-        match setup(&conn.client, &spec).await {
+        match setup(&conn.client, &spec, &ctx.postgres_url).await {
             Ok(ok) => break ok,
             Err(e) => {
                 // A target that is down makes the pipeline degraded and retried with backoff;
@@ -129,11 +129,15 @@ struct SetupError {
     transient: bool,
 }
 
-async fn setup(client: &Client, spec: &ForwardSpec) -> Result<(OutboxTable, Box<dyn Sink>), SetupError> {
+async fn setup(
+    client: &Client,
+    spec: &ForwardSpec,
+    postgres_url: &str,
+) -> Result<(OutboxTable, Box<dyn Sink>), SetupError> {
     let table = OutboxTable::resolve(client, &spec.outbox)
         .await
         .map_err(|e| SetupError { message: e.to_string(), transient: false })?;
-    let ctx = SinkContext { pipeline: &spec.name, subject_template: spec.subject_template.source() };
+    let ctx = SinkContext { pipeline: &spec.name, subject_template: spec.subject_template.source(), postgres_url };
     let sink = sink::build(&spec.sink, &ctx)
         .await
         .map_err(|e| SetupError { transient: e.is_transient(), message: e.to_string() })?;
@@ -372,7 +376,14 @@ impl ForwardRunner<'_> {
         let mut delay = Duration::from_millis(100);
         loop {
             match self.sink.publish(msgs).await {
-                Ok(()) => {
+                Ok(published) => {
+                    if published.duplicates > 0 {
+                        self.ctx
+                            .metrics
+                            .dedup_skipped
+                            .with_label_values(&[&self.spec.name])
+                            .inc_by(published.duplicates);
+                    }
                     self.ctx.metrics.messages_published.with_label_values(&self.labels()).inc_by(msgs.len() as u64);
                     self.st.messages_total += msgs.len() as i64;
                     self.unreported_messages += msgs.len() as i64;

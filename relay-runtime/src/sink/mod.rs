@@ -8,6 +8,8 @@
 #[cfg(feature = "nats")]
 pub mod nats;
 pub mod options;
+#[cfg(feature = "pg-inbox")]
+pub mod pg_inbox;
 #[cfg(feature = "stdout")]
 pub mod stdout;
 
@@ -43,10 +45,18 @@ pub trait Sink: Send {
     fn name(&self) -> &'static str;
 
     /// Publishes a batch; `Ok` means the target confirmed every message.
-    fn publish<'a>(&'a mut self, batch: &'a [RelayMessage]) -> BoxFuture<'a, Result<(), SinkError>>;
+    fn publish<'a>(&'a mut self, batch: &'a [RelayMessage]) -> BoxFuture<'a, Result<Published, SinkError>>;
 
     /// Flushes and releases the target.
     fn close(&mut self) -> BoxFuture<'_, Result<(), SinkError>>;
+}
+
+/// What the target reported for a confirmed batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Published {
+    /// Messages the target recognised as already delivered (JetStream duplicate window, inbox
+    /// `ON CONFLICT`) and did not store again.
+    pub duplicates: u64,
 }
 
 /// Why a sink could not be built from its spec.
@@ -54,7 +64,7 @@ pub trait Sink: Send {
 pub enum BuildError {
     #[error("sink type '{0}' is not compiled into this binary; rebuild with `--features {0}`")]
     NotCompiled(&'static str),
-    #[error("sink type '{0}' is not available in this version of pgtrickle-relay yet (available: stdout, file, nats)")]
+    #[error("sink type '{0}' is not available in this version of pgtrickle-relay yet (available: stdout, file, nats, pg-inbox)")]
     NotYetAvailable(&'static str),
     #[error("sink '{backend}': key '{key}': {message}")]
     Option { backend: &'static str, key: String, message: String },
@@ -77,6 +87,8 @@ impl BuildError {
 pub struct SinkContext<'a> {
     pub pipeline: &'a str,
     pub subject_template: &'a str,
+    /// The relay's own database, the default target of the `pg-inbox` sink.
+    pub postgres_url: &'a str,
 }
 
 /// Builds the sink a pipeline asks for.
@@ -85,6 +97,8 @@ pub async fn build(spec: &SinkSpec, ctx: &SinkContext<'_>) -> Result<Box<dyn Sin
     match spec.kind {
         #[cfg(feature = "nats")]
         SinkKind::Nats => nats::build(&spec.options, ctx).await,
+        #[cfg(feature = "pg-inbox")]
+        SinkKind::PgInbox => pg_inbox::build(&spec.options, ctx).await,
         #[cfg(feature = "stdout")]
         SinkKind::Stdout | SinkKind::File => stdout::build(spec).await,
         #[cfg(not(feature = "stdout"))]

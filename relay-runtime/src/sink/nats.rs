@@ -17,7 +17,7 @@ use futures::stream::FuturesOrdered;
 use futures::StreamExt;
 
 use super::options::Options;
-use super::{BuildError, Sink, SinkContext, SinkError};
+use super::{BuildError, Published, Sink, SinkContext, SinkError};
 use crate::catalog::redact_url;
 use crate::message::RelayMessage;
 
@@ -177,9 +177,10 @@ impl Sink for NatsSink {
         BACKEND
     }
 
-    fn publish<'a>(&'a mut self, batch: &'a [RelayMessage]) -> BoxFuture<'a, Result<(), SinkError>> {
+    fn publish<'a>(&'a mut self, batch: &'a [RelayMessage]) -> BoxFuture<'a, Result<Published, SinkError>> {
         Box::pin(async move {
             let mut acks = FuturesOrdered::new();
+            let mut duplicates = 0u64;
             for m in batch {
                 self.body.clear();
                 serde_json::to_writer(&mut self.body, m).map_err(|e| SinkError::Permanent {
@@ -199,14 +200,14 @@ impl Sink for NatsSink {
                 acks.push_back(async move { ack.await.map_err(|e| classify(&e, subject)) });
                 while acks.len() >= self.window {
                     if let Some(r) = acks.next().await {
-                        r?;
+                        duplicates += u64::from(r?.duplicate);
                     }
                 }
             }
             while let Some(r) = acks.next().await {
-                r?;
+                duplicates += u64::from(r?.duplicate);
             }
-            Ok(())
+            Ok(Published { duplicates })
         })
     }
 

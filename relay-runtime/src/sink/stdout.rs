@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
-use super::{BuildError, Sink, SinkError};
+use super::{BuildError, Published, Sink, SinkError};
 use crate::config::{SinkKind, SinkSpec};
 use crate::message::RelayMessage;
 
@@ -120,7 +120,7 @@ impl Sink for StdoutSink {
         }
     }
 
-    fn publish<'a>(&'a mut self, batch: &'a [RelayMessage]) -> BoxFuture<'a, Result<(), SinkError>> {
+    fn publish<'a>(&'a mut self, batch: &'a [RelayMessage]) -> BoxFuture<'a, Result<Published, SinkError>> {
         Box::pin(async move {
             self.encode(batch)?;
             let name = self.name();
@@ -141,7 +141,7 @@ impl Sink for StdoutSink {
                     file.sync_data().await.map_err(ctx)?;
                 }
             }
-            Ok(())
+            Ok(Published::default())
         })
     }
 

@@ -1,0 +1,160 @@
+//! The shared sink conformance harness: every sink runs the same scenario against its real
+//! target — every message delivered (in order where the target keeps order), nothing committed
+//! before the target confirmed it, a forced redelivery visible only where the target cannot
+//! deduplicate, and the metrics moved accordingly.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use relay_e2e::nats::NatsServer;
+use relay_e2e::*;
+use serde_json::{json, Value};
+
+/// What one target received: dedup keys in the order the target keeps them.
+type Delivered = Vec<String>;
+
+enum Target {
+    File(std::path::PathBuf),
+    Nats(NatsServer),
+    Inbox,
+}
+
+impl Target {
+    fn sink_config(&self) -> Value {
+        match self {
+            Target::File(path) => json!({"sink_type": "file", "path": path.to_str().unwrap()}),
+            Target::Nats(n) => {
+                json!({"sink_type": "nats", "nats_url": n.url(), "nats_stream": "conf", "create_stream": true,
+                                      "subject_template": "conf.{stream_table}.{op}"})
+            }
+            Target::Inbox => json!({"sink_type": "pg-inbox", "inbox_table": "conf_inbox", "create_inbox": true,
+                                    "aggregate_id_field": "id", "event_type": "op"}),
+        }
+    }
+
+    /// Whether a redelivered message stays invisible to consumers of this target.
+    fn dedups(&self) -> bool {
+        !matches!(self, Target::File(_))
+    }
+
+    /// Whether the target keeps delivery order observable.
+    fn ordered(&self) -> bool {
+        !matches!(self, Target::Inbox)
+    }
+
+    async fn delivered(&self, c: &tokio_postgres::Client) -> Delivered {
+        match self {
+            Target::File(path) => {
+                read_jsonl(path).iter().map(|m| m["dedup_key"].as_str().unwrap().to_owned()).collect()
+            }
+            Target::Nats(n) => n.stream_messages("conf").await.iter().map(|m| m.msg_id.clone().unwrap()).collect(),
+            Target::Inbox => {
+                let exists: bool =
+                    c.query_one("SELECT to_regclass('pgtrickle.conf_inbox') IS NOT NULL", &[]).await.unwrap().get(0);
+                if !exists {
+                    return Vec::new();
+                }
+                c.query("SELECT event_id FROM pgtrickle.conf_inbox ORDER BY event_id", &[])
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect()
+            }
+        }
+    }
+}
+
+async fn run_conformance(target: Target) {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    assert!(run_cli(&db.url, &["migrate"]).0.success());
+    let outbox = enable_outbox(&c, "conf", None).await;
+    let mut config = target.sink_config();
+    config["stream_table"] = json!("conf");
+    config["key_columns"] = json!(["id"]);
+    config["batch_size"] = json!(3);
+    c.execute("SELECT pgtrickle.set_relay_outbox('conf', config => $1::jsonb)", &[&config]).await.unwrap();
+
+    // 12 outbox rows in every inline form; expected keys in outbox order.
+    let mut expected = Vec::new();
+    for i in 0..4i64 {
+        let id = write_inline(&c, &outbox, Some(json!([{"id": i * 10, "__pgt_row_id": i}, {"id": i * 10 + 1}]))).await;
+        expected.extend([format!("{outbox}:{id}:0"), format!("{outbox}:{id}:1")]);
+        let id = write_inline(
+            &c,
+            &outbox,
+            Some(
+                json!({"v": 1, "inserted": [{"id": i * 10, "v": 2}], "deleted": [{"id": i * 10}, {"id": i * 10 + 1}]}),
+            ),
+        )
+        .await;
+        // update (index 0) and delete (index 2); the paired delete at index 1 is folded in.
+        expected.extend([format!("{outbox}:{id}:0"), format!("{outbox}:{id}:2")]);
+        let id = write_inline(&c, &outbox, None).await;
+        let _ = id;
+    }
+    let last: i64 = c.query_one(&format!("SELECT max(id) FROM pgtrickle.\"{outbox}\""), &[]).await.unwrap().get(0);
+
+    let mut relay = Relay::start(&db.url, "default", &[]);
+    eventually(Duration::from_secs(20), "everything committed", || async {
+        (committed_offset(&c, "default", "conf").await == Some(last)).then_some(())
+    })
+    .await;
+    // Committed implies confirmed: the target already holds every message.
+    let first = target.delivered(&c).await;
+    if target.ordered() {
+        assert_eq!(first, expected, "every message, in outbox order");
+    } else {
+        assert_eq!(first.iter().collect::<BTreeSet<_>>(), expected.iter().collect::<BTreeSet<_>>());
+    }
+    let metrics = relay.get("/metrics").1;
+    assert!(
+        metrics.contains(&format!(
+            r#"pgtrickle_relay_messages_published_total{{direction="forward",pipeline="conf"}} {}"#,
+            expected.len()
+        )),
+        "{metrics}"
+    );
+
+    // Forced redelivery: the relay stops, the offset is rewound as if it had died before
+    // committing, and the next run publishes everything again.
+    assert!(relay.terminate().success());
+    c.execute("UPDATE pgtrickle.relay_consumer_offsets SET last_change_id = 0 WHERE pipeline_id = 'conf'", &[])
+        .await
+        .unwrap();
+    let relay = Relay::start(&db.url, "default", &[]);
+    eventually(Duration::from_secs(20), "everything committed again", || async {
+        (committed_offset(&c, "default", "conf").await == Some(last)).then_some(())
+    })
+    .await;
+    let second = target.delivered(&c).await;
+    let metrics = relay.get("/metrics").1;
+    if target.dedups() {
+        assert_eq!(second.len(), expected.len(), "a redelivered message must not be visible twice");
+        assert!(
+            metrics.contains(&format!(r#"pgtrickle_relay_dedup_skipped_total{{pipeline="conf"}} {}"#, expected.len())),
+            "{metrics}"
+        );
+    } else {
+        assert_eq!(second.len(), 2 * expected.len(), "this target cannot deduplicate; the redelivery shows");
+        assert_eq!(second[expected.len()..], expected[..]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_sink_conforms() {
+    let path = temp_path("conformance.jsonl");
+    run_conformance(Target::File(path.clone())).await;
+    let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_sink_conforms() {
+    run_conformance(Target::Nats(NatsServer::start())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_inbox_sink_conforms() {
+    run_conformance(Target::Inbox).await;
+}
