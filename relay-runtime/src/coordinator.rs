@@ -148,9 +148,6 @@ impl Coordinator {
                 self.stop_worker(w).await;
             }
         }
-        if let Err(e) = status::prune(&conn.client, &self.ctx.group_id).await {
-            tracing::debug!(error = %e, "cannot prune status rows");
-        }
 
         for (key, row) in wanted {
             if self.workers.contains_key(&key) {
@@ -169,6 +166,10 @@ impl Coordinator {
                     tracing::warn!(pipeline = %row.name, error = %e, "cannot try the pipeline's lock")
                 }
             }
+        }
+        // Bookkeeping last, so that starting pipelines is not delayed by it.
+        if let Err(e) = status::prune(&conn.client, &self.ctx.group_id).await {
+            tracing::debug!(error = %e, "cannot prune status rows");
         }
     }
 

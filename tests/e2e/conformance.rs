@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use relay_e2e::http::WebhookServer;
 use relay_e2e::nats::NatsServer;
 use relay_e2e::*;
 use serde_json::{json, Value};
@@ -17,6 +18,7 @@ enum Target {
     File(std::path::PathBuf),
     Nats(NatsServer),
     Inbox,
+    Webhook(WebhookServer),
 }
 
 impl Target {
@@ -29,12 +31,14 @@ impl Target {
             }
             Target::Inbox => json!({"sink_type": "pg-inbox", "inbox_table": "conf_inbox", "create_inbox": true,
                                     "aggregate_id_field": "id", "event_type": "op"}),
+            Target::Webhook(w) => json!({"sink_type": "webhook", "webhook_url": w.url("/hook")}),
         }
     }
 
     /// Whether a redelivered message stays invisible to consumers of this target.
     fn dedups(&self) -> bool {
-        !matches!(self, Target::File(_))
+        // A webhook receiver dedups only if it honours Idempotency-Key; this one does not.
+        !matches!(self, Target::File(_) | Target::Webhook(_))
     }
 
     /// Whether the target keeps delivery order observable.
@@ -48,6 +52,12 @@ impl Target {
                 read_jsonl(path).iter().map(|m| m["dedup_key"].as_str().unwrap().to_owned()).collect()
             }
             Target::Nats(n) => n.stream_messages("conf").await.iter().map(|m| m.msg_id.clone().unwrap()).collect(),
+            Target::Webhook(w) => w
+                .accepted()
+                .iter()
+                .flat_map(|r| r.json().as_array().unwrap().clone())
+                .map(|m| m["dedup_key"].as_str().unwrap().to_owned())
+                .collect(),
             Target::Inbox => {
                 let exists: bool =
                     c.query_one("SELECT to_regclass('pgtrickle.conf_inbox') IS NOT NULL", &[]).await.unwrap().get(0);
@@ -157,4 +167,9 @@ async fn nats_sink_conforms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_inbox_sink_conforms() {
     run_conformance(Target::Inbox).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_sink_conforms() {
+    run_conformance(Target::Webhook(WebhookServer::start().await)).await;
 }

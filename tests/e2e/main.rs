@@ -12,3 +12,4 @@ mod nats;
 mod observability;
 mod pg_inbox;
 mod torture;
+mod webhook;

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio_postgres::{Client, NoTls};
 
+pub mod http;
 pub mod nats;
 
 pub fn admin_url() -> String {

@@ -12,6 +12,8 @@ pub mod options;
 pub mod pg_inbox;
 #[cfg(feature = "stdout")]
 pub mod stdout;
+#[cfg(feature = "webhook")]
+pub mod webhook;
 
 use futures::future::BoxFuture;
 
@@ -64,7 +66,7 @@ pub struct Published {
 pub enum BuildError {
     #[error("sink type '{0}' is not compiled into this binary; rebuild with `--features {0}`")]
     NotCompiled(&'static str),
-    #[error("sink type '{0}' is not available in this version of pgtrickle-relay yet (available: stdout, file, nats, pg-inbox)")]
+    #[error("sink type '{0}' is not available in this version of pgtrickle-relay yet (available: stdout, file, nats, webhook, pg-inbox)")]
     NotYetAvailable(&'static str),
     #[error("sink '{backend}': key '{key}': {message}")]
     Option { backend: &'static str, key: String, message: String },
@@ -99,6 +101,8 @@ pub async fn build(spec: &SinkSpec, ctx: &SinkContext<'_>) -> Result<Box<dyn Sin
         SinkKind::Nats => nats::build(&spec.options, ctx).await,
         #[cfg(feature = "pg-inbox")]
         SinkKind::PgInbox => pg_inbox::build(&spec.options, ctx).await,
+        #[cfg(feature = "webhook")]
+        SinkKind::Webhook => webhook::build(&spec.options, ctx).await,
         #[cfg(feature = "stdout")]
         SinkKind::Stdout | SinkKind::File => stdout::build(spec).await,
         #[cfg(not(feature = "stdout"))]

@@ -1,0 +1,260 @@
+//! HTTP webhook sink.
+//!
+//! `batch_mode: true` (the default, as the upstream relay) sends a JSON array of up to
+//! `max_batch_messages` messages per request; `false` sends one message per request. Requests
+//! go out one at a time by default so the receiver sees outbox order; `max_in_flight` above 1
+//! trades order for throughput. Every request carries an `Idempotency-Key` (per-message mode:
+//! the dedup key; batch mode: `<first key>..<last key>`, with each item's own `dedup_key` in the
+//! body) so a receiver can drop redeliveries, and, with `signing_secret`, an HMAC-SHA256
+//! signature of the body. 408, 429 and 5xx are retried (honouring `Retry-After`); any other
+//! 4xx is a permanent error. Connections are kept alive and reused.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
+use futures::StreamExt;
+use hmac::{Hmac, Mac};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use reqwest::{Method, StatusCode};
+use sha2::Sha256;
+
+use super::options::Options;
+use super::{BuildError, Published, Sink, SinkContext, SinkError};
+use crate::catalog::redact_url;
+use crate::message::RelayMessage;
+
+const BACKEND: &str = "webhook";
+/// Longest `Retry-After` honoured inside one publish; longer waits go back to the runner.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+pub struct WebhookSink {
+    client: reqwest::Client,
+    url: String,
+    method: Method,
+    headers: HeaderMap,
+    batch_mode: bool,
+    max_batch: usize,
+    in_flight: usize,
+    retries: u32,
+    signing_secret: Option<Vec<u8>>,
+    signature_header: HeaderName,
+}
+
+fn opt_err(key: &str, message: impl Into<String>) -> BuildError {
+    BuildError::Option { backend: BACKEND, key: key.to_owned(), message: message.into() }
+}
+
+pub async fn build(
+    options: &serde_json::Map<String, serde_json::Value>,
+    _ctx: &SinkContext<'_>,
+) -> Result<Box<dyn Sink>, BuildError> {
+    let o = Options::new(BACKEND, options);
+    let url = o.required_str(&["url", "endpoint"])?.to_owned();
+    let parsed = reqwest::Url::parse(&url).map_err(|e| opt_err("url", format!("not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(opt_err("url", "must be an http:// or https:// URL"));
+    }
+    let method = match o.str(&["method"])?.unwrap_or("POST").to_ascii_uppercase().as_str() {
+        "POST" => Method::POST,
+        "PUT" => Method::PUT,
+        "PATCH" => Method::PATCH,
+        other => return Err(opt_err("method", format!("'{other}' is not one of POST, PUT, PATCH"))),
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(USER_AGENT, HeaderValue::from_static(concat!("pgtrickle-relay/", env!("CARGO_PKG_VERSION"))));
+    match options.get("headers") {
+        None | Some(serde_json::Value::Null) => {}
+        Some(serde_json::Value::Object(map)) => {
+            for (k, v) in map {
+                let name = HeaderName::from_bytes(k.as_bytes())
+                    .map_err(|_| opt_err("headers", format!("'{k}' is not a header name")))?;
+                let value = v
+                    .as_str()
+                    .and_then(|s| HeaderValue::from_str(s).ok())
+                    .ok_or_else(|| opt_err("headers", format!("value of '{k}' must be a string without newlines")))?;
+                headers.insert(name, value);
+            }
+        }
+        Some(_) => return Err(opt_err("headers", "expected an object of header names to strings")),
+    }
+    let timeout = o.millis("timeout_ms", 10_000)?;
+    let mut builder = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true);
+    if let Some(ca) = o.str(&["tls_ca", "tls_ca_file"])? {
+        let pem = std::fs::read(ca).map_err(|e| opt_err("tls_ca", format!("cannot read {ca}: {e}")))?;
+        let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| opt_err("tls_ca", format!("{ca}: {e}")))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    let client = builder.build().map_err(|e| BuildError::Open { backend: BACKEND, message: e.to_string() })?;
+    let signature_header =
+        HeaderName::from_bytes(o.str(&["signature_header"])?.unwrap_or("X-Pgtrickle-Signature").as_bytes())
+            .map_err(|_| opt_err("signature_header", "not a header name"))?;
+    Ok(Box::new(WebhookSink {
+        client,
+        url,
+        method,
+        headers,
+        batch_mode: o.bool("batch_mode", true)?,
+        max_batch: o.u64("max_batch_messages", 100, 1, 100_000)? as usize,
+        in_flight: o.u64("max_in_flight", 1, 1, 1024)? as usize,
+        retries: o.u64("max_retries", 3, 0, 100)? as u32,
+        signing_secret: o.str(&["signing_secret", "hmac_secret"])?.map(|s| s.as_bytes().to_vec()),
+        signature_header,
+    }))
+}
+
+/// One HTTP request's worth of messages.
+struct Request {
+    body: Vec<u8>,
+    idempotency_key: String,
+    op: Option<&'static str>,
+    full_refresh: bool,
+}
+
+impl WebhookSink {
+    fn requests(&self, batch: &[RelayMessage]) -> Result<Vec<Request>, SinkError> {
+        let encode = |r: serde_json::Result<Vec<u8>>| {
+            r.map_err(|e| SinkError::Permanent { backend: BACKEND, message: format!("cannot encode message: {e}") })
+        };
+        if self.batch_mode {
+            batch
+                .chunks(self.max_batch)
+                .map(|chunk| {
+                    let (first, last) = (&chunk[0].dedup_key, &chunk[chunk.len() - 1].dedup_key);
+                    Ok(Request {
+                        body: encode(serde_json::to_vec(chunk))?,
+                        idempotency_key: if chunk.len() == 1 { first.clone() } else { format!("{first}..{last}") },
+                        op: None,
+                        full_refresh: false,
+                    })
+                })
+                .collect()
+        } else {
+            batch
+                .iter()
+                .map(|m| {
+                    Ok(Request {
+                        body: encode(serde_json::to_vec(m))?,
+                        idempotency_key: m.dedup_key.clone(),
+                        op: Some(m.op.as_str()),
+                        full_refresh: m.is_full_refresh,
+                    })
+                })
+                .collect()
+        }
+    }
+
+    fn signature(&self, body: &[u8]) -> Option<String> {
+        let secret = self.signing_secret.as_ref()?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).ok()?;
+        mac.update(body);
+        Some(format!("sha256={}", hex::encode(mac.finalize().into_bytes())))
+    }
+
+    /// Sends one request until it succeeds, fails permanently, or runs out of retries.
+    async fn send(&self, req: &Request) -> Result<(), SinkError> {
+        let mut headers = self.headers.clone();
+        let value = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+        headers.insert(HeaderName::from_static("idempotency-key"), value(&req.idempotency_key));
+        if let Some(op) = req.op {
+            headers.insert(HeaderName::from_static("pgtrickle-op"), value(op));
+        }
+        if req.full_refresh {
+            headers.insert(HeaderName::from_static("pgtrickle-full-refresh"), HeaderValue::from_static("true"));
+        }
+        if let Some(sig) = self.signature(&req.body) {
+            headers.insert(self.signature_header.clone(), value(&sig));
+        }
+        let mut attempt = 0;
+        loop {
+            let sent = self
+                .client
+                .request(self.method.clone(), &self.url)
+                .headers(headers.clone())
+                .body(req.body.clone())
+                .send()
+                .await;
+            let (error, retry_after) = match sent {
+                Ok(resp) if resp.status().is_success() => return Ok(()),
+                Ok(resp) => {
+                    let status = resp.status();
+                    let retry_after = resp
+                        .headers()
+                        .get(RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    let body: String = resp.text().await.unwrap_or_default().chars().take(200).collect();
+                    let message = format!("{} answered {status}: {body}", redact_url(&self.url));
+                    if !retryable_status(status) {
+                        return Err(SinkError::Permanent { backend: BACKEND, message });
+                    }
+                    (message, retry_after)
+                }
+                Err(e) => (format!("request to {} failed: {e}", redact_url(&self.url)), None),
+            };
+            attempt += 1;
+            let wait = retry_after.unwrap_or_else(|| Duration::from_millis(100 * 2u64.pow(attempt.min(6))));
+            if attempt > self.retries || wait > MAX_RETRY_AFTER {
+                return Err(SinkError::Retryable { backend: BACKEND, message: error });
+            }
+            tracing::debug!(error = %error, attempt, wait_ms = wait.as_millis() as u64, "webhook request will be retried");
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// 408, 429 and 5xx may succeed later; other statuses will not.
+fn retryable_status(s: StatusCode) -> bool {
+    s == StatusCode::REQUEST_TIMEOUT || s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error()
+}
+
+impl Sink for WebhookSink {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn publish<'a>(&'a mut self, batch: &'a [RelayMessage]) -> BoxFuture<'a, Result<Published, SinkError>> {
+        Box::pin(async move {
+            let requests = self.requests(batch)?;
+            let this = &*self;
+            let mut pending = FuturesOrdered::new();
+            for req in &requests {
+                pending.push_back(this.send(req));
+                while pending.len() >= this.in_flight {
+                    if let Some(r) = pending.next().await {
+                        r?;
+                    }
+                }
+            }
+            while let Some(r) = pending.next().await {
+                r?;
+            }
+            Ok(Published::default())
+        })
+    }
+
+    fn close(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_timeouts_rate_limits_and_server_errors_are_retried() {
+        for s in [408, 429, 500, 502, 503, 504] {
+            assert!(retryable_status(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
+        for s in [400, 401, 403, 404, 409, 410, 413, 422] {
+            assert!(!retryable_status(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
+    }
+}
