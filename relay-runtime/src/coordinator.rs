@@ -86,19 +86,19 @@ impl Coordinator {
                     }
                     _ = tick.tick() => self.discover(&conn).await,
                     Some(n) = rx.recv() => {
-                        let mut config_changed = false;
-                        let mut pending = Some(n);
-                        // Drain what is queued: a burst of changes costs one discovery.
-                        while let Some(n) = pending.take().or_else(|| rx.try_recv().ok()) {
-                            if n.channel == CONFIG_CHANNEL {
-                                tracing::debug!(payload = %n.payload, "relay config changed");
-                                config_changed = true;
-                            } else {
-                                self.wake(&n);
-                            }
+                        // Drain what is queued: a burst of changes costs one discovery. Config
+                        // changes are applied before outbox wake-ups, so that rows written after
+                        // a change are relayed by the worker running the new config.
+                        let mut batch = vec![n];
+                        while let Ok(n) = rx.try_recv() {
+                            batch.push(n);
                         }
-                        if config_changed {
+                        if batch.iter().any(|n| n.channel == CONFIG_CHANNEL) {
+                            tracing::debug!(changes = batch.iter().filter(|n| n.channel == CONFIG_CHANNEL).count(), "relay config changed");
                             self.discover(&conn).await;
+                        }
+                        for n in batch.iter().filter(|n| n.channel != CONFIG_CHANNEL) {
+                            self.wake(n);
                         }
                     }
                 }

@@ -83,8 +83,17 @@ async fn finish(ctx: &RelayState, conn: &DbConnection, mut st: PipelineStatus) {
         st.owner = None;
         st.lag_rows = None;
         st.lag_seconds = None;
-        // Keep a failed pipeline's error visible after release; clear it otherwise.
+        // A failed pipeline's error stays visible after release.
         report_db(ctx, conn, &st, 0, 0).await;
+        // Release the lock explicitly: dropping the connection releases it too, but only once
+        // the server has noticed, and a restarted worker (config change) must get it at once.
+        if let Err(e) = conn
+            .client
+            .execute("SELECT pg_advisory_unlock(hashtext($1), hashtext($2))", &[&ctx.group_id, &st.name])
+            .await
+        {
+            tracing::debug!(pipeline = %st.name, error = %e, "cannot release the pipeline lock explicitly");
+        }
     }
     ctx.remove(&st.name, st.direction);
 }
