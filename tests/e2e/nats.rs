@@ -155,3 +155,60 @@ async fn broker_outage_degrades_then_resumes_without_loss_or_duplicates() {
     })
     .await;
 }
+
+/// SIGKILL while a backlog streams to JetStream and to an inbox: after a restart each target
+/// holds exactly one copy of every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_between_publish_and_commit_leaves_one_copy_in_jetstream_and_the_inbox() {
+    let nats = NatsServer::start();
+    nats.create_stream("kill", &["kill.>"]).await;
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    assert!(run_cli(&db.url, &["migrate"]).0.success());
+    let outbox = enable_outbox(&c, "kill", None).await;
+    c.execute(
+        "SELECT pgtrickle.set_relay_outbox('kill-nats', config => $1::jsonb)",
+        &[&json!({"stream_table": "kill", "sink_type": "nats", "nats_url": nats.url(), "subject_template": "kill.{op}", "batch_size": 20})],
+    )
+    .await
+    .unwrap();
+    c.execute(
+        "SELECT pgtrickle.set_relay_outbox('kill-inbox', config => $1::jsonb)",
+        &[&json!({"stream_table": "kill", "sink_type": "pg-inbox", "inbox_table": "kill_inbox", "create_inbox": true, "batch_size": 20})],
+    )
+    .await
+    .unwrap();
+    c.batch_execute(&format!(
+        "INSERT INTO pgtrickle.\"{outbox}\" (inserted_count, payload)
+         SELECT 50, (SELECT jsonb_agg(jsonb_build_object('o', o, 'r', r)) FROM generate_series(1, 50) r)
+           FROM generate_series(1, 400) o"
+    ))
+    .await
+    .unwrap();
+    let total = 400 * 50;
+    let js = nats.jetstream().await;
+    let stored = || async {
+        match js.get_stream("kill").await {
+            Ok(s) => s.get_info().await.unwrap().state.messages,
+            Err(_) => 0,
+        }
+    };
+    let mut relay = Relay::start(&db.url, "default", &[]);
+    eventually(Duration::from_secs(30), "part of the backlog stored", || async {
+        (stored().await >= 2000).then_some(())
+    })
+    .await;
+    relay.kill();
+    let at_kill = stored().await;
+    assert!(at_kill < total as u64, "the kill must land mid-stream");
+    let _relay = Relay::start(&db.url, "default", &[]);
+    for p in ["kill-nats", "kill-inbox"] {
+        eventually(Duration::from_secs(60), "backlog committed", || async {
+            (committed_offset(&c, "default", p).await == Some(400)).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(stored().await, total as u64, "exactly one copy of each message in JetStream");
+    let inbox: i64 = c.query_one("SELECT count(*) FROM pgtrickle.kill_inbox", &[]).await.unwrap().get(0);
+    assert_eq!(inbox, total, "exactly one row per message in the inbox");
+}

@@ -30,9 +30,13 @@ pub fn relay_bin() -> PathBuf {
     if let Ok(p) = std::env::var("PGTRICKLE_RELAY_BIN") {
         return PathBuf::from(p);
     }
+    // Tests live in target/<profile>/deps, binaries (the bench) in target/<profile>.
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let bin = dir.join("pgtrickle-relay");
+    let dir = exe.parent().unwrap();
+    let bin = [dir.join("pgtrickle-relay"), dir.parent().unwrap().join("pgtrickle-relay")]
+        .into_iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| dir.join("pgtrickle-relay"));
     assert!(
         bin.exists(),
         "{} not found: build it first with `cargo build -p relay-runtime --bin pgtrickle-relay` (scripts/test does)",

@@ -1,0 +1,318 @@
+//! `relay-bench`: forward throughput of each broker sink beside that sink's raw ceiling,
+//! measured in the same run with the same client library, plus latency. Prints one JSON object
+//! per line. Run through `scripts/bench` (it builds the release binaries and starts PostgreSQL).
+//!
+//! Rows: `outbox_to_nats` (ceiling: async-nats JetStream publish with the relay's ack window),
+//! `nats_one_ack_at_a_time` (the naive design, as a baseline), `outbox_to_nats_latency` (outbox
+//! commit → JetStream ack at half the measured rate), `outbox_to_pg_inbox` (ceiling: batched
+//! `INSERT … ON CONFLICT` of the same rows), `outbox_to_webhook` (ceiling: the same request
+//! bodies sent with reqwest to the same keep-alive server).
+
+// A benchmark harness: a failed unwrap is a failed run with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use futures::stream::FuturesOrdered;
+use futures::StreamExt;
+use relay_e2e::nats::NatsServer;
+use relay_e2e::*;
+use serde_json::{json, Value};
+use std::future::IntoFuture;
+
+/// Delta rows per outbox row in the throughput runs.
+const PER_OUTBOX_ROW: i64 = 100;
+/// The relay's default NATS ack window, used for the ceiling too.
+const NATS_WINDOW: usize = 1024;
+
+fn emit(v: Value) {
+    println!("{v}");
+}
+
+fn rate(n: u64, d: Duration) -> f64 {
+    (n as f64 / d.as_secs_f64()).round()
+}
+
+/// Fills an outbox with `rows` delta rows of about 200 bytes each (pg_trickle's inline snapshot
+/// form, `__pgt_*` columns included); returns the last outbox id.
+async fn fill_outbox(c: &tokio_postgres::Client, outbox: &str, rows: i64) -> i64 {
+    let outbox_rows = (rows + PER_OUTBOX_ROW - 1) / PER_OUTBOX_ROW;
+    c.batch_execute(&format!(
+        "INSERT INTO pgtrickle.\"{outbox}\" (inserted_count, payload)
+         SELECT {PER_OUTBOX_ROW}, (SELECT jsonb_agg(jsonb_build_object(
+                    'order_id', o * {PER_OUTBOX_ROW} + r, 'customer_id', (o * 7 + r) % 1000, 'status', 'shipped',
+                    'total', round(((o + r) % 10000) / 100.0, 2), 'currency', 'EUR',
+                    'updated_at', '2026-11-27T12:00:00Z', 'note', repeat('x', 64),
+                    '__pgt_row_id', (o * {PER_OUTBOX_ROW} + r) * 2654435761, '__pgt_count', 1))
+                  FROM generate_series(1, {PER_OUTBOX_ROW}) r)
+           FROM generate_series(1, {outbox_rows}) o;
+         VACUUM ANALYZE pgtrickle.\"{outbox}\";"
+    ))
+    .await
+    .unwrap();
+    c.query_one(&format!("SELECT max(id) FROM pgtrickle.\"{outbox}\""), &[]).await.unwrap().get(0)
+}
+
+async fn wait_committed(c: &tokio_postgres::Client, group: &str, pipeline: &str, last: i64, relay: &Relay) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while committed_offset(c, group, pipeline).await != Some(last) {
+        assert!(Instant::now() < deadline, "relay did not finish:\n{}", relay.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A database with an outbox, a pipeline configured with `sink`, and the relay started on it;
+/// returns the elapsed time until every row was committed.
+async fn relay_run(db: &TestDb, sink: Value, rows: i64) -> (Duration, Relay) {
+    let c = db.client().await;
+    assert!(run_cli(&db.url, &["migrate"]).0.success());
+    let outbox = enable_outbox(&c, "bench", None).await;
+    let last = fill_outbox(&c, &outbox, rows).await;
+    let mut config = sink;
+    config["stream_table"] = json!("bench");
+    c.execute("SELECT pgtrickle.set_relay_outbox('bench', config => $1::jsonb)", &[&config]).await.unwrap();
+    let t0 = Instant::now();
+    let relay = Relay::start(&db.url, "bench", &["--log-level", "warn"]);
+    wait_committed(&c, "bench", "bench", last, &relay).await;
+    (t0.elapsed(), relay)
+}
+
+async fn bench_nats(rows: i64) {
+    let nats = NatsServer::start();
+    nats.create_stream("bench", &["bench.>"]).await;
+    let db = TestDb::new().await;
+    let sink = json!({"sink_type": "nats", "nats_url": nats.url(), "subject_template": "bench.{op}"});
+    let (took, mut relay) = relay_run(&db, sink, rows).await;
+    relay.terminate();
+    let js = nats.jetstream().await;
+    let stored = js.get_stream("bench").await.unwrap().get_info().await.unwrap().state.messages;
+    assert_eq!(stored, rows as u64, "every message stored once");
+    let relay_rate = rate(rows as u64, took);
+
+    // The same messages (body and headers) published straight with async-nats.
+    let sample = js.get_stream("bench").await.unwrap().get_raw_message(1).await.unwrap();
+    let body = sample.payload.clone();
+    nats.create_stream("ceiling", &["ceil.>"]).await;
+    let t0 = Instant::now();
+    let mut acks = FuturesOrdered::new();
+    for i in 0..rows {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(async_nats::header::NATS_MESSAGE_ID, format!("outbox_bench:{i}:0").as_str());
+        h.insert("Pgtrickle-Op", "insert");
+        h.insert("Pgtrickle-Full-Refresh", "true");
+        h.insert("Pgtrickle-Outbox-Id", i.to_string().as_str());
+        h.insert("Content-Type", "application/json");
+        acks.push_back(js.publish_with_headers("ceil.insert", h, body.clone()).await.unwrap().into_future());
+        while acks.len() >= NATS_WINDOW {
+            acks.next().await.unwrap().unwrap();
+        }
+    }
+    while let Some(a) = acks.next().await {
+        a.unwrap();
+    }
+    let ceiling = rate(rows as u64, t0.elapsed());
+    emit(json!({
+        "bench": "outbox_to_nats", "delta_rows": rows, "message_bytes": body.len(),
+        "relay_seconds": took.as_secs_f64(), "relay_msgs_per_sec": relay_rate,
+        "ceiling": format!("async-nats JetStream publish, window {NATS_WINDOW}, same messages"),
+        "ceiling_msgs_per_sec": ceiling, "ratio_to_ceiling": (relay_rate / ceiling * 1000.0).round() / 1000.0,
+    }));
+
+    // The naive design: await every ack before the next publish.
+    let naive_n = 20_000u64;
+    nats.create_stream("naive", &["naive.>"]).await;
+    let t0 = Instant::now();
+    for i in 0..naive_n {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(async_nats::header::NATS_MESSAGE_ID, format!("naive:{i}").as_str());
+        js.publish_with_headers("naive.insert", h, body.clone()).await.unwrap().await.unwrap();
+    }
+    emit(json!({"bench": "nats_one_ack_at_a_time", "messages": naive_n, "msgs_per_sec": rate(naive_n, t0.elapsed()),
+                "note": "baseline: the publish-and-await-each-ack design this relay avoids"}));
+
+    bench_nats_latency(&nats, relay_rate / 2.0).await;
+}
+
+/// Outbox commit → JetStream ack latency with the relay running and a writer at `msgs_per_sec`.
+async fn bench_nats_latency(nats: &NatsServer, msgs_per_sec: f64) {
+    const SECONDS: u64 = 5;
+    const PER_ROW: i64 = 10;
+    nats.create_stream("lat", &["lat.>"]).await;
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    assert!(run_cli(&db.url, &["migrate"]).0.success());
+    let outbox = enable_outbox(&c, "lat", None).await;
+    c.execute(
+        "SELECT pgtrickle.set_relay_outbox('lat', config => $1::jsonb)",
+        &[&json!({"stream_table": "lat", "sink_type": "nats", "nats_url": nats.url(), "subject_template": "lat.{op}"})],
+    )
+    .await
+    .unwrap();
+    let relay = Relay::start(&db.url, "lat", &["--log-level", "warn"]);
+    // Every 10 ms, one transaction with this many outbox rows of PER_ROW messages.
+    let rows_per_tick = ((msgs_per_sec / PER_ROW as f64) / 100.0).ceil().max(1.0) as i64;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(SECONDS) {
+        tick.tick().await;
+        c.execute(
+            &format!(
+                "WITH r AS (INSERT INTO pgtrickle.\"{outbox}\" (inserted_count, payload)
+                     SELECT {PER_ROW}, (SELECT jsonb_agg(jsonb_build_object('k', g * 100 + x, 'note', repeat('x', 120)))
+                                          FROM generate_series(1, {PER_ROW}) x)
+                       FROM generate_series(1, $1::int8) g RETURNING 1)
+                 SELECT pg_notify('pgtrickle_outbox_new', '{outbox}') FROM (SELECT count(*) FROM r) s"
+            ),
+            &[&rows_per_tick],
+        )
+        .await
+        .unwrap();
+    }
+    let written_secs = t0.elapsed().as_secs_f64();
+    let last: i64 = c.query_one(&format!("SELECT max(id) FROM pgtrickle.\"{outbox}\""), &[]).await.unwrap().get(0);
+    wait_committed(&c, "lat", "lat", last, &relay).await;
+    let created: HashMap<i64, f64> = c
+        .query(&format!("SELECT id, extract(epoch FROM created_at)::float8 FROM pgtrickle.\"{outbox}\""), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let js = nats.jetstream().await;
+    let stream = js.get_stream("lat").await.unwrap();
+    let total = stream.get_info().await.unwrap().state.messages;
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config { durable_name: None, ..Default::default() })
+        .await
+        .unwrap();
+    let mut latencies = Vec::with_capacity(total as usize);
+    while (latencies.len() as u64) < total {
+        let mut batch = consumer.fetch().max_messages(5_000).messages().await.unwrap();
+        while let Some(Ok(m)) = batch.next().await {
+            let published = m.info().unwrap().published.unix_timestamp_nanos() as f64 / 1e9;
+            let body: Value = serde_json::from_slice(&m.payload).unwrap();
+            let outbox_id = body["outbox_id"].as_i64().unwrap();
+            latencies.push((published - created[&outbox_id]) * 1000.0);
+        }
+    }
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| (latencies[((latencies.len() as f64 - 1.0) * p) as usize] * 100.0).round() / 100.0;
+    emit(json!({
+        "bench": "outbox_to_nats_latency", "target_msgs_per_sec": msgs_per_sec.round(),
+        "achieved_msgs_per_sec": (total as f64 / written_secs).round(), "messages": total,
+        "measured": "outbox row created_at (commit) to JetStream stored time",
+        "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": pct(1.0),
+    }));
+}
+
+async fn bench_inbox(rows: i64) {
+    let db = TestDb::new().await;
+    let sink = json!({"sink_type": "pg-inbox", "inbox_table": "bench_inbox", "create_inbox": true});
+    let (took, mut relay) = relay_run(&db, sink, rows).await;
+    relay.terminate();
+    let c = db.client().await;
+    let stored: i64 = c.query_one("SELECT count(*) FROM pgtrickle.bench_inbox", &[]).await.unwrap().get(0);
+    assert_eq!(stored, rows);
+    let relay_rate = rate(rows as u64, took);
+
+    // Ceiling: the same inbox rows inserted by one client, 1000 per statement.
+    c.batch_execute("CREATE TABLE pgtrickle.ceiling_inbox (LIKE pgtrickle.bench_inbox INCLUDING ALL)").await.unwrap();
+    let sample: Value = c.query_one("SELECT payload FROM pgtrickle.bench_inbox LIMIT 1", &[]).await.unwrap().get(0);
+    let insert = "INSERT INTO pgtrickle.ceiling_inbox (event_id, event_type, source, aggregate_id, payload)
+                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[])
+                  ON CONFLICT (event_id) DO NOTHING";
+    let t0 = Instant::now();
+    let mut n = 0i64;
+    while n < rows {
+        let k = 1000.min(rows - n);
+        let ids: Vec<String> = (n..n + k).map(|i| format!("outbox_bench:{i}:0")).collect();
+        let types = vec!["pgtrickle.bench.insert"; k as usize];
+        let sources = vec!["bench"; k as usize];
+        let aggs: Vec<Option<String>> = vec![None; k as usize];
+        let payloads: Vec<Value> = (n..n + k)
+            .map(|i| {
+                let mut p = sample.clone();
+                p["order_id"] = json!(i);
+                p
+            })
+            .collect();
+        c.execute(insert, &[&ids, &types, &sources, &aggs, &payloads]).await.unwrap();
+        n += k;
+    }
+    let ceiling = rate(rows as u64, t0.elapsed());
+    emit(json!({
+        "bench": "outbox_to_pg_inbox", "delta_rows": rows, "relay_seconds": took.as_secs_f64(),
+        "relay_msgs_per_sec": relay_rate, "ceiling": "one client, INSERT … SELECT unnest(…) ON CONFLICT DO NOTHING, 1000 rows per statement",
+        "ceiling_msgs_per_sec": ceiling, "ratio_to_ceiling": (relay_rate / ceiling * 1000.0).round() / 1000.0,
+    }));
+}
+
+/// A counting keep-alive HTTP server (it keeps the first body, for the ceiling run).
+async fn counting_server() -> (std::net::SocketAddr, Arc<AtomicU64>, Arc<Mutex<Option<bytes::Bytes>>>) {
+    use warp::Filter;
+    let count = Arc::new(AtomicU64::new(0));
+    let first: Arc<Mutex<Option<bytes::Bytes>>> = Arc::default();
+    let (c, f) = (count.clone(), first.clone());
+    let route = warp::post().and(warp::body::bytes()).map(move |body: bytes::Bytes| {
+        let items = if body.first() == Some(&b'[') {
+            serde_json::from_slice::<Vec<Value>>(&body).map(|v| v.len()).unwrap_or(1)
+        } else {
+            1
+        };
+        c.fetch_add(items as u64, Ordering::SeqCst);
+        f.lock().unwrap().get_or_insert(body);
+        "ok"
+    });
+    let (addr, server) = warp::serve(route).bind_ephemeral(([127, 0, 0, 1], 0));
+    tokio::spawn(server);
+    (addr, count, first)
+}
+
+async fn bench_webhook(rows: i64) {
+    let (addr, count, first) = counting_server().await;
+    let db = TestDb::new().await;
+    let sink = json!({"sink_type": "webhook", "webhook_url": format!("http://{addr}/hook")});
+    let (took, mut relay) = relay_run(&db, sink, rows).await;
+    relay.terminate();
+    assert_eq!(count.load(Ordering::SeqCst), rows as u64);
+    let relay_rate = rate(rows as u64, took);
+
+    let body = first.lock().unwrap().clone().unwrap();
+    let per_request = serde_json::from_slice::<Vec<Value>>(&body).unwrap().len() as i64;
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}/ceiling");
+    let t0 = Instant::now();
+    let mut sent = 0;
+    while sent < rows {
+        let r = client.post(&url).header("content-type", "application/json").body(body.clone()).send().await.unwrap();
+        assert!(r.status().is_success());
+        sent += per_request;
+    }
+    let ceiling = rate(sent as u64, t0.elapsed());
+    emit(json!({
+        "bench": "outbox_to_webhook", "delta_rows": rows, "messages_per_request": per_request,
+        "relay_seconds": took.as_secs_f64(), "relay_msgs_per_sec": relay_rate,
+        "ceiling": "reqwest, the same request bodies, keep-alive, one request at a time, same server",
+        "ceiling_msgs_per_sec": ceiling, "ratio_to_ceiling": (relay_rate / ceiling * 1000.0).round() / 1000.0,
+    }));
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let rows: i64 = std::env::var("BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let which: Vec<String> = std::env::args().skip(1).collect();
+    let wants = |name: &str| which.is_empty() || which.iter().any(|w| w == name || w == "all");
+    if wants("nats") {
+        bench_nats(rows).await;
+    }
+    if wants("inbox") {
+        bench_inbox(rows).await;
+    }
+    if wants("webhook") {
+        bench_webhook(rows).await;
+    }
+}
