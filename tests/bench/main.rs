@@ -49,11 +49,11 @@ async fn fill_outbox(c: &tokio_postgres::Client, outbox: &str, rows: i64) -> i64
                     'updated_at', '2026-11-27T12:00:00Z', 'note', repeat('x', 64),
                     '__pgt_row_id', (o * {PER_OUTBOX_ROW} + r) * 2654435761, '__pgt_count', 1))
                   FROM generate_series(1, {PER_OUTBOX_ROW}) r)
-           FROM generate_series(1, {outbox_rows}) o;
-         VACUUM ANALYZE pgtrickle.\"{outbox}\";"
+           FROM generate_series(1, {outbox_rows}) o"
     ))
     .await
     .unwrap();
+    c.batch_execute(&format!("VACUUM ANALYZE pgtrickle.\"{outbox}\"")).await.unwrap();
     c.query_one(&format!("SELECT max(id) FROM pgtrickle.\"{outbox}\""), &[]).await.unwrap().get(0)
 }
 
@@ -186,7 +186,12 @@ async fn bench_nats_latency(nats: &NatsServer, msgs_per_sec: f64) {
     let stream = js.get_stream("lat").await.unwrap();
     let total = stream.get_info().await.unwrap().state.messages;
     let consumer = stream
-        .create_consumer(jetstream::consumer::pull::Config { durable_name: None, ..Default::default() })
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: None,
+            // Read-only pass over the stream: no acks, so no max-ack-pending stall.
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
         .await
         .unwrap();
     let mut latencies = Vec::with_capacity(total as usize);
