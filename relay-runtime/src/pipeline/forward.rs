@@ -6,6 +6,7 @@
 //! skipping — and only after the sink confirmed everything commit the new offset on the lock
 //! connection. Undecodable rows go to the dead-letter table, never silently dropped.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 enum Stop {
     Cancelled,
     Db(String),
+    /// The sink failed: forget what is in flight and read again from the committed offset.
+    Rewind(crate::sink::SinkError),
 }
 
 impl From<tokio_postgres::Error> for Stop {
@@ -103,12 +106,23 @@ pub async fn run(
         st,
         sink,
         offset,
+        read_pos: offset,
+        marks: VecDeque::new(),
+        publish_calls: 0,
+        confirmed_calls: 0,
+        delay: Duration::from_millis(100),
         unreported_messages: 0,
         unreported_errors: 0,
         last_status: Instant::now(),
         prefetched: None,
     };
     let stop = runner.run_loop().await;
+    if matches!(stop, Stop::Cancelled) {
+        // Graceful stop: confirm and commit what is in flight, so nothing is sent twice.
+        if let Err(Stop::Rewind(e)) = runner.flush_and_commit().await {
+            tracing::warn!(pipeline = %runner.spec.name, error = %e, "in-flight messages not confirmed at stop; they will be relayed again");
+        }
+    }
     if let Err(e) = runner.sink.close().await {
         tracing::warn!(pipeline = %runner.spec.name, error = %e, "sink did not close cleanly");
     }
@@ -119,6 +133,9 @@ pub async fn run(
         }
         Stop::Db(e) => {
             tracing::warn!(pipeline = %runner.spec.name, error = %e, "forward pipeline lost its database connection; another discovery will resume it")
+        }
+        Stop::Rewind(e) => {
+            tracing::warn!(pipeline = %runner.spec.name, error = %e, "forward pipeline stopped after a sink error")
         }
     }
 }
@@ -160,7 +177,17 @@ struct ForwardRunner<'a> {
     st: &'a mut PipelineStatus,
     reader: OutboxReader,
     sink: Box<dyn Sink>,
+    /// Committed: every message up to here was confirmed by the sink.
     offset: i64,
+    /// Read and sent up to here (ahead of `offset` while a pipelined sink confirms).
+    read_pos: i64,
+    /// Batches sent but not yet committed: (publish calls made before the batch ended, offset).
+    marks: VecDeque<(u64, i64)>,
+    publish_calls: u64,
+    /// Publish calls whose messages are all confirmed.
+    confirmed_calls: u64,
+    /// Backoff for consecutive sink failures.
+    delay: Duration,
     labels: [String; 2],
     unreported_messages: i64,
     unreported_errors: i64,
@@ -191,43 +218,81 @@ impl ForwardRunner<'_> {
                         _ = tokio::time::sleep(self.spec.poll_interval) => {}
                     }
                 }
+                Err(Stop::Rewind(e)) => {
+                    if let Some(stop) = self.sink_failed(e).await {
+                        return stop;
+                    }
+                }
                 Err(stop) => return stop,
             }
+        }
+    }
+
+    /// After a sink error: nothing unconfirmed counts as delivered. Read again from the
+    /// committed offset after a backoff (the target dedups what it already has).
+    async fn sink_failed(&mut self, e: crate::sink::SinkError) -> Option<Stop> {
+        self.sink.reset();
+        self.marks.clear();
+        self.prefetched = None;
+        self.read_pos = self.offset;
+        let [p, d] = self.labels();
+        self.ctx.metrics.publish_errors.with_label_values(&[p, d, e.kind()]).inc();
+        self.st.errors_total += 1;
+        self.unreported_errors += 1;
+        let wait = if e.is_retryable() {
+            let w = jitter(self.delay);
+            self.delay = (self.delay * 2).min(MAX_BACKOFF);
+            w
+        } else {
+            PERMANENT_RETRY
+        };
+        tracing::warn!(pipeline = %self.spec.name, error = %e, retry_in_ms = wait.as_millis() as u64, offset = self.offset, "publish failed; relaying again from the committed offset");
+        self.st.state = if e.is_retryable() { PipelineState::Degraded } else { PipelineState::Failed };
+        self.st.last_error = Some(e.to_string());
+        self.flush_status().await;
+        tokio::select! {
+            _ = self.link.cancel.cancelled() => Some(Stop::Cancelled),
+            _ = self.conn.closed.cancelled() => Some(Stop::Db(CONNECTION_CLOSED.to_owned())),
+            _ = tokio::time::sleep(wait) => None,
         }
     }
 
     /// One batch. `Ok(false)` when there was nothing to relay.
     async fn step(&mut self) -> Result<bool, Stop> {
         let safe = self.reader.safe_horizon(self.client).await?;
-        if safe <= self.offset {
+        if safe <= self.read_pos {
+            // Idle: make sure what is in flight is confirmed and committed.
+            self.flush_and_commit().await?;
             return Ok(false);
         }
         let started = Instant::now();
         let (rows, upto) = match self.prefetched.take() {
-            Some(p) if p.after == self.offset => (p.rows, p.upto),
-            _ => (self.reader.fetch(self.client, self.offset, safe, self.spec.batch_size).await?, safe),
+            Some(p) if p.after == self.read_pos => (p.rows, p.upto),
+            _ => (self.reader.fetch(self.client, self.read_pos, safe, self.spec.batch_size).await?, safe),
         };
         let full = rows.len() as i64 == self.spec.batch_size;
         // A short batch covers everything up to its horizon (ids in between were rolled back).
-        let new_offset = match rows.last() {
+        let new_pos = match rows.last() {
             Some(last) if full => last.id,
             _ => upto,
         };
         let had_rows = !rows.is_empty();
         if full {
             // Read the next batch while this one is published, so PostgreSQL and the relay work
-            // at the same time. The rows are only used if this batch commits as planned.
+            // at the same time. The rows are only used if this batch goes through as planned.
             let (client, sql, limit) = (self.client, self.reader.fetch_statement(), self.spec.batch_size);
-            let next = async move { fetch_rows(client, &sql, new_offset, safe, limit).await };
+            let next = async move { fetch_rows(client, &sql, new_pos, safe, limit).await };
             let (relayed, next) = tokio::join!(self.relay_rows(rows), next);
             relayed?;
             if let Ok(rows) = next {
-                self.prefetched = Some(Prefetched { after: new_offset, upto: safe, rows });
+                self.prefetched = Some(Prefetched { after: new_pos, upto: safe, rows });
             }
         } else {
             self.relay_rows(rows).await?;
         }
-        self.commit(new_offset).await?;
+        self.marks.push_back((self.publish_calls, new_pos));
+        self.read_pos = new_pos;
+        self.commit_confirmed().await?;
         if had_rows {
             self.ctx.metrics.batch_duration.with_label_values(&self.labels()).observe(started.elapsed().as_secs_f64());
         }
@@ -235,6 +300,37 @@ impl ForwardRunner<'_> {
             self.refresh_lag().await?;
         }
         Ok(had_rows)
+    }
+
+    /// Commits the highest offset whose batches the sink has fully confirmed.
+    async fn commit_confirmed(&mut self) -> Result<(), Stop> {
+        let mut to = None;
+        while let Some(&(calls, offset)) = self.marks.front() {
+            if calls > self.confirmed_calls {
+                break;
+            }
+            to = Some(offset);
+            self.marks.pop_front();
+        }
+        match to {
+            Some(offset) => self.commit(offset).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for everything in flight, then commits it.
+    async fn flush_and_commit(&mut self) -> Result<(), Stop> {
+        if self.marks.is_empty() {
+            return Ok(());
+        }
+        match self.sink.flush().await {
+            Ok(done) => {
+                self.confirmed(done);
+                self.confirmed_calls = self.publish_calls;
+                self.commit_confirmed().await
+            }
+            Err(e) => Err(Stop::Rewind(e)),
+        }
     }
 
     async fn relay_rows(&mut self, rows: Vec<HeaderRow>) -> Result<(), Stop> {
@@ -367,58 +463,39 @@ impl ForwardRunner<'_> {
         }
     }
 
-    /// Publishes until the sink confirms; never gives up on the data while the pipeline runs.
+    /// Hands messages to the sink. A failure rewinds the runner (see [`Self::sink_failed`]).
     async fn publish(&mut self, msgs: &[RelayMessage]) -> Result<(), Stop> {
         if msgs.is_empty() {
             return Ok(());
         }
         self.ctx.metrics.messages_consumed.with_label_values(&self.labels()).inc_by(msgs.len() as u64);
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match self.sink.publish(msgs).await {
-                Ok(published) => {
-                    if published.duplicates > 0 {
-                        self.ctx
-                            .metrics
-                            .dedup_skipped
-                            .with_label_values(&[&self.spec.name])
-                            .inc_by(published.duplicates);
-                    }
-                    self.ctx.metrics.messages_published.with_label_values(&self.labels()).inc_by(msgs.len() as u64);
-                    self.st.messages_total += msgs.len() as i64;
-                    self.unreported_messages += msgs.len() as i64;
-                    if self.st.state != PipelineState::Running {
-                        tracing::info!(pipeline = %self.spec.name, "sink recovered");
-                        self.st.state = PipelineState::Running;
-                        self.st.last_error = None;
-                        self.flush_status().await;
-                    }
-                    return Ok(());
-                }
-                Err(e) => {
-                    let [p, d] = self.labels();
-                    self.ctx.metrics.publish_errors.with_label_values(&[p, d, e.kind()]).inc();
-                    self.st.errors_total += 1;
-                    self.unreported_errors += 1;
-                    let wait = if e.is_retryable() {
-                        let w = jitter(delay);
-                        delay = (delay * 2).min(MAX_BACKOFF);
-                        w
-                    } else {
-                        PERMANENT_RETRY
-                    };
-                    tracing::warn!(pipeline = %self.spec.name, error = %e, retry_in_ms = wait.as_millis() as u64, "publish failed; nothing is committed until it succeeds");
-                    self.st.state = if e.is_retryable() { PipelineState::Degraded } else { PipelineState::Failed };
-                    self.st.last_error = Some(e.to_string());
+        let call = self.publish_calls;
+        match self.sink.publish(msgs).await {
+            Ok(done) => {
+                self.publish_calls += 1;
+                // A pipelined sink confirmed the earlier calls; any other, this one too.
+                self.confirmed_calls = if self.sink.pipelined() { call } else { call + 1 };
+                self.confirmed(done);
+                if self.st.state != PipelineState::Running {
+                    tracing::info!(pipeline = %self.spec.name, "sink recovered");
+                    self.st.state = PipelineState::Running;
+                    self.st.last_error = None;
                     self.flush_status().await;
-                    tokio::select! {
-                        _ = self.link.cancel.cancelled() => return Err(Stop::Cancelled),
-                        _ = self.conn.closed.cancelled() => return Err(Stop::Db(CONNECTION_CLOSED.to_owned())),
-                        _ = tokio::time::sleep(wait) => {}
-                    }
                 }
+                self.delay = Duration::from_millis(100);
+                Ok(())
             }
+            Err(e) => Err(Stop::Rewind(e)),
         }
+    }
+
+    fn confirmed(&mut self, done: crate::sink::Published) {
+        if done.duplicates > 0 {
+            self.ctx.metrics.dedup_skipped.with_label_values(&[&self.spec.name]).inc_by(done.duplicates);
+        }
+        self.ctx.metrics.messages_published.with_label_values(&self.labels()).inc_by(done.confirmed);
+        self.st.messages_total += done.confirmed as i64;
+        self.unreported_messages += done.confirmed as i64;
     }
 
     /// Keeps an undecodable outbox row in `relay_dead_letters` (once) and moves on.

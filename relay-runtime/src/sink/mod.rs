@@ -46,8 +46,24 @@ pub trait Sink: Send {
     /// The backend name used in logs, metrics and status (`stdout`, `file`, `nats`, …).
     fn name(&self) -> &'static str;
 
-    /// Publishes a batch; `Ok` means the target confirmed every message.
+    /// Publishes a batch. `Ok` means the target confirmed every message of it — or, for a
+    /// [pipelined](Sink::pipelined) sink, that it was sent and every message of *earlier* calls
+    /// was confirmed. After an error nothing unconfirmed may be assumed delivered.
     fn publish<'a>(&'a mut self, batch: &'a [RelayMessage]) -> BoxFuture<'a, Result<Published, SinkError>>;
+
+    /// Whether `publish` may return before its own messages are confirmed. The runner then
+    /// commits a batch once a later `publish` or a [`flush`](Sink::flush) succeeded.
+    fn pipelined(&self) -> bool {
+        false
+    }
+
+    /// Waits until every message sent so far is confirmed.
+    fn flush(&mut self) -> BoxFuture<'_, Result<Published, SinkError>> {
+        Box::pin(async { Ok(Published::default()) })
+    }
+
+    /// Forgets unconfirmed sends after an error; the runner sends them again.
+    fn reset(&mut self) {}
 
     /// Flushes and releases the target.
     fn close(&mut self) -> BoxFuture<'_, Result<(), SinkError>>;
@@ -56,6 +72,8 @@ pub trait Sink: Send {
 /// What the target reported for a confirmed batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Published {
+    /// Messages newly confirmed by this call.
+    pub confirmed: u64,
     /// Messages the target recognised as already delivered (JetStream duplicate window, inbox
     /// `ON CONFLICT`) and did not store again.
     pub duplicates: u64,

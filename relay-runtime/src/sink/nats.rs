@@ -6,6 +6,7 @@
 //! `Nats-Msg-Id` = its dedup key, so a batch published again after a crash or a retry is
 //! dropped by JetStream's duplicate window instead of being stored twice.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -23,11 +24,18 @@ use crate::message::RelayMessage;
 
 const BACKEND: &str = "nats";
 
+type AckResult = Result<async_nats::jetstream::publish::PublishAck, SinkError>;
+
 pub struct NatsSink {
     client: async_nats::Client,
     js: jetstream::Context,
     window: usize,
-    body: Vec<u8>,
+    /// Outstanding acknowledgements, in publish order, across `publish` calls: the next batch
+    /// is sent while the previous one is still being acknowledged.
+    acks: FuturesOrdered<BoxFuture<'static, AckResult>>,
+    /// The `publish` call each outstanding ack belongs to (same order as `acks`).
+    ack_calls: VecDeque<u64>,
+    calls: u64,
 }
 
 pub async fn build(
@@ -83,7 +91,7 @@ pub async fn build(
     if let Some(name) = o.str(&["stream"])? {
         ensure_stream(&js, &o, name, ctx).await?;
     }
-    Ok(Box::new(NatsSink { client, js, window, body: Vec::with_capacity(1024) }))
+    Ok(Box::new(NatsSink { client, js, window, acks: FuturesOrdered::new(), ack_calls: VecDeque::new(), calls: 0 }))
 }
 
 /// Checks that the configured stream exists, or creates it when `create_stream` is true.
@@ -157,6 +165,17 @@ fn classify(e: &async_nats::jetstream::context::PublishError, subject: &str) -> 
 }
 
 impl NatsSink {
+    /// Waits for the oldest outstanding acknowledgement.
+    async fn next_ack(&mut self, done: &mut Published) -> Result<(), SinkError> {
+        if let Some(r) = self.acks.next().await {
+            self.ack_calls.pop_front();
+            let ack = r?;
+            done.confirmed += 1;
+            done.duplicates += u64::from(ack.duplicate);
+        }
+        Ok(())
+    }
+
     fn headers(m: &RelayMessage) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(async_nats::header::NATS_MESSAGE_ID, m.dedup_key.as_str());
@@ -179,36 +198,51 @@ impl Sink for NatsSink {
 
     fn publish<'a>(&'a mut self, batch: &'a [RelayMessage]) -> BoxFuture<'a, Result<Published, SinkError>> {
         Box::pin(async move {
-            let mut acks = FuturesOrdered::new();
-            let mut duplicates = 0u64;
+            let call = self.calls;
+            self.calls += 1;
+            let mut done = Published::default();
             for m in batch {
-                self.body.clear();
-                serde_json::to_writer(&mut self.body, m).map_err(|e| SinkError::Permanent {
+                let body = serde_json::to_vec(m).map_err(|e| SinkError::Permanent {
                     backend: BACKEND,
                     message: format!("cannot encode message: {e}"),
                 })?;
                 let ack = self
                     .js
-                    .publish_with_headers(
-                        m.subject.clone(),
-                        Self::headers(m),
-                        bytes::Bytes::copy_from_slice(&self.body),
-                    )
+                    .publish_with_headers(m.subject.clone(), Self::headers(m), body.into())
                     .await
                     .map_err(|e| classify(&e, &m.subject))?;
-                let subject = &m.subject;
-                acks.push_back(async move { ack.await.map_err(|e| classify(&e, subject)) });
-                while acks.len() >= self.window {
-                    if let Some(r) = acks.next().await {
-                        duplicates += u64::from(r?.duplicate);
-                    }
+                let subject = m.subject.clone();
+                self.acks.push_back(Box::pin(async move { ack.await.map_err(|e| classify(&e, &subject)) }));
+                self.ack_calls.push_back(call);
+                while self.acks.len() >= self.window {
+                    self.next_ack(&mut done).await?;
                 }
             }
-            while let Some(r) = acks.next().await {
-                duplicates += u64::from(r?.duplicate);
+            // Everything sent by earlier calls must be confirmed before this call returns.
+            while self.ack_calls.front().is_some_and(|c| *c < call) {
+                self.next_ack(&mut done).await?;
             }
-            Ok(Published { duplicates })
+            Ok(done)
         })
+    }
+
+    fn pipelined(&self) -> bool {
+        true
+    }
+
+    fn flush(&mut self) -> BoxFuture<'_, Result<Published, SinkError>> {
+        Box::pin(async move {
+            let mut done = Published::default();
+            while !self.ack_calls.is_empty() {
+                self.next_ack(&mut done).await?;
+            }
+            Ok(done)
+        })
+    }
+
+    fn reset(&mut self) {
+        self.acks = FuturesOrdered::new();
+        self.ack_calls.clear();
     }
 
     fn close(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {

@@ -191,7 +191,7 @@ impl Sink for PgInboxSink {
                 .await
                 .map_err(|e| classify(&e))?
                 .get(0);
-            Ok(Published { duplicates: (n as u64).saturating_sub(inserted as u64) })
+            Ok(Published { confirmed: n as u64, duplicates: (n as u64).saturating_sub(inserted as u64) })
         })
     }
 

@@ -141,7 +141,7 @@ impl Sink for StdoutSink {
                     file.sync_data().await.map_err(ctx)?;
                 }
             }
-            Ok(Published::default())
+            Ok(Published { confirmed: batch.len() as u64, duplicates: 0 })
         })
     }
 

@@ -235,7 +235,7 @@ impl Sink for WebhookSink {
             while let Some(r) = pending.next().await {
                 r?;
             }
-            Ok(Published::default())
+            Ok(Published { confirmed: batch.len() as u64, duplicates: 0 })
         })
     }
 
