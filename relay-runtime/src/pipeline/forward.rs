@@ -111,6 +111,7 @@ pub async fn run(
         publish_calls: 0,
         confirmed_calls: 0,
         delay: Duration::from_millis(100),
+        last_health: Instant::now(),
         unreported_messages: 0,
         unreported_errors: 0,
         last_status: Instant::now(),
@@ -188,6 +189,7 @@ struct ForwardRunner<'a> {
     confirmed_calls: u64,
     /// Backoff for consecutive sink failures.
     delay: Duration,
+    last_health: Instant,
     labels: [String; 2],
     unreported_messages: i64,
     unreported_errors: i64,
@@ -208,6 +210,7 @@ impl ForwardRunner<'_> {
             match self.step().await {
                 Ok(true) => {}
                 Ok(false) => {
+                    self.check_sink_health().await;
                     if let Err(e) = self.refresh_lag().await {
                         return e;
                     }
@@ -225,6 +228,30 @@ impl ForwardRunner<'_> {
                 }
                 Err(stop) => return stop,
             }
+        }
+    }
+
+    /// While idle, at most once per status period: report an unreachable target as `degraded`
+    /// (and its recovery) without waiting for the next message.
+    async fn check_sink_health(&mut self) {
+        if self.last_health.elapsed() < STATUS_EVERY {
+            return;
+        }
+        self.last_health = Instant::now();
+        match self.sink.health().await {
+            Ok(()) if self.st.state == PipelineState::Degraded && self.marks.is_empty() => {
+                tracing::info!(pipeline = %self.spec.name, "sink reachable again");
+                self.st.state = PipelineState::Running;
+                self.st.last_error = None;
+                self.flush_status().await;
+            }
+            Err(e) if self.st.state == PipelineState::Running => {
+                tracing::warn!(pipeline = %self.spec.name, error = %e, "sink unhealthy while idle");
+                self.st.state = PipelineState::Degraded;
+                self.st.last_error = Some(e.to_string());
+                self.flush_status().await;
+            }
+            _ => {}
         }
     }
 

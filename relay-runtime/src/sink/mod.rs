@@ -65,6 +65,12 @@ pub trait Sink: Send {
     /// Forgets unconfirmed sends after an error; the runner sends them again.
     fn reset(&mut self) {}
 
+    /// Checks the target while the pipeline is idle, so that an outage shows as `degraded`
+    /// before the next message needs it.
+    fn health(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// Flushes and releases the target.
     fn close(&mut self) -> BoxFuture<'_, Result<(), SinkError>>;
 }

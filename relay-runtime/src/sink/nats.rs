@@ -245,6 +245,17 @@ impl Sink for NatsSink {
         self.ack_calls.clear();
     }
 
+    fn health(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async move {
+            match self.client.connection_state() {
+                async_nats::connection::State::Connected => Ok(()),
+                state => {
+                    Err(SinkError::Retryable { backend: BACKEND, message: format!("not connected to NATS ({state})") })
+                }
+            }
+        })
+    }
+
     fn close(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async move {
             self.client

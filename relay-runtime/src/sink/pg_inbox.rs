@@ -195,6 +195,25 @@ impl Sink for PgInboxSink {
         })
     }
 
+    fn health(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async move {
+            match &self.conn {
+                Some(c) if !c.closed.is_cancelled() => {
+                    c.client.simple_query("SELECT 1").await.map(|_| ()).map_err(|e| classify(&e))
+                }
+                // Reconnected lazily by the next publish; say so meanwhile.
+                _ => {
+                    catalog::connect(&self.url, &self.app_name, None).await.map(|c| self.conn = Some(c)).map_err(|e| {
+                        SinkError::Retryable {
+                            backend: BACKEND,
+                            message: format!("cannot connect to {}: {}", redact_url(&self.url), error_text(&e)),
+                        }
+                    })
+                }
+            }
+        })
+    }
+
     fn close(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async move {
             self.conn = None;
