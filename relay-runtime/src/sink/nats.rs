@@ -202,7 +202,8 @@ impl Sink for NatsSink {
             self.calls += 1;
             let mut done = Published::default();
             for m in batch {
-                let body = serde_json::to_vec(m).map_err(|e| SinkError::Permanent {
+                let mut body = Vec::with_capacity(384);
+                serde_json::to_writer(&mut body, m).map_err(|e| SinkError::Permanent {
                     backend: BACKEND,
                     message: format!("cannot encode message: {e}"),
                 })?;
@@ -211,8 +212,12 @@ impl Sink for NatsSink {
                     .publish_with_headers(m.subject.clone(), Self::headers(m), body.into())
                     .await
                     .map_err(|e| classify(&e, &m.subject))?;
-                let subject = m.subject.clone();
-                self.acks.push_back(Box::pin(async move { ack.await.map_err(|e| classify(&e, &subject)) }));
+                self.acks.push_back(Box::pin(async move {
+                    ack.await.map_err(|e| SinkError::Retryable {
+                        backend: BACKEND,
+                        message: format!("JetStream did not acknowledge a message: {e}"),
+                    })
+                }));
                 self.ack_calls.push_back(call);
                 while self.acks.len() >= self.window {
                     self.next_ack(&mut done).await?;
