@@ -88,10 +88,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 async fn bench_nats(rows: i64, repeats: usize) {
     let nats = NatsServer::start();
-    let db = TestDb::new().await;
-    let c = db.client().await;
-    assert!(run_cli(&db.url, &["migrate"]).0.success());
-    let outbox = enable_outbox(&c, "bench", None).await;
+    let (db, c, outbox) = db_with_outbox("bench").await;
     let last = fill_outbox(&c, &outbox, rows).await;
     let js = nats.jetstream().await;
     let (mut relay_rates, mut ceiling_rates) = (Vec::new(), Vec::new());
@@ -168,10 +165,7 @@ async fn bench_nats_latency(nats: &NatsServer, msgs_per_sec: f64) {
     const SECONDS: u64 = 5;
     const PER_ROW: i64 = 10;
     nats.create_stream("lat", &["lat.>"]).await;
-    let db = TestDb::new().await;
-    let c = db.client().await;
-    assert!(run_cli(&db.url, &["migrate"]).0.success());
-    let outbox = enable_outbox(&c, "lat", None).await;
+    let (db, c, outbox) = db_with_outbox("lat").await;
     c.execute(
         "SELECT pgtrickle.set_relay_outbox('lat', config => $1::jsonb)",
         &[&json!({"stream_table": "lat", "sink_type": "nats", "nats_url": nats.url(), "subject_template": "lat.{op}"})],

@@ -76,10 +76,7 @@ impl Target {
 }
 
 async fn run_conformance(target: Target) {
-    let db = TestDb::new().await;
-    let c = db.client().await;
-    assert!(run_cli(&db.url, &["migrate"]).0.success());
-    let outbox = enable_outbox(&c, "conf", None).await;
+    let (db, c, outbox) = db_with_outbox("conf").await;
     let mut config = target.sink_config();
     config["stream_table"] = json!("conf");
     config["key_columns"] = json!(["id"]);

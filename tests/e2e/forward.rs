@@ -149,10 +149,7 @@ async fn seed_sql_pipeline_relays_every_payload_form_in_order_exactly_once_acros
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn positional_form_with_file_sink_appends_fsynced_jsonl() {
-    let db = TestDb::new().await;
-    let c = db.client().await;
-    assert!(run_cli(&db.url, &["migrate"]).0.success());
-    let outbox = enable_outbox(&c, "big_orders", None).await;
+    let (db, c, outbox) = db_with_outbox("big_orders").await;
     let path = temp_path("sink.jsonl");
     std::fs::write(&path, "").unwrap();
     // pg_trickle 0.45's positional form, exactly as its function signature has it.
@@ -192,10 +189,7 @@ async fn positional_form_with_file_sink_appends_fsynced_jsonl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_resumes_from_committed_offset_without_loss() {
-    let db = TestDb::new().await;
-    let c = db.client().await;
-    assert!(run_cli(&db.url, &["migrate"]).0.success());
-    let outbox = enable_outbox(&c, "kills", None).await;
+    let (db, c, outbox) = db_with_outbox("kills").await;
     let path = temp_path("kills.jsonl");
     c.execute(
         "SELECT pgtrickle.set_relay_outbox('kills', config => $1::jsonb)",

@@ -8,10 +8,7 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disable_enable_change_delete_apply_within_a_second() {
-    let db = TestDb::new().await;
-    let c = db.client().await;
-    assert!(run_cli(&db.url, &["migrate"]).0.success());
-    let outbox = enable_outbox(&c, "reload", None).await;
+    let (db, c, outbox) = db_with_outbox("reload").await;
     c.batch_execute(
         r#"SELECT pgtrickle.set_relay_outbox('reload', config => '{"stream_table": "reload", "sink_type": "stdout"}'::jsonb);
            SELECT pgtrickle.enable_relay('reload');"#,

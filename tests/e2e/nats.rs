@@ -12,10 +12,7 @@ use serde_json::json;
 async fn seed_nats_example_publishes_every_row_once_even_after_redelivery() {
     let nats = NatsServer::start();
     nats.create_stream("pgtrickle", &["pgtrickle.>"]).await;
-    let db = TestDb::new().await;
-    let c = db.client().await;
-    assert!(run_cli(&db.url, &["migrate"]).0.success());
-    let outbox = enable_outbox(&c, "orders_stream", None).await;
+    let (db, c, outbox) = db_with_outbox("orders_stream").await;
     // The seed README's SQL, pointed at this test's server.
     c.batch_execute(&format!(
         r#"SELECT pgtrickle.set_relay_outbox(
@@ -80,10 +77,7 @@ async fn seed_nats_example_publishes_every_row_once_even_after_redelivery() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_stream_is_a_clear_error_and_create_stream_fixes_it() {
     let nats = NatsServer::start();
-    let db = TestDb::new().await;
-    let c = db.client().await;
-    assert!(run_cli(&db.url, &["migrate"]).0.success());
-    let outbox = enable_outbox(&c, "orders", None).await;
+    let (db, c, outbox) = db_with_outbox("orders").await;
     let config = |create: bool| {
         json!({"stream_table": "orders", "sink_type": "nats", "nats_url": nats.url(), "nats_stream": "relay_orders",
                "subject_template": "relay.{stream_table}.{op}", "create_stream": create})
@@ -111,10 +105,7 @@ async fn missing_stream_is_a_clear_error_and_create_stream_fixes_it() {
 async fn broker_outage_degrades_then_resumes_without_loss_or_duplicates() {
     let mut nats = NatsServer::start();
     nats.create_stream("events", &["ev.>"]).await;
-    let db = TestDb::new().await;
-    let c = db.client().await;
-    assert!(run_cli(&db.url, &["migrate"]).0.success());
-    let outbox = enable_outbox(&c, "ev", None).await;
+    let (db, c, outbox) = db_with_outbox("ev").await;
     c.execute(
         "SELECT pgtrickle.set_relay_outbox('ev', config => $1::jsonb)",
         &[&json!({"stream_table": "ev", "sink_type": "nats", "nats_url": nats.url(), "subject_template": "ev.{op}", "ack_timeout_ms": 1000})],
@@ -162,10 +153,7 @@ async fn broker_outage_degrades_then_resumes_without_loss_or_duplicates() {
 async fn sigkill_between_publish_and_commit_leaves_one_copy_in_jetstream_and_the_inbox() {
     let nats = NatsServer::start();
     nats.create_stream("kill", &["kill.>"]).await;
-    let db = TestDb::new().await;
-    let c = db.client().await;
-    assert!(run_cli(&db.url, &["migrate"]).0.success());
-    let outbox = enable_outbox(&c, "kill", None).await;
+    let (db, c, outbox) = db_with_outbox("kill").await;
     c.execute(
         "SELECT pgtrickle.set_relay_outbox('kill-nats', config => $1::jsonb)",
         &[&json!({"stream_table": "kill", "sink_type": "nats", "nats_url": nats.url(), "subject_template": "kill.{op}", "batch_size": 20})],
@@ -211,4 +199,55 @@ async fn sigkill_between_publish_and_commit_leaves_one_copy_in_jetstream_and_the
     assert_eq!(stored().await, total as u64, "exactly one copy of each message in JetStream");
     let inbox: i64 = c.query_one("SELECT count(*) FROM pgtrickle.kill_inbox", &[]).await.unwrap().get(0);
     assert_eq!(inbox, total, "exactly one row per message in the inbox");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_from_a_secret_reference_authenticate_and_never_leak() {
+    const PASSWORD: &str = "pw-from-env-9f3c";
+    let nats = NatsServer::start_with(&["--user", "relay", "--pass", PASSWORD]);
+    let client = async_nats::ConnectOptions::with_user_and_password("relay".into(), PASSWORD.into())
+        .connect(nats.url())
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "auth".into(),
+        subjects: vec!["auth.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // The relay process inherits this variable; the catalog only holds the reference.
+    std::env::set_var("PGT_E2E_NATS_PASSWORD", PASSWORD);
+    let (db, c, outbox) = db_with_outbox("auth").await;
+    let config = |name: &str, password: &str| {
+        json!({"stream_table": "auth", "sink_type": "nats", "nats_url": nats.url(), "nats_user": "relay",
+               "nats_password": password, "subject_template": format!("auth.{name}.{{op}}")})
+    };
+    c.execute(
+        "SELECT pgtrickle.set_relay_outbox('good', config => $1::jsonb)",
+        &[&config("good", "${env:PGT_E2E_NATS_PASSWORD}")],
+    )
+    .await
+    .unwrap();
+    c.execute("SELECT pgtrickle.set_relay_outbox('bad', config => $1::jsonb)", &[&config("bad", "wrong-password")])
+        .await
+        .unwrap();
+    let relay = Relay::start(&db.url, "default", &[]);
+    write_inline(&c, &outbox, Some(json!([{"id": 1}]))).await;
+    eventually(Duration::from_secs(10), "the authenticated pipeline delivered", || async {
+        let s = js.get_stream("auth").await.ok()?;
+        (s.get_info().await.ok()?.state.messages == 1).then_some(())
+    })
+    .await;
+    let err = eventually(Duration::from_secs(10), "the bad password reported", || async {
+        let h = relay.health();
+        let p = h["pipelines"].as_array().unwrap().iter().find(|p| p["name"] == "bad").cloned()?;
+        (p["state"] == "degraded").then(|| p["last_error"].as_str().unwrap().to_owned())
+    })
+    .await;
+    assert!(err.contains("cannot connect"), "{err}");
+    let (_, shown, _) = run_cli(&db.url, &["pipelines", "show", "bad"]);
+    let everything = format!("{}{}{}{}", relay.get("/health").1, relay.get("/metrics").1, relay.full_stderr(), shown);
+    assert!(!everything.contains(PASSWORD) && !everything.contains("wrong-password"), "a secret leaked");
 }

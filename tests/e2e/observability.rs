@@ -9,10 +9,7 @@ use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_pipelines_are_reported_alone_and_healthy_ones_keep_running() {
-    let db = TestDb::new().await;
-    let c = db.client().await;
-    assert!(run_cli(&db.url, &["migrate"]).0.success());
-    let outbox = enable_outbox(&c, "good", None).await;
+    let (db, c, outbox) = db_with_outbox("good").await;
     c.batch_execute(
         r#"SELECT pgtrickle.set_relay_outbox('good', config => '{"stream_table": "good", "sink_type": "stdout"}'::jsonb);
            SELECT pgtrickle.set_relay_outbox('bad-sink', config => '{"stream_table": "good", "sink_type": "carrier-pigeon"}'::jsonb);

@@ -13,10 +13,7 @@ const TX_PER_WRITER: usize = 15;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn out_of_order_commits_from_many_writers_lose_nothing() {
-    let db = TestDb::new().await;
-    let c = db.client().await;
-    assert!(run_cli(&db.url, &["migrate"]).0.success());
-    let outbox = enable_outbox(&c, "torture", None).await;
+    let (db, c, outbox) = db_with_outbox("torture").await;
     let path = temp_path("torture.jsonl");
     c.execute(
         "SELECT pgtrickle.set_relay_outbox('torture', config => $1::jsonb)",

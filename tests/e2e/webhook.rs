@@ -12,10 +12,7 @@ use sha2::Sha256;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_message_mode_signs_retries_and_reuses_connections() {
     let server = WebhookServer::start().await;
-    let db = TestDb::new().await;
-    let c = db.client().await;
-    assert!(run_cli(&db.url, &["migrate"]).0.success());
-    let outbox = enable_outbox(&c, "orders", None).await;
+    let (db, c, outbox) = db_with_outbox("orders").await;
     c.execute(
         "SELECT pgtrickle.set_relay_outbox('hook', config => $1::jsonb)",
         &[&json!({"stream_table": "orders", "sink_type": "http", "webhook_url": server.url("/events"), "method": "PUT",
@@ -71,10 +68,7 @@ async fn per_message_mode_signs_retries_and_reuses_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_errors_are_permanent_and_nothing_is_skipped() {
     let server = WebhookServer::start().await;
-    let db = TestDb::new().await;
-    let c = db.client().await;
-    assert!(run_cli(&db.url, &["migrate"]).0.success());
-    let outbox = enable_outbox(&c, "orders", None).await;
+    let (db, c, outbox) = db_with_outbox("orders").await;
     c.execute(
         "SELECT pgtrickle.set_relay_outbox('hook', config => $1::jsonb)",
         &[&json!({"stream_table": "orders", "sink_type": "webhook", "webhook_url": server.url("/x")})],

@@ -145,6 +145,17 @@ pub async fn enable_outbox(client: &Client, stream_table: &str, outbox_name: Opt
     outbox
 }
 
+/// A fresh database with the relay catalog installed (by the binary's `migrate`) and a
+/// pg_trickle 0.45 outbox for `stream_table`: the starting point of most tests.
+pub async fn db_with_outbox(stream_table: &str) -> (TestDb, Client, String) {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let (status, _, err) = run_cli(&db.url, &["migrate"]);
+    assert!(status.success(), "migrate failed: {err}");
+    let outbox = enable_outbox(&c, stream_table, None).await;
+    (db, c, outbox)
+}
+
 /// Writes one inline outbox row as a refresh would (with its NOTIFY); returns its id.
 pub async fn write_inline(client: &Client, outbox: &str, payload: Option<Value>) -> i64 {
     let id: i64 = client

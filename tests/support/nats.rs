@@ -26,12 +26,19 @@ pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
     pub store: PathBuf,
+    /// Extra server flags (e.g. `--user`/`--pass`).
+    args: Vec<String>,
 }
 
 impl NatsServer {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(args: &[&str]) -> Self {
         let store = std::env::temp_dir().join(format!("pgtrickle-relay-nats-{}-{}", std::process::id(), free_port()));
-        let mut s = Self { child: None, port: free_port(), store };
+        let args = args.iter().map(|a| a.to_string()).collect();
+        let mut s = Self { child: None, port: free_port(), store, args };
         s.restart();
         s
     }
@@ -45,6 +52,7 @@ impl NatsServer {
         let child = Command::new(nats_server_bin())
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
             .arg(&self.store)
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
