@@ -6,6 +6,8 @@
 //! skipping — and only after the sink confirmed everything commit the new offset on the lock
 //! connection. Undecodable rows go to the dead-letter table, never silently dropped.
 
+mod claim_check;
+
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -407,86 +409,6 @@ impl ForwardRunner<'_> {
             subject: &self.spec.subject_template,
             key_columns: &self.spec.key_columns,
             keep_internal_columns: self.spec.keep_internal_columns,
-        }
-    }
-
-    /// Streams one outbox row's claim-check rows in pages, inside one read-only transaction
-    /// (contract §4.9: the upstream relay declared its cursor outside a transaction).
-    async fn relay_claim_check(
-        &mut self,
-        outbox_id: i64,
-        full_refresh: bool,
-        refresh_id: Option<&str>,
-    ) -> Result<(), Stop> {
-        let Some(sql) = self.reader.claim_check_sql() else {
-            let t = self.reader.table();
-            let err = format!(
-                "claim-check outbox row but no delta table found (expected {}.outbox_delta_rows_{})",
-                t.schema, t.stream_table
-            );
-            let row = HeaderRow {
-                id: outbox_id,
-                payload: None,
-                is_claim_check: true,
-                refresh_id: refresh_id.map(str::to_owned),
-            };
-            return self.dead_letter(&row, &err).await;
-        };
-        let sql = sql.replace("$1", &outbox_id.to_string());
-        self.client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
-        let result = self.page_claim_check(&sql, outbox_id, full_refresh, refresh_id).await;
-        match result {
-            Ok(()) => {
-                self.client.batch_execute("CLOSE pgt_relay_claim_check; COMMIT").await?;
-                Ok(())
-            }
-            Err(e) => {
-                let _ = self.client.batch_execute("ROLLBACK").await;
-                Err(e)
-            }
-        }
-    }
-
-    async fn page_claim_check(
-        &mut self,
-        sql: &str,
-        outbox_id: i64,
-        full_refresh: bool,
-        refresh_id: Option<&str>,
-    ) -> Result<(), Stop> {
-        self.client.batch_execute(&format!("DECLARE pgt_relay_claim_check NO SCROLL CURSOR FOR {sql}")).await?;
-        let fetch = format!("FETCH {} FROM pgt_relay_claim_check", self.spec.claim_check_page_size);
-        let mut index = 0usize;
-        loop {
-            let rows = self.client.query(&fetch, &[]).await?;
-            let n = rows.len();
-            let mut inserted = Vec::new();
-            let mut deleted = Vec::new();
-            for r in &rows {
-                let is_delete: bool = r.get(0);
-                let data: serde_json::Value = r.get(1);
-                if is_delete {
-                    deleted.push(data);
-                } else {
-                    inserted.push(data);
-                }
-            }
-            let mut msgs = Vec::with_capacity(n);
-            let delta = Delta {
-                outbox_id,
-                inserted,
-                deleted,
-                full_refresh,
-                refresh_id,
-                first_index: index,
-                first_deleted_index: None,
-            };
-            build_messages(&self.message_context(), delta, &mut msgs);
-            self.publish(&msgs).await?;
-            index += n;
-            if (n as i64) < self.spec.claim_check_page_size {
-                return Ok(());
-            }
         }
     }
 
