@@ -101,6 +101,9 @@ pub enum PipelinesCommand {
     Disable { name: String },
     /// Delete a pipeline (pgtrickle.delete_relay)
     Delete { name: String },
+    /// Forget a diff-mode pipeline's kept state: its next snapshot is relayed as a first one
+    #[command(name = "reset-state")]
+    ResetState { name: String },
 }
 
 /// `5s`, `500ms`, `2m`, or a bare number of seconds.
@@ -399,6 +402,19 @@ async fn pipelines_cmd(url: &str, group: &str, cmd: PipelinesCommand) -> anyhow:
         PipelinesCommand::Disable { name } => {
             pipelines::set_state(&conn.client, &name, pipelines::PipelineAction::Disable).await?;
             println!("pipeline '{name}' disabled");
+        }
+        PipelinesCommand::ResetState { name } => {
+            let rows = conn
+                .client
+                .execute(
+                    "WITH b AS (DELETE FROM pgtrickle.relay_snapshot_baseline WHERE relay_group_id = $1 AND pipeline = $2)
+                     DELETE FROM pgtrickle.relay_snapshot_state WHERE relay_group_id = $1 AND pipeline = $2",
+                    &[&group, &name],
+                )
+                .await?;
+            println!(
+                "pipeline '{name}' (relay group '{group}'): forgot {rows} kept row(s); its next snapshot is relayed as a first one"
+            );
         }
         PipelinesCommand::Delete { name } => {
             pipelines::set_state(&conn.client, &name, pipelines::PipelineAction::Delete).await?;

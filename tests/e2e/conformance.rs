@@ -81,6 +81,8 @@ async fn run_conformance(target: Target) {
     config["stream_table"] = json!("conf");
     config["key_columns"] = json!(["id"]);
     config["batch_size"] = json!(3);
+    // Transport conformance: every snapshot row is a message (diff mode has its own tests).
+    config["delta_mode"] = json!("snapshot");
     c.execute("SELECT pgtrickle.set_relay_outbox('conf', config => $1::jsonb)", &[&config]).await.unwrap();
 
     // 12 outbox rows in every inline form; expected keys in outbox order.

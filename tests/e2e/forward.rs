@@ -35,7 +35,8 @@ async fn seed_sql_pipeline_relays_every_payload_form_in_order_exactly_once_acros
                 "sink_type": "stdout",
                 "subject_template": "pgtrickle.{stream_table}.{op}",
                 "key_columns": ["id"],
-                "claim_check_page_size": 2
+                "claim_check_page_size": 2,
+                "delta_mode": "snapshot"
             }'::jsonb
         );
         SELECT pgtrickle.enable_relay('orders-to-stdout');"#,
@@ -155,7 +156,7 @@ async fn positional_form_with_file_sink_appends_fsynced_jsonl() {
     // pg_trickle 0.45's positional form, exactly as its function signature has it.
     c.execute(
         "SELECT pgtrickle.set_relay_outbox('big-orders-file', 'outbox_big_orders', 'g1', $1::jsonb)",
-        &[&json!({"type": "file", "path": path.to_str().unwrap(), "subject_template": "{outbox_table}/{outbox_id}/{op}"})],
+        &[&json!({"type": "file", "path": path.to_str().unwrap(), "subject_template": "{outbox_table}/{outbox_id}/{op}", "delta_mode": "snapshot"})],
     )
     .await
     .unwrap();
@@ -193,7 +194,7 @@ async fn sigkill_mid_stream_resumes_from_committed_offset_without_loss() {
     let path = temp_path("kills.jsonl");
     c.execute(
         "SELECT pgtrickle.set_relay_outbox('kills', config => $1::jsonb)",
-        &[&json!({"stream_table": "kills", "sink_type": "file", "path": path.to_str().unwrap(), "batch_size": 5})],
+        &[&json!({"stream_table": "kills", "sink_type": "file", "path": path.to_str().unwrap(), "batch_size": 5, "delta_mode": "snapshot"})],
     )
     .await
     .unwrap();

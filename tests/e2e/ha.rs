@@ -19,7 +19,10 @@ async fn two_relays_share_pipelines_and_fail_over_without_loss() {
         outboxes.push(enable_outbox(&c, &st, None).await);
         c.execute(
             "SELECT pgtrickle.set_relay_outbox($1, config => $2::jsonb)",
-            &[&n, &json!({"stream_table": st, "sink_type": "stdout", "poll_interval_ms": 100})],
+            &[
+                &n,
+                &json!({"stream_table": st, "sink_type": "stdout", "poll_interval_ms": 100, "delta_mode": "snapshot"}),
+            ],
         )
         .await
         .unwrap();

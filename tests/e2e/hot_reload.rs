@@ -10,7 +10,7 @@ use serde_json::json;
 async fn disable_enable_change_delete_apply_within_a_second() {
     let (db, c, outbox) = db_with_outbox("reload").await;
     c.batch_execute(
-        r#"SELECT pgtrickle.set_relay_outbox('reload', config => '{"stream_table": "reload", "sink_type": "stdout"}'::jsonb);
+        r#"SELECT pgtrickle.set_relay_outbox('reload', config => '{"stream_table": "reload", "sink_type": "stdout", "delta_mode": "snapshot"}'::jsonb);
            SELECT pgtrickle.enable_relay('reload');"#,
     )
     .await
@@ -39,7 +39,7 @@ async fn disable_enable_change_delete_apply_within_a_second() {
     // Config change: a new subject template applies to the next rows.
     let t = Instant::now();
     c.batch_execute(
-        r#"SELECT pgtrickle.set_relay_outbox('reload', config => '{"stream_table": "reload", "sink_type": "stdout", "subject_template": "changed.{op}"}'::jsonb)"#,
+        r#"SELECT pgtrickle.set_relay_outbox('reload', config => '{"stream_table": "reload", "sink_type": "stdout", "subject_template": "changed.{op}", "delta_mode": "snapshot"}'::jsonb)"#,
     )
     .await
     .unwrap();

@@ -5,6 +5,7 @@
 
 mod catalog;
 mod conformance;
+mod diff;
 mod forward;
 mod ha;
 mod hot_reload;

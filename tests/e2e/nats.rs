@@ -108,7 +108,7 @@ async fn broker_outage_degrades_then_resumes_without_loss_or_duplicates() {
     let (db, c, outbox) = db_with_outbox("ev").await;
     c.execute(
         "SELECT pgtrickle.set_relay_outbox('ev', config => $1::jsonb)",
-        &[&json!({"stream_table": "ev", "sink_type": "nats", "nats_url": nats.url(), "subject_template": "ev.{op}", "ack_timeout_ms": 1000})],
+        &[&json!({"stream_table": "ev", "sink_type": "nats", "nats_url": nats.url(), "subject_template": "ev.{op}", "ack_timeout_ms": 1000, "delta_mode": "snapshot"})],
     )
     .await
     .unwrap();
@@ -156,13 +156,13 @@ async fn sigkill_between_publish_and_commit_leaves_one_copy_in_jetstream_and_the
     let (db, c, outbox) = db_with_outbox("kill").await;
     c.execute(
         "SELECT pgtrickle.set_relay_outbox('kill-nats', config => $1::jsonb)",
-        &[&json!({"stream_table": "kill", "sink_type": "nats", "nats_url": nats.url(), "subject_template": "kill.{op}", "batch_size": 20})],
+        &[&json!({"stream_table": "kill", "sink_type": "nats", "nats_url": nats.url(), "subject_template": "kill.{op}", "batch_size": 20, "delta_mode": "snapshot"})],
     )
     .await
     .unwrap();
     c.execute(
         "SELECT pgtrickle.set_relay_outbox('kill-inbox', config => $1::jsonb)",
-        &[&json!({"stream_table": "kill", "sink_type": "pg-inbox", "inbox_table": "kill_inbox", "create_inbox": true, "batch_size": 20})],
+        &[&json!({"stream_table": "kill", "sink_type": "pg-inbox", "inbox_table": "kill_inbox", "create_inbox": true, "batch_size": 20, "delta_mode": "snapshot"})],
     )
     .await
     .unwrap();

@@ -17,7 +17,7 @@ async fn out_of_order_commits_from_many_writers_lose_nothing() {
     let path = temp_path("torture.jsonl");
     c.execute(
         "SELECT pgtrickle.set_relay_outbox('torture', config => $1::jsonb)",
-        &[&json!({"stream_table": "torture", "sink_type": "file", "path": path.to_str().unwrap(), "poll_interval_ms": 10, "batch_size": 7})],
+        &[&json!({"stream_table": "torture", "sink_type": "file", "path": path.to_str().unwrap(), "poll_interval_ms": 10, "batch_size": 7, "delta_mode": "snapshot"})],
     )
     .await
     .unwrap();

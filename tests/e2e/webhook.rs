@@ -17,7 +17,7 @@ async fn per_message_mode_signs_retries_and_reuses_connections() {
         "SELECT pgtrickle.set_relay_outbox('hook', config => $1::jsonb)",
         &[&json!({"stream_table": "orders", "sink_type": "http", "webhook_url": server.url("/events"), "method": "PUT",
                   "batch_mode": false, "webhook_headers": {"X-Team": "data", "Authorization": "Bearer t0k3n"},
-                  "signing_secret": "s3cret-for-hmac", "timeout_ms": 2000})],
+                  "signing_secret": "s3cret-for-hmac", "timeout_ms": 2000, "delta_mode": "snapshot"})],
     )
     .await
     .unwrap();

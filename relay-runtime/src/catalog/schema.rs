@@ -10,7 +10,7 @@
 use tokio_postgres::Client;
 
 /// Bumped whenever a migration is appended to [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Advisory key serialising concurrent migrations (any constant distinct from pipeline locks,
 /// which use the two-int4 form).
@@ -44,50 +44,57 @@ struct Migration {
     steps: &'static [Step],
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "relay catalog: config tables, offsets, functions, notify trigger, status, dead letters",
-    steps: &[
-        Step::Sql("config tables", include_str!("sql/v1_tables.sql")),
-        Step::ContractFunction {
-            signature: "pgtrickle.relay_config_notify()",
-            create: include_str!("sql/fn_relay_config_notify.sql"),
-        },
-        Step::Sql("notify triggers", include_str!("sql/v1_triggers.sql")),
-        Step::ContractFunction {
-            signature: "pgtrickle.set_relay_outbox(text,text,text,jsonb,integer,boolean)",
-            create: include_str!("sql/fn_set_relay_outbox.sql"),
-        },
-        Step::ContractFunction {
-            signature: "pgtrickle.set_relay_inbox(text,text,jsonb,integer,text,boolean,integer,boolean)",
-            create: include_str!("sql/fn_set_relay_inbox.sql"),
-        },
-        Step::ContractFunction {
-            signature: "pgtrickle.enable_relay(text)",
-            create: include_str!("sql/fn_enable_relay.sql"),
-        },
-        Step::ContractFunction {
-            signature: "pgtrickle.disable_relay(text)",
-            create: include_str!("sql/fn_disable_relay.sql"),
-        },
-        Step::ContractFunction {
-            signature: "pgtrickle.delete_relay(text)",
-            create: include_str!("sql/fn_delete_relay.sql"),
-        },
-        Step::ContractFunction {
-            signature: "pgtrickle.get_relay_config(text)",
-            create: include_str!("sql/fn_get_relay_config.sql"),
-        },
-        Step::ContractFunction {
-            signature: "pgtrickle.list_relay_configs()",
-            create: include_str!("sql/fn_list_relay_configs.sql"),
-        },
-        // The seed README's `set_relay_outbox(name, config => jsonb)` forms. pg_trickle never had
-        // them, so they are always ours and never clash with its positional overloads.
-        Step::Sql("seed-form config functions", include_str!("sql/v1_seed_functions.sql")),
-        Step::Sql("status and dead-letter tables", include_str!("sql/v1_status.sql")),
-    ],
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "relay catalog: config tables, offsets, functions, notify trigger, status, dead letters",
+        steps: &[
+            Step::Sql("config tables", include_str!("sql/v1_tables.sql")),
+            Step::ContractFunction {
+                signature: "pgtrickle.relay_config_notify()",
+                create: include_str!("sql/fn_relay_config_notify.sql"),
+            },
+            Step::Sql("notify triggers", include_str!("sql/v1_triggers.sql")),
+            Step::ContractFunction {
+                signature: "pgtrickle.set_relay_outbox(text,text,text,jsonb,integer,boolean)",
+                create: include_str!("sql/fn_set_relay_outbox.sql"),
+            },
+            Step::ContractFunction {
+                signature: "pgtrickle.set_relay_inbox(text,text,jsonb,integer,text,boolean,integer,boolean)",
+                create: include_str!("sql/fn_set_relay_inbox.sql"),
+            },
+            Step::ContractFunction {
+                signature: "pgtrickle.enable_relay(text)",
+                create: include_str!("sql/fn_enable_relay.sql"),
+            },
+            Step::ContractFunction {
+                signature: "pgtrickle.disable_relay(text)",
+                create: include_str!("sql/fn_disable_relay.sql"),
+            },
+            Step::ContractFunction {
+                signature: "pgtrickle.delete_relay(text)",
+                create: include_str!("sql/fn_delete_relay.sql"),
+            },
+            Step::ContractFunction {
+                signature: "pgtrickle.get_relay_config(text)",
+                create: include_str!("sql/fn_get_relay_config.sql"),
+            },
+            Step::ContractFunction {
+                signature: "pgtrickle.list_relay_configs()",
+                create: include_str!("sql/fn_list_relay_configs.sql"),
+            },
+            // The seed README's `set_relay_outbox(name, config => jsonb)` forms. pg_trickle never had
+            // them, so they are always ours and never clash with its positional overloads.
+            Step::Sql("seed-form config functions", include_str!("sql/v1_seed_functions.sql")),
+            Step::Sql("status and dead-letter tables", include_str!("sql/v1_status.sql")),
+        ],
+    },
+    Migration {
+        version: 2,
+        description: "diff mode: snapshot state and baseline tables",
+        steps: &[Step::Sql("snapshot state", include_str!("sql/v2_snapshot_state.sql"))],
+    },
+];
 
 /// Installs or upgrades the catalog; returns the version now installed.
 pub async fn migrate(client: &mut Client) -> Result<i32, SchemaError> {

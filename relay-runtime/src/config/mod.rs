@@ -167,6 +167,23 @@ pub struct ForwardSpec {
     pub keep_internal_columns: bool,
     /// Claim-check delta rows fetched per page.
     pub claim_check_page_size: i64,
+    /// `diff` (default): turn consecutive full snapshots into insert/update/delete events
+    /// against the state kept in the catalog; `snapshot`: relay every snapshot row as an insert.
+    pub delta_mode: DeltaMode,
+    /// With `diff`: whether the first snapshot is relayed (`emit`) or only recorded (`skip`).
+    pub initial_snapshot: InitialSnapshot,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeltaMode {
+    Diff,
+    Snapshot,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitialSnapshot {
+    Emit,
+    Skip,
 }
 
 /// A reverse (source → inbox) pipeline; its backends land with the reverse-mode issue.
@@ -186,6 +203,17 @@ pub enum PipelineSpec {
 
 const DEFAULT_SUBJECT: &str = "pgtrickle.{stream_table}.{op}";
 
+/// Keys that tune the pipeline rather than its sink, wherever they are written.
+const PIPELINE_LEVEL_KEYS: &[&str] = &[
+    "batch_size",
+    "poll_interval_ms",
+    "key_columns",
+    "keep_internal_columns",
+    "claim_check_page_size",
+    "delta_mode",
+    "initial_snapshot",
+];
+
 /// Keys of the flat forward shape that are pipeline-level, not backend options.
 const FORWARD_PIPELINE_KEYS: &[&str] = &[
     "stream_table",
@@ -201,6 +229,8 @@ const FORWARD_PIPELINE_KEYS: &[&str] = &[
     "keep_internal_columns",
     "claim_check_page_size",
     "group",
+    "delta_mode",
+    "initial_snapshot",
 ];
 
 impl PipelineRow {
@@ -343,9 +373,9 @@ fn parse_forward(name: &str, obj: &Map<String, Value>) -> Result<ForwardSpec, Co
         let key = kind.flat_prefixes().iter().find_map(|p| k.strip_prefix(p)).unwrap_or(k.as_str());
         options.insert(key.to_owned(), v.clone());
     }
-    for (k, v) in sink_obj {
+    for (k, v) in &sink_obj {
         if k != "type" {
-            options.insert(k, v);
+            options.insert(k.clone(), v.clone());
         }
     }
 
@@ -357,7 +387,21 @@ fn parse_forward(name: &str, obj: &Map<String, Value>) -> Result<ForwardSpec, Co
     let subject_template =
         Template::parse(&template_src).map_err(|e| ConfigError::new(name, format!("key 'subject_template': {e}")))?;
 
-    let key_columns = match obj.get("key_columns").or_else(|| source.get("key_columns")) {
+    // Pipeline-level keys may sit at the top (flat form) or, for pg_trickle's positional form
+    // (which only stores `source` and `sink` objects), inside `sink` or `source`.
+    let mut pl = Map::new();
+    for m in [&sink_obj, &source, obj] {
+        for k in PIPELINE_LEVEL_KEYS {
+            if let Some(v) = m.get(*k) {
+                pl.insert((*k).to_owned(), v.clone());
+            }
+        }
+    }
+    for k in PIPELINE_LEVEL_KEYS {
+        options.remove(*k);
+    }
+    let obj = &pl;
+    let key_columns = match obj.get("key_columns") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => s.split(',').map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect(),
         Some(Value::Array(items)) => {
@@ -373,15 +417,25 @@ fn parse_forward(name: &str, obj: &Map<String, Value>) -> Result<ForwardSpec, Co
         Some(_) => return Err(ConfigError::new(name, "key 'key_columns': expected an array of column names")),
     };
 
-    let batch_size = get_int(name, obj, "batch_size", "batch_size", 1, 100_000)?
-        .or(get_int(name, &source, "batch_size", "source.batch_size", 1, 100_000)?)
-        .unwrap_or(100);
-    let poll_ms = get_int(name, obj, "poll_interval_ms", "poll_interval_ms", 10, 3_600_000)?
-        .or(get_int(name, &source, "poll_interval_ms", "source.poll_interval_ms", 10, 3_600_000)?)
-        .unwrap_or(1000);
+    let batch_size = get_int(name, obj, "batch_size", "batch_size", 1, 100_000)?.unwrap_or(100);
+    let poll_ms = get_int(name, obj, "poll_interval_ms", "poll_interval_ms", 10, 3_600_000)?.unwrap_or(1000);
     let claim_check_page_size =
         get_int(name, obj, "claim_check_page_size", "claim_check_page_size", 1, 1_000_000)?.unwrap_or(1000);
     let keep_internal_columns = get_bool(name, obj, "keep_internal_columns", "keep_internal_columns")?.unwrap_or(false);
+    let delta_mode = match get_str(name, obj, "delta_mode", "delta_mode")? {
+        None | Some("diff") => DeltaMode::Diff,
+        Some("snapshot") => DeltaMode::Snapshot,
+        Some(other) => {
+            return Err(ConfigError::new(name, format!("key 'delta_mode': '{other}' is not one of diff, snapshot")))
+        }
+    };
+    let initial_snapshot = match get_str(name, obj, "initial_snapshot", "initial_snapshot")? {
+        None | Some("emit") => InitialSnapshot::Emit,
+        Some("skip") => InitialSnapshot::Skip,
+        Some(other) => {
+            return Err(ConfigError::new(name, format!("key 'initial_snapshot': '{other}' is not one of emit, skip")))
+        }
+    };
 
     Ok(ForwardSpec {
         name: name.to_owned(),
@@ -394,6 +448,8 @@ fn parse_forward(name: &str, obj: &Map<String, Value>) -> Result<ForwardSpec, Co
         key_columns,
         keep_internal_columns,
         claim_check_page_size,
+        delta_mode,
+        initial_snapshot,
     })
 }
 

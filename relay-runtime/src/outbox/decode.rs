@@ -214,6 +214,45 @@ pub fn build_messages(ctx: &MessageContext<'_>, delta: Delta<'_>, out: &mut Vec<
     }
 }
 
+/// One row of a snapshot diff as read from SQL.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiffEvent {
+    pub op: Op,
+    pub new: Option<Value>,
+    pub old: Option<Value>,
+}
+
+/// One event of a snapshot diff ([`crate::outbox::diff`]): `insert` and `update` carry the new
+/// row (`update` the old one in `before`), `delete` the last known row. `first` marks the events
+/// of a pipeline's first snapshot, which are the whole table.
+pub fn diff_message(
+    ctx: &MessageContext<'_>,
+    outbox_id: i64,
+    index: usize,
+    event: DiffEvent,
+    first: bool,
+    refresh_id: Option<&str>,
+) -> RelayMessage {
+    let DiffEvent { op, new, old } = event;
+    let (payload, before) = match op {
+        Op::Delete => (old, None),
+        Op::Update => (new, old),
+        _ => (new, None),
+    };
+    let vars =
+        TemplateVars { stream_table: ctx.stream_table, outbox_table: ctx.outbox_table, op, outbox_id, refresh_id };
+    RelayMessage {
+        dedup_key: dedup_key(ctx.outbox_table, outbox_id, index),
+        subject: ctx.subject.render(&vars),
+        payload: clean(payload.unwrap_or(Value::Null), ctx.keep_internal_columns),
+        op,
+        is_full_refresh: first && op == Op::Insert,
+        outbox_id: Some(outbox_id),
+        refresh_id: refresh_id.map(str::to_owned),
+        before: before.map(|b| clean(b, ctx.keep_internal_columns)),
+    }
+}
+
 /// The one message of a summary row.
 pub fn summary_message(ctx: &MessageContext<'_>, outbox_id: i64, summary: Value) -> RelayMessage {
     let refresh_id = summary.get("refresh_id").and_then(Value::as_str).map(str::to_owned);

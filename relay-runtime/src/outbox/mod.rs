@@ -2,6 +2,7 @@
 //! rows in commit-order-safe batches ([`reader`]) and decoding their payloads ([`decode`]).
 
 pub mod decode;
+pub mod diff;
 pub mod reader;
 
 use serde_json::Value;

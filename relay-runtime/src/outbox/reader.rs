@@ -154,6 +154,18 @@ impl OutboxReader {
         Ok(((max - offset).max(0), row.get::<_, Option<f64>>(1)))
     }
 
+    /// Whether an outbox row's claim-check rows include deletes (then it is a delta, not a
+    /// snapshot): `$1` = outbox id.
+    pub fn claim_check_has_deletes_sql(&self) -> Option<String> {
+        let d = self.table.delta.as_ref()?;
+        Some(format!(
+            "SELECT EXISTS (SELECT 1 FROM {}.{} WHERE outbox_id = $1 AND upper({}::text) IN ('DELETE', 'D'))",
+            super::quote_ident(&d.schema),
+            super::quote_ident(&d.table),
+            super::quote_ident(&d.op_column)
+        ))
+    }
+
     /// The SQL reading one outbox row's claim-check rows, inserts before deletes, in
     /// `row_num` order: `(is_delete, row)`.
     pub fn claim_check_sql(&self) -> Option<String> {

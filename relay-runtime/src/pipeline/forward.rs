@@ -7,6 +7,7 @@
 //! connection. Undecodable rows go to the dead-letter table, never silently dropped.
 
 mod claim_check;
+mod snapshot;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -16,9 +17,10 @@ use tokio_postgres::Client;
 
 use super::{report, WorkerLink, START_RETRY};
 use crate::catalog::{connect::jitter, offsets, DbConnection};
-use crate::config::ForwardSpec;
+use crate::config::{DeltaMode, ForwardSpec};
 use crate::message::RelayMessage;
 use crate::outbox::decode::{build_messages, decode, summary_message, Decoded, Delta, MessageContext};
+use crate::outbox::diff::{SnapshotDiff, SnapshotSource};
 use crate::outbox::reader::{fetch_rows, HeaderRow, OutboxReader};
 use crate::outbox::OutboxTable;
 use crate::sink::{self, Sink, SinkContext};
@@ -100,6 +102,7 @@ pub async fn run(
     let mut runner = ForwardRunner {
         labels: [spec.name.clone(), "forward".to_owned()],
         ctx: ctx.clone(),
+        diff: (spec.delta_mode == DeltaMode::Diff).then(|| SnapshotDiff::new(&table, &spec.key_columns)),
         reader: OutboxReader::new(table),
         spec,
         client: &conn.client,
@@ -197,6 +200,8 @@ struct ForwardRunner<'a> {
     unreported_errors: i64,
     last_status: Instant,
     prefetched: Option<Prefetched>,
+    /// Diff mode's statements (`delta_mode: diff`).
+    diff: Option<SnapshotDiff>,
 }
 
 impl ForwardRunner<'_> {
@@ -367,6 +372,13 @@ impl ForwardRunner<'_> {
         for mut row in rows {
             match decode(row.payload.take(), row.is_claim_check, row.refresh_id.as_deref()) {
                 Ok(Decoded::Empty) => {}
+                Ok(Decoded::Rows { deleted, full_refresh: true, refresh_id, .. })
+                    if self.diff.is_some() && deleted.is_empty() =>
+                {
+                    self.publish(&msgs).await?;
+                    msgs.clear();
+                    self.relay_snapshot(row.id, SnapshotSource::Inline, refresh_id.as_deref()).await?;
+                }
                 Ok(Decoded::Rows { inserted, deleted, full_refresh, refresh_id }) => {
                     let delta = Delta {
                         outbox_id: row.id,
@@ -386,7 +398,11 @@ impl ForwardRunner<'_> {
                 Ok(Decoded::ClaimCheck { full_refresh, refresh_id }) => {
                     self.publish(&msgs).await?;
                     msgs.clear();
-                    self.relay_claim_check(row.id, full_refresh.unwrap_or(true), refresh_id.as_deref()).await?;
+                    if full_refresh != Some(false) && self.is_claim_check_snapshot(row.id).await? {
+                        self.relay_snapshot(row.id, SnapshotSource::ClaimCheck, refresh_id.as_deref()).await?;
+                    } else {
+                        self.relay_claim_check(row.id, full_refresh.unwrap_or(true), refresh_id.as_deref()).await?;
+                    }
                 }
                 Err(bad) => {
                     row.payload = Some(bad.payload);
@@ -399,6 +415,16 @@ impl ForwardRunner<'_> {
             }
         }
         self.publish(&msgs).await
+    }
+
+    /// In diff mode, a claim-check row with only inserted rows is a full snapshot
+    /// (pg_trickle 0.45); one with deletes is a delta.
+    async fn is_claim_check_snapshot(&mut self, outbox_id: i64) -> Result<bool, Stop> {
+        let (Some(_), Some(sql)) = (&self.diff, self.reader.claim_check_has_deletes_sql()) else {
+            return Ok(false);
+        };
+        let has_deletes: bool = self.client.query_one(&sql, &[&outbox_id]).await?.get(0);
+        Ok(!has_deletes)
     }
 
     fn message_context(&self) -> MessageContext<'_> {
