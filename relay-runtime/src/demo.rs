@@ -2,8 +2,9 @@
 //!
 //! pg_trickle itself cannot be installed everywhere, so the demo creates an outbox of exactly
 //! pg_trickle 0.45's shape (`pgtrickle.outbox_demo_orders` + its claim-check table), registers a
-//! pipeline with the seed README's SQL, starts the relay in-process and writes refreshes in
-//! every payload form. Messages appear on stdout; the narration goes to stderr. With the real
+//! pipeline with the seed README's SQL, starts the relay in-process and writes three refreshes
+//! as pg_trickle 0.45 does — whole-table snapshots, inline and claim-check — which the relay
+//! turns into insert/update/delete events. Messages appear on stdout; the narration on stderr. With the real
 //! extension you would call `pgtrickle.enable_outbox('demo_orders')` instead of creating the
 //! tables, and the relay would find the outbox through `pgtrickle.pgt_outbox_config`.
 
@@ -53,35 +54,38 @@ SELECT pgtrickle.set_relay_outbox(
     config => '{
         "stream_table": "demo_orders",
         "sink_type": "stdout",
-        "subject_template": "pgtrickle.{stream_table}.{op}",
-        "key_columns": ["order_id"]
+        "subject_template": "pgtrickle.{stream_table}.{op}"
     }'::jsonb
 );
 SELECT pgtrickle.enable_relay('demo-orders-to-stdout');
 "#;
 
-/// Refreshes as pg_trickle writes them, each with a line of narration.
+/// Refreshes as pg_trickle 0.45 writes them — always the whole stream table, with its
+/// internal `__pgt_row_id` (the stable row identity) — each with a line of narration.
 const REFRESHES: &[(&str, &str)] = &[
     (
-        "a pg_trickle 0.45 refresh: the whole stream table as a JSON array, with internal __pgt_* columns (stripped on the way out)",
+        "refresh 1: the stream table as a JSON array (the first snapshot: every row an insert)",
         r#"INSERT INTO pgtrickle.outbox_demo_orders (inserted_count, payload) VALUES (2,
            '[{"order_id": 1, "customer": "ada", "total": 175.0, "__pgt_row_id": 3007003519974542822, "__pgt_count": 1},
              {"order_id": 2, "customer": "grace", "total": 42.5, "__pgt_row_id": 4424324931843186853, "__pgt_count": 1}]')"#,
     ),
     (
-        "a differential delta ({\"v\":1,…}): order 2 changed (delete+insert of one key = update) and order 1 was deleted",
-        r#"INSERT INTO pgtrickle.outbox_demo_orders (inserted_count, deleted_count, payload) VALUES (1, 2,
-           '{"v": 1, "inserted": [{"order_id": 2, "customer": "grace", "total": 50.0}],
-                     "deleted":  [{"order_id": 2, "customer": "grace", "total": 42.5},
-                                  {"order_id": 1, "customer": "ada", "total": 175.0}]}')"#,
+        "refresh 2: the whole table again; the relay diffs it against refresh 1 (order 2 updated, 3 new, 1 gone)",
+        r#"INSERT INTO pgtrickle.outbox_demo_orders (inserted_count, payload) VALUES (3,
+           '[{"order_id": 2, "customer": "grace", "total": 50.0, "__pgt_row_id": 4424324931843186853, "__pgt_count": 1},
+             {"order_id": 3, "customer": "linus", "total": 10.0, "__pgt_row_id": 1152921504606846976, "__pgt_count": 1}]')"#,
     ),
     (
-        "a large refresh stored claim-check style: payload NULL, rows in pgtrickle.outbox_delta_rows_demo_orders",
+        "refresh 3: a large refresh stored claim-check style (payload NULL, rows in the delta table): only the 3 new orders are events",
         r#"WITH h AS (INSERT INTO pgtrickle.outbox_demo_orders (inserted_count, is_claim_check, payload)
-                      VALUES (3, true, NULL) RETURNING id)
+                      VALUES (5, true, NULL) RETURNING id)
            INSERT INTO pgtrickle.outbox_delta_rows_demo_orders (outbox_id, row_num, row_op, row_data)
-           SELECT h.id, g, 'INSERT', jsonb_build_object('order_id', 100 + g, 'customer', 'bulk', 'total', g * 10.0)
-             FROM h, generate_series(1, 3) g"#,
+           SELECT h.id, r.n, 'INSERT', r.data FROM h, (VALUES
+               (1, '{"order_id": 2, "customer": "grace", "total": 50.00, "__pgt_row_id": 4424324931843186853}'::jsonb),
+               (2, '{"order_id": 3, "customer": "linus", "total": 10.00, "__pgt_row_id": 1152921504606846976}'::jsonb),
+               (3, '{"order_id": 101, "customer": "bulk", "total": 10.0, "__pgt_row_id": 101}'::jsonb),
+               (4, '{"order_id": 102, "customer": "bulk", "total": 20.0, "__pgt_row_id": 102}'::jsonb),
+               (5, '{"order_id": 103, "customer": "bulk", "total": 30.0, "__pgt_row_id": 103}'::jsonb)) AS r(n, data)"#,
     ),
 ];
 
@@ -123,10 +127,13 @@ async fn prepare(url: &str) -> Result<(), String> {
         .map_err(|e| format!("cannot connect to PostgreSQL at {}: {e}", catalog::redact_url(url)))?;
     schema::migrate(&mut conn.client).await.map_err(|e| e.to_string())?;
     conn.client.batch_execute(SETUP).await.map_err(|e| format!("cannot create the demo outbox: {e}"))?;
-    conn.client
-        .execute("DELETE FROM pgtrickle.relay_consumer_offsets WHERE pipeline_id = $1", &[&PIPELINE])
-        .await
-        .map_err(|e| e.to_string())?;
+    for table in ["relay_consumer_offsets", "relay_snapshot_state", "relay_snapshot_baseline"] {
+        let column = if table == "relay_consumer_offsets" { "pipeline_id" } else { "pipeline" };
+        conn.client
+            .execute(&format!("DELETE FROM pgtrickle.{table} WHERE {column} = $1"), &[&PIPELINE])
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     eprintln!("demo: created pgtrickle.outbox_demo_orders (pg_trickle 0.45 outbox shape) and its claim-check table");
     conn.client.batch_execute(REGISTER).await.map_err(|e| format!("cannot register the demo pipeline: {e}"))?;
     eprintln!("demo: registered pipeline '{PIPELINE}' with the seed README's SQL:{REGISTER}");

@@ -6,7 +6,8 @@
 //! `nats_one_ack_at_a_time` (the naive design, as a baseline), `outbox_to_nats_latency` (outbox
 //! commit → JetStream ack at half the measured rate), `outbox_to_pg_inbox` (ceiling: batched
 //! `INSERT … ON CONFLICT` of the same rows), `outbox_to_webhook` (ceiling: the same request
-//! bodies sent with reqwest to the same keep-alive server).
+//! bodies sent with reqwest to the same keep-alive server), `snapshot_diff` (diff mode on a
+//! 100,000-row snapshot with 1 % changed rows, beside reading the snapshot alone).
 
 // A benchmark harness: a failed unwrap is a failed run with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -326,6 +327,75 @@ async fn bench_webhook(rows: i64) {
     }));
 }
 
+/// Diff mode: a claim-check snapshot (pg_trickle's form above 10,000 rows) of `rows` rows, then
+/// the same snapshot with 1 % of the rows changed; the second one is timed, beside reading the
+/// snapshot's rows alone.
+async fn bench_diff(rows: i64) {
+    let (db, c, outbox) = db_with_outbox("diffbench").await;
+    let path = temp_path("diff.jsonl");
+    c.execute(
+        "SELECT pgtrickle.set_relay_outbox('diffbench', config => $1::jsonb)",
+        &[&json!({"stream_table": "diffbench", "sink_type": "file", "path": path.to_str().unwrap(), "initial_snapshot": "skip"})],
+    )
+    .await
+    .unwrap();
+    // Header and delta rows in one transaction, as pg_trickle's refresh writes them.
+    let write_snapshot = |changed_every: i64| {
+        let (c, outbox) = (&c, outbox.clone());
+        async move {
+            let id: i64 = c
+                .query_one(
+                    &format!(
+                        "WITH h AS (INSERT INTO pgtrickle.\"{outbox}\" (inserted_count, is_claim_check) VALUES ($3::int8, true) RETURNING id),
+                              d AS (INSERT INTO pgtrickle.outbox_delta_rows_diffbench (outbox_id, row_num, row_op, row_data)
+                                    SELECT h.id, g, 'INSERT', jsonb_build_object('order_id', g, 'customer_id', g % 1000,
+                                           'status', 'shipped',
+                                           'total', CASE WHEN $1::int8 > 0 AND g % $1::int8 = 0 THEN 99.99 ELSE round((g % 10000) / 100.0, 2) END,
+                                           'note', repeat('x', 64), '__pgt_row_id', g * 2654435761, '__pgt_count', 1)
+                                      FROM h, generate_series(1, $3::int8) g)
+                         SELECT id, pg_notify('pgtrickle_outbox_new', $2) FROM h"
+                    ),
+                    &[&changed_every, &outbox, &rows],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            id
+        }
+    };
+    let relay = Relay::start(&db.url, "diffbench", &["--log-level", "warn"]);
+    let s1 = write_snapshot(0).await;
+    wait_committed(&c, "diffbench", "diffbench", s1, &relay).await;
+    let s2 = write_snapshot(100).await;
+    let t0 = Instant::now();
+    wait_committed(&c, "diffbench", "diffbench", s2, &relay).await;
+    let took = t0.elapsed();
+    let rss_kb: u64 = std::fs::read_to_string(format!("/proc/{}/status", relay.pid))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap()))
+        .unwrap_or(0);
+    let events = read_jsonl(&path).len();
+    let t0 = Instant::now();
+    let read = c
+        .query(
+            "SELECT row_data FROM pgtrickle.outbox_delta_rows_diffbench WHERE outbox_id = $1 ORDER BY row_num",
+            &[&s2],
+        )
+        .await
+        .unwrap()
+        .len();
+    let read_took = t0.elapsed();
+    assert_eq!(read as i64, rows);
+    emit(json!({
+        "bench": "snapshot_diff", "snapshot_rows": rows, "changed_rows": rows / 100, "events_emitted": events,
+        "diff_seconds": took.as_secs_f64(), "read_snapshot_alone_seconds": read_took.as_secs_f64(),
+        "relay_peak_rss_mb": (rss_kb as f64 / 1024.0 * 10.0).round() / 10.0,
+        "form": "claim-check rows, keyed by __pgt_row_id",
+    }));
+    let _ = std::fs::remove_file(path);
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let rows: i64 = std::env::var("BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
@@ -340,5 +410,8 @@ async fn main() {
     }
     if wants("webhook") {
         bench_webhook(rows).await;
+    }
+    if wants("diff") {
+        bench_diff(std::env::var("BENCH_DIFF_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000)).await;
     }
 }

@@ -172,24 +172,23 @@ pub async fn write_inline(client: &Client, outbox: &str, payload: Option<Value>)
 
 /// Writes a claim-check outbox row and its delta rows (`(is_delete, row)`); returns its id.
 pub async fn write_claim_check(client: &Client, outbox: &str, stream_table: &str, rows: &[(bool, Value)]) -> i64 {
+    // Header and delta rows commit together, as in pg_trickle's refresh transaction.
+    let ops: Vec<&str> = rows.iter().map(|(d, _)| if *d { "DELETE" } else { "INSERT" }).collect();
+    let data: Vec<&Value> = rows.iter().map(|(_, r)| r).collect();
     let id: i64 = client
         .query_one(
-            &format!("INSERT INTO pgtrickle.\"{outbox}\" (inserted_count, is_claim_check, payload) VALUES ($1, true, NULL) RETURNING id"),
-            &[&(rows.len() as i64)],
+            &format!(
+                "WITH h AS (INSERT INTO pgtrickle.\"{outbox}\" (inserted_count, is_claim_check, payload)
+                            VALUES ($1, true, NULL) RETURNING id),
+                      d AS (INSERT INTO pgtrickle.\"outbox_delta_rows_{stream_table}\" (outbox_id, row_num, row_op, row_data)
+                            SELECT h.id, r.n, r.op, r.data FROM h, unnest($2::text[], $3::jsonb[]) WITH ORDINALITY AS r(op, data, n))
+                 SELECT id, pg_notify('pgtrickle_outbox_new', $4) FROM h"
+            ),
+            &[&(rows.len() as i64), &ops, &data, &outbox],
         )
         .await
         .unwrap()
         .get(0);
-    for (i, (is_delete, row)) in rows.iter().enumerate() {
-        client
-            .execute(
-                &format!("INSERT INTO pgtrickle.\"outbox_delta_rows_{stream_table}\" (outbox_id, row_num, row_op, row_data) VALUES ($1, $2, $3, $4)"),
-                &[&id, &(i as i64 + 1), &(if *is_delete { "DELETE" } else { "INSERT" }), row],
-            )
-            .await
-            .unwrap();
-    }
-    client.execute("SELECT pg_notify('pgtrickle_outbox_new', $1)", &[&outbox]).await.unwrap();
     id
 }
 
