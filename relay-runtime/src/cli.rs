@@ -306,6 +306,8 @@ async fn check_cmd(url: &str) -> anyhow::Result<ExitCode> {
                         pipeline: &spec.name,
                         subject_template: spec.subject_template.source(),
                         postgres_url: url,
+                        stream_table: &t.stream_table,
+                        outbox_table: &t.table,
                     },
                 )
                 .await

@@ -87,3 +87,11 @@ ensure_nats_server_binary() {
   fi
   apt_install nats-server
 }
+
+# Tests run their own redis-server processes too; only the binary is needed.
+ensure_redis_server_binary() {
+  if [ -x /usr/bin/redis-server ] || [ -x /usr/local/bin/redis-server ]; then
+    return 0
+  fi
+  apt_install redis-server
+}

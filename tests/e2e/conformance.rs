@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use relay_e2e::http::WebhookServer;
 use relay_e2e::nats::NatsServer;
+use relay_e2e::redis_server::RedisServer;
 use relay_e2e::*;
 use serde_json::{json, Value};
 
@@ -19,6 +20,7 @@ enum Target {
     Nats(NatsServer),
     Inbox,
     Webhook(WebhookServer),
+    Redis(RedisServer),
 }
 
 impl Target {
@@ -32,6 +34,9 @@ impl Target {
             Target::Inbox => json!({"sink_type": "pg-inbox", "inbox_table": "conf_inbox", "create_inbox": true,
                                     "aggregate_id_field": "id", "event_type": "op"}),
             Target::Webhook(w) => json!({"sink_type": "webhook", "webhook_url": w.url("/hook")}),
+            Target::Redis(r) => {
+                json!({"sink_type": "redis", "redis_url": r.url(), "redis_stream_key": "conf.{stream_table}"})
+            }
         }
     }
 
@@ -52,6 +57,7 @@ impl Target {
                 read_jsonl(path).iter().map(|m| m["dedup_key"].as_str().unwrap().to_owned()).collect()
             }
             Target::Nats(n) => n.stream_messages("conf").await.iter().map(|m| m.msg_id.clone().unwrap()).collect(),
+            Target::Redis(r) => r.entries("conf.conf").await.into_iter().map(|(_, f)| f["dedup_key"].clone()).collect(),
             Target::Webhook(w) => w
                 .accepted()
                 .iter()
@@ -171,4 +177,9 @@ async fn pg_inbox_sink_conforms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_sink_conforms() {
     run_conformance(Target::Webhook(WebhookServer::start().await)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sink_conforms() {
+    run_conformance(Target::Redis(RedisServer::start())).await;
 }

@@ -12,5 +12,6 @@ mod hot_reload;
 mod nats;
 mod observability;
 mod pg_inbox;
+mod redis;
 mod torture;
 mod webhook;

@@ -19,6 +19,7 @@ use tokio_postgres::{Client, NoTls};
 
 pub mod http;
 pub mod nats;
+pub mod redis_server;
 
 pub fn admin_url() -> String {
     std::env::var("PGTRICKLE_TEST_POSTGRES_URL")

@@ -160,7 +160,13 @@ async fn setup(
     let table = OutboxTable::resolve(client, &spec.outbox)
         .await
         .map_err(|e| SetupError { message: e.to_string(), transient: false })?;
-    let ctx = SinkContext { pipeline: &spec.name, subject_template: spec.subject_template.source(), postgres_url };
+    let ctx = SinkContext {
+        pipeline: &spec.name,
+        subject_template: spec.subject_template.source(),
+        postgres_url,
+        stream_table: &table.stream_table,
+        outbox_table: &table.table,
+    };
     let sink = sink::build(&spec.sink, &ctx)
         .await
         .map_err(|e| SetupError { transient: e.is_transient(), message: e.to_string() })?;

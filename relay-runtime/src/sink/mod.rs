@@ -10,6 +10,8 @@ pub mod nats;
 pub mod options;
 #[cfg(feature = "pg-inbox")]
 pub mod pg_inbox;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(feature = "stdout")]
 pub mod stdout;
 #[cfg(feature = "webhook")]
@@ -90,7 +92,7 @@ pub struct Published {
 pub enum BuildError {
     #[error("sink type '{0}' is not compiled into this binary; rebuild with `--features {0}`")]
     NotCompiled(&'static str),
-    #[error("sink type '{0}' is not available in this version of pgtrickle-relay yet (available: stdout, file, nats, webhook, pg-inbox)")]
+    #[error("sink type '{0}' is not available in this version of pgtrickle-relay yet (available: stdout, file, nats, webhook, pg-inbox, redis)")]
     NotYetAvailable(&'static str),
     #[error("sink '{backend}': key '{key}': {message}")]
     Option { backend: &'static str, key: String, message: String },
@@ -115,6 +117,9 @@ pub struct SinkContext<'a> {
     pub subject_template: &'a str,
     /// The relay's own database, the default target of the `pg-inbox` sink.
     pub postgres_url: &'a str,
+    /// The resolved stream and outbox table names, for sink-side templates (Redis keys).
+    pub stream_table: &'a str,
+    pub outbox_table: &'a str,
 }
 
 /// Builds the sink a pipeline asks for.
@@ -127,6 +132,8 @@ pub async fn build(spec: &SinkSpec, ctx: &SinkContext<'_>) -> Result<Box<dyn Sin
         SinkKind::PgInbox => pg_inbox::build(&spec.options, ctx).await,
         #[cfg(feature = "webhook")]
         SinkKind::Webhook => webhook::build(&spec.options, ctx).await,
+        #[cfg(feature = "redis")]
+        SinkKind::Redis => redis::build(&spec.options, ctx).await,
         #[cfg(feature = "stdout")]
         SinkKind::Stdout | SinkKind::File => stdout::build(spec).await,
         #[cfg(not(feature = "stdout"))]

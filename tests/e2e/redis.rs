@@ -1,0 +1,49 @@
+//! The Redis Streams sink: entry fields, templated stream keys, approximate trimming.
+
+use std::time::Duration;
+
+use relay_e2e::redis_server::RedisServer;
+use relay_e2e::*;
+use serde_json::{json, Value};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_carry_the_message_fields_under_templated_keys() {
+    let redis = RedisServer::start();
+    let (db, c, outbox) = db_with_outbox("orders").await;
+    c.execute(
+        "SELECT pgtrickle.set_relay_outbox('to-redis', config => $1::jsonb)",
+        &[&json!({"stream_table": "orders", "sink_type": "redis", "redis_url": redis.url(),
+                  "redis_stream_key": "app:{stream_table}:{op}", "redis_maxlen": 1000})],
+    )
+    .await
+    .unwrap();
+    let _relay = Relay::start(&db.url, "default", &[]);
+    let s1 = write_inline(
+        &c,
+        &outbox,
+        Some(json!([{"id": 1, "v": "a", "__pgt_row_id": 1}, {"id": 2, "v": "b", "__pgt_row_id": 2}])),
+    )
+    .await;
+    eventually(Duration::from_secs(10), "two inserts", || async {
+        (redis.entries("app:orders:insert").await.len() == 2).then_some(())
+    })
+    .await;
+    let s2 = write_inline(&c, &outbox, Some(json!([{"id": 2, "v": "b2", "__pgt_row_id": 2}]))).await;
+    eventually(Duration::from_secs(10), "offset past the second snapshot", || async {
+        (committed_offset(&c, "default", "to-redis").await == Some(s2)).then_some(())
+    })
+    .await;
+    let inserts = redis.entries("app:orders:insert").await;
+    assert_eq!(inserts[0].1["dedup_key"], format!("{outbox}:{s1}:0"));
+    assert_eq!(inserts[0].1["subject"], "pgtrickle.orders.insert");
+    assert_eq!(inserts[0].1["op"], "insert");
+    assert_eq!(serde_json::from_str::<Value>(&inserts[0].1["payload"]).unwrap(), json!({"id": 1, "v": "a"}));
+    assert_eq!(inserts[0].1["outbox_id"], s1.to_string());
+    let updates = redis.entries("app:orders:update").await;
+    assert_eq!(updates.len(), 1);
+    assert_eq!(serde_json::from_str::<Value>(&updates[0].1["payload"]).unwrap(), json!({"id": 2, "v": "b2"}));
+    assert_eq!(serde_json::from_str::<Value>(&updates[0].1["before"]).unwrap(), json!({"id": 2, "v": "b"}));
+    let deletes = redis.entries("app:orders:delete").await;
+    assert_eq!(deletes.len(), 1);
+    assert_eq!(serde_json::from_str::<Value>(&deletes[0].1["payload"]).unwrap(), json!({"id": 1, "v": "a"}));
+}
