@@ -7,7 +7,8 @@
 //! commit → JetStream ack at half the measured rate), `outbox_to_pg_inbox` (ceiling: batched
 //! `INSERT … ON CONFLICT` of the same rows), `outbox_to_webhook` (ceiling: the same request
 //! bodies sent with reqwest to the same keep-alive server), `snapshot_diff` (diff mode on a
-//! 100,000-row snapshot with 1 % changed rows, beside reading the snapshot alone).
+//! 100,000-row snapshot with 1 % changed rows, beside reading the snapshot alone),
+//! `outbox_to_redis` (ceiling: pipelined XADD of the same entries with the same client).
 
 // A benchmark harness: a failed unwrap is a failed run with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -327,6 +328,43 @@ async fn bench_webhook(rows: i64) {
     }));
 }
 
+async fn bench_redis(rows: i64) {
+    let redis_server = relay_e2e::redis_server::RedisServer::start();
+    let db = TestDb::new().await;
+    let sink = json!({"sink_type": "redis", "redis_url": redis_server.url(), "redis_stream_key": "bench", "delta_mode": "snapshot"});
+    let (took, mut relay) = relay_run(&db, sink, rows).await;
+    relay.terminate();
+    let client = redis::Client::open(redis_server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let len: i64 = redis::cmd("XLEN").arg("bench").query_async(&mut conn).await.unwrap();
+    assert_eq!(len, rows, "every message appended once");
+    let relay_rate = rate(rows as u64, took);
+    // Ceiling: the same entries appended with plain pipelined XADD (no dedup), 1000 per round trip.
+    let sample: Vec<(String, Vec<(String, String)>)> =
+        redis::cmd("XRANGE").arg("bench").arg("-").arg("+").arg("COUNT").arg(1).query_async(&mut conn).await.unwrap();
+    let fields = sample[0].1.clone();
+    let t0 = Instant::now();
+    let mut n = 0;
+    while n < rows {
+        let mut pipe = redis::pipe();
+        for _ in 0..1000.min(rows - n) {
+            let cmd = pipe.cmd("XADD").arg("ceiling").arg("*");
+            for (k, v) in &fields {
+                cmd.arg(k).arg(v);
+            }
+        }
+        let _: Vec<String> = pipe.query_async(&mut conn).await.unwrap();
+        n += 1000;
+    }
+    let ceiling = rate(rows as u64, t0.elapsed());
+    emit(json!({
+        "bench": "outbox_to_redis", "delta_rows": rows, "relay_seconds": took.as_secs_f64(), "relay_msgs_per_sec": relay_rate,
+        "ceiling": "redis-rs pipelined XADD of the same entries, 1000 per round trip, no dedup",
+        "ceiling_msgs_per_sec": ceiling, "ratio_to_ceiling": (relay_rate / ceiling * 1000.0).round() / 1000.0,
+        "note": "the relay also writes a dedup marker per entry (Lua SET NX EX + XADD)",
+    }));
+}
+
 /// Diff mode: a claim-check snapshot (pg_trickle's form above 10,000 rows) of `rows` rows, then
 /// the same snapshot with 1 % of the rows changed; the second one is timed, beside reading the
 /// snapshot's rows alone.
@@ -410,6 +448,9 @@ async fn main() {
     }
     if wants("webhook") {
         bench_webhook(rows).await;
+    }
+    if wants("redis") {
+        bench_redis(rows).await;
     }
     if wants("diff") {
         bench_diff(std::env::var("BENCH_DIFF_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000)).await;
