@@ -1,9 +1,11 @@
 //! Redis Streams sink.
 //!
-//! Each batch is one pipelined round trip. Every message goes through a small Lua script that
-//! appends the entry (`XADD`, optionally `MAXLEN ~ n`) only if its dedup key was not seen within
-//! `dedup_window_seconds` (a `SET NX EX` marker, written atomically with the entry) — so a batch
-//! relayed again after a crash leaves no second entry, like JetStream's duplicate window. Entry
+//! Each batch is one pipelined round trip of script calls, each appending up to 500 consecutive
+//! entries of one stream key (`XADD`, optionally `MAXLEN ~ n`). A pipeline's messages arrive in
+//! (outbox id, row index) order, so the script keeps a per-pipeline high-water mark next to the
+//! stream (`<key>:pgtrickle-marks`, written atomically with the entries) and skips anything not
+//! above it — a batch relayed again after a crash leaves no second entry, at one hash field of
+//! cost instead of a marker per message. Entry
 //! fields: `dedup_key`, `subject`, `op`, `payload` (the row as JSON), `outbox_id`, and `before`
 //! on updates. The stream key is a template (`pgtrickle.{stream_table}` by default).
 
@@ -15,22 +17,48 @@ use crate::catalog::redact_url;
 use crate::message::{RelayMessage, Template, TemplateVars};
 
 const BACKEND: &str = "redis";
+/// Entries per script call: long enough to amortise the call, short enough not to block Redis.
+const MAX_ENTRIES_PER_CALL: usize = 500;
 
-/// KEYS[1] stream, KEYS[2] dedup marker; ARGV[1] window seconds (0: no dedup), ARGV[2] maxlen
-/// ('' for none), ARGV[3..] field/value pairs. Returns the entry id, or nil for a duplicate.
-const XADD_ONCE: &str = r#"
-if tonumber(ARGV[1]) > 0 then
-  if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
-    return false
+/// (outbox id, row index) of a message, from its dedup key `<outbox>:<id>:<index>`.
+fn position(m: &RelayMessage) -> (i64, i64) {
+    let index = m.dedup_key.rsplit(':').next().and_then(|i| i.parse().ok()).unwrap_or(0);
+    (m.outbox_id.unwrap_or(0), index)
+}
+
+/// Appends a run of entries to one stream, skipping those at or below the pipeline's high-water
+/// mark (its messages arrive in (outbox id, row index) order, so anything not above the mark was
+/// appended before). KEYS[1] stream, KEYS[2] the marks hash; ARGV[1] mark field (the pipeline;
+/// '' appends everything),
+/// ARGV[2] maxlen ('' for none), then per entry: outbox id, row index, field count, fields.
+/// Returns how many entries were skipped as duplicates.
+const APPEND_ONCE: &str = r#"
+local use_mark = ARGV[1] ~= ''
+local mark = use_mark and redis.call('HGET', KEYS[2], ARGV[1])
+local mo, mi = -1, -1
+if mark then
+  local sep = string.find(mark, ':', 1, true)
+  mo = tonumber(string.sub(mark, 1, sep - 1)); mi = tonumber(string.sub(mark, sep + 1))
+end
+local i, dup = 3, 0
+while i <= #ARGV do
+  local o, x, nf = tonumber(ARGV[i]), tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  if not use_mark or o > mo or (o == mo and x > mi) then
+    local args = {KEYS[1]}
+    if ARGV[2] ~= '' then
+      table.insert(args, 'MAXLEN'); table.insert(args, '~'); table.insert(args, ARGV[2])
+    end
+    table.insert(args, '*')
+    for j = i + 3, i + 2 + nf do table.insert(args, ARGV[j]) end
+    redis.call('XADD', unpack(args))
+    mo, mi = o, x
+  else
+    dup = dup + 1
   end
+  i = i + 3 + nf
 end
-local args = {KEYS[1]}
-if ARGV[2] ~= '' then
-  table.insert(args, 'MAXLEN'); table.insert(args, '~'); table.insert(args, ARGV[2])
-end
-table.insert(args, '*')
-for i = 3, #ARGV do table.insert(args, ARGV[i]) end
-return redis.call('XADD', unpack(args))
+if use_mark and mo >= 0 then redis.call('HSET', KEYS[2], ARGV[1], mo .. ':' .. mi) end
+return dup
 "#;
 
 pub struct RedisSink {
@@ -38,11 +66,14 @@ pub struct RedisSink {
     url: String,
     conn: Option<redis::aio::MultiplexedConnection>,
     script: redis::Script,
+    /// Hash field of this pipeline's high-water marks.
+    mark_field: String,
     stream_key: Template,
     stream_table: String,
     outbox_table: String,
     maxlen: String,
-    window: u64,
+    /// Skip entries at or below the pipeline's high-water mark (on by default).
+    dedup: bool,
 }
 
 fn unreachable(url: &str, e: &redis::RedisError) -> SinkError {
@@ -70,12 +101,13 @@ pub async fn build(
         client,
         url: url.clone(),
         conn: None,
-        script: redis::Script::new(XADD_ONCE),
+        script: redis::Script::new(APPEND_ONCE),
+        mark_field: ctx.pipeline.to_owned(),
         stream_key,
         stream_table: ctx.stream_table.to_owned(),
         outbox_table: ctx.outbox_table.to_owned(),
         maxlen,
-        window: o.u64("dedup_window_seconds", 120, 0, 86_400 * 7)?,
+        dedup: o.bool("dedup", true)?,
     };
     sink.connection()
         .await
@@ -114,34 +146,49 @@ impl Sink for RedisSink {
     fn publish<'a>(&'a mut self, batch: &'a [RelayMessage]) -> BoxFuture<'a, Result<Published, SinkError>> {
         Box::pin(async move {
             let mut conn = self.connection().await?;
+            // Consecutive messages for the same stream key go in one script call.
             let mut pipe = redis::pipe();
-            for m in batch {
-                let key = self.key(m);
-                let marker = format!("{key}:pgtrickle-dedup:{}", m.dedup_key);
+            let mut calls = 0usize;
+            let mut start = 0;
+            while start < batch.len() {
+                let key = self.key(&batch[start]);
+                let mut end = start + 1;
+                while end < batch.len() && end - start < MAX_ENTRIES_PER_CALL && self.key(&batch[end]) == key {
+                    end += 1;
+                }
                 let cmd = pipe
                     .cmd("EVALSHA")
                     .arg(self.script.get_hash())
                     .arg(2)
                     .arg(&key)
-                    .arg(&marker)
-                    .arg(self.window)
-                    .arg(&self.maxlen)
-                    .arg("dedup_key")
-                    .arg(&m.dedup_key)
-                    .arg("subject")
-                    .arg(&m.subject)
-                    .arg("op")
-                    .arg(m.op.as_str())
-                    .arg("payload")
-                    .arg(m.payload.to_string())
-                    .arg("outbox_id")
-                    .arg(m.outbox_id.unwrap_or(0));
-                if let Some(before) = &m.before {
-                    cmd.arg("before").arg(before.to_string());
+                    .arg(format!("{key}:pgtrickle-marks"))
+                    .arg(if self.dedup { self.mark_field.as_str() } else { "" })
+                    .arg(&self.maxlen);
+                for m in &batch[start..end] {
+                    let (outbox_id, index) = position(m);
+                    let nf = if m.before.is_some() { 12 } else { 10 };
+                    cmd.arg(outbox_id)
+                        .arg(index)
+                        .arg(nf)
+                        .arg("dedup_key")
+                        .arg(&m.dedup_key)
+                        .arg("subject")
+                        .arg(&m.subject)
+                        .arg("op")
+                        .arg(m.op.as_str())
+                        .arg("payload")
+                        .arg(m.payload.to_string())
+                        .arg("outbox_id")
+                        .arg(m.outbox_id.unwrap_or(0));
+                    if let Some(before) = &m.before {
+                        cmd.arg("before").arg(before.to_string());
+                    }
                 }
+                calls += 1;
+                start = end;
             }
-            let ids: Vec<Option<String>> = match pipe.query_async(&mut conn).await {
-                Ok(ids) => ids,
+            let skipped: Vec<i64> = match pipe.query_async(&mut conn).await {
+                Ok(v) => v,
                 Err(e) => {
                     // The connection may be dead; the next attempt opens a new one.
                     self.conn = None;
@@ -156,7 +203,8 @@ impl Sink for RedisSink {
                     );
                 }
             };
-            let duplicates = ids.iter().filter(|id| id.is_none()).count() as u64;
+            debug_assert_eq!(skipped.len(), calls);
+            let duplicates = skipped.iter().sum::<i64>().max(0) as u64;
             Ok(Published { confirmed: batch.len() as u64, duplicates })
         })
     }
