@@ -20,9 +20,14 @@ async fn bad_pipelines_are_reported_alone_and_healthy_ones_keep_running() {
     .await
     .unwrap();
     let relay = Relay::start(&db.url, "default", &[]);
-    write_inline(&c, &outbox, Some(json!([{"ok": true}]))).await;
+    let id = write_inline(&c, &outbox, Some(json!([{"ok": true}]))).await;
     let msgs = relay.wait_for_messages(1, Duration::from_secs(10)).await;
     assert_eq!(msgs[0]["payload"], json!({"ok": true}));
+    // Printed is not yet committed: the batch metrics are recorded at the commit.
+    eventually(Duration::from_secs(10), "batch committed", || async {
+        (committed_offset(&c, "default", "good").await == Some(id)).then_some(())
+    })
+    .await;
 
     let health = eventually(Duration::from_secs(10), "all five pipelines in /health", || async {
         let h = relay.health();
@@ -49,7 +54,13 @@ async fn bad_pipelines_are_reported_alone_and_healthy_ones_keep_running() {
     let failed: Vec<String> = rows.iter().filter(|r| r.get::<_, String>(1) == "failed").map(|r| r.get(0)).collect();
     assert_eq!(failed, vec!["bad-sink", "no-table", "not-an-object", "secret-nats"]);
 
-    let (code, metrics) = relay.get("/metrics");
+    let (code, metrics) = eventually(Duration::from_secs(10), "lag and batch metrics", || async {
+        let (code, m) = relay.get("/metrics");
+        (m.contains(r#"pgtrickle_relay_lag_rows{pipeline="good"} 0"#)
+            && m.contains("pgtrickle_relay_batch_duration_seconds_bucket"))
+        .then_some((code, m))
+    })
+    .await;
     assert_eq!(code, 200);
     assert!(
         metrics.contains(r#"pgtrickle_relay_messages_published_total{direction="forward",pipeline="good"} 1"#),
