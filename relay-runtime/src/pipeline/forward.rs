@@ -363,13 +363,30 @@ impl ForwardRunner<'_> {
         if self.marks.is_empty() {
             return Ok(());
         }
-        match self.sink.flush().await {
-            Ok(done) => {
-                self.confirmed(done);
-                self.confirmed_calls = self.publish_calls;
-                self.commit_confirmed().await
+        self.flush_sink().await?;
+        self.commit_confirmed().await
+    }
+
+    /// Waits until the sink confirmed everything sent so far.
+    async fn flush_sink(&mut self) -> Result<(), Stop> {
+        let done = self.sink.flush().await.map_err(Stop::Rewind)?;
+        self.confirmed(done);
+        self.confirmed_calls = self.publish_calls;
+        Ok(())
+    }
+
+    /// Ends a read-only cursor transaction: `CLOSE` and `COMMIT` after success, `ROLLBACK`
+    /// after a failure (whose error is kept).
+    async fn end_cursor_txn<T>(&mut self, cursor: &str, result: Result<T, Stop>) -> Result<T, Stop> {
+        match result {
+            Ok(v) => {
+                self.client.batch_execute(&format!("CLOSE {cursor}; COMMIT")).await?;
+                Ok(v)
             }
-            Err(e) => Err(Stop::Rewind(e)),
+            Err(e) => {
+                let _ = self.client.batch_execute("ROLLBACK").await;
+                Err(e)
+            }
         }
     }
 

@@ -32,16 +32,7 @@ impl ForwardRunner<'_> {
         let sql = sql.replace("$1", &outbox_id.to_string());
         self.client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
         let result = self.page_claim_check(&sql, outbox_id, full_refresh, refresh_id).await;
-        match result {
-            Ok(()) => {
-                self.client.batch_execute("CLOSE pgt_relay_claim_check; COMMIT").await?;
-                Ok(())
-            }
-            Err(e) => {
-                let _ = self.client.batch_execute("ROLLBACK").await;
-                Err(e)
-            }
-        }
+        self.end_cursor_txn("pgt_relay_claim_check", result).await
     }
 
     async fn page_claim_check(

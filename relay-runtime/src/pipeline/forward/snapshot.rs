@@ -47,23 +47,8 @@ impl ForwardRunner<'_> {
             let streamed = self
                 .stream_changes(&with_literals(&changes, outbox_id, &group, &pipeline), outbox_id, first, refresh_id)
                 .await;
-            match streamed {
-                Ok(n) => {
-                    emitted = n;
-                    self.client.batch_execute("CLOSE pgt_relay_diff; COMMIT").await?;
-                }
-                Err(e) => {
-                    let _ = self.client.batch_execute("ROLLBACK").await;
-                    return Err(e);
-                }
-            }
-            match self.sink.flush().await {
-                Ok(done) => {
-                    self.confirmed(done);
-                    self.confirmed_calls = self.publish_calls;
-                }
-                Err(e) => return Err(Stop::Rewind(e)),
-            }
+            emitted = self.end_cursor_txn("pgt_relay_diff", streamed).await?;
+            self.flush_sink().await?;
         }
 
         // 3. State and offset together.
