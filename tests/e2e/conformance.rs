@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use relay_e2e::http::WebhookServer;
+use relay_e2e::kafka::KafkaBroker;
 use relay_e2e::nats::NatsServer;
 use relay_e2e::redis_server::RedisServer;
 use relay_e2e::*;
@@ -21,6 +22,7 @@ enum Target {
     Inbox,
     Webhook(WebhookServer),
     Redis(RedisServer),
+    Kafka(KafkaBroker),
 }
 
 impl Target {
@@ -37,13 +39,17 @@ impl Target {
             Target::Redis(r) => {
                 json!({"sink_type": "redis", "redis_url": r.url(), "redis_stream_key": "conf.{stream_table}"})
             }
+            // One partition: the harness reads the topic back in the order it was produced.
+            Target::Kafka(k) => json!({"sink_type": "kafka", "kafka_brokers": k.brokers(), "kafka_topic": "conf-topic",
+                                       "create_topic": true, "partitions": 1}),
         }
     }
 
     /// Whether a redelivered message stays invisible to consumers of this target.
     fn dedups(&self) -> bool {
         // A webhook receiver dedups only if it honours Idempotency-Key; this one does not.
-        !matches!(self, Target::File(_) | Target::Webhook(_))
+        // Kafka keeps both copies; its consumers see the same `pgtrickle-dedup-key` twice.
+        !matches!(self, Target::File(_) | Target::Webhook(_) | Target::Kafka(_))
     }
 
     /// Whether the target keeps delivery order observable.
@@ -58,6 +64,16 @@ impl Target {
             }
             Target::Nats(n) => n.stream_messages("conf").await.iter().map(|m| m.msg_id.clone().unwrap()).collect(),
             Target::Redis(r) => r.entries("conf.conf").await.into_iter().map(|(_, f)| f["dedup_key"].clone()).collect(),
+            Target::Kafka(k) => k
+                .records("conf-topic")
+                .await
+                .into_iter()
+                .map(|r| {
+                    assert_eq!(r.key.as_deref(), r.value["dedup_key"].as_str(), "key = dedup key");
+                    assert_eq!(r.headers["pgtrickle-dedup-key"], r.value["dedup_key"].as_str().unwrap());
+                    r.headers["pgtrickle-dedup-key"].clone()
+                })
+                .collect(),
             Target::Webhook(w) => w
                 .accepted()
                 .iter()
@@ -182,4 +198,9 @@ async fn webhook_sink_conforms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_sink_conforms() {
     run_conformance(Target::Redis(RedisServer::start())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_sink_conforms() {
+    run_conformance(Target::Kafka(KafkaBroker::start())).await;
 }

@@ -9,6 +9,7 @@ mod diff;
 mod forward;
 mod ha;
 mod hot_reload;
+mod kafka;
 mod nats;
 mod observability;
 mod pg_inbox;

@@ -18,6 +18,7 @@ use serde_json::Value;
 use tokio_postgres::{Client, NoTls};
 
 pub mod http;
+pub mod kafka;
 pub mod nats;
 pub mod redis_server;
 

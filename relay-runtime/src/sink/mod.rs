@@ -5,6 +5,8 @@
 //! retrying can help ([`SinkError::Retryable`]) or the pipeline needs a change first
 //! ([`SinkError::Permanent`]).
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "nats")]
 pub mod nats;
 pub mod options;
@@ -16,6 +18,8 @@ pub mod redis;
 pub mod stdout;
 #[cfg(feature = "webhook")]
 pub mod webhook;
+#[cfg(any(feature = "nats", feature = "kafka", feature = "rabbitmq"))]
+pub mod window;
 
 use futures::future::BoxFuture;
 
@@ -92,7 +96,7 @@ pub struct Published {
 pub enum BuildError {
     #[error("sink type '{0}' is not compiled into this binary; rebuild with `--features {0}`")]
     NotCompiled(&'static str),
-    #[error("sink type '{0}' is not available in this version of pgtrickle-relay yet (available: stdout, file, nats, webhook, pg-inbox, redis)")]
+    #[error("sink type '{0}' is not available in this version of pgtrickle-relay yet (available: stdout, file, nats, webhook, pg-inbox, redis, kafka)")]
     NotYetAvailable(&'static str),
     #[error("sink '{backend}': key '{key}': {message}")]
     Option { backend: &'static str, key: String, message: String },
@@ -134,6 +138,8 @@ pub async fn build(spec: &SinkSpec, ctx: &SinkContext<'_>) -> Result<Box<dyn Sin
         SinkKind::Webhook => webhook::build(&spec.options, ctx).await,
         #[cfg(feature = "redis")]
         SinkKind::Redis => redis::build(&spec.options, ctx).await,
+        #[cfg(feature = "kafka")]
+        SinkKind::Kafka => kafka::build(&spec.options, ctx).await,
         #[cfg(feature = "stdout")]
         SinkKind::Stdout | SinkKind::File => stdout::build(spec).await,
         #[cfg(not(feature = "stdout"))]

@@ -6,7 +6,6 @@
 //! `Nats-Msg-Id` = its dedup key, so a batch published again after a crash or a retry is
 //! dropped by JetStream's duplicate window instead of being stored twice.
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,28 +13,21 @@ use async_nats::header::HeaderMap;
 use async_nats::jetstream::context::{CreateStreamErrorKind, GetStreamErrorKind, PublishErrorKind};
 use async_nats::jetstream::{self, stream};
 use futures::future::BoxFuture;
-use futures::stream::FuturesOrdered;
-use futures::StreamExt;
 
 use super::options::Options;
+use super::window::AckWindow;
 use super::{BuildError, Published, Sink, SinkContext, SinkError};
 use crate::catalog::redact_url;
 use crate::message::RelayMessage;
 
 const BACKEND: &str = "nats";
 
-type AckResult = Result<async_nats::jetstream::publish::PublishAck, SinkError>;
-
 pub struct NatsSink {
     client: async_nats::Client,
     js: jetstream::Context,
-    window: usize,
-    /// Outstanding acknowledgements, in publish order, across `publish` calls: the next batch
-    /// is sent while the previous one is still being acknowledged.
-    acks: FuturesOrdered<BoxFuture<'static, AckResult>>,
-    /// The `publish` call each outstanding ack belongs to (same order as `acks`).
-    ack_calls: VecDeque<u64>,
-    calls: u64,
+    /// Outstanding acknowledgements across `publish` calls: the next batch is sent while the
+    /// previous one is still being acknowledged.
+    window: AckWindow,
 }
 
 pub async fn build(
@@ -91,7 +83,7 @@ pub async fn build(
     if let Some(name) = o.str(&["stream"])? {
         ensure_stream(&js, &o, name, ctx).await?;
     }
-    Ok(Box::new(NatsSink { client, js, window, acks: FuturesOrdered::new(), ack_calls: VecDeque::new(), calls: 0 }))
+    Ok(Box::new(NatsSink { client, js, window: AckWindow::new(window) }))
 }
 
 /// Checks that the configured stream exists, or creates it when `create_stream` is true.
@@ -165,17 +157,6 @@ fn classify(e: &async_nats::jetstream::context::PublishError, subject: &str) -> 
 }
 
 impl NatsSink {
-    /// Waits for the oldest outstanding acknowledgement.
-    async fn next_ack(&mut self, done: &mut Published) -> Result<(), SinkError> {
-        if let Some(r) = self.acks.next().await {
-            self.ack_calls.pop_front();
-            let ack = r?;
-            done.confirmed += 1;
-            done.duplicates += u64::from(ack.duplicate);
-        }
-        Ok(())
-    }
-
     fn headers(m: &RelayMessage) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(async_nats::header::NATS_MESSAGE_ID, m.dedup_key.as_str());
@@ -198,8 +179,7 @@ impl Sink for NatsSink {
 
     fn publish<'a>(&'a mut self, batch: &'a [RelayMessage]) -> BoxFuture<'a, Result<Published, SinkError>> {
         Box::pin(async move {
-            let call = self.calls;
-            self.calls += 1;
+            let call = self.window.begin();
             let mut done = Published::default();
             for m in batch {
                 let mut body = Vec::with_capacity(384);
@@ -212,21 +192,16 @@ impl Sink for NatsSink {
                     .publish_with_headers(m.subject.clone(), Self::headers(m), body.into())
                     .await
                     .map_err(|e| classify(&e, &m.subject))?;
-                self.acks.push_back(Box::pin(async move {
-                    ack.await.map_err(|e| SinkError::Retryable {
+                let ack = Box::pin(async move {
+                    ack.await.map(|a| a.duplicate).map_err(|e| SinkError::Retryable {
                         backend: BACKEND,
                         message: format!("JetStream did not acknowledge a message: {e}"),
                     })
-                }));
-                self.ack_calls.push_back(call);
-                while self.acks.len() >= self.window {
-                    self.next_ack(&mut done).await?;
-                }
+                });
+                self.window.push(call, ack, &mut done).await?;
             }
             // Everything sent by earlier calls must be confirmed before this call returns.
-            while self.ack_calls.front().is_some_and(|c| *c < call) {
-                self.next_ack(&mut done).await?;
-            }
+            self.window.settle_before(call, &mut done).await?;
             Ok(done)
         })
     }
@@ -236,18 +211,11 @@ impl Sink for NatsSink {
     }
 
     fn flush(&mut self) -> BoxFuture<'_, Result<Published, SinkError>> {
-        Box::pin(async move {
-            let mut done = Published::default();
-            while !self.ack_calls.is_empty() {
-                self.next_ack(&mut done).await?;
-            }
-            Ok(done)
-        })
+        Box::pin(self.window.flush())
     }
 
     fn reset(&mut self) {
-        self.acks = FuturesOrdered::new();
-        self.ack_calls.clear();
+        self.window.reset();
     }
 
     fn health(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {

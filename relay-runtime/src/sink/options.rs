@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use super::BuildError;
+use crate::message::Template;
 
 pub struct Options<'a> {
     pub backend: &'static str,
@@ -77,5 +78,48 @@ impl<'a> Options<'a> {
                 .map(Some),
             Some(_) => Err(self.err(key, "expected an array of strings")),
         }
+    }
+
+    /// A template from the first of `keys` that is set, else `default`.
+    pub fn template(&self, keys: &[&str], default: &str) -> Result<Template, BuildError> {
+        let source = self.str(keys)?.unwrap_or(default);
+        Template::parse(source).map_err(|e| self.err(keys[0], e.to_string()))
+    }
+
+    /// An object of string settings (numbers and booleans are accepted and written as text).
+    pub fn string_map(&self, key: &str) -> Result<Vec<(String, String)>, BuildError> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Object(m)) => m
+                .iter()
+                .map(|(k, v)| match v {
+                    Value::String(s) => Ok((k.clone(), s.clone())),
+                    Value::Number(_) | Value::Bool(_) => Ok((k.clone(), v.to_string())),
+                    _ => Err(self.err(key, format!("'{k}': expected a string, number or boolean"))),
+                })
+                .collect(),
+            Some(_) => Err(self.err(key, "expected an object of settings")),
+        }
+    }
+
+    /// A one-of choice, case-insensitive; returns the matching entry of `allowed`.
+    pub fn choice(
+        &self,
+        key: &str,
+        allowed: &[&'static str],
+        default: &'static str,
+    ) -> Result<&'static str, BuildError> {
+        match self.str(&[key])? {
+            None => Ok(default),
+            Some(v) => allowed
+                .iter()
+                .find(|a| a.eq_ignore_ascii_case(v))
+                .copied()
+                .ok_or_else(|| self.err(key, format!("'{v}' is not one of {}", allowed.join(", ")))),
+        }
+    }
+
+    pub fn error(&self, key: &str, message: impl Into<String>) -> BuildError {
+        self.err(key, message)
     }
 }

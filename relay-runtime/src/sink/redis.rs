@@ -14,7 +14,7 @@ use futures::future::BoxFuture;
 use super::options::Options;
 use super::{BuildError, Published, Sink, SinkContext, SinkError};
 use crate::catalog::redact_url;
-use crate::message::{RelayMessage, Template, TemplateVars};
+use crate::message::{RelayMessage, Template};
 
 const BACKEND: &str = "redis";
 /// Entries per script call: long enough to amortise the call, short enough not to block Redis.
@@ -128,13 +128,7 @@ impl RedisSink {
     }
 
     fn key(&self, m: &RelayMessage) -> String {
-        self.stream_key.render(&TemplateVars {
-            stream_table: &self.stream_table,
-            outbox_table: &self.outbox_table,
-            op: m.op,
-            outbox_id: m.outbox_id.unwrap_or(0),
-            refresh_id: m.refresh_id.as_deref(),
-        })
+        self.stream_key.render(&m.vars(&self.stream_table, &self.outbox_table))
     }
 }
 
