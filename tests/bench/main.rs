@@ -8,7 +8,9 @@
 //! `INSERT … ON CONFLICT` of the same rows), `outbox_to_webhook` (ceiling: the same request
 //! bodies sent with reqwest to the same keep-alive server), `snapshot_diff` (diff mode on a
 //! 100,000-row snapshot with 1 % changed rows, beside reading the snapshot alone),
-//! `outbox_to_redis` (ceiling: pipelined XADD of the same entries with the same client).
+//! `outbox_to_redis` (ceiling: pipelined XADD of the same entries with the same client),
+//! `outbox_to_kafka` (ceiling: rdkafka's FutureProducer with the relay's settings and delivery
+//! window sending the same records).
 
 // A benchmark harness: a failed unwrap is a failed run with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -365,6 +367,67 @@ async fn bench_redis(rows: i64) {
     }));
 }
 
+async fn bench_kafka(rows: i64) {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let kafka = relay_e2e::kafka::KafkaBroker::start();
+    kafka.create_topic("bench", 3).await;
+    kafka.create_topic("ceiling", 3).await;
+    let db = TestDb::new().await;
+    let sink = json!({"sink_type": "kafka", "kafka_brokers": kafka.brokers(), "kafka_topic": "bench", "delta_mode": "snapshot"});
+    let (took, mut relay) = relay_run(&db, sink, rows).await;
+    let rss_kb = relay.peak_rss_kb();
+    relay.terminate();
+    let relay_rate = rate(rows as u64, took);
+    let (n, first) = kafka.count("bench").await;
+    assert_eq!(n as i64, rows, "every message delivered once");
+    let body = serde_json::to_vec(&first.unwrap().value).unwrap();
+
+    // Ceiling: the same client library, settings and window, the same record bodies.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka.brokers())
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "100000")
+        .create()
+        .unwrap();
+    let t0 = Instant::now();
+    let mut acks = FuturesOrdered::new();
+    for i in 0..rows {
+        let key = format!("outbox_bench:{}:{}", i / PER_OUTBOX_ROW, i % PER_OUTBOX_ROW);
+        let mut record = FutureRecord::to("ceiling").payload(&body).key(&key);
+        loop {
+            match producer.send_result(record) {
+                Ok(d) => {
+                    acks.push_back(d);
+                    break;
+                }
+                Err((_, r)) => {
+                    record = r;
+                    acks.next().await.unwrap().unwrap().unwrap();
+                }
+            }
+        }
+        while acks.len() >= 50_000 {
+            acks.next().await.unwrap().unwrap().unwrap();
+        }
+    }
+    while let Some(a) = acks.next().await {
+        a.unwrap().unwrap();
+    }
+    let ceiling = rate(rows as u64, t0.elapsed());
+    emit(json!({
+        "bench": "outbox_to_kafka", "delta_rows": rows, "relay_seconds": took.as_secs_f64(), "relay_msgs_per_sec": relay_rate,
+        "ceiling": "rdkafka FutureProducer, the relay's producer settings and 50,000-report window, the same record bodies",
+        "ceiling_msgs_per_sec": ceiling, "ratio_to_ceiling": (relay_rate / ceiling * 1000.0).round() / 1000.0,
+        "relay_peak_rss_mb": (rss_kb as f64 / 1024.0 * 10.0).round() / 10.0,
+        "broker": "tansu 0.6 (in-memory), 3 partitions, idempotent producer, acks=all, lz4",
+    }));
+}
+
 /// Diff mode: a claim-check snapshot (pg_trickle's form above 10,000 rows) of `rows` rows, then
 /// the same snapshot with 1 % of the rows changed; the second one is timed, beside reading the
 /// snapshot's rows alone.
@@ -408,11 +471,7 @@ async fn bench_diff(rows: i64) {
     let t0 = Instant::now();
     wait_committed(&c, "diffbench", "diffbench", s2, &relay).await;
     let took = t0.elapsed();
-    let rss_kb: u64 = std::fs::read_to_string(format!("/proc/{}/status", relay.pid))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap()))
-        .unwrap_or(0);
+    let rss_kb = relay.peak_rss_kb();
     let events = read_jsonl(&path).len();
     let t0 = Instant::now();
     let read = c
@@ -451,6 +510,9 @@ async fn main() {
     }
     if wants("redis") {
         bench_redis(rows).await;
+    }
+    if wants("kafka") {
+        bench_kafka(rows).await;
     }
     if wants("diff") {
         bench_diff(std::env::var("BENCH_DIFF_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000)).await;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use relay_e2e::http::WebhookServer;
 use relay_e2e::kafka::KafkaBroker;
 use relay_e2e::nats::NatsServer;
+use relay_e2e::rabbitmq::Rabbit;
 use relay_e2e::redis_server::RedisServer;
 use relay_e2e::*;
 use serde_json::{json, Value};
@@ -23,6 +24,8 @@ enum Target {
     Webhook(WebhookServer),
     Redis(RedisServer),
     Kafka(KafkaBroker),
+    /// The broker, and what was taken from its queue so far (taking is destructive).
+    Rabbit(Box<Rabbit>, std::sync::Mutex<Vec<String>>),
 }
 
 impl Target {
@@ -42,6 +45,8 @@ impl Target {
             // One partition: the harness reads the topic back in the order it was produced.
             Target::Kafka(k) => json!({"sink_type": "kafka", "kafka_brokers": k.brokers(), "kafka_topic": "conf-topic",
                                        "create_topic": true, "partitions": 1}),
+            Target::Rabbit(r, _) => json!({"sink_type": "rabbitmq", "rabbitmq_url": relay_e2e::rabbitmq::amqp_url(),
+                                           "rabbitmq_exchange": r.name("conf")}),
         }
     }
 
@@ -49,7 +54,8 @@ impl Target {
     fn dedups(&self) -> bool {
         // A webhook receiver dedups only if it honours Idempotency-Key; this one does not.
         // Kafka keeps both copies; its consumers see the same `pgtrickle-dedup-key` twice.
-        !matches!(self, Target::File(_) | Target::Webhook(_) | Target::Kafka(_))
+        // So does RabbitMQ; its consumers see the same `message_id` twice.
+        !matches!(self, Target::File(_) | Target::Webhook(_) | Target::Kafka(_) | Target::Rabbit(..))
     }
 
     /// Whether the target keeps delivery order observable.
@@ -74,6 +80,17 @@ impl Target {
                     r.headers["pgtrickle-dedup-key"].clone()
                 })
                 .collect(),
+            Target::Rabbit(r, taken) => {
+                let new = r.drain(&r.name("conf-q")).await;
+                let mut taken = taken.lock().unwrap();
+                for m in new {
+                    assert!(m.persistent, "persistent delivery mode");
+                    assert_eq!(m.message_id.as_deref(), m.body["dedup_key"].as_str(), "message_id = dedup key");
+                    assert_eq!(m.routing_key, m.body["subject"].as_str().unwrap(), "routing key = subject");
+                    taken.push(m.message_id.unwrap());
+                }
+                taken.clone()
+            }
             Target::Webhook(w) => w
                 .accepted()
                 .iter()
@@ -203,4 +220,12 @@ async fn redis_sink_conforms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_sink_conforms() {
     run_conformance(Target::Kafka(KafkaBroker::start())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_sink_conforms() {
+    let rabbit = Rabbit::connect().await;
+    let (exchange, queue) = (rabbit.name("conf"), rabbit.name("conf-q"));
+    rabbit.bind_queue(&exchange, lapin::ExchangeKind::Topic, &queue, "#").await;
+    run_conformance(Target::Rabbit(Box::new(rabbit), Default::default())).await;
 }

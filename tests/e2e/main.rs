@@ -13,6 +13,7 @@ mod kafka;
 mod nats;
 mod observability;
 mod pg_inbox;
+mod rabbitmq;
 mod redis;
 mod torture;
 mod webhook;

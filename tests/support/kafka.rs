@@ -87,11 +87,25 @@ impl KafkaBroker {
     pub async fn records(&self, topic: &str) -> Vec<Record> {
         let config = self.config();
         let topic = topic.to_owned();
-        tokio::task::spawn_blocking(move || read_topic(config, &topic)).await.unwrap()
+        tokio::task::spawn_blocking(move || read_topic(config, &topic, None)).await.unwrap()
+    }
+
+    /// How many records `topic` holds (values not decoded), and the first of them.
+    pub async fn count(&self, topic: &str) -> (usize, Option<Record>) {
+        let config = self.config();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut n = 0;
+            let first = read_topic(config, &topic, Some(&mut n)).into_iter().next();
+            (n, first)
+        })
+        .await
+        .unwrap()
     }
 }
 
-fn read_topic(mut config: ClientConfig, topic: &str) -> Vec<Record> {
+/// Reads `topic` to its end. With `count`, only counts (keeping the first record).
+fn read_topic(mut config: ClientConfig, topic: &str, mut count: Option<&mut usize>) -> Vec<Record> {
     let consumer: BaseConsumer = config
         .set("group.id", "pgtrickle-relay-test-reader")
         .set("enable.auto.commit", "false")
@@ -119,6 +133,12 @@ fn read_topic(mut config: ClientConfig, topic: &str) -> Vec<Record> {
         let Some(m) = consumer.poll(Duration::from_millis(100)) else { continue };
         let m = m.unwrap();
         last_seen = Instant::now();
+        if let Some(n) = count.as_deref_mut() {
+            *n += 1;
+            if *n > 1 {
+                continue;
+            }
+        }
         let mut headers = BTreeMap::new();
         if let Some(h) = m.headers() {
             for h in h.iter() {

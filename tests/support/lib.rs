@@ -20,6 +20,7 @@ use tokio_postgres::{Client, NoTls};
 pub mod http;
 pub mod kafka;
 pub mod nats;
+pub mod rabbitmq;
 pub mod redis_server;
 
 pub fn admin_url() -> String {
@@ -323,6 +324,15 @@ impl Relay {
 
     pub fn get(&self, path: &str) -> (u16, String) {
         self.try_get(path).unwrap()
+    }
+
+    /// The relay process's peak resident memory (VmHWM), in KiB.
+    pub fn peak_rss_kb(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()))
+            .unwrap_or(0)
     }
 
     pub fn health(&self) -> Value {

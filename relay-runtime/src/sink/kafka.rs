@@ -9,6 +9,7 @@
 //! server-side dedup for a batch produced again after a crash: consumers that need exactly once
 //! skip repeated `pgtrickle-dedup-key` values.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -246,7 +247,7 @@ impl Sink for KafkaSink {
         Box::pin(async move {
             let call = self.window.begin();
             let mut done = Published::default();
-            let fixed_topic = self.topic.is_static().then(|| self.topic.source().to_owned());
+            let fixed_topic: Option<Arc<str>> = self.topic.is_static().then(|| Arc::from(self.topic.source()));
             for m in batch {
                 let body = serde_json::to_vec(m).map_err(|e| SinkError::Permanent {
                     backend: BACKEND,
@@ -254,8 +255,8 @@ impl Sink for KafkaSink {
                 })?;
                 let key = self.key_of(m);
                 let topic = match &fixed_topic {
-                    Some(t) => t.clone(),
-                    None => self.topic.render(&m.vars(&self.stream_table, &self.outbox_table)),
+                    Some(t) => Arc::clone(t),
+                    None => Arc::from(self.topic.render(&m.vars(&self.stream_table, &self.outbox_table))),
                 };
                 let mut record = FutureRecord::to(&topic).payload(&body).key(&key).headers(headers(m));
                 let delivery = loop {

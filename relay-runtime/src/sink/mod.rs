@@ -12,6 +12,8 @@ pub mod nats;
 pub mod options;
 #[cfg(feature = "pg-inbox")]
 pub mod pg_inbox;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "stdout")]
@@ -96,7 +98,7 @@ pub struct Published {
 pub enum BuildError {
     #[error("sink type '{0}' is not compiled into this binary; rebuild with `--features {0}`")]
     NotCompiled(&'static str),
-    #[error("sink type '{0}' is not available in this version of pgtrickle-relay yet (available: stdout, file, nats, webhook, pg-inbox, redis, kafka)")]
+    #[error("sink type '{0}' is not available in this version of pgtrickle-relay yet (available: stdout, file, nats, webhook, pg-inbox, redis, kafka, rabbitmq)")]
     NotYetAvailable(&'static str),
     #[error("sink '{backend}': key '{key}': {message}")]
     Option { backend: &'static str, key: String, message: String },
@@ -140,6 +142,8 @@ pub async fn build(spec: &SinkSpec, ctx: &SinkContext<'_>) -> Result<Box<dyn Sin
         SinkKind::Redis => redis::build(&spec.options, ctx).await,
         #[cfg(feature = "kafka")]
         SinkKind::Kafka => kafka::build(&spec.options, ctx).await,
+        #[cfg(feature = "rabbitmq")]
+        SinkKind::Rabbitmq => rabbitmq::build(&spec.options, ctx).await,
         #[cfg(feature = "stdout")]
         SinkKind::Stdout | SinkKind::File => stdout::build(spec).await,
         #[cfg(not(feature = "stdout"))]

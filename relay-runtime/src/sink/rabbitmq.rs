@@ -1,0 +1,250 @@
+//! RabbitMQ sink (AMQP 0-9-1 through `lapin`).
+//!
+//! The channel runs in publisher-confirm mode: every message is confirmed by the broker (it is
+//! then routed and, for durable queues, written) before its batch counts as delivered, with up
+//! to `max_in_flight` confirms outstanding across batches ([`AckWindow`]). Messages are
+//! persistent, carry `message_id` = the dedup key and the `pgtrickle-*` headers, and are
+//! published `mandatory` by default: a message no queue is bound for comes back and is an error
+//! naming the exchange and routing key, instead of vanishing.
+
+use futures::future::BoxFuture;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+
+use super::options::Options;
+use super::window::AckWindow;
+use super::{BuildError, Published, Sink, SinkContext, SinkError};
+use crate::catalog::redact_url;
+use crate::message::{RelayMessage, Template};
+
+const BACKEND: &str = "rabbitmq";
+
+pub struct RabbitSink {
+    url: String,
+    pipeline: String,
+    conn: Option<Connection>,
+    channel: Option<Channel>,
+    exchange: String,
+    routing_key: Option<Template>,
+    mandatory: bool,
+    stream_table: String,
+    outbox_table: String,
+    window: AckWindow,
+}
+
+fn retryable(message: String) -> SinkError {
+    SinkError::Retryable { backend: BACKEND, message }
+}
+
+fn exchange_kind(kind: &str) -> ExchangeKind {
+    match kind {
+        "direct" => ExchangeKind::Direct,
+        "fanout" => ExchangeKind::Fanout,
+        "headers" => ExchangeKind::Headers,
+        "topic" => ExchangeKind::Topic,
+        other => ExchangeKind::Custom(other.to_owned()),
+    }
+}
+
+pub async fn build(
+    options: &serde_json::Map<String, serde_json::Value>,
+    ctx: &SinkContext<'_>,
+) -> Result<Box<dyn Sink>, BuildError> {
+    let o = Options::new(BACKEND, options);
+    let url = o.required_str(&["url"])?.to_owned();
+    if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+        return Err(o.error("url", format!("expected amqp:// or amqps://, got '{}'", redact_url(&url))));
+    }
+    let exchange = o.str(&["exchange"])?.unwrap_or("pgtrickle").to_owned();
+    let kind = o.choice("exchange_type", &["topic", "direct", "fanout", "headers"], "topic")?;
+    let routing_key = match o.str(&["routing_key_template", "routing_key"])? {
+        Some(_) => Some(o.template(&["routing_key_template", "routing_key"], "")?),
+        None => None,
+    };
+    let mut sink = RabbitSink {
+        url,
+        pipeline: ctx.pipeline.to_owned(),
+        conn: None,
+        channel: None,
+        exchange,
+        routing_key,
+        mandatory: o.bool("mandatory", true)?,
+        stream_table: ctx.stream_table.to_owned(),
+        outbox_table: ctx.outbox_table.to_owned(),
+        window: AckWindow::new(o.u64("max_in_flight", 1024, 1, 65_535)? as usize),
+    };
+    let channel =
+        sink.channel().await.map_err(|e| BuildError::Unreachable { backend: BACKEND, message: e.to_string() })?;
+    // The default exchange ("") cannot be declared; it always exists.
+    if o.bool("declare_exchange", true)? && !sink.exchange.is_empty() {
+        let opts = ExchangeDeclareOptions { durable: o.bool("durable", true)?, ..Default::default() };
+        channel
+            .exchange_declare(ShortString::from(sink.exchange.as_str()), exchange_kind(kind), opts, FieldTable::default())
+            .await
+            .map_err(|e| BuildError::Open {
+                backend: BACKEND,
+                message: format!(
+                    "cannot declare {kind} exchange '{}' ({e}); an existing exchange of another type or durability needs \"exchange_type\"/\"durable\" to match, or \"declare_exchange\": false",
+                    sink.exchange
+                ),
+            })?;
+    } else if !sink.exchange.is_empty() {
+        let passive = ExchangeDeclareOptions { passive: true, ..Default::default() };
+        channel
+            .exchange_declare(
+                ShortString::from(sink.exchange.as_str()),
+                exchange_kind(kind),
+                passive,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| BuildError::Open {
+                backend: BACKEND,
+                message: format!(
+                    "exchange '{}' does not exist ({e}); declare it or set \"declare_exchange\": true",
+                    sink.exchange
+                ),
+            })?;
+    }
+    Ok(Box::new(sink))
+}
+
+impl RabbitSink {
+    /// The confirm-mode channel, (re)opening the connection and channel when they were lost.
+    async fn channel(&mut self) -> Result<Channel, SinkError> {
+        if let Some(ch) = &self.channel {
+            if ch.status().connected() {
+                return Ok(ch.clone());
+            }
+        }
+        self.channel = None;
+        if !self.conn.as_ref().is_some_and(|c| c.status().connected()) {
+            let props = ConnectionProperties::default()
+                .with_connection_name(LongString::from(format!("pgtrickle-relay {}", self.pipeline)));
+            let conn = Connection::connect(&self.url, props)
+                .await
+                .map_err(|e| retryable(format!("cannot connect to {}: {e}", redact_url(&self.url))))?;
+            self.conn = Some(conn);
+        }
+        let conn = self.conn.as_ref().ok_or_else(|| retryable("not connected".into()))?;
+        let ch = conn.create_channel().await.map_err(|e| retryable(format!("cannot open a channel: {e}")))?;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| retryable(format!("cannot enable publisher confirms: {e}")))?;
+        self.channel = Some(ch.clone());
+        Ok(ch)
+    }
+
+    fn routing_key(&self, m: &RelayMessage) -> String {
+        match &self.routing_key {
+            Some(t) => t.render(&m.vars(&self.stream_table, &self.outbox_table)),
+            None => m.subject.clone(),
+        }
+    }
+}
+
+fn properties(m: &RelayMessage) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert("pgtrickle-op".into(), AMQPValue::LongString(m.op.as_str().into()));
+    headers.insert("pgtrickle-dedup-key".into(), AMQPValue::LongString(m.dedup_key.as_str().into()));
+    headers.insert("pgtrickle-full-refresh".into(), AMQPValue::Boolean(m.is_full_refresh));
+    if let Some(id) = m.outbox_id {
+        headers.insert("pgtrickle-outbox-id".into(), AMQPValue::LongLongInt(id));
+    }
+    BasicProperties::default()
+        .with_message_id(ShortString::from(m.dedup_key.as_str()))
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_app_id("pgtrickle-relay".into())
+        .with_headers(headers)
+}
+
+impl Sink for RabbitSink {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn publish<'a>(&'a mut self, batch: &'a [RelayMessage]) -> BoxFuture<'a, Result<Published, SinkError>> {
+        Box::pin(async move {
+            let channel = self.channel().await?;
+            let call = self.window.begin();
+            let mut done = Published::default();
+            let options = BasicPublishOptions { mandatory: self.mandatory, ..Default::default() };
+            for m in batch {
+                let body = serde_json::to_vec(m).map_err(|e| SinkError::Permanent {
+                    backend: BACKEND,
+                    message: format!("cannot encode message: {e}"),
+                })?;
+                let key = self.routing_key(m);
+                let confirm = channel
+                    .basic_publish(
+                        ShortString::from(self.exchange.as_str()),
+                        ShortString::from(key.as_str()),
+                        options,
+                        &body,
+                        properties(m),
+                    )
+                    .await
+                    .map_err(|e| {
+                        self.channel = None;
+                        retryable(format!("publish to exchange '{}' failed: {e}", self.exchange))
+                    })?;
+                let exchange = self.exchange.clone();
+                let ack = Box::pin(async move {
+                    match confirm.await {
+                        Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => Ok(false),
+                        Ok(Confirmation::Ack(Some(returned))) => Err(SinkError::Permanent {
+                            backend: BACKEND,
+                            message: format!(
+                                "no queue is bound to exchange '{exchange}' for routing key '{key}' ({} {}); bind one, or set \"mandatory\": false to let the broker drop such messages",
+                                returned.reply_code, returned.reply_text
+                            ),
+                        }),
+                        Ok(Confirmation::Nack(_)) => {
+                            Err(retryable(format!("the broker refused a message for exchange '{exchange}' (nack)")))
+                        }
+                        Err(e) => Err(retryable(format!("no confirm for a message to exchange '{exchange}': {e}"))),
+                    }
+                });
+                if let Err(e) = self.window.push(call, ack, &mut done).await {
+                    self.channel = None;
+                    return Err(e);
+                }
+            }
+            if let Err(e) = self.window.settle_before(call, &mut done).await {
+                self.channel = None;
+                return Err(e);
+            }
+            Ok(done)
+        })
+    }
+
+    fn pipelined(&self) -> bool {
+        true
+    }
+
+    fn flush(&mut self) -> BoxFuture<'_, Result<Published, SinkError>> {
+        Box::pin(self.window.flush())
+    }
+
+    fn reset(&mut self) {
+        self.window.reset();
+        // Confirms still due on the old channel must not be counted later: start a new one.
+        self.channel = None;
+    }
+
+    fn health(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async move { self.channel().await.map(|_| ()) })
+    }
+
+    fn close(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async move {
+            if let Some(conn) = self.conn.take() {
+                let _ = conn.close(200, "pgtrickle-relay stopping".into()).await;
+            }
+            self.channel = None;
+            Ok(())
+        })
+    }
+}

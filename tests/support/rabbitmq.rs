@@ -1,0 +1,120 @@
+//! RabbitMQ for the tests: the machine's broker (scripts/test starts one when none answers),
+//! with per-test exchange and queue names so tests never see each other's messages.
+
+use std::collections::BTreeMap;
+
+use lapin::options::{BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+
+pub fn amqp_url() -> String {
+    std::env::var("PGTRICKLE_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// One message as a consumer sees it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub routing_key: String,
+    pub message_id: Option<String>,
+    pub persistent: bool,
+    pub headers: BTreeMap<String, String>,
+    pub body: serde_json::Value,
+}
+
+pub struct Rabbit {
+    _conn: Connection,
+    channel: Channel,
+    /// A prefix unique to this test run, for exchange and queue names.
+    pub prefix: String,
+}
+
+/// The exchanges of a test (declared durable by the relay) are deleted when it ends, so the
+/// machine's broker does not collect them.
+impl Drop for Rabbit {
+    fn drop(&mut self) {
+        let prefix = self.prefix.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async move {
+                let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await else { return };
+                let Ok(ch) = conn.create_channel().await else { return };
+                for what in ["conf", "x"] {
+                    let _ = ch.exchange_delete(format!("{prefix}-{what}").as_str().into(), Default::default()).await;
+                }
+                let _ = conn.close(200, "done".into()).await;
+            });
+        })
+        .join();
+    }
+}
+
+impl Rabbit {
+    pub async fn connect() -> Self {
+        let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .unwrap_or_else(|e| panic!("RabbitMQ not reachable at {} ({e}): scripts/test starts one", amqp_url()));
+        let channel = conn.create_channel().await.unwrap();
+        let prefix = format!("relay-test-{}-{}", std::process::id(), fastrand::u32(..));
+        Self { _conn: conn, channel, prefix }
+    }
+
+    /// A per-test name; exchanges named `conf` or `x` are deleted when the test ends.
+    pub fn name(&self, what: &str) -> String {
+        format!("{}-{what}", self.prefix)
+    }
+
+    /// Declares `exchange` (durable, as the relay declares it) and a queue bound to it with
+    /// `pattern`; the queue expires a minute after the test stops using it.
+    pub async fn bind_queue(&self, exchange: &str, kind: ExchangeKind, queue: &str, pattern: &str) {
+        self.channel
+            .exchange_declare(
+                exchange.into(),
+                kind,
+                ExchangeDeclareOptions { durable: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let mut args = FieldTable::default();
+        args.insert("x-expires".into(), AMQPValue::LongInt(60_000));
+        self.channel.queue_declare(queue.into(), QueueDeclareOptions::default(), args).await.unwrap();
+        self.channel
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                pattern.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Takes every message now in `queue`, in queue order (acknowledged as they are taken).
+    pub async fn drain(&self, queue: &str) -> Vec<Received> {
+        let mut out = Vec::new();
+        while let Some(m) = self.channel.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await.unwrap() {
+            let p = &m.delivery.properties;
+            let mut headers = BTreeMap::new();
+            if let Some(h) = p.headers() {
+                for (k, v) in h.inner() {
+                    let text = match v {
+                        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                        AMQPValue::Boolean(b) => b.to_string(),
+                        AMQPValue::LongLongInt(i) => i.to_string(),
+                        other => format!("{other:?}"),
+                    };
+                    headers.insert(k.to_string(), text);
+                }
+            }
+            out.push(Received {
+                routing_key: m.delivery.routing_key.to_string(),
+                message_id: p.message_id().as_ref().map(|s| s.to_string()),
+                persistent: *p.delivery_mode() == Some(2),
+                headers,
+                body: serde_json::from_slice(&m.delivery.data).unwrap(),
+            });
+        }
+        out
+    }
+}
