@@ -143,3 +143,15 @@ CONF
   for _ in $(seq 1 120); do port_open "$AMQP_PORT" && break; sleep 0.5; done
   port_open "$AMQP_PORT" || { log "RabbitMQ did not start; see $dir/log"; return 1; }
 }
+
+# The SQS tests run their own moto_server (SQS-compatible, free port); only the program is needed.
+ensure_moto_server() {
+  if command -v moto_server >/dev/null 2>&1; then
+    return 0
+  fi
+  command -v python3 >/dev/null 2>&1 || apt_install python3 python3-pip
+  log "installing moto_server (pip: moto[server]==5.2.1)"
+  python3 -m pip install -q --disable-pip-version-check "moto[server]==5.2.1" >/dev/null
+  hash -r
+  command -v moto_server >/dev/null 2>&1 || { log "moto_server not on PATH after install"; return 1; }
+}

@@ -15,5 +15,6 @@ mod observability;
 mod pg_inbox;
 mod rabbitmq;
 mod redis;
+mod sqs;
 mod torture;
 mod webhook;

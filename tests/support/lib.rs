@@ -22,6 +22,7 @@ pub mod kafka;
 pub mod nats;
 pub mod rabbitmq;
 pub mod redis_server;
+pub mod sqs;
 
 pub fn admin_url() -> String {
     std::env::var("PGTRICKLE_TEST_POSTGRES_URL")

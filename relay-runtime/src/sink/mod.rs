@@ -16,6 +16,8 @@ pub mod pg_inbox;
 pub mod rabbitmq;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "sqs")]
+pub mod sqs;
 #[cfg(feature = "stdout")]
 pub mod stdout;
 #[cfg(feature = "webhook")]
@@ -98,7 +100,7 @@ pub struct Published {
 pub enum BuildError {
     #[error("sink type '{0}' is not compiled into this binary; rebuild with `--features {0}`")]
     NotCompiled(&'static str),
-    #[error("sink type '{0}' is not available in this version of pgtrickle-relay yet (available: stdout, file, nats, webhook, pg-inbox, redis, kafka, rabbitmq)")]
+    #[error("sink type '{0}' is not available in this version of pgtrickle-relay yet (available: stdout, file, nats, webhook, pg-inbox, redis, kafka, rabbitmq, sqs)")]
     NotYetAvailable(&'static str),
     #[error("sink '{backend}': key '{key}': {message}")]
     Option { backend: &'static str, key: String, message: String },
@@ -144,10 +146,14 @@ pub async fn build(spec: &SinkSpec, ctx: &SinkContext<'_>) -> Result<Box<dyn Sin
         SinkKind::Kafka => kafka::build(&spec.options, ctx).await,
         #[cfg(feature = "rabbitmq")]
         SinkKind::Rabbitmq => rabbitmq::build(&spec.options, ctx).await,
+        #[cfg(feature = "sqs")]
+        SinkKind::Sqs => sqs::build(&spec.options, ctx).await,
         #[cfg(feature = "stdout")]
         SinkKind::Stdout | SinkKind::File => stdout::build(spec).await,
         #[cfg(not(feature = "stdout"))]
         SinkKind::Stdout | SinkKind::File => Err(BuildError::NotCompiled("stdout")),
+        // Reached only for backends left out of this build.
+        #[allow(unreachable_patterns)]
         other => {
             let compiled = match other {
                 SinkKind::Nats => cfg!(feature = "nats"),

@@ -1,0 +1,263 @@
+//! AWS SQS sink (`aws-sdk-sqs`), for SQS and SQS-compatible servers (`endpoint_url`).
+//!
+//! A batch goes out as `SendMessageBatch` calls of up to 10 entries, several in flight on
+//! standard queues; on FIFO queues (`….fifo`) one at a time so each message group keeps outbox
+//! order. Entries that failed inside a successful call are sent again on their own (only those),
+//! a sender fault is a permanent error naming the message. FIFO messages carry
+//! `MessageDeduplicationId` = the dedup key (SQS drops a repeat within 5 minutes) and
+//! `MessageGroupId` from a template (default the stream table). Every message carries the
+//! attributes `pgtrickle-op`, `pgtrickle-dedup-key`, `pgtrickle-outbox-id` and
+//! `pgtrickle-full-refresh`; one over SQS's 256 KiB limit is a permanent error.
+
+use std::time::Duration;
+
+use aws_sdk_sqs::config::{Credentials, Region};
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry};
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use sha2::{Digest, Sha256};
+
+use super::options::Options;
+use super::{BuildError, Published, Sink, SinkContext, SinkError};
+use crate::message::{RelayMessage, Template};
+
+const BACKEND: &str = "sqs";
+/// SQS's limit for a message: body plus attribute names, types and values.
+pub const MAX_MESSAGE_BYTES: usize = 262_144;
+const ENTRIES_PER_CALL: usize = 10;
+/// Attempts for entries that failed inside a successful `SendMessageBatch`.
+const ENTRY_ATTEMPTS: u32 = 5;
+
+pub struct SqsSink {
+    client: aws_sdk_sqs::Client,
+    queue_url: String,
+    fifo: bool,
+    group: Template,
+    stream_table: String,
+    outbox_table: String,
+    calls_in_flight: usize,
+}
+
+pub async fn build(
+    options: &serde_json::Map<String, serde_json::Value>,
+    ctx: &SinkContext<'_>,
+) -> Result<Box<dyn Sink>, BuildError> {
+    let o = Options::new(BACKEND, options);
+    let queue_url = o.required_str(&["queue_url"])?.to_owned();
+    let fifo = queue_url.ends_with(".fifo");
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(region) = o.str(&["region"])? {
+        loader = loader.region(Region::new(region.to_owned()));
+    }
+    if let Some(endpoint) = o.str(&["endpoint_url", "endpoint"])? {
+        loader = loader.endpoint_url(endpoint);
+    }
+    match (o.str(&["access_key_id"])?, o.str(&["secret_access_key"])?) {
+        (Some(id), Some(secret)) => {
+            let token = o.str(&["session_token"])?.map(str::to_owned);
+            loader = loader.credentials_provider(Credentials::new(id, secret, token, None, "pgtrickle-relay config"));
+        }
+        (None, None) => {} // the AWS default chain: environment, profile, web identity, instance role
+        _ => return Err(o.error("access_key_id", "access_key_id and secret_access_key go together")),
+    }
+    let config = loader.load().await;
+    if config.region().is_none() {
+        return Err(o.error("region", "no AWS region: set \"region\" (or AWS_REGION for the relay)"));
+    }
+    let default_inflight = if fifo { 1 } else { 10 };
+    let sink = SqsSink {
+        client: aws_sdk_sqs::Client::new(&config),
+        fifo,
+        group: o.template(&["message_group_id", "message_group_id_template"], "{stream_table}")?,
+        stream_table: ctx.stream_table.to_owned(),
+        outbox_table: ctx.outbox_table.to_owned(),
+        calls_in_flight: o.u64("max_in_flight", default_inflight, 1, 100)? as usize,
+        queue_url,
+    };
+    if sink.fifo && sink.calls_in_flight > 1 {
+        return Err(o.error("max_in_flight", "a FIFO queue takes one SendMessageBatch at a time (ordering)"));
+    }
+    check_queue(&sink.client, &sink.queue_url).await?;
+    Ok(Box::new(sink))
+}
+
+/// Checks that the queue exists (and that the credentials may see it).
+async fn check_queue(client: &aws_sdk_sqs::Client, queue_url: &str) -> Result<(), BuildError> {
+    let r =
+        client.get_queue_attributes().queue_url(queue_url).attribute_names(QueueAttributeName::QueueArn).send().await;
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let code = e.code().unwrap_or_default().to_owned();
+            let text = DisplayErrorContext(&e).to_string();
+            if code.contains("NonExistentQueue") || code.contains("QueueDoesNotExist") {
+                Err(BuildError::Open {
+                    backend: BACKEND,
+                    message: format!("SQS queue {queue_url} does not exist; create it"),
+                })
+            } else if e.as_service_error().is_some() {
+                Err(BuildError::Open { backend: BACKEND, message: format!("cannot use SQS queue {queue_url}: {text}") })
+            } else {
+                Err(BuildError::Unreachable {
+                    backend: BACKEND,
+                    message: format!("cannot reach SQS for {queue_url}: {text}"),
+                })
+            }
+        }
+    }
+}
+
+/// A FIFO deduplication id: the dedup key, or its SHA-256 when longer than SQS's 128 characters.
+fn deduplication_id(key: &str) -> String {
+    if key.len() <= 128 {
+        key.to_owned()
+    } else {
+        hex::encode(Sha256::digest(key.as_bytes()))
+    }
+}
+
+fn attribute(value: &str) -> Result<MessageAttributeValue, SinkError> {
+    MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(value)
+        .build()
+        .map_err(|e| SinkError::Permanent { backend: BACKEND, message: format!("cannot build an attribute: {e}") })
+}
+
+impl SqsSink {
+    fn entry(&self, index: usize, m: &RelayMessage) -> Result<SendMessageBatchRequestEntry, SinkError> {
+        let body = serde_json::to_string(m)
+            .map_err(|e| SinkError::Permanent { backend: BACKEND, message: format!("cannot encode message: {e}") })?;
+        let outbox_id = m.outbox_id.unwrap_or(0).to_string();
+        let attrs = [
+            ("pgtrickle-op", m.op.as_str()),
+            ("pgtrickle-dedup-key", m.dedup_key.as_str()),
+            ("pgtrickle-outbox-id", outbox_id.as_str()),
+            ("pgtrickle-full-refresh", if m.is_full_refresh { "true" } else { "false" }),
+        ];
+        let size = body.len() + attrs.iter().map(|(k, v)| k.len() + "String".len() + v.len()).sum::<usize>();
+        if size > MAX_MESSAGE_BYTES {
+            return Err(SinkError::Permanent {
+                backend: BACKEND,
+                message: format!(
+                    "message {} is {size} bytes, over SQS's limit of {MAX_MESSAGE_BYTES} (256 KiB); shrink the row or relay this stream table to another sink",
+                    m.dedup_key
+                ),
+            });
+        }
+        let mut e = SendMessageBatchRequestEntry::builder().id(index.to_string()).message_body(body);
+        for (k, v) in attrs {
+            e = e.message_attributes(k, attribute(v)?);
+        }
+        if self.fifo {
+            e = e
+                .message_group_id(self.group.render(&m.vars(&self.stream_table, &self.outbox_table)))
+                .message_deduplication_id(deduplication_id(&m.dedup_key));
+        }
+        e.build()
+            .map_err(|e| SinkError::Permanent { backend: BACKEND, message: format!("cannot build a message: {e}") })
+    }
+}
+
+/// Sends entries with `SendMessageBatch`; entries that failed inside a successful call are sent
+/// again (only those), a sender fault is permanent.
+async fn send_call(
+    client: aws_sdk_sqs::Client,
+    queue_url: String,
+    mut entries: Vec<SendMessageBatchRequestEntry>,
+    keys: Vec<String>,
+) -> Result<u64, SinkError> {
+    let total = entries.len() as u64;
+    let mut delay = Duration::from_millis(100);
+    for attempt in 1..=ENTRY_ATTEMPTS {
+        let out =
+            client.send_message_batch().queue_url(&queue_url).set_entries(Some(entries.clone())).send().await.map_err(
+                |e| {
+                    let text = DisplayErrorContext(&e).to_string();
+                    match e.as_service_error() {
+                        Some(s) if s.is_batch_request_too_long() => SinkError::Permanent {
+                            backend: BACKEND,
+                            message: format!("a SendMessageBatch to {queue_url} is over SQS's 256 KiB limit: {text}"),
+                        },
+                        _ => SinkError::Retryable {
+                            backend: BACKEND,
+                            message: format!("SendMessageBatch to {queue_url} failed: {text}"),
+                        },
+                    }
+                },
+            )?;
+        if out.failed().is_empty() {
+            return Ok(total);
+        }
+        if let Some(f) = out.failed().iter().find(|f| f.sender_fault()) {
+            let key = f.id().parse::<usize>().ok().and_then(|i| keys.get(i)).map_or("?", String::as_str);
+            return Err(SinkError::Permanent {
+                backend: BACKEND,
+                message: format!("SQS rejected message {key}: {} {}", f.code(), f.message().unwrap_or_default()),
+            });
+        }
+        let failed: std::collections::HashSet<&str> = out.failed().iter().map(|f| f.id()).collect();
+        tracing::debug!(queue = %queue_url, failed = failed.len(), attempt, "SendMessageBatch entries failed; sending those again");
+        entries.retain(|e| failed.contains(e.id()));
+        tokio::time::sleep(delay).await;
+        delay *= 2;
+    }
+    Err(SinkError::Retryable {
+        backend: BACKEND,
+        message: format!("{} entries of a SendMessageBatch to {queue_url} kept failing", entries.len()),
+    })
+}
+
+impl Sink for SqsSink {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn publish<'a>(&'a mut self, batch: &'a [RelayMessage]) -> BoxFuture<'a, Result<Published, SinkError>> {
+        Box::pin(async move {
+            let mut done = Published::default();
+            let mut calls = FuturesUnordered::new();
+            for chunk in batch.chunks(ENTRIES_PER_CALL) {
+                let entries = chunk.iter().enumerate().map(|(i, m)| self.entry(i, m)).collect::<Result<Vec<_>, _>>()?;
+                let keys = chunk.iter().map(|m| m.dedup_key.clone()).collect();
+                calls.push(send_call(self.client.clone(), self.queue_url.clone(), entries, keys));
+                while calls.len() >= self.calls_in_flight {
+                    if let Some(r) = calls.next().await {
+                        done.confirmed += r?;
+                    }
+                }
+            }
+            while let Some(r) = calls.next().await {
+                done.confirmed += r?;
+            }
+            Ok(done)
+        })
+    }
+
+    fn health(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async move {
+            check_queue(&self.client, &self.queue_url)
+                .await
+                .map_err(|e| SinkError::Retryable { backend: BACKEND, message: e.to_string() })
+        })
+    }
+
+    fn close(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::deduplication_id;
+
+    #[test]
+    fn long_dedup_keys_are_hashed_to_fit_sqs() {
+        assert_eq!(deduplication_id("outbox_orders:1:0"), "outbox_orders:1:0");
+        let long = format!("{}:1:0", "t".repeat(200));
+        let id = deduplication_id(&long);
+        assert_eq!(id.len(), 64);
+        assert_eq!(id, deduplication_id(&long), "stable across redelivery");
+    }
+}
