@@ -317,10 +317,17 @@ async fn check_cmd(url: &str) -> anyhow::Result<ExitCode> {
                 },
                 Err(e) => Err(e.to_string()),
             },
-            Ok(PipelineSpec::Reverse(spec)) => Err(format!(
-                "reverse pipelines (source type '{}') are not available in this version yet",
-                spec.source_type
-            )),
+            // The source is not contacted (that would bind a receiver or create consumers).
+            Ok(PipelineSpec::Reverse(spec)) => {
+                let schema = spec.options.get("schema").and_then(|v| v.as_str());
+                let table = crate::inbox::InboxTable::parse(&spec.inbox_table, schema);
+                match (crate::pipeline::reverse::Mapping::from_options(&spec), table.ensure(&conn.client, false).await)
+                {
+                    (Err(e), _) => Err(e.to_string()),
+                    (_, Err(e)) => Err(e.to_string()),
+                    (Ok(_), Ok(())) => Ok(format!("{} -> {}", spec.source_type, table.qualified())),
+                }
+            }
         };
         let enabled = if row.enabled { "enabled" } else { "disabled" };
         match verdict {

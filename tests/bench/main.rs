@@ -10,7 +10,9 @@
 //! 100,000-row snapshot with 1 % changed rows, beside reading the snapshot alone),
 //! `outbox_to_redis` (ceiling: pipelined XADD of the same entries with the same client),
 //! `outbox_to_kafka` (ceiling: rdkafka's FutureProducer with the relay's settings and delivery
-//! window sending the same records).
+//! window sending the same records), `outbox_to_rabbitmq` (ceiling: lapin publishing the same
+//! messages with confirms and the relay's window), `outbox_to_sqs` (ceiling: aws-sdk-sqs
+//! `SendMessageBatch` of the same bodies, 10 calls in flight, same server).
 
 // A benchmark harness: a failed unwrap is a failed run with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -428,6 +430,124 @@ async fn bench_kafka(rows: i64) {
     }));
 }
 
+async fn bench_rabbitmq(rows: i64) {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    use lapin::types::FieldTable;
+    use relay_e2e::rabbitmq::{amqp_url, Rabbit};
+    let rabbit = Rabbit::connect().await;
+    let (exchange, queue) = (rabbit.name("x"), rabbit.name("bench"));
+    rabbit.bind_queue(&exchange, lapin::ExchangeKind::Topic, &queue, "#").await;
+    let db = TestDb::new().await;
+    let sink = json!({"sink_type": "rabbitmq", "rabbitmq_url": amqp_url(), "rabbitmq_exchange": exchange, "delta_mode": "snapshot"});
+    let (took, mut relay) = relay_run(&db, sink, rows).await;
+    let rss_kb = relay.peak_rss_kb();
+    relay.terminate();
+    let relay_rate = rate(rows as u64, took);
+    let first = rabbit.drain_count(&queue).await;
+    assert_eq!(first.0 as i64, rows, "every message delivered once");
+    let body = serde_json::to_vec(&first.1.unwrap().body).unwrap();
+
+    // Ceiling: the same client, confirms and window, the same bodies and properties.
+    let conn = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    // The relay's four headers, so both sides send the same frames.
+    let mut headers = FieldTable::default();
+    for (k, v) in [("pgtrickle-op", "insert"), ("pgtrickle-dedup-key", "outbox_bench:1:0")] {
+        headers.insert(k.into(), lapin::types::AMQPValue::LongString(v.into()));
+    }
+    headers.insert("pgtrickle-full-refresh".into(), lapin::types::AMQPValue::Boolean(true));
+    headers.insert("pgtrickle-outbox-id".into(), lapin::types::AMQPValue::LongLongInt(1));
+    let t0 = Instant::now();
+    let mut acks = FuturesOrdered::new();
+    for i in 0..rows {
+        let props = lapin::BasicProperties::default()
+            .with_message_id(format!("outbox_bench:{}:{}", i / PER_OUTBOX_ROW, i % PER_OUTBOX_ROW).as_str().into())
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_app_id("pgtrickle-relay".into())
+            .with_headers(headers.clone());
+        let confirm = ch
+            .basic_publish(
+                exchange.as_str().into(),
+                "pgtrickle.bench.insert".into(),
+                BasicPublishOptions { mandatory: true, ..Default::default() },
+                &body,
+                props,
+            )
+            .await
+            .unwrap();
+        acks.push_back(confirm);
+        while acks.len() >= 1024 {
+            assert!(acks.next().await.unwrap().unwrap().is_ack());
+        }
+    }
+    while let Some(a) = acks.next().await {
+        assert!(a.unwrap().is_ack());
+    }
+    let ceiling = rate(rows as u64, t0.elapsed());
+    assert_eq!(rabbit.drain_count(&queue).await.0 as i64, rows);
+    emit(json!({
+        "bench": "outbox_to_rabbitmq", "delta_rows": rows, "relay_seconds": took.as_secs_f64(), "relay_msgs_per_sec": relay_rate,
+        "ceiling": "lapin, publisher confirms with the relay's 1024 window, persistent, mandatory, the same bodies, same broker",
+        "ceiling_msgs_per_sec": ceiling, "ratio_to_ceiling": (relay_rate / ceiling * 1000.0).round() / 1000.0,
+        "relay_peak_rss_mb": (rss_kb as f64 / 1024.0 * 10.0).round() / 10.0,
+    }));
+}
+
+async fn bench_sqs(rows: i64) {
+    use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+    use relay_e2e::sqs::SqsServer;
+    let server = SqsServer::start();
+    let url = server.create_queue("bench").await;
+    let ceiling_url = server.create_queue("ceiling").await;
+    let db = TestDb::new().await;
+    let sink = json!({"sink_type": "sqs", "sqs_queue_url": url, "sqs_region": "us-east-1", "sqs_endpoint_url": server.endpoint(),
+                      "sqs_access_key_id": "test", "sqs_secret_access_key": "test", "delta_mode": "snapshot"});
+    let (took, mut relay) = relay_run(&db, sink, rows).await;
+    relay.terminate();
+    let relay_rate = rate(rows as u64, took);
+    let client = server.client();
+    let attrs = client
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+        .send()
+        .await
+        .unwrap();
+    let stored: i64 = attrs.attributes().unwrap().values().next().unwrap().parse().unwrap();
+    assert_eq!(stored, rows, "every message stored once");
+    let sample = server.drain_one(&url).await.unwrap();
+    let body = serde_json::to_string(&sample).unwrap();
+
+    // Ceiling: the same SDK, 10 entries per call, 10 calls in flight, the same bodies.
+    let t0 = Instant::now();
+    let mut calls = futures::stream::FuturesUnordered::new();
+    let mut sent = 0;
+    while sent < rows {
+        let entries: Vec<_> = (0..10.min(rows - sent))
+            .map(|i| {
+                SendMessageBatchRequestEntry::builder().id(i.to_string()).message_body(body.clone()).build().unwrap()
+            })
+            .collect();
+        sent += entries.len() as i64;
+        calls.push(client.send_message_batch().queue_url(&ceiling_url).set_entries(Some(entries)).send());
+        while calls.len() >= 10 {
+            assert!(calls.next().await.unwrap().unwrap().failed().is_empty());
+        }
+    }
+    while let Some(r) = calls.next().await {
+        assert!(r.unwrap().failed().is_empty());
+    }
+    let ceiling = rate(rows as u64, t0.elapsed());
+    emit(json!({
+        "bench": "outbox_to_sqs", "delta_rows": rows, "relay_seconds": took.as_secs_f64(), "relay_msgs_per_sec": relay_rate,
+        "ceiling": "aws-sdk-sqs SendMessageBatch of 10, 10 calls in flight, the same bodies, same moto_server",
+        "ceiling_msgs_per_sec": ceiling, "ratio_to_ceiling": (relay_rate / ceiling * 1000.0).round() / 1000.0,
+        "server": "moto_server 5.2.1 (Python): the server, not the relay, bounds both numbers",
+    }));
+}
+
 /// Diff mode: a claim-check snapshot (pg_trickle's form above 10,000 rows) of `rows` rows, then
 /// the same snapshot with 1 % of the rows changed; the second one is timed, beside reading the
 /// snapshot's rows alone.
@@ -513,6 +633,14 @@ async fn main() {
     }
     if wants("kafka") {
         bench_kafka(rows).await;
+    }
+    if wants("rabbitmq") {
+        bench_rabbitmq(rows).await;
+    }
+    if wants("sqs") {
+        // moto stores a queue in a Python list and slows down as it grows (~250 msg/s empty,
+        // ~25 msg/s at 5,000 messages): a small run keeps the row minutes, not hours.
+        bench_sqs(std::env::var("BENCH_SQS_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(rows.min(2_000))).await;
     }
     if wants("diff") {
         bench_diff(std::env::var("BENCH_DIFF_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000)).await;

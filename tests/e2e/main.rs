@@ -15,6 +15,7 @@ mod observability;
 mod pg_inbox;
 mod rabbitmq;
 mod redis;
+mod reverse;
 mod sqs;
 mod torture;
 mod webhook;

@@ -26,20 +26,25 @@ pub struct Rabbit {
     channel: Channel,
     /// A prefix unique to this test run, for exchange and queue names.
     pub prefix: String,
+    /// Exchanges and queues to delete when the test ends.
+    declared: std::sync::Mutex<(Vec<String>, Vec<String>)>,
 }
 
-/// The exchanges of a test (declared durable by the relay) are deleted when it ends, so the
-/// machine's broker does not collect them.
+/// The exchanges and queues of a test are deleted when it ends, so the machine's broker does not
+/// collect them (a queue also expires after 10 idle minutes should the test process be killed).
 impl Drop for Rabbit {
     fn drop(&mut self) {
-        let prefix = self.prefix.clone();
+        let (exchanges, queues) = std::mem::take(&mut *self.declared.lock().unwrap_or_else(|e| e.into_inner()));
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
             rt.block_on(async move {
                 let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await else { return };
                 let Ok(ch) = conn.create_channel().await else { return };
-                for what in ["conf", "x"] {
-                    let _ = ch.exchange_delete(format!("{prefix}-{what}").as_str().into(), Default::default()).await;
+                for q in queues {
+                    let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
+                }
+                for x in exchanges {
+                    let _ = ch.exchange_delete(x.as_str().into(), Default::default()).await;
                 }
                 let _ = conn.close(200, "done".into()).await;
             });
@@ -55,17 +60,22 @@ impl Rabbit {
             .unwrap_or_else(|e| panic!("RabbitMQ not reachable at {} ({e}): scripts/test starts one", amqp_url()));
         let channel = conn.create_channel().await.unwrap();
         let prefix = format!("relay-test-{}-{}", std::process::id(), fastrand::u32(..));
-        Self { _conn: conn, channel, prefix }
+        Self { _conn: conn, channel, prefix, declared: Default::default() }
     }
 
-    /// A per-test name; exchanges named `conf` or `x` are deleted when the test ends.
+    /// A per-test name.
     pub fn name(&self, what: &str) -> String {
         format!("{}-{what}", self.prefix)
     }
 
     /// Declares `exchange` (durable, as the relay declares it) and a queue bound to it with
-    /// `pattern`; the queue expires a minute after the test stops using it.
+    /// `pattern`; both are deleted when the test ends.
     pub async fn bind_queue(&self, exchange: &str, kind: ExchangeKind, queue: &str, pattern: &str) {
+        {
+            let mut d = self.declared.lock().unwrap();
+            d.0.push(exchange.to_owned());
+            d.1.push(queue.to_owned());
+        }
         self.channel
             .exchange_declare(
                 exchange.into(),
@@ -76,7 +86,7 @@ impl Rabbit {
             .await
             .unwrap();
         let mut args = FieldTable::default();
-        args.insert("x-expires".into(), AMQPValue::LongInt(60_000));
+        args.insert("x-expires".into(), AMQPValue::LongInt(600_000));
         self.channel.queue_declare(queue.into(), QueueDeclareOptions::default(), args).await.unwrap();
         self.channel
             .queue_bind(
@@ -88,6 +98,22 @@ impl Rabbit {
             )
             .await
             .unwrap();
+    }
+
+    /// Purges `queue`, returning how many messages it held and the first of them.
+    pub async fn drain_count(&self, queue: &str) -> (u32, Option<Received>) {
+        let first = self.channel.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await.unwrap();
+        let Some(first) = first else { return (0, None) };
+        let body = serde_json::from_slice(&first.delivery.data).unwrap();
+        let purged = self.channel.queue_purge(queue.into(), Default::default()).await.unwrap();
+        let received = Received {
+            routing_key: first.delivery.routing_key.to_string(),
+            message_id: first.delivery.properties.message_id().as_ref().map(|s| s.to_string()),
+            persistent: *first.delivery.properties.delivery_mode() == Some(2),
+            headers: BTreeMap::new(),
+            body,
+        };
+        (purged + 1, Some(received))
     }
 
     /// Takes every message now in `queue`, in queue order (acknowledged as they are taken).

@@ -79,6 +79,20 @@ impl SqsServer {
         self.receive(queue_url, false).await
     }
 
+    /// The body of one message of the queue (left in place, invisible for a minute).
+    pub async fn drain_one(&self, queue_url: &str) -> Option<serde_json::Value> {
+        let r = self
+            .client()
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(1)
+            .visibility_timeout(60)
+            .send()
+            .await
+            .unwrap();
+        r.messages().first().map(|m| serde_json::from_str(m.body().unwrap_or_default()).unwrap())
+    }
+
     async fn receive(&self, queue_url: &str, delete: bool) -> Vec<Received> {
         let client = self.client();
         let mut out = Vec::new();

@@ -483,9 +483,17 @@ fn parse_reverse(name: &str, obj: &Map<String, Value>) -> Result<ReverseSpec, Co
         ConfigError::new(name, "missing key 'inbox_table' (or 'sink.inbox'): which inbox should receive messages?")
     })?
     .to_owned();
+    // Flat keys lose their backend prefix (`nats_stream` → `stream`); nested `source` keys win.
+    let prefixes = SinkKind::parse(&source_type).map(SinkKind::flat_prefixes).unwrap_or(&[]);
     let mut options = Map::new();
-    for (k, v) in obj.iter().chain(source.iter()) {
-        if !matches!(k.as_str(), "source" | "sink" | "type") {
+    for (k, v) in obj {
+        if !matches!(k.as_str(), "source" | "sink" | "source_type" | "inbox_table" | "inbox") {
+            let key = prefixes.iter().find_map(|p| k.strip_prefix(p)).unwrap_or(k.as_str());
+            options.insert(key.to_owned(), v.clone());
+        }
+    }
+    for (k, v) in &source {
+        if k != "type" {
             options.insert(k.clone(), v.clone());
         }
     }

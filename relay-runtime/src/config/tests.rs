@@ -132,6 +132,9 @@ fn reverse_shapes_parse_with_inbox_aliases() {
             PipelineSpec::Reverse(spec) => {
                 assert_eq!(spec.source_type, "nats");
                 assert_eq!(spec.inbox_table, "orders_inbox");
+                // Flat keys lose the backend prefix, like the nested ones are written.
+                assert_eq!(spec.options["url"], "nats://x");
+                assert!(!spec.options.contains_key("nats_url") && !spec.options.contains_key("type"));
             }
             PipelineSpec::Forward(_) => panic!("expected reverse"),
         }

@@ -2,6 +2,7 @@
 //! pipeline's advisory lock (so every offset commit is fenced by that lock).
 
 pub mod forward;
+pub mod reverse;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -55,15 +56,8 @@ pub async fn run_worker(ctx: Arc<RelayState>, row: PipelineRow, conn: DbConnecti
             forward::run(ctx.clone(), spec, &conn, &link, &mut st).await;
         }
         PipelineSpec::Reverse(spec) => {
-            let msg = format!(
-                "reverse pipelines (source type '{}') are not available in this version of pgtrickle-relay yet",
-                spec.source_type
-            );
-            tracing::error!(pipeline = %row.name, direction = "reverse", error = %msg, "cannot start pipeline");
-            st.state = PipelineState::Failed;
-            st.last_error = Some(msg);
-            report(&ctx, &conn, &st, 0, 0).await;
-            hold_until_cancelled(&conn, &link).await;
+            st.sink = Some(format!("{} -> inbox", spec.source_type));
+            reverse::run(ctx.clone(), spec, &conn, &link, &mut st).await;
         }
     }
     finish(&ctx, &conn, st).await;

@@ -9,6 +9,7 @@
 //! server-side dedup for a batch produced again after a crash: consumers that need exactly once
 //! skip repeated `pgtrickle-dedup-key` values.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +46,8 @@ pub struct KafkaSink {
     outbox_table: String,
     window: AckWindow,
     timeout: Duration,
+    /// The value buffer, reused across messages.
+    body: Vec<u8>,
 }
 
 /// The librdkafka settings of a sink spec: ours first, then the `rdkafka` passthrough map.
@@ -127,6 +130,7 @@ pub async fn build(
         outbox_table: ctx.outbox_table.to_owned(),
         window: AckWindow::new(o.u64("max_in_flight", 50_000, 1, 1_000_000)? as usize),
         timeout,
+        body: Vec::with_capacity(1024),
     };
     // A fixed topic is checked (and created when asked) now; a templated one at its first message.
     let fixed = sink.topic.is_static().then(|| sink.topic.source().to_owned());
@@ -216,11 +220,11 @@ impl KafkaSink {
         }
     }
 
-    fn key_of(&self, m: &RelayMessage) -> String {
+    fn key_of<'m>(&self, m: &'m RelayMessage) -> Cow<'m, str> {
         match &self.key {
-            PartitionKey::Dedup => m.dedup_key.clone(),
-            PartitionKey::Field(f) => m.field_text(f).unwrap_or_else(|| m.dedup_key.clone()),
-            PartitionKey::Template(t) => t.render(&m.vars(&self.stream_table, &self.outbox_table)),
+            PartitionKey::Dedup => Cow::Borrowed(&m.dedup_key),
+            PartitionKey::Field(f) => m.field_text(f).map_or(Cow::Borrowed(m.dedup_key.as_str()), Cow::Owned),
+            PartitionKey::Template(t) => Cow::Owned(t.render(&m.vars(&self.stream_table, &self.outbox_table))),
         }
     }
 }
@@ -248,8 +252,11 @@ impl Sink for KafkaSink {
             let call = self.window.begin();
             let mut done = Published::default();
             let fixed_topic: Option<Arc<str>> = self.topic.is_static().then(|| Arc::from(self.topic.source()));
+            // librdkafka copies key and value: one buffer serves every message.
+            let mut body = std::mem::take(&mut self.body);
             for m in batch {
-                let body = serde_json::to_vec(m).map_err(|e| SinkError::Permanent {
+                body.clear();
+                serde_json::to_writer(&mut body, m).map_err(|e| SinkError::Permanent {
                     backend: BACKEND,
                     message: format!("cannot encode message: {e}"),
                 })?;
@@ -258,7 +265,8 @@ impl Sink for KafkaSink {
                     Some(t) => Arc::clone(t),
                     None => Arc::from(self.topic.render(&m.vars(&self.stream_table, &self.outbox_table))),
                 };
-                let mut record = FutureRecord::to(&topic).payload(&body).key(&key).headers(headers(m));
+                let mut record =
+                    FutureRecord::to(&topic).payload(body.as_slice()).key(key.as_ref()).headers(headers(m));
                 let delivery = loop {
                     match self.producer.send_result(record) {
                         Ok(d) => break d,
@@ -286,6 +294,7 @@ impl Sink for KafkaSink {
                 });
                 self.window.push(call, ack, &mut done).await?;
             }
+            self.body = body;
             self.window.settle_before(call, &mut done).await?;
             Ok(done)
         })

@@ -102,12 +102,12 @@ pub enum BuildError {
     NotCompiled(&'static str),
     #[error("sink type '{0}' is not available in this version of pgtrickle-relay yet (available: stdout, file, nats, webhook, pg-inbox, redis, kafka, rabbitmq, sqs)")]
     NotYetAvailable(&'static str),
-    #[error("sink '{backend}': key '{key}': {message}")]
+    #[error("{backend}: key '{key}': {message}")]
     Option { backend: &'static str, key: String, message: String },
-    #[error("sink '{backend}': {message}")]
+    #[error("{backend}: {message}")]
     Open { backend: &'static str, message: String },
     /// The target could not be reached; retried with backoff, the pipeline is `degraded`.
-    #[error("sink '{backend}': {message}")]
+    #[error("{backend}: {message}")]
     Unreachable { backend: &'static str, message: String },
 }
 

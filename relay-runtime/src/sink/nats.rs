@@ -35,12 +35,24 @@ pub async fn build(
     ctx: &SinkContext<'_>,
 ) -> Result<Box<dyn Sink>, BuildError> {
     let o = Options::new(BACKEND, options);
-    let url = o.required_str(&["url", "servers"])?;
     let window = o.u64("max_in_flight", 1024, 1, 65_536)? as usize;
     let ack_timeout = o.millis("ack_timeout_ms", 10_000)?;
-    let mut connect = async_nats::ConnectOptions::new()
-        .name(format!("pgtrickle-relay {}", ctx.pipeline))
-        .connection_timeout(o.millis("connect_timeout_ms", 5_000)?);
+    let client = connect(&o, format!("pgtrickle-relay {}", ctx.pipeline)).await?;
+    let js = jetstream::ContextBuilder::new().timeout(ack_timeout).max_ack_inflight(window).build(client.clone());
+
+    if let Some(name) = o.str(&["stream"])? {
+        ensure_stream(&js, &o, name, ctx).await?;
+    }
+    Ok(Box::new(NatsSink { client, js, window: AckWindow::new(window) }))
+}
+
+/// Connects with the connection keys shared by the NATS sink and source: `url`, `user` +
+/// `password`, `token`, `nkey`, `credentials_file`, `tls_ca`, `tls_cert` + `tls_key`,
+/// `tls_required`, `connect_timeout_ms`.
+pub async fn connect(o: &Options<'_>, name: String) -> Result<async_nats::Client, BuildError> {
+    let url = o.required_str(&["url", "servers"])?;
+    let mut connect =
+        async_nats::ConnectOptions::new().name(name).connection_timeout(o.millis("connect_timeout_ms", 5_000)?);
     if let Some(path) = o.str(&["credentials_file", "creds"])? {
         connect = connect.credentials_file(path).await.map_err(|e| BuildError::Option {
             backend: BACKEND,
@@ -78,12 +90,7 @@ pub async fn build(
         backend: BACKEND,
         message: format!("cannot connect to {}: {e}", redact_url(url)),
     })?;
-    let js = jetstream::ContextBuilder::new().timeout(ack_timeout).max_ack_inflight(window).build(client.clone());
-
-    if let Some(name) = o.str(&["stream"])? {
-        ensure_stream(&js, &o, name, ctx).await?;
-    }
-    Ok(Box::new(NatsSink { client, js, window: AckWindow::new(window) }))
+    Ok(client)
 }
 
 /// Checks that the configured stream exists, or creates it when `create_stream` is true.

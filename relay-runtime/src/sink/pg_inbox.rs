@@ -7,14 +7,13 @@
 
 use futures::future::BoxFuture;
 use serde_json::Value;
-use tokio_postgres::error::SqlState;
 
 use super::options::Options;
 use super::{BuildError, Published, Sink, SinkContext, SinkError};
 use crate::catalog::connect::error_text;
 use crate::catalog::{self, redact_url, DbConnection};
+use crate::inbox::{self, InboxError, InboxRow, InboxTable};
 use crate::message::RelayMessage;
-use crate::outbox::quote_ident;
 
 const BACKEND: &str = "pg-inbox";
 
@@ -42,11 +41,7 @@ pub async fn build(
     let o = Options::new(BACKEND, options);
     let url = o.str(&["postgres_url", "url"])?.unwrap_or(ctx.postgres_url).to_owned();
     let table = o.required_str(&["inbox_table", "inbox", "table"])?;
-    let (schema, table) = match (o.str(&["schema"])?, table.split_once('.')) {
-        (_, Some((s, t))) => (s.trim_matches('"').to_owned(), t.trim_matches('"').to_owned()),
-        (Some(s), None) => (s.to_owned(), table.to_owned()),
-        (None, None) => ("pgtrickle".to_owned(), table.to_owned()),
-    };
+    let table = InboxTable::parse(table, o.str(&["schema"])?);
     let event_type = match o.str(&["event_type"])? {
         None | Some("subject") => EventType::Subject,
         Some("op") => EventType::Op,
@@ -64,56 +59,11 @@ pub async fn build(
         backend: BACKEND,
         message: format!("cannot connect to {}: {}", redact_url(&url), error_text(&e)),
     })?;
-    let qualified = format!("{}.{}", quote_ident(&schema), quote_ident(&table));
-    if o.bool("create_inbox", false)? {
-        conn.client
-            .batch_execute(&format!(
-                "CREATE SCHEMA IF NOT EXISTS {schema_q};
-                 CREATE TABLE IF NOT EXISTS {qualified} (
-                     event_id     text        NOT NULL PRIMARY KEY,
-                     event_type   text,
-                     source       text,
-                     aggregate_id text,
-                     payload      jsonb,
-                     received_at  timestamptz NOT NULL DEFAULT now(),
-                     processed_at timestamptz,
-                     error        text,
-                     retry_count  int         NOT NULL DEFAULT 0,
-                     trace_id     text)",
-                schema_q = quote_ident(&schema)
-            ))
-            .await
-            .map_err(|e| BuildError::Open {
-                backend: BACKEND,
-                message: format!("cannot create inbox {qualified}: {}", error_text(&e)),
-            })?;
-    }
-    let exists: bool = conn
-        .client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                             WHERE n.nspname = $1 AND c.relname = $2)",
-            &[&schema, &table],
-        )
-        .await
-        .map_err(|e| BuildError::Unreachable { backend: BACKEND, message: error_text(&e) })?
-        .get(0);
-    if !exists {
-        return Err(BuildError::Open {
-            backend: BACKEND,
-            message: format!(
-                "inbox table {qualified} does not exist; create it with SELECT pgtrickle.create_inbox('{table}', '{schema}') or set \"create_inbox\": true"
-            ),
-        });
-    }
-    let insert_sql = format!(
-        "WITH ins AS (
-             INSERT INTO {qualified} (event_id, event_type, source, aggregate_id, payload)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[])
-             ON CONFLICT (event_id) DO NOTHING
-             RETURNING 1)
-         SELECT count(*) FROM ins"
-    );
+    table.ensure(&conn.client, o.bool("create_inbox", false)?).await.map_err(|e| match e {
+        InboxError::Retryable(message) => BuildError::Unreachable { backend: BACKEND, message },
+        InboxError::Permanent(message) | InboxError::Row(message) => BuildError::Open { backend: BACKEND, message },
+    })?;
+    let insert_sql = table.insert_sql();
     Ok(Box::new(PgInboxSink {
         url,
         app_name,
@@ -126,28 +76,15 @@ pub async fn build(
 }
 
 fn classify(e: &tokio_postgres::Error) -> SinkError {
-    let message = error_text(e);
-    let permanent = e.code().is_some_and(|c| {
-        let class = &c.code()[..2];
-        // Data, constraint, syntax/undefined-object and privilege errors will not go away by
-        // retrying; connection, resource and concurrency errors may.
-        matches!(class, "22" | "23" | "42" | "2B" | "44") && *c != SqlState::T_R_SERIALIZATION_FAILURE
-    });
-    if permanent {
-        SinkError::Permanent { backend: BACKEND, message }
-    } else {
-        SinkError::Retryable { backend: BACKEND, message }
+    match InboxError::from_pg(e) {
+        InboxError::Retryable(message) => SinkError::Retryable { backend: BACKEND, message },
+        InboxError::Permanent(message) | InboxError::Row(message) => SinkError::Permanent { backend: BACKEND, message },
     }
 }
 
 impl PgInboxSink {
     fn aggregate_id(&self, payload: &Value) -> Option<String> {
-        let v = payload.get(self.aggregate_id_field.as_deref()?)?;
-        Some(match v {
-            Value::String(s) => s.clone(),
-            Value::Null => return None,
-            other => other.to_string(),
-        })
+        inbox::field_text(payload, self.aggregate_id_field.as_deref()?)
     }
 }
 
@@ -167,31 +104,30 @@ impl Sink for PgInboxSink {
                 self.conn = Some(conn);
             }
             let n = batch.len();
-            let mut ids = Vec::with_capacity(n);
-            let mut types = Vec::with_capacity(n);
-            let mut sources = Vec::with_capacity(n);
-            let mut aggregates = Vec::with_capacity(n);
-            let mut payloads = Vec::with_capacity(n);
-            for m in batch {
-                ids.push(m.dedup_key.as_str());
-                types.push(match self.event_type {
-                    EventType::Subject => m.subject.as_str(),
-                    EventType::Op => m.op.as_str(),
-                });
-                sources.push(self.source.as_str());
-                aggregates.push(self.aggregate_id(&m.payload));
-                payloads.push(&m.payload);
-            }
+            let rows: Vec<InboxRow> = batch
+                .iter()
+                .map(|m| InboxRow {
+                    event_id: m.dedup_key.clone(),
+                    event_type: Some(match self.event_type {
+                        EventType::Subject => m.subject.clone(),
+                        EventType::Op => m.op.as_str().to_owned(),
+                    }),
+                    source: Some(self.source.clone()),
+                    aggregate_id: self.aggregate_id(&m.payload),
+                    payload: m.payload.clone(),
+                    trace_id: None,
+                })
+                .collect();
             let Some(conn) = &self.conn else {
                 return Err(SinkError::Retryable { backend: BACKEND, message: "not connected".into() });
             };
-            let inserted: i64 = conn
-                .client
-                .query_one(&self.insert_sql, &[&ids, &types, &sources, &aggregates, &payloads])
-                .await
-                .map_err(|e| classify(&e))?
-                .get(0);
-            Ok(Published { confirmed: n as u64, duplicates: (n as u64).saturating_sub(inserted as u64) })
+            let inserted = inbox::write(&conn.client, &self.insert_sql, &rows).await.map_err(|e| match e {
+                InboxError::Retryable(message) => SinkError::Retryable { backend: BACKEND, message },
+                InboxError::Permanent(message) | InboxError::Row(message) => {
+                    SinkError::Permanent { backend: BACKEND, message }
+                }
+            })?;
+            Ok(Published { confirmed: n as u64, duplicates: (n - inserted.len().min(n)) as u64 })
         })
     }
 

@@ -1,0 +1,433 @@
+//! The reverse runner: source → inbox table, acknowledged only after the commit.
+//!
+//! Per batch: receive, turn every message into an inbox row (or, for a poison message, a
+//! dead-letter row), write both in one transaction on the connection that holds the pipeline's
+//! lock (`INSERT … ON CONFLICT (event_id) DO NOTHING`), commit, and only then acknowledge every
+//! message of the batch. A failed write gives the batch back to the source for redelivery; the
+//! deterministic event ids make a redelivered message a no-op.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{report, WorkerLink, START_RETRY};
+use crate::catalog::DbConnection;
+use crate::config::ReverseSpec;
+use crate::inbox::{self, InboxError, InboxRow, InboxTable};
+use crate::sink::options::Options;
+use crate::source::{self, Incoming, Outcome, Source, SourceContext};
+use crate::state::{PipelineState, PipelineStatus, RelayState};
+
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long one receive waits before the runner looks at cancellation and status again.
+const RECEIVE_WAIT: Duration = Duration::from_millis(500);
+
+/// How messages become inbox rows.
+#[derive(Debug, Clone)]
+pub struct Mapping {
+    pub source_name: String,
+    pub event_id_field: Option<String>,
+    pub event_type_field: String,
+    pub default_event_type: String,
+    pub aggregate_id_field: Option<String>,
+    pub max_message_bytes: usize,
+}
+
+impl Mapping {
+    pub fn from_options(spec: &ReverseSpec) -> Result<Self, crate::sink::BuildError> {
+        let o = Options::new("inbox", &spec.options);
+        Ok(Self {
+            source_name: o.str(&["source_name"])?.unwrap_or(&spec.name).to_owned(),
+            event_id_field: o.str(&["event_id_field", "dedup_key_field"])?.map(str::to_owned),
+            event_type_field: o.str(&["event_type_field"])?.unwrap_or("event_type").to_owned(),
+            default_event_type: o.str(&["event_type", "default_event_type"])?.unwrap_or(&spec.source_type).to_owned(),
+            aggregate_id_field: o.str(&["aggregate_id_field"])?.map(str::to_owned),
+            max_message_bytes: o.u64("max_message_bytes", 1_048_576, 1, 256 * 1_048_576)? as usize,
+        })
+    }
+
+    /// The inbox row of a message, or why it is poison.
+    pub fn row(&self, m: &Incoming) -> Result<InboxRow, String> {
+        if m.body.len() > self.max_message_bytes {
+            return Err(format!(
+                "message is {} bytes, over max_message_bytes ({})",
+                m.body.len(),
+                self.max_message_bytes
+            ));
+        }
+        let text = std::str::from_utf8(&m.body).map_err(|e| format!("message is not UTF-8: {e}"))?;
+        let payload: Value = serde_json::from_str(text).map_err(|e| format!("message is not JSON: {e}"))?;
+        let event_id = self
+            .event_id_field
+            .as_deref()
+            .and_then(|f| inbox::field_text(&payload, f))
+            .or_else(|| m.id.clone())
+            .unwrap_or_else(|| m.coordinate.clone());
+        let event_type = payload
+            .get(&self.event_type_field)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .or_else(|| m.header("Pgtrickle-Event-Type").or_else(|| m.header("ce-type")).map(str::to_owned))
+            .or_else(|| m.header("x-event-type").map(str::to_owned))
+            .or_else(|| m.subject.clone())
+            .unwrap_or_else(|| self.default_event_type.clone());
+        let aggregate_id =
+            self.aggregate_id_field.as_deref().and_then(|f| inbox::field_text(&payload, f)).or_else(|| m.key.clone());
+        Ok(InboxRow {
+            event_id,
+            event_type: Some(event_type),
+            source: Some(self.source_name.clone()),
+            aggregate_id,
+            payload,
+            trace_id: m.header("traceparent").and_then(trace_id),
+        })
+    }
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
+pub fn trace_id(traceparent: &str) -> Option<String> {
+    let mut parts = traceparent.trim().split('-');
+    let (_version, trace) = (parts.next()?, parts.next()?);
+    (trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit()) && trace != "0".repeat(32))
+        .then(|| trace.to_ascii_lowercase())
+}
+
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(0.8 + fastrand::f64() * 0.4)
+}
+
+/// Runs a reverse pipeline until cancelled or until its lock connection breaks.
+pub async fn run(
+    ctx: Arc<RelayState>,
+    spec: ReverseSpec,
+    conn: &DbConnection,
+    link: &WorkerLink,
+    st: &mut PipelineStatus,
+) {
+    let mut backoff = Duration::from_secs(1);
+    let (mapping, table, mut source) = loop {
+        match setup(conn, &spec).await {
+            Ok(ok) => break ok,
+            Err((transient, message)) => {
+                let wait = if transient {
+                    let w = jitter(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    w
+                } else {
+                    START_RETRY
+                };
+                tracing::error!(pipeline = %spec.name, error = %message, retry_in_ms = wait.as_millis() as u64, "cannot start reverse pipeline");
+                st.state = if transient { PipelineState::Degraded } else { PipelineState::Failed };
+                st.errors_total += 1;
+                st.last_error = Some(message);
+                report(&ctx, conn, st, 0, 1).await;
+                tokio::select! {
+                    _ = link.cancel.cancelled() => return,
+                    _ = conn.closed.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    };
+    tracing::info!(pipeline = %spec.name, inbox = %table.qualified(), source = source.name(), "reverse pipeline started");
+    st.state = PipelineState::Running;
+    st.last_error = None;
+    report(&ctx, conn, st, 0, 0).await;
+    let insert_sql = table.insert_sql();
+    let labels = [spec.name.as_str(), "reverse"];
+    let batch_size = Options::new("inbox", &spec.options).u64("batch_size", 500, 1, 100_000).unwrap_or(500) as usize;
+    let mut delay = Duration::from_millis(100);
+    let (mut unreported, mut unreported_errors, mut last_status) = (0i64, 0i64, Instant::now());
+    loop {
+        let received = tokio::select! {
+            _ = link.cancel.cancelled() => break,
+            _ = conn.closed.cancelled() => break,
+            r = source.receive(batch_size, RECEIVE_WAIT) => r,
+        };
+        let batch = match received {
+            Ok(b) => b,
+            Err(e) => {
+                ctx.metrics.source_errors.with_label_values(&[labels[0], labels[1], e.kind()]).inc();
+                let wait = jitter(delay);
+                delay = (delay * 2).min(MAX_BACKOFF);
+                tracing::warn!(pipeline = %spec.name, error = %e, retry_in_ms = wait.as_millis() as u64, "receive failed");
+                st.state = PipelineState::Degraded;
+                st.last_error = Some(e.to_string());
+                st.errors_total += 1;
+                report(&ctx, conn, st, unreported, unreported_errors + 1).await;
+                (unreported, unreported_errors) = (0, 0);
+                tokio::select! {
+                    _ = link.cancel.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            if last_status.elapsed() > Duration::from_secs(5) && (unreported > 0 || st.state != PipelineState::Running)
+            {
+                report(&ctx, conn, st, unreported, unreported_errors).await;
+                (unreported, unreported_errors, last_status) = (0, 0, Instant::now());
+            }
+            continue;
+        }
+        let started = Instant::now();
+        match store(conn, &ctx.group_id, &spec.name, &insert_sql, &mapping, &batch).await {
+            Ok(outcomes) => {
+                if let Err(e) = source.ack(&outcomes).await {
+                    // Stored already: a redelivery is absorbed by the event ids.
+                    tracing::warn!(pipeline = %spec.name, error = %e, "acknowledging a stored batch failed; its messages may be delivered again (and skipped as duplicates)");
+                }
+                let n = outcomes.len() as u64;
+                let dups = outcomes.iter().filter(|o| **o == Outcome::Duplicate).count() as u64;
+                let dead = outcomes.iter().filter(|o| matches!(o, Outcome::DeadLettered(_))).count() as u64;
+                ctx.metrics.messages_consumed.with_label_values(&labels).inc_by(n);
+                ctx.metrics.dedup_skipped.with_label_values(&[labels[0]]).inc_by(dups);
+                if dead > 0 {
+                    ctx.metrics.dead_letters.with_label_values(&labels).inc_by(dead);
+                    if let Some(Outcome::DeadLettered(e)) =
+                        outcomes.iter().find(|o| matches!(o, Outcome::DeadLettered(_)))
+                    {
+                        st.last_error = Some(format!("{dead} message(s) moved to pgtrickle.relay_dead_letters: {e}"));
+                    }
+                }
+                ctx.metrics.batch_duration.with_label_values(&labels).observe(started.elapsed().as_secs_f64());
+                st.messages_total += n as i64;
+                unreported += n as i64;
+                delay = Duration::from_millis(100);
+                if st.state != PipelineState::Running {
+                    st.state = PipelineState::Running;
+                    if dead == 0 {
+                        st.last_error = None;
+                    }
+                    report(&ctx, conn, st, unreported, unreported_errors).await;
+                    (unreported, unreported_errors, last_status) = (0, 0, Instant::now());
+                }
+                ctx.metrics.pipeline_healthy.with_label_values(&labels).set(1);
+            }
+            Err(e) => {
+                source.nack(&e.to_string()).await;
+                ctx.metrics
+                    .publish_errors
+                    .with_label_values(&[
+                        labels[0],
+                        labels[1],
+                        if e.is_retryable() { "retryable" } else { "permanent" },
+                    ])
+                    .inc();
+                if conn.closed.is_cancelled() {
+                    break;
+                }
+                let wait = if e.is_retryable() {
+                    let w = jitter(delay);
+                    delay = (delay * 2).min(MAX_BACKOFF);
+                    w
+                } else {
+                    START_RETRY
+                };
+                tracing::warn!(pipeline = %spec.name, error = %e, retry_in_ms = wait.as_millis() as u64, "inbox write failed; the batch goes back to the source");
+                st.state = if e.is_retryable() { PipelineState::Degraded } else { PipelineState::Failed };
+                st.last_error = Some(e.to_string());
+                st.errors_total += 1;
+                report(&ctx, conn, st, unreported, unreported_errors + 1).await;
+                (unreported, unreported_errors) = (0, 0);
+                tokio::select! {
+                    _ = link.cancel.cancelled() => break,
+                    _ = conn.closed.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+        if last_status.elapsed() > Duration::from_secs(1) {
+            report(&ctx, conn, st, unreported, unreported_errors).await;
+            (unreported, unreported_errors, last_status) = (0, 0, Instant::now());
+        }
+    }
+    source.close().await;
+    report(&ctx, conn, st, unreported, unreported_errors).await;
+    tracing::info!(pipeline = %spec.name, "reverse pipeline stopped");
+}
+
+async fn setup(
+    conn: &DbConnection,
+    spec: &ReverseSpec,
+) -> Result<(Mapping, InboxTable, Box<dyn Source>), (bool, String)> {
+    let mapping = Mapping::from_options(spec).map_err(|e| (false, e.to_string()))?;
+    let o = Options::new("inbox", &spec.options);
+    let table =
+        InboxTable::parse(&spec.inbox_table, o.str(&["schema", "inbox_schema"]).map_err(|e| (false, e.to_string()))?);
+    let create = o.bool("create_inbox", false).map_err(|e| (false, e.to_string()))?;
+    table.ensure(&conn.client, create).await.map_err(|e| (e.is_retryable(), e.to_string()))?;
+    let source = source::build(spec, &SourceContext { pipeline: &spec.name })
+        .await
+        .map_err(|e| (e.is_transient(), e.to_string()))?;
+    Ok((mapping, table, source))
+}
+
+/// Writes a batch in one transaction: inbox rows and dead letters. A row the table rejects
+/// (constraint, trigger, bad value) is retried alone and dead-lettered if it fails alone.
+async fn store(
+    conn: &DbConnection,
+    group: &str,
+    pipeline: &str,
+    insert_sql: &str,
+    mapping: &Mapping,
+    batch: &[Incoming],
+) -> Result<Vec<Outcome>, InboxError> {
+    let mut outcomes = vec![Outcome::Stored; batch.len()];
+    let mut rows = Vec::with_capacity(batch.len());
+    let mut row_index = Vec::with_capacity(batch.len());
+    let mut dead: Vec<(usize, String)> = Vec::new();
+    for (i, m) in batch.iter().enumerate() {
+        match mapping.row(m) {
+            Ok(r) => {
+                rows.push(r);
+                row_index.push(i);
+            }
+            Err(e) => dead.push((i, e)),
+        }
+    }
+    // Duplicates inside one batch (a sender retrying quickly) count once.
+    let client = &conn.client;
+    let pg = |e: tokio_postgres::Error| InboxError::from_pg(&e);
+    client.batch_execute("BEGIN").await.map_err(pg)?;
+    let result: Result<(), InboxError> = async {
+        if !rows.is_empty() {
+            client.batch_execute("SAVEPOINT batch").await.map_err(pg)?;
+            match inbox::write(client, insert_sql, &rows).await {
+                Ok(new) => mark_duplicates(&mut outcomes, &rows, &row_index, &new),
+                Err(InboxError::Row(_)) => {
+                    client.batch_execute("ROLLBACK TO SAVEPOINT batch").await.map_err(pg)?;
+                    for (r, &i) in rows.iter().zip(&row_index) {
+                        client.batch_execute("SAVEPOINT one").await.map_err(pg)?;
+                        match inbox::write(client, insert_sql, std::slice::from_ref(r)).await {
+                            Ok(new) if new.is_empty() => outcomes[i] = Outcome::Duplicate,
+                            Ok(_) => {}
+                            Err(InboxError::Row(e)) => {
+                                client.batch_execute("ROLLBACK TO SAVEPOINT one").await.map_err(pg)?;
+                                dead.push((i, format!("rejected by the inbox table: {e}")));
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for (i, error) in &dead {
+            let m = &batch[*i];
+            let headers: Value = m.headers.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect::<serde_json::Map<_, _>>().into();
+            let source_ref = m.id.clone().unwrap_or_else(|| m.coordinate.clone());
+            client
+                .execute(
+                    "INSERT INTO pgtrickle.relay_dead_letters (relay_group_id, direction, pipeline, source_ref, payload, headers, error)
+                     VALUES ($1, 'reverse', $2, $3, $4, $5, $6)",
+                    &[&group, &pipeline, &source_ref, &m.body, &headers, error],
+                )
+                .await
+                .map_err(pg)?;
+            tracing::error!(pipeline, message = %source_ref, error = %error, "poison message kept in pgtrickle.relay_dead_letters");
+            outcomes[*i] = Outcome::DeadLettered(error.clone());
+        }
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            client.batch_execute("COMMIT").await.map_err(pg)?;
+            Ok(outcomes)
+        }
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+/// After a batch insert: a row whose id is not among the new ones (or that repeats an id of
+/// the same batch) was a duplicate.
+fn mark_duplicates(outcomes: &mut [Outcome], rows: &[InboxRow], index: &[usize], new: &[String]) {
+    let mut fresh: std::collections::HashSet<&str> = new.iter().map(String::as_str).collect();
+    for (r, &i) in rows.iter().zip(index) {
+        if !fresh.remove(r.event_id.as_str()) {
+            outcomes[i] = Outcome::Duplicate;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_gives_the_trace_id() {
+        assert_eq!(
+            trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(trace_id("00-00000000000000000000000000000000-00f067aa0ba902b7-01"), None);
+        assert_eq!(trace_id("garbage"), None);
+    }
+
+    fn incoming(body: &str) -> Incoming {
+        Incoming {
+            id: None,
+            coordinate: "nats:s:7".into(),
+            subject: Some("orders.created".into()),
+            key: None,
+            headers: vec![],
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    fn mapping() -> Mapping {
+        Mapping {
+            source_name: "p".into(),
+            event_id_field: None,
+            event_type_field: "event_type".into(),
+            default_event_type: "nats".into(),
+            aggregate_id_field: Some("order_id".into()),
+            max_message_bytes: 100,
+        }
+    }
+
+    #[test]
+    fn rows_take_ids_types_and_aggregates_in_order_of_preference() {
+        let m = mapping();
+        let r = m.row(&incoming(r#"{"order_id": 7, "x": 1}"#)).unwrap();
+        assert_eq!(r.event_id, "nats:s:7", "no own id: the broker coordinate");
+        assert_eq!(r.event_type.as_deref(), Some("orders.created"), "no event_type field: the subject");
+        assert_eq!(r.aggregate_id.as_deref(), Some("7"));
+        let mut with_id = incoming(r#"{"event_type": "OrderPlaced"}"#);
+        with_id.id = Some("msg-1".into());
+        let r = m.row(&with_id).unwrap();
+        assert_eq!((r.event_id.as_str(), r.event_type.as_deref()), ("msg-1", Some("OrderPlaced")));
+    }
+
+    #[test]
+    fn poison_messages_say_why() {
+        let m = mapping();
+        assert!(m.row(&incoming("not json")).unwrap_err().contains("not JSON"));
+        assert!(m.row(&incoming(&format!("\"{}\"", "x".repeat(200)))).unwrap_err().contains("max_message_bytes"));
+        let mut bad = incoming("");
+        bad.body = vec![0xff, 0xfe];
+        assert!(m.row(&bad).unwrap_err().contains("UTF-8"));
+    }
+
+    #[test]
+    fn ids_not_returned_as_new_are_duplicates() {
+        let row = |id: &str| InboxRow {
+            event_id: id.into(),
+            event_type: None,
+            source: None,
+            aggregate_id: None,
+            payload: Value::Null,
+            trace_id: None,
+        };
+        let rows = vec![row("a"), row("b"), row("a")];
+        let mut outcomes = vec![Outcome::Stored; 3];
+        mark_duplicates(&mut outcomes, &rows, &[0, 1, 2], &["a".to_owned(), "b".to_owned()]);
+        assert_eq!(outcomes, vec![Outcome::Stored, Outcome::Stored, Outcome::Duplicate]);
+    }
+}

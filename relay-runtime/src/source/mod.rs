@@ -1,0 +1,119 @@
+//! Reverse sources: where inbox messages come from. One file per backend, behind its feature.
+//!
+//! A source hands out a batch, and acknowledges it only when the runner says every message of it
+//! was durably written to the inbox (or to the dead-letter table) — never before. A batch that
+//! was not stored is given back for redelivery. Every message carries a deterministic identity:
+//! its own id when it has one, else a broker coordinate that is the same on every redelivery.
+
+#[cfg(feature = "nats")]
+pub mod nats;
+#[cfg(feature = "webhook")]
+pub mod webhook;
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use crate::config::ReverseSpec;
+use crate::sink::BuildError;
+
+/// One message as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incoming {
+    /// The message's own id (`Nats-Msg-Id`, `Idempotency-Key`, AMQP `message_id`), if any.
+    pub id: Option<String>,
+    /// A broker coordinate stable across redelivery (`nats:<stream>:<seq>`, …).
+    pub coordinate: String,
+    /// Subject, topic or routing key.
+    pub subject: Option<String>,
+    /// A message key (Kafka), used as the aggregate id when no payload field is configured.
+    pub key: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Incoming {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// What became of one message of a batch, for sources that answer a sender (HTTP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Stored,
+    Duplicate,
+    DeadLettered(String),
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum SourceError {
+    #[error("{backend}: {message} (will retry)")]
+    Retryable { backend: &'static str, message: String },
+    #[error("{backend}: {message}")]
+    Permanent { backend: &'static str, message: String },
+}
+
+impl SourceError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, SourceError::Retryable { .. })
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceError::Retryable { .. } => "retryable",
+            SourceError::Permanent { .. } => "permanent",
+        }
+    }
+}
+
+pub trait Source: Send {
+    fn name(&self) -> &'static str;
+
+    /// Waits up to `wait` for messages and returns up to `max` of them (none on a quiet source).
+    /// The previous batch must have been acked or nacked.
+    fn receive(&mut self, max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<Incoming>, SourceError>>;
+
+    /// Every message of the last batch is durably stored or dead-lettered (`outcomes`, in batch
+    /// order): acknowledge all of them.
+    fn ack<'a>(&'a mut self, outcomes: &'a [Outcome]) -> BoxFuture<'a, Result<(), SourceError>>;
+
+    /// The last batch was not stored: let the broker (or sender) deliver it again.
+    fn nack<'a>(&'a mut self, reason: &'a str) -> BoxFuture<'a, ()>;
+
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// What a source may need to know about its pipeline.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceContext<'a> {
+    pub pipeline: &'a str,
+}
+
+/// Builds the source a reverse pipeline asks for.
+pub async fn build(spec: &ReverseSpec, ctx: &SourceContext<'_>) -> Result<Box<dyn Source>, BuildError> {
+    let _ = ctx;
+    match spec.source_type.as_str() {
+        #[cfg(feature = "nats")]
+        "nats" => nats::build(&spec.options, ctx).await,
+        #[cfg(feature = "webhook")]
+        "webhook" | "http" => webhook::build(&spec.options, ctx).await,
+        #[cfg(not(feature = "nats"))]
+        "nats" => Err(BuildError::NotCompiled("nats")),
+        #[cfg(not(feature = "webhook"))]
+        "webhook" | "http" => Err(BuildError::NotCompiled("webhook")),
+        "kafka" | "redis" | "sqs" | "rabbitmq" => Err(BuildError::Open {
+            backend: "source",
+            message: format!(
+                "source type '{}' is not available in this version of pgtrickle-relay yet (available: nats, webhook)",
+                spec.source_type
+            ),
+        }),
+        other => Err(BuildError::Open {
+            backend: "source",
+            message: format!("unknown source type '{other}' (expected nats, webhook, kafka, redis, sqs, rabbitmq)"),
+        }),
+    }
+}

@@ -1,0 +1,164 @@
+//! NATS JetStream source: a durable pull consumer on a stream.
+//!
+//! The consumer is created when missing (durable name `consumer`, default the pipeline name;
+//! explicit acks). A batch is fetched, written to the inbox, and only then is every message of
+//! it acknowledged; a batch that was not stored is nak'ed for immediate redelivery. Event ids:
+//! `Nats-Msg-Id` when the publisher set one, else `nats:<stream>:<stream sequence>`.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::{self, stream, AckKind};
+use futures::future::BoxFuture;
+use futures::StreamExt;
+
+use super::{Incoming, Outcome, Source, SourceContext, SourceError};
+use crate::sink::options::Options;
+use crate::sink::BuildError;
+
+const BACKEND: &str = "nats";
+
+pub struct NatsSource {
+    client: async_nats::Client,
+    stream: String,
+    consumer: jetstream::consumer::Consumer<pull::Config>,
+    pending: Vec<jetstream::Message>,
+}
+
+fn retryable(message: String) -> SourceError {
+    SourceError::Retryable { backend: BACKEND, message }
+}
+
+pub async fn build(
+    options: &serde_json::Map<String, serde_json::Value>,
+    ctx: &SourceContext<'_>,
+) -> Result<Box<dyn Source>, BuildError> {
+    let o = Options::new(BACKEND, options);
+    let stream_name = o.required_str(&["stream"])?.to_owned();
+    let durable = o.str(&["consumer", "durable_name", "durable"])?.unwrap_or(ctx.pipeline).to_owned();
+    let filter = o.str(&["subject", "filter_subject"])?.map(str::to_owned);
+    let deliver_policy = match o.choice("deliver_policy", &["all", "new", "last"], "all")? {
+        "new" => DeliverPolicy::New,
+        "last" => DeliverPolicy::Last,
+        _ => DeliverPolicy::All,
+    };
+    let ack_wait = Duration::from_secs(o.u64("ack_wait_seconds", 30, 1, 86_400)?);
+    let max_deliver = match o.u64("max_deliver", 0, 0, 1_000_000)? {
+        0 => -1,
+        n => n as i64,
+    };
+    let client = crate::sink::nats::connect(&o, format!("pgtrickle-relay {} (source)", ctx.pipeline)).await?;
+    let js = jetstream::new(client.clone());
+    let stream = match js.get_stream(&stream_name).await {
+        Ok(s) => s,
+        Err(e) if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            if !o.bool("create_stream", true)? {
+                return Err(BuildError::Open {
+                    backend: BACKEND,
+                    message: format!(
+                        "JetStream stream '{stream_name}' does not exist; create it or set \"create_stream\": true"
+                    ),
+                });
+            }
+            let subjects = match o.str_list("stream_subjects")? {
+                Some(s) => s,
+                None => vec![filter.clone().unwrap_or_else(|| format!("{stream_name}.>"))],
+            };
+            let config = stream::Config { name: stream_name.clone(), subjects: subjects.clone(), ..Default::default() };
+            let created = js.create_stream(config).await;
+            match created {
+                Ok(s) => {
+                    tracing::info!(stream = %stream_name, ?subjects, "created JetStream stream for the source");
+                    s
+                }
+                // Another relay created it meanwhile.
+                Err(_) => js.get_stream(&stream_name).await.map_err(|e| BuildError::Open {
+                    backend: BACKEND,
+                    message: format!("cannot create stream '{stream_name}' with subjects {subjects:?}: {e}"),
+                })?,
+            }
+        }
+        Err(e) => {
+            return Err(BuildError::Unreachable {
+                backend: BACKEND,
+                message: format!("cannot look up stream '{stream_name}': {e}"),
+            })
+        }
+    };
+    let config = pull::Config {
+        durable_name: Some(durable.clone()),
+        filter_subject: filter.clone().unwrap_or_default(),
+        deliver_policy,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait,
+        max_deliver,
+        max_ack_pending: o.u64("max_ack_pending", 20_000, 1, 1_000_000)? as i64,
+        ..Default::default()
+    };
+    let consumer = stream.get_or_create_consumer(&durable, config).await.map_err(|e| BuildError::Open {
+        backend: BACKEND,
+        message: format!("cannot create durable consumer '{durable}' on stream '{stream_name}': {e}"),
+    })?;
+    Ok(Box::new(NatsSource { client, stream: stream_name, consumer, pending: Vec::new() }))
+}
+
+impl Source for NatsSource {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn receive(&mut self, max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<Incoming>, SourceError>> {
+        Box::pin(async move {
+            let mut batch = self
+                .consumer
+                .fetch()
+                .max_messages(max)
+                .expires(wait)
+                .messages()
+                .await
+                .map_err(|e| retryable(format!("fetch from stream '{}' failed: {e}", self.stream)))?;
+            let mut out = Vec::new();
+            while let Some(m) = batch.next().await {
+                let m = m.map_err(|e| retryable(format!("fetch from stream '{}' failed: {e}", self.stream)))?;
+                let seq =
+                    m.info().map(|i| i.stream_sequence).map_err(|e| retryable(format!("bad message metadata: {e}")))?;
+                let headers: Vec<(String, String)> = m
+                    .headers
+                    .iter()
+                    .flat_map(|h| h.iter())
+                    .flat_map(|(k, vs)| vs.iter().map(move |v| (k.to_string(), v.to_string())))
+                    .collect();
+                let id = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("Nats-Msg-Id")).map(|(_, v)| v.clone());
+                out.push(Incoming {
+                    id,
+                    coordinate: format!("nats:{}:{seq}", self.stream),
+                    subject: Some(m.subject.to_string()),
+                    key: None,
+                    headers,
+                    body: m.payload.to_vec(),
+                });
+                self.pending.push(m);
+            }
+            Ok(out)
+        })
+    }
+
+    fn ack<'a>(&'a mut self, _outcomes: &'a [Outcome]) -> BoxFuture<'a, Result<(), SourceError>> {
+        Box::pin(async move {
+            for m in self.pending.drain(..) {
+                m.ack().await.map_err(|e| retryable(format!("ack failed: {e}")))?;
+            }
+            self.client.flush().await.map_err(|e| retryable(format!("ack flush failed: {e}")))
+        })
+    }
+
+    fn nack<'a>(&'a mut self, _reason: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            for m in self.pending.drain(..) {
+                let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            }
+            let _ = self.client.flush().await;
+        })
+    }
+}

@@ -1,0 +1,309 @@
+//! Reverse mode: NATS JetStream and the HTTP webhook receiver into a pg_trickle inbox — acked
+//! after the commit, exactly once across a SIGKILL, poison messages in the dead-letter table.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::stream::{FuturesUnordered, StreamExt};
+use relay_e2e::nats::NatsServer;
+use relay_e2e::*;
+use serde_json::{json, Value};
+
+/// An inbox in pg_trickle's `create_inbox` shape.
+async fn create_inbox(c: &tokio_postgres::Client, name: &str) {
+    c.batch_execute(&format!(
+        "CREATE TABLE pgtrickle.{name} (
+             event_id text NOT NULL PRIMARY KEY, event_type text, source text, aggregate_id text,
+             payload jsonb, received_at timestamptz NOT NULL DEFAULT now(), processed_at timestamptz,
+             error text, retry_count int NOT NULL DEFAULT 0, trace_id text)"
+    ))
+    .await
+    .unwrap();
+}
+
+async fn count(c: &tokio_postgres::Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// Publishes `n` messages to `subject`, every other one with its own `Nats-Msg-Id`.
+async fn publish(js: &jetstream::Context, subject: &str, from: usize, n: usize) {
+    let mut acks = FuturesUnordered::new();
+    for i in from..from + n {
+        let body = json!({"order_id": i % 1000, "seq": i, "event_type": "OrderPlaced"}).to_string();
+        let ack = if i % 2 == 0 {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Nats-Msg-Id", format!("cmd-{i}").as_str());
+            js.publish_with_headers(subject.to_owned(), h, body.into()).await.unwrap()
+        } else {
+            js.publish(subject.to_owned(), body.into()).await.unwrap()
+        };
+        acks.push(ack.into_future());
+        while acks.len() >= 512 {
+            acks.next().await.unwrap().unwrap();
+        }
+    }
+    while let Some(a) = acks.next().await {
+        a.unwrap();
+    }
+}
+
+use std::future::IntoFuture;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_nats_example_lands_100k_messages_exactly_once_across_a_sigkill() {
+    let nats = NatsServer::start();
+    let js = nats.jetstream().await;
+    nats.create_stream("commands", &["commands.>"]).await;
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    assert!(run_cli(&db.url, &["migrate"]).0.success());
+    create_inbox(&c, "orders_inbox").await;
+    // The seed README's example as written, on this test's own nats-server.
+    let config = json!({
+        "source_type": "nats",
+        "nats_url": nats.url(),
+        "nats_stream": "commands",
+        "nats_consumer": "relay-consumer",
+        "inbox_table": "orders_inbox"
+    });
+    c.execute("SELECT pgtrickle.set_relay_inbox('nats-to-orders-inbox', config => $1::jsonb)", &[&config])
+        .await
+        .unwrap();
+    c.execute("SELECT pgtrickle.enable_relay('nats-to-orders-inbox')", &[]).await.unwrap();
+
+    const N: usize = 100_000;
+    publish(&js, "commands.orders", 0, N).await;
+    let mut relay = Relay::start(&db.url, "default", &[]);
+    eventually(Duration::from_secs(60), "a third of the messages stored", || async {
+        (count(&c, "SELECT count(*) FROM pgtrickle.orders_inbox").await >= (N / 3) as i64).then_some(())
+    })
+    .await;
+    relay.kill();
+    let mut relay = Relay::start(&db.url, "default", &[]);
+    eventually(Duration::from_secs(120), "every message stored", || async {
+        (count(&c, "SELECT count(*) FROM pgtrickle.orders_inbox").await == N as i64).then_some(())
+    })
+    .await;
+    // Nothing pending or unacknowledged, and nothing more arrives.
+    let consumer: jetstream::consumer::PullConsumer =
+        js.get_stream("commands").await.unwrap().get_consumer("relay-consumer").await.unwrap();
+    eventually(Duration::from_secs(30), "every message acknowledged", || {
+        let mut consumer = consumer.clone();
+        async move {
+            let info = consumer.info().await.unwrap().clone();
+            (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(count(&c, "SELECT count(*) FROM pgtrickle.orders_inbox").await, N as i64);
+    assert_eq!(count(&c, "SELECT count(DISTINCT payload->>'seq') FROM pgtrickle.orders_inbox").await, N as i64);
+
+    // Event ids: the publisher's own id, else the stream coordinate; the mapping of the columns.
+    let row = c
+        .query_one(
+            "SELECT event_id, event_type, source, aggregate_id FROM pgtrickle.orders_inbox WHERE payload->>'seq' = '10'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "cmd-10");
+    assert_eq!(row.get::<_, String>(1), "OrderPlaced");
+    assert_eq!(row.get::<_, String>(2), "nats-to-orders-inbox");
+    assert_eq!(row.get::<_, Option<String>>(3), None, "no aggregate_id_field configured");
+    let odd: String = c
+        .query_one("SELECT event_id FROM pgtrickle.orders_inbox WHERE payload->>'seq' = '11'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(odd.starts_with("nats:commands:"), "{odd}");
+    let metrics = relay.get("/metrics").1;
+    assert!(
+        metrics.contains(
+            r#"pgtrickle_relay_messages_consumed_total{direction="reverse",pipeline="nats-to-orders-inbox"}"#
+        ),
+        "{metrics}"
+    );
+    assert!(relay.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_is_dead_lettered_and_acked_while_its_neighbours_are_stored() {
+    let nats = NatsServer::start();
+    let js = nats.jetstream().await;
+    nats.create_stream("events", &["events.>"]).await;
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    assert!(run_cli(&db.url, &["migrate"]).0.success());
+    create_inbox(&c, "events_inbox").await;
+    let config = json!({"source_type": "nats", "nats_url": nats.url(), "nats_stream": "events", "inbox_table": "events_inbox",
+                        "aggregate_id_field": "order_id"});
+    c.execute("SELECT pgtrickle.set_relay_inbox('events-in', config => $1::jsonb)", &[&config]).await.unwrap();
+    let _relay = Relay::start(&db.url, "default", &[]);
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    js.publish_with_headers("events.a", h, r#"{"order_id": 1}"#.into()).await.unwrap().await.unwrap();
+    js.publish("events.b", "this is not json".into()).await.unwrap().await.unwrap();
+    js.publish("events.c", r#"{"order_id": 3}"#.into()).await.unwrap().await.unwrap();
+    eventually(Duration::from_secs(15), "both good messages stored", || async {
+        (count(&c, "SELECT count(*) FROM pgtrickle.events_inbox").await == 2).then_some(())
+    })
+    .await;
+    let rows = c
+        .query("SELECT event_type, aggregate_id, trace_id FROM pgtrickle.events_inbox ORDER BY aggregate_id", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), "events.a", "no event_type field: the subject");
+    assert_eq!(rows[0].get::<_, String>(1), "1");
+    assert_eq!(rows[0].get::<_, Option<String>>(2).as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+    let dl = c
+        .query_one(
+            "SELECT direction, pipeline, source_ref, convert_from(payload, 'UTF8'), error FROM pgtrickle.relay_dead_letters",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(dl.get::<_, String>(0), "reverse");
+    assert_eq!(dl.get::<_, String>(1), "events-in");
+    assert_eq!(dl.get::<_, String>(2), "nats:events:2");
+    assert_eq!(dl.get::<_, String>(3), "this is not json");
+    assert!(dl.get::<_, String>(4).contains("not JSON"));
+    // Acked: nothing is redelivered.
+    let consumer: jetstream::consumer::PullConsumer =
+        js.get_stream("events").await.unwrap().get_consumer("events-in").await.unwrap();
+    eventually(Duration::from_secs(10), "all three acknowledged", || {
+        let mut consumer = consumer.clone();
+        async move {
+            let info = consumer.info().await.unwrap().clone();
+            (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+        }
+    })
+    .await;
+}
+
+fn webhook_config(port: u16) -> Value {
+    json!({"source_type": "webhook", "webhook_bind": format!("127.0.0.1:{port}"), "webhook_path": "/events",
+           "webhook_auth_token": "s3cret", "webhook_max_body_bytes": 2048, "inbox_table": "hooks_inbox",
+           "aggregate_id_field": "id"})
+}
+
+async fn wait_listening(port: u16) {
+    eventually(Duration::from_secs(10), "the receiver listens", || async {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_receiver_answers_after_the_commit_and_checks_its_input() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    assert!(run_cli(&db.url, &["migrate"]).0.success());
+    create_inbox(&c, "hooks_inbox").await;
+    let port = free_port();
+    c.execute("SELECT pgtrickle.set_relay_inbox('hooks', config => $1::jsonb)", &[&webhook_config(port)])
+        .await
+        .unwrap();
+    let relay = Relay::start(&db.url, "default", &[]);
+    wait_listening(port).await;
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/events");
+    let post = |body: String, key: Option<&str>| {
+        let mut r = http.post(&url).bearer_auth("s3cret").header("content-type", "application/json").body(body);
+        if let Some(k) = key {
+            r = r.header("Idempotency-Key", k);
+        }
+        r.send()
+    };
+
+    let r = post(json!({"id": 1, "event_type": "Paid"}).to_string(), Some("evt-1")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    // Answered after the commit: the row is there now.
+    assert_eq!(count(&c, "SELECT count(*) FROM pgtrickle.hooks_inbox WHERE event_id = 'evt-1'").await, 1);
+    let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["stored"], 1);
+    // A retried request is a duplicate, answered 200, stored once.
+    let r = post(json!({"id": 1, "event_type": "Paid"}).to_string(), Some("evt-1")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(serde_json::from_slice::<Value>(&r.bytes().await.unwrap()).unwrap()["duplicates"], 1);
+    // A JSON array is a batch: one event per element.
+    let r = post(json!([{"id": 2}, {"id": 3}]).to_string(), Some("batch-9")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let ids: Vec<String> = c
+        .query("SELECT event_id FROM pgtrickle.hooks_inbox WHERE event_id LIKE 'batch-9:%' ORDER BY 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, vec!["batch-9:0", "batch-9:1"]);
+
+    // Refused before anything is queued.
+    let no_auth = http.post(&url).header("content-type", "application/json").body("{}").send().await.unwrap();
+    assert_eq!(no_auth.status(), 401);
+    let wrong_type =
+        http.post(&url).bearer_auth("s3cret").header("content-type", "text/plain").body("{}").send().await.unwrap();
+    assert_eq!(wrong_type.status(), 415);
+    let too_big = post(json!({"blob": "x".repeat(4096)}).to_string(), None).await.unwrap();
+    assert_eq!(too_big.status(), 413);
+    let wrong_path = http.post(format!("http://127.0.0.1:{port}/other")).bearer_auth("s3cret").send().await.unwrap();
+    assert_eq!(wrong_path.status(), 404);
+    // Not JSON: dead-lettered (kept, with its headers) and answered 422.
+    let poison = post("{not json".to_owned(), Some("bad-1")).await.unwrap();
+    assert_eq!(poison.status(), 422);
+    let dl: String = c
+        .query_one("SELECT source_ref FROM pgtrickle.relay_dead_letters WHERE pipeline = 'hooks'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dl, "bad-1");
+    assert_eq!(count(&c, "SELECT count(*) FROM pgtrickle.hooks_inbox").await, 3);
+    drop(relay);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_sender_never_gets_2xx_for_an_event_that_was_not_stored() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    assert!(run_cli(&db.url, &["migrate"]).0.success());
+    create_inbox(&c, "hooks_inbox").await;
+    let port = free_port();
+    c.execute("SELECT pgtrickle.set_relay_inbox('hooks', config => $1::jsonb)", &[&webhook_config(port)])
+        .await
+        .unwrap();
+    let mut relay = Relay::start(&db.url, "default", &[]);
+    wait_listening(port).await;
+
+    // The inbox is locked: the write waits, the sender waits for its answer.
+    let locker = db.client().await;
+    locker.batch_execute("BEGIN; LOCK TABLE pgtrickle.hooks_inbox IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let url = format!("http://127.0.0.1:{port}/events");
+    let send = |url: String| async move {
+        reqwest::Client::new()
+            .post(url)
+            .bearer_auth("s3cret")
+            .header("content-type", "application/json")
+            .header("Idempotency-Key", "evt-42")
+            .body(json!({"id": 42}).to_string())
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+    };
+    let pending = tokio::spawn(send(url.clone()));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!pending.is_finished(), "no answer before the commit");
+    relay.kill();
+    let answer = pending.await.unwrap();
+    assert!(
+        answer.as_ref().map_or(true, |r| !r.status().is_success()),
+        "got {answer:?} for an event that was not stored"
+    );
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(count(&c, "SELECT count(*) FROM pgtrickle.hooks_inbox").await, 0);
+
+    // The sender retries against the next relay and the event is stored once.
+    let _relay = Relay::start(&db.url, "default", &[]);
+    wait_listening(port).await;
+    let r = send(url).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(count(&c, "SELECT count(*) FROM pgtrickle.hooks_inbox WHERE event_id = 'evt-42'").await, 1);
+}
