@@ -81,6 +81,9 @@ pub enum Command {
     /// Inspect and manage pipelines
     #[command(subcommand)]
     Pipelines(PipelinesCommand),
+    /// List and replay dead letters (poison messages, undecodable outbox rows)
+    #[command(subcommand)]
+    Dlq(crate::dlq::DlqCommand),
     /// Run the relay on a demo pipeline (a pg_trickle-shaped outbox → stdout)
     Demo(crate::demo::DemoArgs),
 }
@@ -173,6 +176,10 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Some(Command::Migrate) => migrate_cmd(&url).await,
         Some(Command::Check) => check_cmd(&url).await,
         Some(Command::Pipelines(cmd)) => pipelines_cmd(&url, &cli.global.relay_group_id, cmd).await,
+        Some(Command::Dlq(cmd)) => match connect_once(&url).await {
+            Ok(conn) => crate::dlq::run(&conn.client, &cli.global.relay_group_id, cmd).await,
+            Err(e) => Err(e),
+        },
         Some(Command::Demo(args)) => return crate::demo::run(&cli.global, &cli.run, url, args).await,
     };
     match result {

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod coordinator;
 pub mod demo;
+pub mod dlq;
 pub mod http;
 pub mod inbox;
 pub mod message;

@@ -12,7 +12,9 @@
 //! `outbox_to_kafka` (ceiling: rdkafka's FutureProducer with the relay's settings and delivery
 //! window sending the same records), `outbox_to_rabbitmq` (ceiling: lapin publishing the same
 //! messages with confirms and the relay's window), `outbox_to_sqs` (ceiling: aws-sdk-sqs
-//! `SendMessageBatch` of the same bodies, 10 calls in flight, same server).
+//! `SendMessageBatch` of the same bodies, 10 calls in flight, same server), `nats_to_inbox`
+//! (reverse: a JetStream backlog into an inbox; ceiling: one client inserting the same rows
+//! with the relay's statement, 500 per batch).
 
 // A benchmark harness: a failed unwrap is a failed run with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -279,6 +281,76 @@ async fn bench_inbox(rows: i64) {
         "bench": "outbox_to_pg_inbox", "delta_rows": rows, "relay_seconds": took.as_secs_f64(),
         "relay_msgs_per_sec": relay_rate, "ceiling": "one client, INSERT … SELECT unnest(…) ON CONFLICT DO NOTHING, 1000 rows per statement",
         "ceiling_msgs_per_sec": ceiling, "ratio_to_ceiling": (relay_rate / ceiling * 1000.0).round() / 1000.0,
+    }));
+}
+
+async fn bench_nats_to_inbox(rows: i64) {
+    let nats = NatsServer::start();
+    let js = nats.jetstream().await;
+    nats.create_stream("cmds", &["cmds.>"]).await;
+    let body = |i: i64| {
+        json!({"order_id": i, "customer_id": i % 1000, "status": "shipped", "total": 42.5, "currency": "EUR",
+               "event_type": "OrderShipped", "note": "x".repeat(64)})
+        .to_string()
+    };
+    let mut acks = FuturesOrdered::new();
+    for i in 0..rows {
+        acks.push_back(js.publish(format!("cmds.{}", i % 8), body(i).into()).await.unwrap().into_future());
+        while acks.len() >= NATS_WINDOW {
+            acks.next().await.unwrap().unwrap();
+        }
+    }
+    while let Some(a) = acks.next().await {
+        a.unwrap();
+    }
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    assert!(run_cli(&db.url, &["migrate"]).0.success());
+    let config = json!({"source_type": "nats", "nats_url": nats.url(), "nats_stream": "cmds", "inbox_table": "bench_inbox",
+                        "create_inbox": true, "aggregate_id_field": "order_id"});
+    c.execute("SELECT pgtrickle.set_relay_inbox('bench-in', config => $1::jsonb)", &[&config]).await.unwrap();
+    let t0 = Instant::now();
+    let mut relay = Relay::start(&db.url, "default", &["--log-level", "warn"]);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let n: i64 =
+            c.query_one("SELECT count(*) FROM pgtrickle.bench_inbox", &[]).await.map(|r| r.get(0)).unwrap_or(0);
+        if n == rows {
+            break;
+        }
+        assert!(Instant::now() < deadline, "relay did not finish ({n} of {rows}):\n{}", relay.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = t0.elapsed();
+    let rss_kb = relay.peak_rss_kb();
+    relay.terminate();
+    let relay_rate = rate(rows as u64, took);
+
+    // Ceiling: the relay's own statement, the same rows, one client, 500 per batch.
+    c.batch_execute("CREATE TABLE pgtrickle.ceiling_inbox (LIKE pgtrickle.bench_inbox INCLUDING ALL)").await.unwrap();
+    let insert = "INSERT INTO pgtrickle.ceiling_inbox (event_id, event_type, source, aggregate_id, payload, trace_id)
+                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::text[])
+                  ON CONFLICT (event_id) DO NOTHING RETURNING event_id";
+    let t0 = Instant::now();
+    let mut n = 0i64;
+    while n < rows {
+        let k = 500.min(rows - n);
+        let ids: Vec<String> = (n..n + k).map(|i| format!("nats:cmds:{}", i + 1)).collect();
+        let types = vec!["OrderShipped"; k as usize];
+        let sources = vec!["bench-in"; k as usize];
+        let aggs: Vec<String> = (n..n + k).map(|i| i.to_string()).collect();
+        let payloads: Vec<Value> = (n..n + k).map(|i| serde_json::from_str(&body(i)).unwrap()).collect();
+        let traces: Vec<Option<String>> = vec![None; k as usize];
+        c.query(insert, &[&ids, &types, &sources, &aggs, &payloads, &traces]).await.unwrap();
+        n += k;
+    }
+    let ceiling = rate(rows as u64, t0.elapsed());
+    emit(json!({
+        "bench": "nats_to_inbox", "messages": rows, "relay_seconds": took.as_secs_f64(), "relay_msgs_per_sec": relay_rate,
+        "ceiling": "one client, the relay's INSERT … SELECT unnest(…) ON CONFLICT DO NOTHING, 500 rows per statement",
+        "ceiling_msgs_per_sec": ceiling, "ratio_to_ceiling": (relay_rate / ceiling * 1000.0).round() / 1000.0,
+        "relay_peak_rss_mb": (rss_kb as f64 / 1024.0 * 10.0).round() / 10.0,
+        "note": "the relay time includes its start and JetStream fetches, acks after every commit",
     }));
 }
 
@@ -633,6 +705,9 @@ async fn main() {
     }
     if wants("kafka") {
         bench_kafka(rows).await;
+    }
+    if wants("nats-inbox") {
+        bench_nats_to_inbox(rows.min(200_000)).await;
     }
     if wants("rabbitmq") {
         bench_rabbitmq(rows).await;

@@ -178,6 +178,30 @@ async fn a_poison_message_is_dead_lettered_and_acked_while_its_neighbours_are_st
         }
     })
     .await;
+
+    // `dlq list` shows it; replaying it unchanged keeps it (still not JSON) …
+    let (ok, out, _) = run_cli(&db.url, &["dlq", "list"]);
+    assert!(ok.success());
+    assert!(out.contains("nats:events:2") && out.contains("not JSON") && out.contains("1 dead letter(s)"), "{out}");
+    let id: i64 = c.query_one("SELECT id FROM pgtrickle.relay_dead_letters", &[]).await.unwrap().get(0);
+    let (ok, out, _) = run_cli(&db.url, &["dlq", "replay", &id.to_string()]);
+    assert!(!ok.success() && out.contains("kept") && out.contains("not JSON"), "{out}");
+    // … once fixed, it goes to the inbox under its original identity and subject.
+    c.execute(
+        "UPDATE pgtrickle.relay_dead_letters SET payload = convert_to('{\"order_id\": 2}', 'UTF8') WHERE id = $1",
+        &[&id],
+    )
+    .await
+    .unwrap();
+    let (ok, out, _) = run_cli(&db.url, &["dlq", "replay", "--pipeline", "events-in"]);
+    assert!(ok.success(), "{out}");
+    let row = c
+        .query_one("SELECT event_id, event_type FROM pgtrickle.events_inbox WHERE aggregate_id = '2'", &[])
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, String>(0).as_str(), row.get::<_, String>(1).as_str()), ("nats:events:2", "events.b"));
+    let (_, out, _) = run_cli(&db.url, &["dlq", "list"]);
+    assert!(out.contains("0 dead letter(s)"), "{out}");
 }
 
 fn webhook_config(port: u16) -> Value {

@@ -317,7 +317,12 @@ async fn store(
         }
         for (i, error) in &dead {
             let m = &batch[*i];
-            let headers: Value = m.headers.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect::<serde_json::Map<_, _>>().into();
+            let mut headers: serde_json::Map<String, Value> =
+                m.headers.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+            if let Some(subject) = &m.subject {
+                headers.insert(crate::dlq::SUBJECT_HEADER.to_owned(), Value::String(subject.clone()));
+            }
+            let headers = Value::Object(headers);
             let source_ref = m.id.clone().unwrap_or_else(|| m.coordinate.clone());
             client
                 .execute(
