@@ -49,6 +49,20 @@ async fn publish(js: &jetstream::Context, subject: &str, from: usize, n: usize) 
 
 use std::future::IntoFuture;
 
+/// Waits until the durable consumer has nothing pending and nothing unacknowledged.
+async fn all_acked(js: &jetstream::Context, stream: &str, consumer: &str) {
+    let consumer: jetstream::consumer::PullConsumer =
+        js.get_stream(stream).await.unwrap().get_consumer(consumer).await.unwrap();
+    eventually(Duration::from_secs(30), "every message acknowledged", || {
+        let mut consumer = consumer.clone();
+        async move {
+            let info = consumer.info().await.unwrap().clone();
+            (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_nats_example_lands_100k_messages_exactly_once_across_a_sigkill() {
     let nats = NatsServer::start();
@@ -85,16 +99,7 @@ async fn seed_nats_example_lands_100k_messages_exactly_once_across_a_sigkill() {
     })
     .await;
     // Nothing pending or unacknowledged, and nothing more arrives.
-    let consumer: jetstream::consumer::PullConsumer =
-        js.get_stream("commands").await.unwrap().get_consumer("relay-consumer").await.unwrap();
-    eventually(Duration::from_secs(30), "every message acknowledged", || {
-        let mut consumer = consumer.clone();
-        async move {
-            let info = consumer.info().await.unwrap().clone();
-            (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
-        }
-    })
-    .await;
+    all_acked(&js, "commands", "relay-consumer").await;
     assert_eq!(count(&c, "SELECT count(*) FROM pgtrickle.orders_inbox").await, N as i64);
     assert_eq!(count(&c, "SELECT count(DISTINCT payload->>'seq') FROM pgtrickle.orders_inbox").await, N as i64);
 
@@ -168,16 +173,7 @@ async fn a_poison_message_is_dead_lettered_and_acked_while_its_neighbours_are_st
     assert_eq!(dl.get::<_, String>(3), "this is not json");
     assert!(dl.get::<_, String>(4).contains("not JSON"));
     // Acked: nothing is redelivered.
-    let consumer: jetstream::consumer::PullConsumer =
-        js.get_stream("events").await.unwrap().get_consumer("events-in").await.unwrap();
-    eventually(Duration::from_secs(10), "all three acknowledged", || {
-        let mut consumer = consumer.clone();
-        async move {
-            let info = consumer.info().await.unwrap().clone();
-            (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
-        }
-    })
-    .await;
+    all_acked(&js, "events", "events-in").await;
 
     // `dlq list` shows it; replaying it unchanged keeps it (still not JSON) …
     let (ok, out, _) = run_cli(&db.url, &["dlq", "list"]);
@@ -330,4 +326,85 @@ async fn a_webhook_sender_never_gets_2xx_for_an_event_that_was_not_stored() {
     let r = send(url).await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(count(&c, "SELECT count(*) FROM pgtrickle.hooks_inbox WHERE event_id = 'evt-42'").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stream_entries_land_exactly_once_across_a_sigkill_and_poison_is_kept() {
+    let redis_server = relay_e2e::redis_server::RedisServer::start();
+    let client = redis::Client::open(redis_server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    const N: usize = 10_000;
+    for chunk in (0..N).collect::<Vec<_>>().chunks(500) {
+        let mut pipe = redis::pipe();
+        for &i in chunk {
+            let cmd = pipe.cmd("XADD").arg("orders.events").arg("*");
+            if i == 5_000 {
+                cmd.arg("payload").arg("{broken");
+            } else {
+                cmd.arg("payload").arg(json!({"order_id": i, "event_type": "OrderPlaced"}).to_string());
+            }
+            if i % 2 == 0 {
+                cmd.arg("dedup_key").arg(format!("evt-{i}"));
+            }
+        }
+        let _: Vec<String> = pipe.query_async(&mut conn).await.unwrap();
+    }
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    assert!(run_cli(&db.url, &["migrate"]).0.success());
+    create_inbox(&c, "redis_inbox").await;
+    let config = json!({"source_type": "redis", "redis_url": redis_server.url(), "redis_stream_key": "orders.events",
+                        "inbox_table": "redis_inbox", "batch_size": 50});
+    c.execute("SELECT pgtrickle.set_relay_inbox('redis-in', config => $1::jsonb)", &[&config]).await.unwrap();
+    let mut relay = Relay::start(&db.url, "default", &[]);
+    eventually(Duration::from_secs(30), "a third stored", || async {
+        (count(&c, "SELECT count(*) FROM pgtrickle.redis_inbox").await >= (N / 3) as i64).then_some(())
+    })
+    .await;
+    relay.kill();
+    let _relay = Relay::start(&db.url, "default", &[]);
+    eventually(Duration::from_secs(60), "every good entry stored", || async {
+        (count(&c, "SELECT count(*) FROM pgtrickle.redis_inbox").await == (N - 1) as i64).then_some(())
+    })
+    .await;
+    assert_eq!(
+        count(&c, "SELECT count(DISTINCT payload->>'order_id') FROM pgtrickle.redis_inbox").await,
+        (N - 1) as i64
+    );
+    let own: String = c
+        .query_one("SELECT event_id FROM pgtrickle.redis_inbox WHERE payload->>'order_id' = '2'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(own, "evt-2", "the entry's dedup_key field");
+    let coord: String = c
+        .query_one("SELECT event_id FROM pgtrickle.redis_inbox WHERE payload->>'order_id' = '3'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(coord.starts_with("redis:orders.events:"), "{coord}");
+    let dl: String = c
+        .query_one(
+            "SELECT convert_from(payload, 'UTF8') FROM pgtrickle.relay_dead_letters WHERE pipeline = 'redis-in'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dl, "{broken");
+    // Every entry acknowledged: nothing pending in the group.
+    eventually(Duration::from_secs(10), "nothing pending", || {
+        let mut conn = conn.clone();
+        async move {
+            // XPENDING's summary starts with the number of pending entries.
+            let summary: Vec<redis::Value> = redis::cmd("XPENDING")
+                .arg("orders.events")
+                .arg("pgtrickle-relay")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            (redis::from_redis_value::<i64>(summary[0].clone()).unwrap() == 0).then_some(())
+        }
+    })
+    .await;
 }

@@ -152,14 +152,10 @@ pub async fn run(
                 let wait = jitter(delay);
                 delay = (delay * 2).min(MAX_BACKOFF);
                 tracing::warn!(pipeline = %spec.name, error = %e, retry_in_ms = wait.as_millis() as u64, "receive failed");
-                st.state = PipelineState::Degraded;
-                st.last_error = Some(e.to_string());
-                st.errors_total += 1;
-                report(&ctx, conn, st, unreported, unreported_errors + 1).await;
+                let pending = (unreported, unreported_errors);
                 (unreported, unreported_errors) = (0, 0);
-                tokio::select! {
-                    _ = link.cancel.cancelled() => break,
-                    _ = tokio::time::sleep(wait) => {}
+                if !fail_and_wait(&ctx, conn, link, st, PipelineState::Degraded, e.to_string(), pending, wait).await {
+                    break;
                 }
                 continue;
             }
@@ -227,15 +223,11 @@ pub async fn run(
                     START_RETRY
                 };
                 tracing::warn!(pipeline = %spec.name, error = %e, retry_in_ms = wait.as_millis() as u64, "inbox write failed; the batch goes back to the source");
-                st.state = if e.is_retryable() { PipelineState::Degraded } else { PipelineState::Failed };
-                st.last_error = Some(e.to_string());
-                st.errors_total += 1;
-                report(&ctx, conn, st, unreported, unreported_errors + 1).await;
+                let state = if e.is_retryable() { PipelineState::Degraded } else { PipelineState::Failed };
+                let pending = (unreported, unreported_errors);
                 (unreported, unreported_errors) = (0, 0);
-                tokio::select! {
-                    _ = link.cancel.cancelled() => break,
-                    _ = conn.closed.cancelled() => break,
-                    _ = tokio::time::sleep(wait) => {}
+                if !fail_and_wait(&ctx, conn, link, st, state, e.to_string(), pending, wait).await {
+                    break;
                 }
             }
         }
@@ -263,6 +255,30 @@ async fn setup(
         .await
         .map_err(|e| (e.is_transient(), e.to_string()))?;
     Ok((mapping, table, source))
+}
+
+/// Records a failure in the status, reports it (with the counts not reported yet) and waits;
+/// `false` when the pipeline was told to stop (or lost its connection) meanwhile.
+#[allow(clippy::too_many_arguments)]
+async fn fail_and_wait(
+    ctx: &RelayState,
+    conn: &DbConnection,
+    link: &WorkerLink,
+    st: &mut PipelineStatus,
+    state: PipelineState,
+    error: String,
+    (messages, errors): (i64, i64),
+    wait: Duration,
+) -> bool {
+    st.state = state;
+    st.last_error = Some(error);
+    st.errors_total += 1;
+    report(ctx, conn, st, messages, errors + 1).await;
+    tokio::select! {
+        _ = link.cancel.cancelled() => false,
+        _ = conn.closed.cancelled() => false,
+        _ = tokio::time::sleep(wait) => true,
+    }
 }
 
 /// Writes a batch in one transaction: inbox rows and dead letters. A row the table rejects

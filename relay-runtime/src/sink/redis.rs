@@ -120,7 +120,13 @@ impl RedisSink {
         if let Some(c) = &self.conn {
             return Ok(c.clone());
         }
-        let mut c = self.client.get_multiplexed_async_connection().await.map_err(|e| unreachable(&self.url, &e))?;
+        // A batch of script calls may take longer than the client's 500 ms default to answer.
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(std::time::Duration::from_secs(30)));
+        let mut c = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| unreachable(&self.url, &e))?;
         // A (re)started server has no scripts: load ours on every new connection.
         self.script.load_async(&mut c).await.map_err(|e| unreachable(&self.url, &e))?;
         self.conn = Some(c.clone());

@@ -7,6 +7,8 @@
 
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(feature = "webhook")]
 pub mod webhook;
 
@@ -100,14 +102,18 @@ pub async fn build(spec: &ReverseSpec, ctx: &SourceContext<'_>) -> Result<Box<dy
         "nats" => nats::build(&spec.options, ctx).await,
         #[cfg(feature = "webhook")]
         "webhook" | "http" => webhook::build(&spec.options, ctx).await,
+        #[cfg(feature = "redis")]
+        "redis" => redis::build(&spec.options, ctx).await,
+        #[cfg(not(feature = "redis"))]
+        "redis" => Err(BuildError::NotCompiled("redis")),
         #[cfg(not(feature = "nats"))]
         "nats" => Err(BuildError::NotCompiled("nats")),
         #[cfg(not(feature = "webhook"))]
         "webhook" | "http" => Err(BuildError::NotCompiled("webhook")),
-        "kafka" | "redis" | "sqs" | "rabbitmq" => Err(BuildError::Open {
+        "kafka" | "sqs" | "rabbitmq" => Err(BuildError::Open {
             backend: "source",
             message: format!(
-                "source type '{}' is not available in this version of pgtrickle-relay yet (available: nats, webhook)",
+                "source type '{}' is not available in this version of pgtrickle-relay yet (available: nats, webhook, redis)",
                 spec.source_type
             ),
         }),
