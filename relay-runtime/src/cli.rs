@@ -160,6 +160,9 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Several TLS stacks share rustls (NATS, Redis, AMQP, webhooks), and the backends bring
+    // both of its crypto providers: pick one for the process, or the first TLS connection panics.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     runtime.block_on(dispatch(cli))
 }
 

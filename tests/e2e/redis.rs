@@ -47,3 +47,26 @@ async fn entries_carry_the_message_fields_under_templated_keys() {
     assert_eq!(deletes.len(), 1);
     assert_eq!(serde_json::from_str::<Value>(&deletes[0].1["payload"]).unwrap(), json!({"id": 1, "v": "a"}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca() {
+    let certs = relay_e2e::redis_server::TestCerts::new();
+    let redis = RedisServer::start_tls(&certs);
+    let (db, c, outbox) = db_with_outbox("orders").await;
+    c.execute(
+        "SELECT pgtrickle.set_relay_outbox('to-rediss', config => $1::jsonb)",
+        &[&json!({"stream_table": "orders", "sink_type": "redis", "redis_url": redis.url(),
+                  "redis_tls_ca": certs.path("ca.crt"), "delta_mode": "snapshot"})],
+    )
+    .await
+    .unwrap();
+    let _relay = Relay::start(&db.url, "default", &[]);
+    let id = write_inline(&c, &outbox, Some(json!([{"id": 1}, {"id": 2}]))).await;
+    eventually(Duration::from_secs(10), "committed over TLS", || async {
+        (committed_offset(&c, "default", "to-rediss").await == Some(id)).then_some(())
+    })
+    .await;
+    let entries = redis.entries("pgtrickle.orders").await;
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[1].1["dedup_key"], format!("{outbox}:{id}:1"));
+}

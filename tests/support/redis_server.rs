@@ -8,17 +8,121 @@ use crate::free_port;
 pub struct RedisServer {
     child: Child,
     pub port: u16,
+    /// The CA certificate (PEM path) of a TLS-only server.
+    pub tls_ca: Option<String>,
+}
+
+/// A private CA and a server certificate for 127.0.0.1 (openssl), in a fresh directory.
+pub struct TestCerts {
+    pub dir: std::path::PathBuf,
+}
+
+impl TestCerts {
+    pub fn new() -> Self {
+        let dir = crate::temp_path("tls");
+        std::fs::create_dir_all(&dir).unwrap();
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).current_dir(&dir).output().expect("openssl not found");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=relay-test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "server.crt",
+        ]);
+        Self { dir }
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.dir.join(name).to_str().unwrap().to_owned()
+    }
+}
+
+impl Default for TestCerts {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl RedisServer {
+    /// A redis-server that only speaks TLS, with a certificate from `certs`.
+    pub fn start_tls(certs: &TestCerts) -> Self {
+        let port = free_port();
+        let port_s = port.to_string();
+        let mut server = Self::spawn(
+            port,
+            &[
+                "--port",
+                "0",
+                "--tls-port",
+                &port_s,
+                "--tls-cert-file",
+                &certs.path("server.crt"),
+                "--tls-key-file",
+                &certs.path("server.key"),
+                "--tls-ca-cert-file",
+                &certs.path("ca.crt"),
+                "--tls-auth-clients",
+                "no",
+            ],
+        );
+        server.tls_ca = Some(certs.path("ca.crt"));
+        server
+    }
+
     pub fn start() -> Self {
+        let port = free_port();
+        Self::spawn(port, &["--port", &port.to_string()])
+    }
+
+    fn spawn(port: u16, args: &[&str]) -> Self {
         let bin = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
             .expect("redis-server not found: install it (scripts/test does: apt-get install redis-server)");
-        let port = free_port();
         let child = Command::new(bin)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(args)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -28,17 +132,31 @@ impl RedisServer {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self { child, port }
+        Self { child, port, tls_ca: None }
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls_ca.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    pub fn client(&self) -> redis::Client {
+        match &self.tls_ca {
+            None => redis::Client::open(self.url()).unwrap(),
+            Some(ca) => {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                redis::Client::build_with_tls(
+                    self.url(),
+                    redis::TlsCertificates { client_tls: None, root_cert: Some(std::fs::read(ca).unwrap()) },
+                )
+                .unwrap()
+            }
+        }
     }
 
     /// Every entry of a stream as (id, field map), in stream order.
     pub async fn entries(&self, key: &str) -> Vec<(String, std::collections::HashMap<String, String>)> {
-        let client = redis::Client::open(self.url()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let mut conn = self.client().get_multiplexed_async_connection().await.unwrap();
         let raw: Vec<(String, Vec<(String, String)>)> =
             redis::cmd("XRANGE").arg(key).arg("-").arg("+").query_async(&mut conn).await.unwrap();
         raw.into_iter().map(|(id, fields)| (id, fields.into_iter().collect())).collect()

@@ -92,11 +92,7 @@ pub async fn build(
         0 => String::new(),
         n => n.to_string(),
     };
-    let client = redis::Client::open(url.as_str()).map_err(|e| BuildError::Option {
-        backend: BACKEND,
-        key: "url".into(),
-        message: format!("not a Redis URL ({}): {e}", redact_url(&url)),
-    })?;
+    let client = client(&o, &url)?;
     let mut sink = RedisSink {
         client,
         url: url.clone(),
@@ -113,6 +109,31 @@ pub async fn build(
         .await
         .map_err(|e| BuildError::Unreachable { backend: BACKEND, message: format!("cannot connect to Redis: {e}") })?;
     Ok(Box::new(sink))
+}
+
+/// A client for `url`; `rediss://` is TLS, verified against the system's roots or `tls_ca` (a PEM
+/// file), with `tls_cert` + `tls_key` for client certificates. Shared with the Redis source.
+pub fn client(o: &Options<'_>, url: &str) -> Result<redis::Client, BuildError> {
+    let read = |key: &str| -> Result<Option<Vec<u8>>, BuildError> {
+        match o.str(&[key])? {
+            None => Ok(None),
+            Some(path) => std::fs::read(path).map(Some).map_err(|e| o.error(key, format!("cannot read {path}: {e}"))),
+        }
+    };
+    let not_a_url = |e: redis::RedisError| o.error("url", format!("not a Redis URL ({}): {e}", redact_url(url)));
+    let ca = read("tls_ca")?;
+    let client_tls = match (read("tls_cert")?, read("tls_key")?) {
+        (Some(client_cert), Some(client_key)) => Some(redis::ClientTlsConfig { client_cert, client_key }),
+        (None, None) => None,
+        _ => return Err(o.error("tls_cert", "tls_cert and tls_key go together")),
+    };
+    if ca.is_none() && client_tls.is_none() {
+        return redis::Client::open(url).map_err(not_a_url);
+    }
+    if !url.starts_with("rediss://") {
+        return Err(o.error("tls_ca", "TLS settings need a rediss:// URL"));
+    }
+    redis::Client::build_with_tls(url, redis::TlsCertificates { client_tls, root_cert: ca }).map_err(not_a_url)
 }
 
 impl RedisSink {

@@ -47,8 +47,7 @@ pub async fn build(
 ) -> Result<Box<dyn Source>, BuildError> {
     let o = Options::new(BACKEND, options);
     let url = o.required_str(&["url"])?.to_owned();
-    let client = redis::Client::open(url.as_str())
-        .map_err(|e| o.error("url", format!("not a Redis URL ({}): {e}", redact_url(&url))))?;
+    let client = crate::sink::redis::client(&o, &url)?;
     let mut source = RedisSource {
         client,
         conn: None,
