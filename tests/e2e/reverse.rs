@@ -408,3 +408,148 @@ async fn redis_stream_entries_land_exactly_once_across_a_sigkill_and_poison_is_k
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_queue_lands_100k_messages_exactly_once_across_a_sigkill() {
+    let rabbit = relay_e2e::rabbitmq::Rabbit::connect().await;
+    let queue = rabbit.name("cmds");
+    rabbit.forget_queue_later(&queue);
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    assert!(run_cli(&db.url, &["migrate"]).0.success());
+    create_inbox(&c, "amqp_inbox").await;
+    let config = json!({"source_type": "rabbitmq", "rabbitmq_url": relay_e2e::rabbitmq::amqp_url(), "rabbitmq_queue": queue,
+                        "inbox_table": "amqp_inbox", "aggregate_id_field": "order_id"});
+    c.execute("SELECT pgtrickle.set_relay_inbox('amqp-in', config => $1::jsonb)", &[&config]).await.unwrap();
+    // The relay declares the queue; start it first, stop it, then fill the queue.
+    let mut relay = Relay::start(&db.url, "default", &[]);
+    eventually(Duration::from_secs(15), "queue declared", || async {
+        (relay.health()["pipelines"][0]["state"] == "running").then_some(())
+    })
+    .await;
+    assert!(relay.terminate().success());
+    const N: usize = 100_000;
+    let bodies: Vec<String> =
+        (0..N)
+            .map(|i| {
+                if i == 777 {
+                    "not json at all".to_owned()
+                } else {
+                    json!({"order_id": i % 500, "seq": i}).to_string()
+                }
+            })
+            .collect();
+    let ids: Vec<Option<String>> = (0..N).map(|i| (i % 2 == 0).then(|| format!("msg-{i}"))).collect();
+    rabbit.publish(&queue, &bodies, &ids).await;
+
+    let mut relay = Relay::start(&db.url, "default", &[]);
+    eventually(Duration::from_secs(60), "a third stored", || async {
+        (count(&c, "SELECT count(*) FROM pgtrickle.amqp_inbox").await >= (N / 3) as i64).then_some(())
+    })
+    .await;
+    relay.kill();
+    let relay = Relay::start(&db.url, "default", &[]);
+    eventually(Duration::from_secs(120), "every good message stored", || async {
+        (count(&c, "SELECT count(*) FROM pgtrickle.amqp_inbox").await == (N - 1) as i64).then_some(())
+    })
+    .await;
+    assert_eq!(count(&c, "SELECT count(DISTINCT payload->>'seq') FROM pgtrickle.amqp_inbox").await, (N - 1) as i64);
+    let ids: Vec<String> = c
+        .query(
+            "SELECT event_id FROM pgtrickle.amqp_inbox WHERE payload->>'seq' IN ('10', '11') ORDER BY payload->>'seq'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids[0], "msg-10", "the message_id");
+    assert!(ids[1].starts_with(&format!("amqp:{queue}:")), "{}", ids[1]);
+    let dl: String = c
+        .query_one(
+            "SELECT convert_from(payload, 'UTF8') FROM pgtrickle.relay_dead_letters WHERE pipeline = 'amqp-in'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dl, "not json at all");
+    // Everything acknowledged: the queue is empty once the relay lets go of it.
+    drop(relay);
+    eventually(Duration::from_secs(10), "queue drained", || async { (rabbit.ready(&queue).await == 0).then_some(()) })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_topic_lands_100k_records_exactly_once_across_a_sigkill() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let kafka = relay_e2e::kafka::KafkaBroker::start();
+    kafka.create_topic("cmds", 3).await;
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka.brokers())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    const N: usize = 100_000;
+    let mut acks = futures::stream::FuturesOrdered::new();
+    for i in 0..N {
+        let body = if i == 4242 { "{oops".to_owned() } else { json!({"order_id": i % 700, "seq": i}).to_string() };
+        let key = (i % 700).to_string();
+        let mut record = FutureRecord::to("cmds").key(&key).payload(&body);
+        if i % 2 == 0 {
+            let id = format!("rec-{i}");
+            record =
+                record.headers(OwnedHeaders::new().insert(Header { key: "pgtrickle-dedup-key", value: Some(&id) }));
+        }
+        acks.push_back(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+        while acks.len() >= 10_000 {
+            acks.next().await.unwrap().unwrap().unwrap();
+        }
+    }
+    while let Some(a) = acks.next().await {
+        a.unwrap().unwrap();
+    }
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    assert!(run_cli(&db.url, &["migrate"]).0.success());
+    create_inbox(&c, "kafka_inbox").await;
+    // tansu lets a new member join after about half of the session timeout.
+    let config = json!({"source_type": "kafka", "kafka_brokers": kafka.brokers(), "kafka_topic": "cmds",
+                        "kafka_group_id": "inbox-writers", "kafka_session_timeout_ms": 6000, "inbox_table": "kafka_inbox"});
+    c.execute("SELECT pgtrickle.set_relay_inbox('kafka-in', config => $1::jsonb)", &[&config]).await.unwrap();
+    let mut relay = Relay::start(&db.url, "default", &[]);
+    eventually(Duration::from_secs(90), "a third stored", || async {
+        (count(&c, "SELECT count(*) FROM pgtrickle.kafka_inbox").await >= (N / 3) as i64).then_some(())
+    })
+    .await;
+    relay.kill();
+    let _relay = Relay::start(&db.url, "default", &[]);
+    eventually(Duration::from_secs(180), "every good record stored", || async {
+        (count(&c, "SELECT count(*) FROM pgtrickle.kafka_inbox").await == (N - 1) as i64).then_some(())
+    })
+    .await;
+    assert_eq!(count(&c, "SELECT count(DISTINCT payload->>'seq') FROM pgtrickle.kafka_inbox").await, (N - 1) as i64);
+    let rows = c
+        .query(
+            "SELECT event_id, aggregate_id, event_type FROM pgtrickle.kafka_inbox WHERE payload->>'seq' IN ('10', '11') ORDER BY payload->>'seq'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), "rec-10", "the pgtrickle-dedup-key header");
+    assert!(rows[1].get::<_, String>(0).starts_with("kafka:cmds:"), "{}", rows[1].get::<_, String>(0));
+    assert_eq!(rows[1].get::<_, String>(1), "11", "no aggregate field: the record key");
+    assert_eq!(rows[1].get::<_, String>(2), "cmds", "no event_type: the topic");
+    let dl: String = c
+        .query_one(
+            "SELECT convert_from(payload, 'UTF8') FROM pgtrickle.relay_dead_letters WHERE pipeline = 'kafka-in'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dl, "{oops");
+}

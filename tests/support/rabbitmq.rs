@@ -116,6 +116,56 @@ impl Rabbit {
         (purged + 1, Some(received))
     }
 
+    /// The test's channel (in publisher-confirm mode after [`Rabbit::confirm`]).
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Marks a queue the relay declares for deletion when the test ends.
+    pub fn forget_queue_later(&self, queue: &str) {
+        self.declared.lock().unwrap().1.push(queue.to_owned());
+    }
+
+    /// Publishes `bodies` to `queue` through the default exchange, persistent, with publisher
+    /// confirms; `ids[i]`, when set, becomes the `message_id`.
+    pub async fn publish(&self, queue: &str, bodies: &[String], ids: &[Option<String>]) {
+        use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+        let ch = self._conn.create_channel().await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+        let mut confirms = futures::stream::FuturesOrdered::new();
+        for (body, id) in bodies.iter().zip(ids) {
+            let mut props = lapin::BasicProperties::default().with_delivery_mode(2);
+            if let Some(id) = id {
+                props = props.with_message_id(id.as_str().into());
+            }
+            let c = ch
+                .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), body.as_bytes(), props)
+                .await
+                .unwrap();
+            confirms.push_back(c);
+            while confirms.len() >= 1024 {
+                assert!(futures::StreamExt::next(&mut confirms).await.unwrap().unwrap().is_ack());
+            }
+        }
+        while let Some(c) = futures::StreamExt::next(&mut confirms).await {
+            assert!(c.unwrap().is_ack());
+        }
+    }
+
+    /// How many messages `queue` holds (ready, not unacknowledged).
+    pub async fn ready(&self, queue: &str) -> u32 {
+        let q = self
+            .channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions { passive: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        q.message_count()
+    }
+
     /// Takes every message now in `queue`, in queue order (acknowledged as they are taken).
     pub async fn drain(&self, queue: &str) -> Vec<Received> {
         let mut out = Vec::new();

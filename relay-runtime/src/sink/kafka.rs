@@ -52,15 +52,9 @@ pub struct KafkaSink {
 
 /// The librdkafka settings of a sink spec: ours first, then the `rdkafka` passthrough map.
 fn client_config(o: &Options<'_>, pipeline: &str) -> Result<ClientConfig, BuildError> {
-    let brokers = match o.str_list("brokers")? {
-        Some(b) if !b.is_empty() => b.join(","),
-        _ => o.required_str(&["brokers", "bootstrap_servers"])?.to_owned(),
-    };
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers)
-        .set("client.id", format!("pgtrickle-relay-{pipeline}"))
-        // A metadata lookup must not create the topic with the broker's defaults behind our back.
-        .set("allow.auto.create.topics", "false")
+    let mut c = base_config(o, pipeline)?;
+    // A metadata lookup must not create the topic with the broker's defaults behind our back.
+    c.set("allow.auto.create.topics", "false")
         .set("enable.idempotence", o.bool("idempotent", true)?.to_string())
         .set("acks", o.choice("acks", &["all", "1", "0", "-1"], "all")?)
         .set("compression.type", o.choice("compression", &["none", "gzip", "snappy", "lz4", "zstd"], "lz4")?)
@@ -68,6 +62,18 @@ fn client_config(o: &Options<'_>, pipeline: &str) -> Result<ClientConfig, BuildE
         .set("batch.num.messages", o.u64("batch_num_messages", 10_000, 1, 1_000_000)?.to_string())
         .set("message.timeout.ms", o.u64("delivery_timeout_ms", 30_000, 1_000, 3_600_000)?.to_string())
         .set("queue.buffering.max.messages", o.u64("queue_max_messages", 100_000, 1, 10_000_000)?.to_string());
+    passthrough(o, &mut c)?;
+    Ok(c)
+}
+
+/// Brokers, client id and security settings, shared by the Kafka sink and source.
+pub fn base_config(o: &Options<'_>, pipeline: &str) -> Result<ClientConfig, BuildError> {
+    let brokers = match o.str_list("brokers")? {
+        Some(b) if !b.is_empty() => b.join(","),
+        _ => o.required_str(&["brokers", "bootstrap_servers"])?.to_owned(),
+    };
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers).set("client.id", format!("pgtrickle-relay-{pipeline}"));
     if let Some(v) = o.str(&["security_protocol"])? {
         c.set("security.protocol", v);
     }
@@ -89,14 +95,19 @@ fn client_config(o: &Options<'_>, pipeline: &str) -> Result<ClientConfig, BuildE
     if let Some(v) = o.str(&["tls_key", "ssl_key_location"])? {
         c.set("ssl.key.location", v);
     }
-    for (k, v) in o.string_map("rdkafka")? {
-        c.set(k, v);
-    }
     Ok(c)
 }
 
+/// The `rdkafka` object, applied last: it can override anything.
+pub fn passthrough(o: &Options<'_>, c: &mut ClientConfig) -> Result<(), BuildError> {
+    for (k, v) in o.string_map("rdkafka")? {
+        c.set(k, v);
+    }
+    Ok(())
+}
+
 /// A librdkafka error with any secret setting's value removed.
-fn scrub(message: String, config: &ClientConfig) -> String {
+pub fn scrub(message: String, config: &ClientConfig) -> String {
     SECRET_SETTINGS
         .iter()
         .filter_map(|k| config.get(k))

@@ -5,8 +5,12 @@
 //! was not stored is given back for redelivery. Every message carries a deterministic identity:
 //! its own id when it has one, else a broker coordinate that is the same on every redelivery.
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "webhook")]
@@ -104,16 +108,24 @@ pub async fn build(spec: &ReverseSpec, ctx: &SourceContext<'_>) -> Result<Box<dy
         "webhook" | "http" => webhook::build(&spec.options, ctx).await,
         #[cfg(feature = "redis")]
         "redis" => redis::build(&spec.options, ctx).await,
+        #[cfg(feature = "rabbitmq")]
+        "rabbitmq" => rabbitmq::build(&spec.options, ctx).await,
+        #[cfg(feature = "kafka")]
+        "kafka" => kafka::build(&spec.options, ctx).await,
+        #[cfg(not(feature = "kafka"))]
+        "kafka" => Err(BuildError::NotCompiled("kafka")),
+        #[cfg(not(feature = "rabbitmq"))]
+        "rabbitmq" => Err(BuildError::NotCompiled("rabbitmq")),
         #[cfg(not(feature = "redis"))]
         "redis" => Err(BuildError::NotCompiled("redis")),
         #[cfg(not(feature = "nats"))]
         "nats" => Err(BuildError::NotCompiled("nats")),
         #[cfg(not(feature = "webhook"))]
         "webhook" | "http" => Err(BuildError::NotCompiled("webhook")),
-        "kafka" | "sqs" | "rabbitmq" => Err(BuildError::Open {
+        "sqs" => Err(BuildError::Open {
             backend: "source",
             message: format!(
-                "source type '{}' is not available in this version of pgtrickle-relay yet (available: nats, webhook, redis)",
+                "source type '{}' is not available in this version of pgtrickle-relay yet (available: nats, webhook, redis, rabbitmq, kafka)",
                 spec.source_type
             ),
         }),

@@ -1,0 +1,194 @@
+//! Kafka source: a consumer group member with manual commits.
+//!
+//! Auto-commit and auto offset store are off. After the inbox commit, the next offset of every
+//! partition in the batch is committed (synchronously) — for partitions still assigned: after a
+//! rebalance a revoked partition's offsets are left to its new owner, which reads from the last
+//! commit (and the event ids absorb the repeat). A batch that was not stored is given back by
+//! seeking each of its partitions to the batch's first offset. Event ids: the
+//! `pgtrickle-dedup-key` (what the Kafka sink writes), `idempotency-key` or `message-id` header,
+//! else `kafka:<topic>:<partition>:<offset>`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{Incoming, Outcome, Source, SourceContext, SourceError};
+use crate::sink::kafka::{base_config, passthrough, scrub};
+use crate::sink::options::Options;
+use crate::sink::BuildError;
+
+const BACKEND: &str = "kafka";
+
+/// Counts revocations, so a batch knows whether its partitions may have moved.
+#[derive(Default)]
+pub struct RebalanceGuard {
+    revocations: AtomicU64,
+}
+
+impl ClientContext for RebalanceGuard {}
+
+impl ConsumerContext for RebalanceGuard {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            self.revocations.fetch_add(1, Ordering::SeqCst);
+            tracing::info!(partitions = tpl.count(), "Kafka partitions revoked");
+        }
+    }
+}
+
+pub struct KafkaSource {
+    consumer: Arc<StreamConsumer<RebalanceGuard>>,
+    /// Per (topic, partition) of the current batch: first and last offset.
+    pending: BTreeMap<(String, i32), (i64, i64)>,
+    revocations_at_receive: u64,
+    timeout: Duration,
+}
+
+fn retryable(message: String) -> SourceError {
+    SourceError::Retryable { backend: BACKEND, message }
+}
+
+pub async fn build(
+    options: &serde_json::Map<String, serde_json::Value>,
+    ctx: &SourceContext<'_>,
+) -> Result<Box<dyn Source>, BuildError> {
+    let o = Options::new(BACKEND, options);
+    let topics = match o.str_list("topics")? {
+        Some(t) if !t.is_empty() => t,
+        _ => vec![o.required_str(&["topic", "topics"])?.to_owned()],
+    };
+    let mut config = base_config(&o, ctx.pipeline)?;
+    config
+        .set("group.id", o.str(&["group_id", "group"])?.unwrap_or(ctx.pipeline))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", o.choice("auto_offset_reset", &["earliest", "latest"], "earliest")?)
+        .set("session.timeout.ms", o.u64("session_timeout_ms", 10_000, 1_000, 3_600_000)?.to_string());
+    passthrough(&o, &mut config)?;
+    let consumer: StreamConsumer<RebalanceGuard> =
+        config.create_with_context(RebalanceGuard::default()).map_err(|e| BuildError::Option {
+            backend: BACKEND,
+            key: "rdkafka".into(),
+            message: scrub(format!("invalid consumer setting: {e}"), &config),
+        })?;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&names).map_err(|e| BuildError::Open {
+        backend: BACKEND,
+        message: scrub(format!("cannot subscribe to {topics:?}: {e}"), &config),
+    })?;
+    Ok(Box::new(KafkaSource {
+        consumer: Arc::new(consumer),
+        pending: BTreeMap::new(),
+        revocations_at_receive: 0,
+        timeout: Duration::from_secs(10),
+    }))
+}
+
+fn incoming(m: &rdkafka::message::BorrowedMessage<'_>) -> Incoming {
+    let mut headers = Vec::new();
+    if let Some(h) = m.headers() {
+        for h in h.iter() {
+            headers.push((h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()));
+        }
+    }
+    let id = ["pgtrickle-dedup-key", "idempotency-key", "message-id"]
+        .iter()
+        .find_map(|n| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone()));
+    Incoming {
+        id,
+        coordinate: format!("kafka:{}:{}:{}", m.topic(), m.partition(), m.offset()),
+        subject: Some(m.topic().to_owned()),
+        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+        headers,
+        body: m.payload().unwrap_or_default().to_vec(),
+    }
+}
+
+impl Source for KafkaSource {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn receive(&mut self, max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<Incoming>, SourceError>> {
+        Box::pin(async move {
+            self.pending.clear();
+            self.revocations_at_receive = self.consumer.context().revocations.load(Ordering::SeqCst);
+            let mut out = Vec::new();
+            let deadline = tokio::time::Instant::now() + wait;
+            while out.len() < max {
+                // After the first message, take only what arrives within a few milliseconds.
+                let until =
+                    if out.is_empty() { deadline } else { tokio::time::Instant::now() + Duration::from_millis(5) };
+                let m = match tokio::time::timeout_at(until, self.consumer.recv()).await {
+                    Err(_) => break,
+                    Ok(Err(e)) => {
+                        if out.is_empty() {
+                            return Err(retryable(format!("receive failed: {e}")));
+                        }
+                        break;
+                    }
+                    Ok(Ok(m)) => m,
+                };
+                let e = self.pending.entry((m.topic().to_owned(), m.partition())).or_insert((m.offset(), m.offset()));
+                e.1 = m.offset();
+                out.push(incoming(&m));
+            }
+            Ok(out)
+        })
+    }
+
+    fn ack<'a>(&'a mut self, _outcomes: &'a [Outcome]) -> BoxFuture<'a, Result<(), SourceError>> {
+        Box::pin(async move {
+            if self.pending.is_empty() {
+                return Ok(());
+            }
+            let moved = self.consumer.context().revocations.load(Ordering::SeqCst) != self.revocations_at_receive;
+            let assigned = if moved { self.consumer.assignment().ok() } else { None };
+            let mut tpl = TopicPartitionList::new();
+            for ((topic, partition), (_, last)) in std::mem::take(&mut self.pending) {
+                if let Some(a) = &assigned {
+                    if a.find_partition(&topic, partition).is_none() {
+                        continue; // revoked meanwhile: its new owner reads it again
+                    }
+                }
+                tpl.add_partition_offset(&topic, partition, Offset::Offset(last + 1))
+                    .map_err(|e| retryable(format!("bad offset: {e}")))?;
+            }
+            if tpl.count() == 0 {
+                return Ok(());
+            }
+            let consumer = Arc::clone(&self.consumer);
+            tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
+                .await
+                .map_err(|e| retryable(format!("commit failed: {e}")))?
+                .map_err(|e| retryable(format!("offset commit failed: {e}")))
+        })
+    }
+
+    fn nack<'a>(&'a mut self, _reason: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let mut tpl = TopicPartitionList::new();
+            for ((topic, partition), (first, _)) in std::mem::take(&mut self.pending) {
+                let _ = tpl.add_partition_offset(&topic, partition, Offset::Offset(first));
+            }
+            if tpl.count() == 0 {
+                return;
+            }
+            let consumer = Arc::clone(&self.consumer);
+            let timeout = self.timeout;
+            let r = tokio::task::spawn_blocking(move || consumer.seek_partitions(tpl, timeout)).await;
+            if !matches!(r, Ok(Ok(_))) {
+                tracing::warn!(
+                    "could not rewind Kafka partitions; the batch comes back after the next rebalance or restart"
+                );
+            }
+        })
+    }
+}
