@@ -553,3 +553,84 @@ async fn kafka_topic_lands_100k_records_exactly_once_across_a_sigkill() {
         .get(0);
     assert_eq!(dl, "{oops");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_queue_lands_every_message_exactly_once_across_a_sigkill() {
+    use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry};
+    let server = relay_e2e::sqs::SqsServer::start();
+    let url = server.create_queue("inbox-src").await;
+    let client = server.client();
+    // moto slows down as a queue grows: a thousand messages, not a hundred thousand.
+    const N: usize = 1_000;
+    for chunk in (0..N).collect::<Vec<_>>().chunks(10) {
+        let entries: Vec<_> = chunk
+            .iter()
+            .map(|&i| {
+                let body =
+                    if i == 321 { "<xml/>".to_owned() } else { json!({"order_id": i % 50, "seq": i}).to_string() };
+                let mut e = SendMessageBatchRequestEntry::builder().id(i.to_string()).message_body(body);
+                if i % 2 == 0 {
+                    let v = MessageAttributeValue::builder()
+                        .data_type("String")
+                        .string_value(format!("sq-{i}"))
+                        .build()
+                        .unwrap();
+                    e = e.message_attributes("pgtrickle-dedup-key", v);
+                }
+                e.build().unwrap()
+            })
+            .collect();
+        client.send_message_batch().queue_url(&url).set_entries(Some(entries)).send().await.unwrap();
+    }
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    assert!(run_cli(&db.url, &["migrate"]).0.success());
+    create_inbox(&c, "sqs_inbox").await;
+    let config = json!({"source_type": "sqs", "sqs_queue_url": url, "sqs_region": "us-east-1", "sqs_endpoint_url": server.endpoint(),
+                        "sqs_access_key_id": "test", "sqs_secret_access_key": "test", "sqs_visibility_timeout": 2,
+                        "inbox_table": "sqs_inbox", "batch_size": 50});
+    c.execute("SELECT pgtrickle.set_relay_inbox('sqs-in', config => $1::jsonb)", &[&config]).await.unwrap();
+    let mut relay = Relay::start(&db.url, "default", &[]);
+    eventually(Duration::from_secs(60), "a third stored", || async {
+        (count(&c, "SELECT count(*) FROM pgtrickle.sqs_inbox").await >= (N / 3) as i64).then_some(())
+    })
+    .await;
+    relay.kill();
+    let _relay = Relay::start(&db.url, "default", &[]);
+    eventually(Duration::from_secs(120), "every good message stored", || async {
+        (count(&c, "SELECT count(*) FROM pgtrickle.sqs_inbox").await == (N - 1) as i64).then_some(())
+    })
+    .await;
+    assert_eq!(count(&c, "SELECT count(DISTINCT payload->>'seq') FROM pgtrickle.sqs_inbox").await, (N - 1) as i64);
+    let rows = c
+        .query(
+            "SELECT event_id FROM pgtrickle.sqs_inbox WHERE payload->>'seq' IN ('10', '11') ORDER BY payload->>'seq'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), "sq-10", "the pgtrickle-dedup-key attribute");
+    assert!(rows[1].get::<_, String>(0).starts_with("sqs:"), "{}", rows[1].get::<_, String>(0));
+    let dl: String = c
+        .query_one(
+            "SELECT convert_from(payload, 'UTF8') FROM pgtrickle.relay_dead_letters WHERE pipeline = 'sqs-in'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dl, "<xml/>");
+    // Every message deleted: none left, visible or in flight.
+    eventually(Duration::from_secs(15), "queue empty", || async {
+        let a = client
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .unwrap();
+        a.attributes().unwrap().values().all(|v| v == "0").then_some(())
+    })
+    .await;
+}

@@ -342,8 +342,11 @@ async fn store(
             let source_ref = m.id.clone().unwrap_or_else(|| m.coordinate.clone());
             client
                 .execute(
+                    // A poison message redelivered (the relay died before acking) is kept once.
                     "INSERT INTO pgtrickle.relay_dead_letters (relay_group_id, direction, pipeline, source_ref, payload, headers, error)
-                     VALUES ($1, 'reverse', $2, $3, $4, $5, $6)",
+                     SELECT $1, 'reverse', $2, $3, $4, $5, $6
+                      WHERE NOT EXISTS (SELECT 1 FROM pgtrickle.relay_dead_letters
+                                         WHERE relay_group_id = $1 AND pipeline = $2 AND source_ref = $3 AND replayed_at IS NULL)",
                     &[&group, &pipeline, &source_ref, &m.body, &headers, error],
                 )
                 .await

@@ -44,8 +44,29 @@ pub async fn build(
     ctx: &SinkContext<'_>,
 ) -> Result<Box<dyn Sink>, BuildError> {
     let o = Options::new(BACKEND, options);
-    let queue_url = o.required_str(&["queue_url"])?.to_owned();
+    let (client, queue_url) = client(&o).await?;
     let fifo = queue_url.ends_with(".fifo");
+    let default_inflight = if fifo { 1 } else { 10 };
+    let sink = SqsSink {
+        client,
+        fifo,
+        group: o.template(&["message_group_id", "message_group_id_template"], "{stream_table}")?,
+        stream_table: ctx.stream_table.to_owned(),
+        outbox_table: ctx.outbox_table.to_owned(),
+        calls_in_flight: o.u64("max_in_flight", default_inflight, 1, 100)? as usize,
+        queue_url,
+    };
+    if sink.fifo && sink.calls_in_flight > 1 {
+        return Err(o.error("max_in_flight", "a FIFO queue takes one SendMessageBatch at a time (ordering)"));
+    }
+    check_queue(&sink.client, &sink.queue_url).await?;
+    Ok(Box::new(sink))
+}
+
+/// The client and queue URL of a sink or source spec: `queue_url`, `region`, `endpoint_url`,
+/// `access_key_id` + `secret_access_key` (+ `session_token`), else the AWS default chain.
+pub async fn client(o: &Options<'_>) -> Result<(aws_sdk_sqs::Client, String), BuildError> {
+    let queue_url = o.required_str(&["queue_url"])?.to_owned();
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
     if let Some(region) = o.str(&["region"])? {
         loader = loader.region(Region::new(region.to_owned()));
@@ -65,25 +86,11 @@ pub async fn build(
     if config.region().is_none() {
         return Err(o.error("region", "no AWS region: set \"region\" (or AWS_REGION for the relay)"));
     }
-    let default_inflight = if fifo { 1 } else { 10 };
-    let sink = SqsSink {
-        client: aws_sdk_sqs::Client::new(&config),
-        fifo,
-        group: o.template(&["message_group_id", "message_group_id_template"], "{stream_table}")?,
-        stream_table: ctx.stream_table.to_owned(),
-        outbox_table: ctx.outbox_table.to_owned(),
-        calls_in_flight: o.u64("max_in_flight", default_inflight, 1, 100)? as usize,
-        queue_url,
-    };
-    if sink.fifo && sink.calls_in_flight > 1 {
-        return Err(o.error("max_in_flight", "a FIFO queue takes one SendMessageBatch at a time (ordering)"));
-    }
-    check_queue(&sink.client, &sink.queue_url).await?;
-    Ok(Box::new(sink))
+    Ok((aws_sdk_sqs::Client::new(&config), queue_url))
 }
 
 /// Checks that the queue exists (and that the credentials may see it).
-async fn check_queue(client: &aws_sdk_sqs::Client, queue_url: &str) -> Result<(), BuildError> {
+pub async fn check_queue(client: &aws_sdk_sqs::Client, queue_url: &str) -> Result<(), BuildError> {
     let r =
         client.get_queue_attributes().queue_url(queue_url).attribute_names(QueueAttributeName::QueueArn).send().await;
     match r {

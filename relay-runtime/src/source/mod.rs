@@ -13,6 +13,8 @@ pub mod nats;
 pub mod rabbitmq;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "sqs")]
+pub mod sqs;
 #[cfg(feature = "webhook")]
 pub mod webhook;
 
@@ -122,13 +124,10 @@ pub async fn build(spec: &ReverseSpec, ctx: &SourceContext<'_>) -> Result<Box<dy
         "nats" => Err(BuildError::NotCompiled("nats")),
         #[cfg(not(feature = "webhook"))]
         "webhook" | "http" => Err(BuildError::NotCompiled("webhook")),
-        "sqs" => Err(BuildError::Open {
-            backend: "source",
-            message: format!(
-                "source type '{}' is not available in this version of pgtrickle-relay yet (available: nats, webhook, redis, rabbitmq, kafka)",
-                spec.source_type
-            ),
-        }),
+        #[cfg(feature = "sqs")]
+        "sqs" => sqs::build(&spec.options, ctx).await,
+        #[cfg(not(feature = "sqs"))]
+        "sqs" => Err(BuildError::NotCompiled("sqs")),
         other => Err(BuildError::Open {
             backend: "source",
             message: format!("unknown source type '{other}' (expected nats, webhook, kafka, redis, sqs, rabbitmq)"),

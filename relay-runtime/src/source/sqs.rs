@@ -1,0 +1,172 @@
+//! AWS SQS source: long polling, and `DeleteMessageBatch` of every stored message.
+//!
+//! A batch is gathered with `ReceiveMessage` calls of up to 10 (long polling up to the runner's
+//! wait for the first, then only what is there), stays invisible for `visibility_timeout`
+//! seconds while it is written, and is deleted (10 per call, failed entries retried) after the
+//! inbox commit. A batch that was not stored is made visible again at once
+//! (`ChangeMessageVisibilityBatch` to 0). Event ids: the `pgtrickle-dedup-key` message attribute
+//! (what the SQS sink writes), else `sqs:<MessageId>` (stable across redelivery).
+
+use std::time::Duration;
+
+use aws_sdk_sqs::error::DisplayErrorContext;
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageSystemAttributeName,
+};
+use futures::future::BoxFuture;
+
+use super::{Incoming, Outcome, Source, SourceContext, SourceError};
+use crate::sink::options::Options;
+use crate::sink::BuildError;
+
+const BACKEND: &str = "sqs";
+
+pub struct SqsSource {
+    client: aws_sdk_sqs::Client,
+    queue_url: String,
+    visibility_timeout: i32,
+    /// Receipt handles of the current batch.
+    pending: Vec<String>,
+}
+
+fn retryable(message: String) -> SourceError {
+    SourceError::Retryable { backend: BACKEND, message }
+}
+
+pub async fn build(
+    options: &serde_json::Map<String, serde_json::Value>,
+    ctx: &SourceContext<'_>,
+) -> Result<Box<dyn Source>, BuildError> {
+    let _ = ctx;
+    let o = Options::new(BACKEND, options);
+    let (client, queue_url) = crate::sink::sqs::client(&o).await?;
+    crate::sink::sqs::check_queue(&client, &queue_url).await?;
+    Ok(Box::new(SqsSource {
+        client,
+        queue_url,
+        visibility_timeout: o.u64("visibility_timeout", 30, 1, 43_200)? as i32,
+        pending: Vec::new(),
+    }))
+}
+
+impl Source for SqsSource {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn receive(&mut self, max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<Incoming>, SourceError>> {
+        Box::pin(async move {
+            self.pending.clear();
+            let mut out = Vec::new();
+            while out.len() < max {
+                // Long poll for the first messages only; then take what is already there.
+                let wait_s = if out.is_empty() { wait.as_secs().clamp(1, 20) as i32 } else { 0 };
+                let r = self
+                    .client
+                    .receive_message()
+                    .queue_url(&self.queue_url)
+                    .max_number_of_messages((max - out.len()).min(10) as i32)
+                    .wait_time_seconds(wait_s)
+                    .visibility_timeout(self.visibility_timeout)
+                    .message_attribute_names("All")
+                    .message_system_attribute_names(MessageSystemAttributeName::All)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        retryable(format!("ReceiveMessage from {} failed: {}", self.queue_url, DisplayErrorContext(&e)))
+                    })?;
+                let msgs = r.messages();
+                if msgs.is_empty() {
+                    break;
+                }
+                for m in msgs {
+                    let mut headers: Vec<(String, String)> = m
+                        .message_attributes()
+                        .map(|a| {
+                            a.iter().filter_map(|(k, v)| v.string_value().map(|s| (k.clone(), s.to_owned()))).collect()
+                        })
+                        .unwrap_or_default();
+                    if let Some(group) = m.attributes().and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
+                    {
+                        headers.push(("sqs-message-group-id".to_owned(), group.clone()));
+                    }
+                    let id = headers
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case("pgtrickle-dedup-key"))
+                        .map(|(_, v)| v.clone());
+                    out.push(Incoming {
+                        id,
+                        coordinate: format!("sqs:{}", m.message_id().unwrap_or_default()),
+                        subject: None,
+                        key: None,
+                        headers,
+                        body: m.body().unwrap_or_default().as_bytes().to_vec(),
+                    });
+                    if let Some(h) = m.receipt_handle() {
+                        self.pending.push(h.to_owned());
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn ack<'a>(&'a mut self, _outcomes: &'a [Outcome]) -> BoxFuture<'a, Result<(), SourceError>> {
+        Box::pin(async move {
+            let handles = std::mem::take(&mut self.pending);
+            for chunk in handles.chunks(10) {
+                let mut entries: Vec<DeleteMessageBatchRequestEntry> = chunk
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, h)| {
+                        DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(h).build().ok()
+                    })
+                    .collect();
+                for _attempt in 0..3 {
+                    let r = self
+                        .client
+                        .delete_message_batch()
+                        .queue_url(&self.queue_url)
+                        .set_entries(Some(entries.clone()))
+                        .send()
+                        .await
+                        .map_err(|e| retryable(format!("DeleteMessageBatch failed: {}", DisplayErrorContext(&e))))?;
+                    if r.failed().is_empty() {
+                        break;
+                    }
+                    let failed: std::collections::HashSet<&str> = r.failed().iter().map(|f| f.id()).collect();
+                    entries.retain(|e| failed.contains(e.id()));
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn nack<'a>(&'a mut self, _reason: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let handles = std::mem::take(&mut self.pending);
+            for chunk in handles.chunks(10) {
+                let entries: Vec<ChangeMessageVisibilityBatchRequestEntry> = chunk
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, h)| {
+                        ChangeMessageVisibilityBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .receipt_handle(h)
+                            .visibility_timeout(0)
+                            .build()
+                            .ok()
+                    })
+                    .collect();
+                // Failing this only delays redelivery until the visibility timeout ends.
+                let _ = self
+                    .client
+                    .change_message_visibility_batch()
+                    .queue_url(&self.queue_url)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await;
+            }
+        })
+    }
+}
