@@ -136,7 +136,7 @@ pub async fn run(
     report(&ctx, conn, st, 0, 0).await;
     let insert_sql = table.insert_sql();
     let labels = [spec.name.as_str(), "reverse"];
-    let batch_size = Options::new("inbox", &spec.options).u64("batch_size", 500, 1, 100_000).unwrap_or(500) as usize;
+    let batch_size = Options::new("inbox", &spec.options).u64("batch_size", 1000, 1, 100_000).unwrap_or(1000) as usize;
     let mut delay = Duration::from_millis(100);
     let (mut unreported, mut unreported_errors, mut last_status) = (0i64, 0i64, Instant::now());
     loop {

@@ -61,7 +61,7 @@ pub async fn build(
         url,
         queue: o.required_str(&["queue"])?.to_owned(),
         tag: o.str(&["consumer_tag"])?.unwrap_or(ctx.pipeline).to_owned(),
-        prefetch: o.u64("prefetch_count", 1000, 1, 65_535)? as u16,
+        prefetch: o.u64("prefetch_count", 4000, 1, 65_535)? as u16,
         declare: o.bool("declare_queue", true)?,
         durable: o.bool("durable", true)?,
         binding,
