@@ -12,9 +12,10 @@
 //! `outbox_to_kafka` (ceiling: rdkafka's FutureProducer with the relay's settings and delivery
 //! window sending the same records), `outbox_to_rabbitmq` (ceiling: lapin publishing the same
 //! messages with confirms and the relay's window), `outbox_to_sqs` (ceiling: aws-sdk-sqs
-//! `SendMessageBatch` of the same bodies, 10 calls in flight, same server), `nats_to_inbox`
-//! (reverse: a JetStream backlog into an inbox; ceiling: one client inserting the same rows
-//! with the relay's statement, 500 per batch).
+//! `SendMessageBatch` of the same bodies, 10 calls in flight, same server), and the reverse
+//! rows `nats_to_inbox`, `kafka_to_inbox`, `redis_to_inbox`, `rabbitmq_to_inbox`, `sqs_to_inbox`
+//! (a backlog drained into an inbox; ceiling: one client inserting the same rows with the relay's
+//! statement, 500 per call).
 
 // A benchmark harness: a failed unwrap is a failed run with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -294,7 +295,12 @@ fn order_body(i: i64) -> String {
 /// Runs a reverse pipeline (`config`) over a source already holding `rows` messages until the
 /// inbox holds them all, then inserts the same rows with the relay's statement from one client
 /// (500 per statement) as the ceiling, and prints the row.
-async fn reverse_run(bench: &str, mut config: Value, rows: i64) {
+async fn reverse_run(bench: &str, config: Value, rows: i64) {
+    reverse_run_with(bench, config, rows, None).await;
+}
+
+/// As [`reverse_run`], with another ceiling (name, msgs/s) in place of the inserts.
+async fn reverse_run_with(bench: &str, mut config: Value, rows: i64, other_ceiling: Option<(&str, f64)>) {
     let db = TestDb::new().await;
     let c = db.client().await;
     assert!(run_cli(&db.url, &["migrate"]).0.success());
@@ -343,11 +349,15 @@ async fn reverse_run(bench: &str, mut config: Value, rows: i64) {
         c.query(insert, &[&ids, &types, &sources, &aggs, &payloads, &traces]).await.unwrap();
         n += k;
     }
-    let ceiling = rate(rows as u64, t0.elapsed());
+    let mut ceiling = rate(rows as u64, t0.elapsed());
+    let mut what = "one client, the relay's INSERT … SELECT unnest(…) ON CONFLICT DO NOTHING, 500 rows per statement";
+    if let Some((w, c)) = other_ceiling {
+        (what, ceiling) = (w, c);
+    }
     emit(json!({
         "bench": bench, "messages": rows, "relay_seconds": took.as_secs_f64(), "relay_msgs_per_sec_with_start": relay_rate,
         "relay_msgs_per_sec": steady_rate,
-        "ceiling": "one client, the relay's INSERT … SELECT unnest(…) ON CONFLICT DO NOTHING, 500 rows per statement",
+        "ceiling": what,
         "ceiling_msgs_per_sec": ceiling, "ratio_to_ceiling": (steady_rate / ceiling * 1000.0).round() / 1000.0,
         "relay_peak_rss_mb": (rss_kb as f64 / 1024.0 * 10.0).round() / 10.0,
         "note": "relay_msgs_per_sec counts from the first stored row (start, connect and group join excluded; with them: relay_msgs_per_sec_with_start); acks follow every commit",
@@ -410,6 +420,62 @@ async fn bench_redis_to_inbox(rows: i64) {
     }
     let config = json!({"source_type": "redis", "redis_url": redis_server.url(), "redis_stream_key": "cmds"});
     reverse_run("redis_to_inbox", config, rows).await;
+}
+
+async fn bench_sqs_to_inbox(rows: i64) {
+    use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+    let server = relay_e2e::sqs::SqsServer::start();
+    let url = server.create_queue("cmds").await;
+    let client = server.client();
+    let mut i = 0;
+    while i < rows {
+        let entries: Vec<_> = (i..(i + 10).min(rows))
+            .map(|j| {
+                SendMessageBatchRequestEntry::builder().id(j.to_string()).message_body(order_body(j)).build().unwrap()
+            })
+            .collect();
+        client.send_message_batch().queue_url(&url).set_entries(Some(entries)).send().await.unwrap();
+        i += 10;
+    }
+    // Ceiling: the same SDK draining the same backlog from another queue of the same server
+    // (ReceiveMessage of 10, DeleteMessageBatch), nothing written anywhere.
+    let ceiling_url = server.create_queue("ceiling").await;
+    let mut i = 0;
+    while i < rows {
+        let entries: Vec<_> = (i..(i + 10).min(rows))
+            .map(|j| {
+                SendMessageBatchRequestEntry::builder().id(j.to_string()).message_body(order_body(j)).build().unwrap()
+            })
+            .collect();
+        client.send_message_batch().queue_url(&ceiling_url).set_entries(Some(entries)).send().await.unwrap();
+        i += 10;
+    }
+    let t0 = Instant::now();
+    let mut drained = 0;
+    while drained < rows {
+        let r = client.receive_message().queue_url(&ceiling_url).max_number_of_messages(10).send().await.unwrap();
+        let entries: Vec<_> = r
+            .messages()
+            .iter()
+            .enumerate()
+            .map(|(k, m)| {
+                aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
+                    .id(k.to_string())
+                    .receipt_handle(m.receipt_handle().unwrap())
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        drained += entries.len() as i64;
+        if !entries.is_empty() {
+            client.delete_message_batch().queue_url(&ceiling_url).set_entries(Some(entries)).send().await.unwrap();
+        }
+    }
+    let raw = rate(rows as u64, t0.elapsed());
+    let config = json!({"source_type": "sqs", "sqs_queue_url": url, "sqs_region": "us-east-1", "sqs_endpoint_url": server.endpoint(),
+                        "sqs_access_key_id": "test", "sqs_secret_access_key": "test"});
+    let what = "aws-sdk-sqs ReceiveMessage of 10 + DeleteMessageBatch of the same backlog, same moto_server (moto bounds both)";
+    reverse_run_with("sqs_to_inbox", config, rows, Some((what, raw))).await;
 }
 
 async fn bench_rabbitmq_to_inbox(rows: i64) {
@@ -794,6 +860,13 @@ async fn main() {
     }
     if wants("redis-inbox") {
         bench_redis_to_inbox(rows.min(200_000)).await;
+    }
+    if wants("sqs-inbox") {
+        // moto is the bound here (see bench_sqs): a small backlog.
+        bench_sqs_to_inbox(
+            std::env::var("BENCH_SQS_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(rows.min(2_000)),
+        )
+        .await;
     }
     if wants("rabbitmq-inbox") {
         bench_rabbitmq_to_inbox(rows.min(100_000)).await;

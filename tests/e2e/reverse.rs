@@ -333,7 +333,7 @@ async fn redis_stream_entries_land_exactly_once_across_a_sigkill_and_poison_is_k
     let redis_server = relay_e2e::redis_server::RedisServer::start();
     let client = redis::Client::open(redis_server.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    const N: usize = 10_000;
+    const N: usize = 100_000;
     for chunk in (0..N).collect::<Vec<_>>().chunks(500) {
         let mut pipe = redis::pipe();
         for &i in chunk {
@@ -354,10 +354,10 @@ async fn redis_stream_entries_land_exactly_once_across_a_sigkill_and_poison_is_k
     assert!(run_cli(&db.url, &["migrate"]).0.success());
     create_inbox(&c, "redis_inbox").await;
     let config = json!({"source_type": "redis", "redis_url": redis_server.url(), "redis_stream_key": "orders.events",
-                        "inbox_table": "redis_inbox", "batch_size": 50});
+                        "inbox_table": "redis_inbox", "batch_size": 200});
     c.execute("SELECT pgtrickle.set_relay_inbox('redis-in', config => $1::jsonb)", &[&config]).await.unwrap();
     let mut relay = Relay::start(&db.url, "default", &[]);
-    eventually(Duration::from_secs(30), "a third stored", || async {
+    eventually(Duration::from_secs(60), "a third stored", || async {
         (count(&c, "SELECT count(*) FROM pgtrickle.redis_inbox").await >= (N / 3) as i64).then_some(())
     })
     .await;
@@ -633,4 +633,81 @@ async fn sqs_queue_lands_every_message_exactly_once_across_a_sigkill() {
         a.attributes().unwrap().values().all(|v| v == "0").then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_receiver_stores_100k_events_sent_concurrently_exactly_once() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    assert!(run_cli(&db.url, &["migrate"]).0.success());
+    create_inbox(&c, "hooks_inbox").await;
+    let port = free_port();
+    let mut config = webhook_config(port);
+    config["webhook_max_body_bytes"] = json!(1_048_576);
+    c.execute("SELECT pgtrickle.set_relay_inbox('hooks', config => $1::jsonb)", &[&config]).await.unwrap();
+    let _relay = Relay::start(&db.url, "default", &[]);
+    wait_listening(port).await;
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/events");
+    // 100 requests of 1,000 events, 4 senders at a time; every request is sent twice (a retry).
+    let send = |r: usize| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let body = Value::Array((0..1000).map(|i| json!({"id": r * 1000 + i})).collect()).to_string();
+            for _ in 0..2 {
+                let resp = http
+                    .post(&url)
+                    .bearer_auth("s3cret")
+                    .header("content-type", "application/json")
+                    .header("Idempotency-Key", format!("req-{r}"))
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), 200);
+            }
+        }
+    };
+    let mut pending = FuturesUnordered::new();
+    for r in 0..100 {
+        pending.push(send(r));
+        if pending.len() >= 4 {
+            pending.next().await;
+        }
+    }
+    while pending.next().await.is_some() {}
+    assert_eq!(count(&c, "SELECT count(*) FROM pgtrickle.hooks_inbox").await, 100_000);
+    assert_eq!(count(&c, "SELECT count(DISTINCT payload->>'id') FROM pgtrickle.hooks_inbox").await, 100_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_receiver_over_https() {
+    let certs = relay_e2e::redis_server::TestCerts::new();
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    assert!(run_cli(&db.url, &["migrate"]).0.success());
+    create_inbox(&c, "hooks_inbox").await;
+    let port = free_port();
+    let mut config = webhook_config(port);
+    config["webhook_tls_cert"] = json!(certs.path("server.crt"));
+    config["webhook_tls_key"] = json!(certs.path("server.key"));
+    c.execute("SELECT pgtrickle.set_relay_inbox('hooks', config => $1::jsonb)", &[&config]).await.unwrap();
+    let _relay = Relay::start(&db.url, "default", &[]);
+    wait_listening(port).await;
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(certs.path("ca.crt")).unwrap()).unwrap();
+    let https = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();
+    let r = https
+        .post(format!("https://127.0.0.1:{port}/events"))
+        .bearer_auth("s3cret")
+        .header("content-type", "application/json")
+        .header("Idempotency-Key", "tls-1")
+        .body(json!({"id": 7}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(count(&c, "SELECT count(*) FROM pgtrickle.hooks_inbox WHERE event_id = 'tls-1'").await, 1);
+    // Plain HTTP is not answered on a TLS port.
+    let plain = reqwest::Client::new().post(format!("http://127.0.0.1:{port}/events")).body("{}").send().await;
+    assert!(plain.map_or(true, |r| !r.status().is_success()));
 }

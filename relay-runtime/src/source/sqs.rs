@@ -58,7 +58,9 @@ impl Source for SqsSource {
         Box::pin(async move {
             self.pending.clear();
             let mut out = Vec::new();
-            while out.len() < max {
+            let started = tokio::time::Instant::now();
+            // Gather at most `wait` past the first poll: a batch is what arrived by then.
+            while out.len() < max && (out.is_empty() || started.elapsed() < wait) {
                 // Long poll for the first messages only; then take what is already there.
                 let wait_s = if out.is_empty() { wait.as_secs().clamp(1, 20) as i32 } else { 0 };
                 let r = self

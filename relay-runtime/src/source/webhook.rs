@@ -7,7 +7,7 @@
 //! size (413), HMAC signature (401). A JSON array body is a batch: one event per element.
 //! Event ids: `Idempotency-Key` (`<key>:<index>` for array elements), else
 //! `webhook:<sha256 of the body>`; an event whose body is not JSON is dead-lettered and answered
-//! 422.
+//! 422. With `tls_cert` + `tls_key` the receiver speaks HTTPS only.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -78,6 +78,17 @@ pub async fn build(
         signature_header: o.str(&["signature_header"])?.unwrap_or("X-Pgtrickle-Signature").to_owned(),
         max_body: o.u64("max_body_bytes", 1_048_576, 1, 256 * 1_048_576)? as usize,
     };
+    // HTTPS when a certificate and key (PEM files) are given.
+    let tls = match (o.str(&["tls_cert"])?, o.str(&["tls_key"])?) {
+        (Some(cert), Some(key)) => {
+            for (k, path) in [("tls_cert", cert), ("tls_key", key)] {
+                std::fs::metadata(path).map_err(|e| o.error(k, format!("cannot read {path}: {e}")))?;
+            }
+            Some((cert.to_owned(), key.to_owned()))
+        }
+        (None, None) => None,
+        _ => return Err(o.error("tls_cert", "tls_cert and tls_key go together")),
+    };
     let (tx, rx) = mpsc::channel(QUEUE);
     let shutdown = CancellationToken::new();
     let route = warp::any()
@@ -91,13 +102,29 @@ pub async fn build(
             async move { handle(&checks, &tx, method, path.as_str(), &headers, body).await }
         });
     let stop = shutdown.clone();
-    let (bound, server) = warp::serve(route)
-        .try_bind_with_graceful_shutdown(addr, async move { stop.cancelled().await })
-        .map_err(|e| BuildError::Open {
-            backend: BACKEND,
-            message: format!("cannot listen on {addr}: {e}; choose another \"bind\" address"),
-        })?;
-    tokio::spawn(server);
+    let cannot_listen = |e: warp::Error| BuildError::Open {
+        backend: BACKEND,
+        message: format!("cannot listen on {addr}: {e}; check \"bind\" (and \"tls_cert\"/\"tls_key\")"),
+    };
+    let bound = match tls {
+        Some((cert, key)) => {
+            let (bound, server) = warp::serve(route)
+                .tls()
+                .cert_path(cert)
+                .key_path(key)
+                .try_bind_with_graceful_shutdown(addr, async move { stop.cancelled().await })
+                .map_err(cannot_listen)?;
+            tokio::spawn(server);
+            bound
+        }
+        None => {
+            let (bound, server) = warp::serve(route)
+                .try_bind_with_graceful_shutdown(addr, async move { stop.cancelled().await })
+                .map_err(cannot_listen)?;
+            tokio::spawn(server);
+            bound
+        }
+    };
     tracing::info!(pipeline = ctx.pipeline, addr = %bound, "webhook receiver listening");
     Ok(Box::new(WebhookSource { rx, pending: Vec::new(), shutdown, addr: bound }))
 }
