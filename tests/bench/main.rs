@@ -422,34 +422,30 @@ async fn bench_redis_to_inbox(rows: i64) {
     reverse_run("redis_to_inbox", config, rows).await;
 }
 
-async fn bench_sqs_to_inbox(rows: i64) {
+/// `rows` order messages into an SQS queue, 10 per call.
+async fn fill_sqs(client: &aws_sdk_sqs::Client, queue_url: &str, rows: i64) {
     use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+    let mut i = 0;
+    while i < rows {
+        let entries: Vec<_> = (i..(i + 10).min(rows))
+            .map(|j| {
+                SendMessageBatchRequestEntry::builder().id(j.to_string()).message_body(order_body(j)).build().unwrap()
+            })
+            .collect();
+        client.send_message_batch().queue_url(queue_url).set_entries(Some(entries)).send().await.unwrap();
+        i += 10;
+    }
+}
+
+async fn bench_sqs_to_inbox(rows: i64) {
     let server = relay_e2e::sqs::SqsServer::start();
     let url = server.create_queue("cmds").await;
     let client = server.client();
-    let mut i = 0;
-    while i < rows {
-        let entries: Vec<_> = (i..(i + 10).min(rows))
-            .map(|j| {
-                SendMessageBatchRequestEntry::builder().id(j.to_string()).message_body(order_body(j)).build().unwrap()
-            })
-            .collect();
-        client.send_message_batch().queue_url(&url).set_entries(Some(entries)).send().await.unwrap();
-        i += 10;
-    }
+    fill_sqs(&client, &url, rows).await;
     // Ceiling: the same SDK draining the same backlog from another queue of the same server
     // (ReceiveMessage of 10, DeleteMessageBatch), nothing written anywhere.
     let ceiling_url = server.create_queue("ceiling").await;
-    let mut i = 0;
-    while i < rows {
-        let entries: Vec<_> = (i..(i + 10).min(rows))
-            .map(|j| {
-                SendMessageBatchRequestEntry::builder().id(j.to_string()).message_body(order_body(j)).build().unwrap()
-            })
-            .collect();
-        client.send_message_batch().queue_url(&ceiling_url).set_entries(Some(entries)).send().await.unwrap();
-        i += 10;
-    }
+    fill_sqs(&client, &ceiling_url, rows).await;
     let t0 = Instant::now();
     let mut drained = 0;
     while drained < rows {

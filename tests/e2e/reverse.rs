@@ -49,6 +49,44 @@ async fn publish(js: &jetstream::Context, subject: &str, from: usize, n: usize) 
 
 use std::future::IntoFuture;
 
+/// Starts a relay, SIGKILLs it once a third of `expected` rows are in `inbox`, starts another,
+/// waits until all of them are there, and checks that no event is there twice (distinct values of
+/// the payload's `field`). Returns the second relay.
+async fn kill_midway_and_finish(
+    db: &TestDb,
+    c: &tokio_postgres::Client,
+    inbox: &str,
+    expected: usize,
+    field: &str,
+) -> Relay {
+    let total = format!("SELECT count(*) FROM pgtrickle.{inbox}");
+    let mut relay = Relay::start(&db.url, "default", &[]);
+    eventually(Duration::from_secs(90), "a third stored", || async {
+        (count(c, &total).await >= (expected / 3) as i64).then_some(())
+    })
+    .await;
+    relay.kill();
+    let relay = Relay::start(&db.url, "default", &[]);
+    eventually(Duration::from_secs(180), "everything stored", || async {
+        (count(c, &total).await == expected as i64).then_some(())
+    })
+    .await;
+    let distinct = format!("SELECT count(DISTINCT payload->>'{field}') FROM pgtrickle.{inbox}");
+    assert_eq!(count(c, &distinct).await, expected as i64, "no event twice");
+    relay
+}
+
+/// The raw body of the pipeline's one dead letter.
+async fn dead_letter_body(c: &tokio_postgres::Client, pipeline: &str) -> String {
+    c.query_one(
+        "SELECT convert_from(payload, 'UTF8') FROM pgtrickle.relay_dead_letters WHERE pipeline = $1",
+        &[&pipeline],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
 /// Waits until the durable consumer has nothing pending and nothing unacknowledged.
 async fn all_acked(js: &jetstream::Context, stream: &str, consumer: &str) {
     let consumer: jetstream::consumer::PullConsumer =
@@ -87,21 +125,10 @@ async fn seed_nats_example_lands_100k_messages_exactly_once_across_a_sigkill() {
 
     const N: usize = 100_000;
     publish(&js, "commands.orders", 0, N).await;
-    let mut relay = Relay::start(&db.url, "default", &[]);
-    eventually(Duration::from_secs(60), "a third of the messages stored", || async {
-        (count(&c, "SELECT count(*) FROM pgtrickle.orders_inbox").await >= (N / 3) as i64).then_some(())
-    })
-    .await;
-    relay.kill();
-    let mut relay = Relay::start(&db.url, "default", &[]);
-    eventually(Duration::from_secs(120), "every message stored", || async {
-        (count(&c, "SELECT count(*) FROM pgtrickle.orders_inbox").await == N as i64).then_some(())
-    })
-    .await;
+    let mut relay = kill_midway_and_finish(&db, &c, "orders_inbox", N, "seq").await;
     // Nothing pending or unacknowledged, and nothing more arrives.
     all_acked(&js, "commands", "relay-consumer").await;
     assert_eq!(count(&c, "SELECT count(*) FROM pgtrickle.orders_inbox").await, N as i64);
-    assert_eq!(count(&c, "SELECT count(DISTINCT payload->>'seq') FROM pgtrickle.orders_inbox").await, N as i64);
 
     // Event ids: the publisher's own id, else the stream coordinate; the mapping of the columns.
     let row = c
@@ -356,21 +383,7 @@ async fn redis_stream_entries_land_exactly_once_across_a_sigkill_and_poison_is_k
     let config = json!({"source_type": "redis", "redis_url": redis_server.url(), "redis_stream_key": "orders.events",
                         "inbox_table": "redis_inbox", "batch_size": 200});
     c.execute("SELECT pgtrickle.set_relay_inbox('redis-in', config => $1::jsonb)", &[&config]).await.unwrap();
-    let mut relay = Relay::start(&db.url, "default", &[]);
-    eventually(Duration::from_secs(60), "a third stored", || async {
-        (count(&c, "SELECT count(*) FROM pgtrickle.redis_inbox").await >= (N / 3) as i64).then_some(())
-    })
-    .await;
-    relay.kill();
-    let _relay = Relay::start(&db.url, "default", &[]);
-    eventually(Duration::from_secs(60), "every good entry stored", || async {
-        (count(&c, "SELECT count(*) FROM pgtrickle.redis_inbox").await == (N - 1) as i64).then_some(())
-    })
-    .await;
-    assert_eq!(
-        count(&c, "SELECT count(DISTINCT payload->>'order_id') FROM pgtrickle.redis_inbox").await,
-        (N - 1) as i64
-    );
+    let _relay = kill_midway_and_finish(&db, &c, "redis_inbox", N - 1, "order_id").await;
     let own: String = c
         .query_one("SELECT event_id FROM pgtrickle.redis_inbox WHERE payload->>'order_id' = '2'", &[])
         .await
@@ -383,14 +396,7 @@ async fn redis_stream_entries_land_exactly_once_across_a_sigkill_and_poison_is_k
         .unwrap()
         .get(0);
     assert!(coord.starts_with("redis:orders.events:"), "{coord}");
-    let dl: String = c
-        .query_one(
-            "SELECT convert_from(payload, 'UTF8') FROM pgtrickle.relay_dead_letters WHERE pipeline = 'redis-in'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let dl = dead_letter_body(&c, "redis-in").await;
     assert_eq!(dl, "{broken");
     // Every entry acknowledged: nothing pending in the group.
     eventually(Duration::from_secs(10), "nothing pending", || {
@@ -442,18 +448,7 @@ async fn rabbitmq_queue_lands_100k_messages_exactly_once_across_a_sigkill() {
     let ids: Vec<Option<String>> = (0..N).map(|i| (i % 2 == 0).then(|| format!("msg-{i}"))).collect();
     rabbit.publish(&queue, &bodies, &ids).await;
 
-    let mut relay = Relay::start(&db.url, "default", &[]);
-    eventually(Duration::from_secs(60), "a third stored", || async {
-        (count(&c, "SELECT count(*) FROM pgtrickle.amqp_inbox").await >= (N / 3) as i64).then_some(())
-    })
-    .await;
-    relay.kill();
-    let relay = Relay::start(&db.url, "default", &[]);
-    eventually(Duration::from_secs(120), "every good message stored", || async {
-        (count(&c, "SELECT count(*) FROM pgtrickle.amqp_inbox").await == (N - 1) as i64).then_some(())
-    })
-    .await;
-    assert_eq!(count(&c, "SELECT count(DISTINCT payload->>'seq') FROM pgtrickle.amqp_inbox").await, (N - 1) as i64);
+    let relay = kill_midway_and_finish(&db, &c, "amqp_inbox", N - 1, "seq").await;
     let ids: Vec<String> = c
         .query(
             "SELECT event_id FROM pgtrickle.amqp_inbox WHERE payload->>'seq' IN ('10', '11') ORDER BY payload->>'seq'",
@@ -466,14 +461,7 @@ async fn rabbitmq_queue_lands_100k_messages_exactly_once_across_a_sigkill() {
         .collect();
     assert_eq!(ids[0], "msg-10", "the message_id");
     assert!(ids[1].starts_with(&format!("amqp:{queue}:")), "{}", ids[1]);
-    let dl: String = c
-        .query_one(
-            "SELECT convert_from(payload, 'UTF8') FROM pgtrickle.relay_dead_letters WHERE pipeline = 'amqp-in'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let dl = dead_letter_body(&c, "amqp-in").await;
     assert_eq!(dl, "not json at all");
     // Everything acknowledged: the queue is empty once the relay lets go of it.
     drop(relay);
@@ -520,18 +508,7 @@ async fn kafka_topic_lands_100k_records_exactly_once_across_a_sigkill() {
     let config = json!({"source_type": "kafka", "kafka_brokers": kafka.brokers(), "kafka_topic": "cmds",
                         "kafka_group_id": "inbox-writers", "kafka_session_timeout_ms": 6000, "inbox_table": "kafka_inbox"});
     c.execute("SELECT pgtrickle.set_relay_inbox('kafka-in', config => $1::jsonb)", &[&config]).await.unwrap();
-    let mut relay = Relay::start(&db.url, "default", &[]);
-    eventually(Duration::from_secs(90), "a third stored", || async {
-        (count(&c, "SELECT count(*) FROM pgtrickle.kafka_inbox").await >= (N / 3) as i64).then_some(())
-    })
-    .await;
-    relay.kill();
-    let _relay = Relay::start(&db.url, "default", &[]);
-    eventually(Duration::from_secs(180), "every good record stored", || async {
-        (count(&c, "SELECT count(*) FROM pgtrickle.kafka_inbox").await == (N - 1) as i64).then_some(())
-    })
-    .await;
-    assert_eq!(count(&c, "SELECT count(DISTINCT payload->>'seq') FROM pgtrickle.kafka_inbox").await, (N - 1) as i64);
+    let _relay = kill_midway_and_finish(&db, &c, "kafka_inbox", N - 1, "seq").await;
     let rows = c
         .query(
             "SELECT event_id, aggregate_id, event_type FROM pgtrickle.kafka_inbox WHERE payload->>'seq' IN ('10', '11') ORDER BY payload->>'seq'",
@@ -543,14 +520,7 @@ async fn kafka_topic_lands_100k_records_exactly_once_across_a_sigkill() {
     assert!(rows[1].get::<_, String>(0).starts_with("kafka:cmds:"), "{}", rows[1].get::<_, String>(0));
     assert_eq!(rows[1].get::<_, String>(1), "11", "no aggregate field: the record key");
     assert_eq!(rows[1].get::<_, String>(2), "cmds", "no event_type: the topic");
-    let dl: String = c
-        .query_one(
-            "SELECT convert_from(payload, 'UTF8') FROM pgtrickle.relay_dead_letters WHERE pipeline = 'kafka-in'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let dl = dead_letter_body(&c, "kafka-in").await;
     assert_eq!(dl, "{oops");
 }
 
@@ -590,18 +560,7 @@ async fn sqs_queue_lands_every_message_exactly_once_across_a_sigkill() {
                         "sqs_access_key_id": "test", "sqs_secret_access_key": "test", "sqs_visibility_timeout": 2,
                         "inbox_table": "sqs_inbox", "batch_size": 50});
     c.execute("SELECT pgtrickle.set_relay_inbox('sqs-in', config => $1::jsonb)", &[&config]).await.unwrap();
-    let mut relay = Relay::start(&db.url, "default", &[]);
-    eventually(Duration::from_secs(60), "a third stored", || async {
-        (count(&c, "SELECT count(*) FROM pgtrickle.sqs_inbox").await >= (N / 3) as i64).then_some(())
-    })
-    .await;
-    relay.kill();
-    let _relay = Relay::start(&db.url, "default", &[]);
-    eventually(Duration::from_secs(120), "every good message stored", || async {
-        (count(&c, "SELECT count(*) FROM pgtrickle.sqs_inbox").await == (N - 1) as i64).then_some(())
-    })
-    .await;
-    assert_eq!(count(&c, "SELECT count(DISTINCT payload->>'seq') FROM pgtrickle.sqs_inbox").await, (N - 1) as i64);
+    let _relay = kill_midway_and_finish(&db, &c, "sqs_inbox", N - 1, "seq").await;
     let rows = c
         .query(
             "SELECT event_id FROM pgtrickle.sqs_inbox WHERE payload->>'seq' IN ('10', '11') ORDER BY payload->>'seq'",
@@ -611,14 +570,7 @@ async fn sqs_queue_lands_every_message_exactly_once_across_a_sigkill() {
         .unwrap();
     assert_eq!(rows[0].get::<_, String>(0), "sq-10", "the pgtrickle-dedup-key attribute");
     assert!(rows[1].get::<_, String>(0).starts_with("sqs:"), "{}", rows[1].get::<_, String>(0));
-    let dl: String = c
-        .query_one(
-            "SELECT convert_from(payload, 'UTF8') FROM pgtrickle.relay_dead_letters WHERE pipeline = 'sqs-in'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let dl = dead_letter_body(&c, "sqs-in").await;
     assert_eq!(dl, "<xml/>");
     // Every message deleted: none left, visible or in flight.
     eventually(Duration::from_secs(15), "queue empty", || async {
