@@ -179,7 +179,7 @@ impl Coordinator {
         &self,
         conn: &DbConnection,
         row: &PipelineRow,
-    ) -> Result<Option<DbConnection>, tokio_postgres::Error> {
+    ) -> Result<Option<DbConnection>, catalog::connect::ConnectError> {
         let held: bool = conn
             .client
             .query_one(

@@ -63,9 +63,16 @@ ensure_postgres() {
     as_root chown postgres "$data" 2>/dev/null || true
     run_pg "$bindir/initdb" -D "$data" -U postgres -A trust >/dev/null
   fi
+  # TLS on, like Debian's own cluster: a self-signed certificate (the sslmode tests use it).
+  if [ ! -f "$data/server.crt" ]; then
+    command -v openssl >/dev/null 2>&1 || apt_install openssl
+    run_pg openssl req -new -x509 -days 3650 -nodes -subj /CN=localhost -addext basicConstraints=critical,CA:FALSE \
+      -keyout "$data/server.key" -out "$data/server.crt" >/dev/null 2>&1
+    run_pg chmod 600 "$data/server.key"
+  fi
   log "starting private PostgreSQL on $PG_HOST:$PG_PORT"
   run_pg "$bindir/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 \
-    -o "-c listen_addresses=$PG_HOST -p $PG_PORT -c unix_socket_directories=/tmp -c max_connections=300" start >/dev/null
+    -o "-c listen_addresses=$PG_HOST -p $PG_PORT -c unix_socket_directories=/tmp -c max_connections=300 -c ssl=on" start >/dev/null
   pg_ready || { log "PostgreSQL did not start; see $data/server.log"; return 1; }
 }
 

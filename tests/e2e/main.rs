@@ -13,6 +13,7 @@ mod kafka;
 mod nats;
 mod observability;
 mod pg_inbox;
+mod pg_tls;
 mod rabbitmq;
 mod redis;
 mod reverse;

@@ -22,12 +22,24 @@ pub struct DbConnection {
 }
 
 /// Opens a connection. `notifications`, when given, receives every NOTIFY on it.
+/// Why a connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("{}", error_text(.0))]
+    Pg(#[from] tokio_postgres::Error),
+    /// Bad TLS parameters (`sslmode`, certificate files): fixing the URL or files is needed.
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
 pub async fn connect(
     url: &str,
     app_name: &str,
     notifications: Option<mpsc::UnboundedSender<Notification>>,
-) -> Result<DbConnection, tokio_postgres::Error> {
-    let mut cfg: tokio_postgres::Config = url.parse()?;
+) -> Result<DbConnection, ConnectError> {
+    let (plain, tls) = super::tls::split(url).map_err(ConnectError::Tls)?;
+    let mut cfg: tokio_postgres::Config = plain.parse()?;
+    cfg.ssl_mode(super::tls::driver_mode(tls.mode));
     if cfg.get_application_name().is_none() {
         cfg.application_name(app_name);
     }
@@ -35,7 +47,25 @@ pub async fn connect(
         cfg.connect_timeout(Duration::from_secs(10));
     }
     cfg.keepalives_idle(Duration::from_secs(30));
-    let (client, mut connection) = cfg.connect(NoTls).await?;
+    if tls.mode == super::tls::SslMode::Disable {
+        let (client, connection) = cfg.connect(NoTls).await?;
+        return Ok(drive(client, connection, notifications));
+    }
+    let connector = super::tls::connector(&tls).map_err(ConnectError::Tls)?;
+    let (client, connection) = cfg.connect(connector).await?;
+    Ok(drive(client, connection, notifications))
+}
+
+/// Spawns the task that drives a connection, forwarding notifications; returns the client.
+fn drive<S, T>(
+    client: Client,
+    mut connection: tokio_postgres::Connection<S, T>,
+    notifications: Option<mpsc::UnboundedSender<Notification>>,
+) -> DbConnection
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let closed = CancellationToken::new();
     let guard = closed.clone();
     tokio::spawn(async move {
@@ -60,7 +90,7 @@ pub async fn connect(
         }
         guard.cancel();
     });
-    Ok(DbConnection { client, closed })
+    DbConnection { client, closed }
 }
 
 /// Connects, retrying with jittered exponential backoff (100 ms doubling to 30 s) until it
@@ -104,7 +134,21 @@ pub fn error_text(e: &tokio_postgres::Error) -> String {
             }
             s
         }
-        None => e.to_string(),
+        // The driver's text, then its causes ("error performing TLS handshake: invalid peer
+        // certificate: …").
+        None => {
+            let mut s = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                let text = c.to_string();
+                if !s.contains(&text) {
+                    s.push_str(": ");
+                    s.push_str(&text);
+                }
+                cause = c.source();
+            }
+            s
+        }
     }
 }
 

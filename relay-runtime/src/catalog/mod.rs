@@ -5,5 +5,6 @@ pub mod offsets;
 pub mod pipelines;
 pub mod schema;
 pub mod status;
+pub mod tls;
 
 pub use connect::{connect, connect_with_retry, redact_url, DbConnection};

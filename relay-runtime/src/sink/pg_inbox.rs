@@ -10,7 +10,6 @@ use serde_json::Value;
 
 use super::options::Options;
 use super::{BuildError, Published, Sink, SinkContext, SinkError};
-use crate::catalog::connect::error_text;
 use crate::catalog::{self, redact_url, DbConnection};
 use crate::inbox::{self, InboxError, InboxRow, InboxTable};
 use crate::message::RelayMessage;
@@ -57,7 +56,7 @@ pub async fn build(
     let app_name = format!("pgtrickle-relay {} inbox", ctx.pipeline);
     let conn = catalog::connect(&url, &app_name, None).await.map_err(|e| BuildError::Unreachable {
         backend: BACKEND,
-        message: format!("cannot connect to {}: {}", redact_url(&url), error_text(&e)),
+        message: format!("cannot connect to {}: {}", redact_url(&url), e),
     })?;
     table.ensure(&conn.client, o.bool("create_inbox", false)?).await.map_err(|e| match e {
         InboxError::Retryable(message) => BuildError::Unreachable { backend: BACKEND, message },
@@ -99,7 +98,7 @@ impl Sink for PgInboxSink {
                 let conn =
                     catalog::connect(&self.url, &self.app_name, None).await.map_err(|e| SinkError::Retryable {
                         backend: BACKEND,
-                        message: format!("cannot connect to {}: {}", redact_url(&self.url), error_text(&e)),
+                        message: format!("cannot connect to {}: {}", redact_url(&self.url), e),
                     })?;
                 self.conn = Some(conn);
             }
@@ -142,7 +141,7 @@ impl Sink for PgInboxSink {
                     catalog::connect(&self.url, &self.app_name, None).await.map(|c| self.conn = Some(c)).map_err(|e| {
                         SinkError::Retryable {
                             backend: BACKEND,
-                            message: format!("cannot connect to {}: {}", redact_url(&self.url), error_text(&e)),
+                            message: format!("cannot connect to {}: {}", redact_url(&self.url), e),
                         }
                     })
                 }
