@@ -20,3 +20,6 @@ pub mod sink;
 pub mod source;
 pub mod state;
 pub mod telemetry;
+
+#[cfg(test)]
+mod proptests;
