@@ -70,6 +70,11 @@ impl Coordinator {
                 continue 'reconnect;
             }
             self.ctx.set_catalog_connected(true);
+            // This instance is live (for the fair share of the others) while this session holds
+            // its instance lock.
+            if let Err(e) = self.register(&conn).await {
+                tracing::warn!(error = %e, "cannot register this relay instance; balancing treats it as absent");
+            }
             // A reconnect may have missed notifications: resync at once.
             self.discover(&conn).await;
             self.ctx.set_ready(true);
@@ -149,9 +154,33 @@ impl Coordinator {
             }
         }
 
-        for (key, row) in wanted {
-            if self.workers.contains_key(&key) {
+        // Fair share: the pipelines spread over the group's live instances. An instance over its
+        // share hands the surplus back (each worker finishes and commits its batch first); the
+        // others pick it up on their next discovery. A dead instance's lock is gone with its
+        // session, so the survivors' share grows at once.
+        let live = self.live_instances(conn).await.max(1);
+        let share = wanted.len().div_ceil(live);
+        let mut released = Vec::new();
+        if self.workers.len() > share {
+            let mut owned: Vec<Key> = self.workers.keys().cloned().collect();
+            owned.sort();
+            for key in owned.into_iter().skip(share) {
+                if let Some(w) = self.workers.remove(&key) {
+                    tracing::info!(pipeline = %key.0, direction = key.1.as_str(), live_instances = live, fair_share = share, "handing a pipeline over to another instance (balancing)");
+                    self.stop_worker(w).await;
+                    released.push(key);
+                }
+            }
+        }
+        let mut keys: Vec<Key> = wanted.keys().cloned().collect();
+        keys.sort();
+        for key in keys {
+            let Some(row) = wanted.get(&key).cloned() else { continue };
+            if self.workers.contains_key(&key) || released.contains(&key) {
                 continue;
+            }
+            if self.workers.len() >= share {
+                break;
             }
             match self.try_own(conn, &row).await {
                 Ok(Some(worker_conn)) => {
@@ -168,9 +197,69 @@ impl Coordinator {
             }
         }
         // Bookkeeping last, so that starting pipelines is not delayed by it.
+        self.report_share(conn, share).await;
         if let Err(e) = status::prune(&conn.client, &self.ctx.group_id).await {
             tracing::debug!(error = %e, "cannot prune status rows");
         }
+    }
+
+    /// Records this instance and takes its instance lock on the catalog connection.
+    async fn register(&self, conn: &DbConnection) -> Result<(), tokio_postgres::Error> {
+        conn.client
+            .execute(
+                "INSERT INTO pgtrickle.relay_instances (relay_group_id, worker_id) VALUES ($1, $2)
+                 ON CONFLICT (relay_group_id, worker_id) DO UPDATE SET seen_at = now()",
+                &[&self.ctx.group_id, &self.ctx.worker_id],
+            )
+            .await?;
+        conn.client
+            .execute(
+                "SELECT pg_advisory_lock(hashtext($1), hashtext('instance:' || $2))",
+                &[&self.ctx.group_id, &self.ctx.worker_id],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Instances of this group whose session holds their instance lock (this one included);
+    /// rows of instances that are gone are pruned.
+    async fn live_instances(&self, conn: &DbConnection) -> usize {
+        let r = conn
+            .client
+            .query_one(
+                "WITH live AS (
+                     SELECT i.worker_id, EXISTS (
+                         SELECT 1 FROM pg_locks l
+                          WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted
+                            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                            AND l.classid::int8 = (hashtext($1)::int8 & 4294967295)
+                            AND l.objid::int8 = (hashtext('instance:' || i.worker_id)::int8 & 4294967295)) AS up
+                       FROM pgtrickle.relay_instances i WHERE i.relay_group_id = $1),
+                 gone AS (DELETE FROM pgtrickle.relay_instances i USING live
+                           WHERE i.relay_group_id = $1 AND i.worker_id = live.worker_id AND NOT live.up)
+                 SELECT count(*) FILTER (WHERE up) FROM live",
+                &[&self.ctx.group_id],
+            )
+            .await;
+        match r {
+            Ok(row) => row.get::<_, i64>(0).max(1) as usize,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot count live relay instances; assuming this one alone");
+                1
+            }
+        }
+    }
+
+    /// Shows this instance's load and fair share in `pgtrickle.relay_instances`.
+    async fn report_share(&self, conn: &DbConnection, share: usize) {
+        let _ = conn
+            .client
+            .execute(
+                "UPDATE pgtrickle.relay_instances SET seen_at = now(), pipelines = $3, fair_share = $4
+                  WHERE relay_group_id = $1 AND worker_id = $2",
+                &[&self.ctx.group_id, &self.ctx.worker_id, &(self.workers.len() as i32), &(share as i32)],
+            )
+            .await;
     }
 
     /// Takes the pipeline's advisory lock on a new connection, or `None` if another session

@@ -106,3 +106,80 @@ async fn two_relays_share_pipelines_and_fail_over_without_loss() {
         .collect();
     assert!(r1_keys.is_disjoint(&r2_early), "two relays relayed the same rows while both were alive");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_takes_its_fair_share_and_gives_it_back_when_it_dies() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    assert!(run_cli(&db.url, &["migrate"]).0.success());
+    let names = ["fair-a", "fair-b", "fair-c", "fair-d"];
+    let mut outboxes = Vec::new();
+    for n in names {
+        let st = n.replace('-', "_");
+        outboxes.push(enable_outbox(&c, &st, None).await);
+        c.execute(
+            "SELECT pgtrickle.set_relay_outbox($1, config => $2::jsonb)",
+            &[&n, &json!({"stream_table": st, "sink_type": "stdout", "delta_mode": "snapshot"})],
+        )
+        .await
+        .unwrap();
+    }
+    let owned_by = |relay: &Relay| relay.health()["pipelines_owned"].as_u64().unwrap_or(0);
+    let r1 = Relay::start(&db.url, "fair", &[]);
+    eventually(Duration::from_secs(10), "the only instance owns everything", || async {
+        (owned_by(&r1) == 4).then_some(())
+    })
+    .await;
+    let mut r2 = Relay::start(&db.url, "fair", &[]);
+    eventually(Duration::from_secs(15), "two instances own two each", || async {
+        (owned_by(&r1) == 2 && owned_by(&r2) == 2).then_some(())
+    })
+    .await;
+    // Visible in SQL: both instances, each at its fair share; every pipeline has one owner.
+    let rows = c
+        .query("SELECT pipelines, fair_share FROM pgtrickle.relay_instances WHERE relay_group_id = 'fair'", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r.get::<_, i32>(0) == 2 && r.get::<_, i32>(1) == 2));
+    for n in names {
+        assert!(lock_holder(&c, "fair", n).await.is_some(), "{n} is owned");
+    }
+    let owners: i64 = eventually(Duration::from_secs(10), "the status table shows both owners", || async {
+        let n: i64 = c
+            .query_one(
+                "SELECT count(DISTINCT owner) FROM pgtrickle.relay_pipeline_status
+                  WHERE relay_group_id = 'fair' AND state = 'running'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (n == 2).then_some(n)
+    })
+    .await;
+    assert_eq!(owners, 2);
+
+    // Rows written meanwhile are relayed exactly once across the hand-over.
+    for o in &outboxes {
+        write_inline(&c, o, Some(json!([{"x": 1}]))).await;
+    }
+    r2.kill();
+    let t = Instant::now();
+    eventually(Duration::from_secs(10), "the survivor owns everything again", || async {
+        (owned_by(&r1) == 4).then_some(())
+    })
+    .await;
+    assert!(t.elapsed() <= Duration::from_millis(1500), "take-over took {:?}", t.elapsed());
+    for n in names {
+        let last: i64 = c
+            .query_one(&format!("SELECT max(id) FROM pgtrickle.\"outbox_{}\"", n.replace('-', "_")), &[])
+            .await
+            .unwrap()
+            .get(0);
+        eventually(Duration::from_secs(10), "every outbox relayed", || async {
+            (committed_offset(&c, "fair", n).await == Some(last)).then_some(())
+        })
+        .await;
+    }
+}

@@ -10,7 +10,7 @@
 use tokio_postgres::Client;
 
 /// Bumped whenever a migration is appended to [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Advisory key serialising concurrent migrations (any constant distinct from pipeline locks,
 /// which use the two-int4 form).
@@ -93,6 +93,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 2,
         description: "diff mode: snapshot state and baseline tables",
         steps: &[Step::Sql("snapshot state", include_str!("sql/v2_snapshot_state.sql"))],
+    },
+    Migration {
+        version: 3,
+        description: "relay instances (fair-share balancing)",
+        steps: &[Step::Sql("instances", include_str!("sql/v3_instances.sql"))],
     },
 ];
 
