@@ -7,26 +7,26 @@ use std::time::{Duration, Instant};
 use relay_e2e::*;
 use serde_json::{json, Value};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_relays_share_pipelines_and_fail_over_without_loss() {
+/// A migrated database with one stdout pipeline (and its outbox) per name; returns the outboxes.
+async fn stdout_pipelines(names: &[&str]) -> (TestDb, tokio_postgres::Client, Vec<String>) {
     let db = TestDb::new().await;
     let c = db.client().await;
     assert!(run_cli(&db.url, &["migrate"]).0.success());
-    let names = ["ha-a", "ha-b", "ha-c", "ha-d"];
     let mut outboxes = Vec::new();
     for n in names {
         let st = n.replace('-', "_");
         outboxes.push(enable_outbox(&c, &st, None).await);
-        c.execute(
-            "SELECT pgtrickle.set_relay_outbox($1, config => $2::jsonb)",
-            &[
-                &n,
-                &json!({"stream_table": st, "sink_type": "stdout", "poll_interval_ms": 100, "delta_mode": "snapshot"}),
-            ],
-        )
-        .await
-        .unwrap();
+        let config =
+            json!({"stream_table": st, "sink_type": "stdout", "poll_interval_ms": 100, "delta_mode": "snapshot"});
+        c.execute("SELECT pgtrickle.set_relay_outbox($1, config => $2::jsonb)", &[n, &config]).await.unwrap();
     }
+    (db, c, outboxes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_share_pipelines_and_fail_over_without_loss() {
+    let names = ["ha-a", "ha-b", "ha-c", "ha-d"];
+    let (db, c, outboxes) = stdout_pipelines(&names).await;
     let mut r1 = Relay::start(&db.url, "ha-group", &[]);
     let r2 = Relay::start(&db.url, "ha-group", &[]);
     // Give both a chance to discover; then each pipeline must have exactly one holder.
@@ -109,21 +109,8 @@ async fn two_relays_share_pipelines_and_fail_over_without_loss() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_instance_takes_its_fair_share_and_gives_it_back_when_it_dies() {
-    let db = TestDb::new().await;
-    let c = db.client().await;
-    assert!(run_cli(&db.url, &["migrate"]).0.success());
     let names = ["fair-a", "fair-b", "fair-c", "fair-d"];
-    let mut outboxes = Vec::new();
-    for n in names {
-        let st = n.replace('-', "_");
-        outboxes.push(enable_outbox(&c, &st, None).await);
-        c.execute(
-            "SELECT pgtrickle.set_relay_outbox($1, config => $2::jsonb)",
-            &[&n, &json!({"stream_table": st, "sink_type": "stdout", "delta_mode": "snapshot"})],
-        )
-        .await
-        .unwrap();
-    }
+    let (db, c, outboxes) = stdout_pipelines(&names).await;
     let owned_by = |relay: &Relay| relay.health()["pipelines_owned"].as_u64().unwrap_or(0);
     let r1 = Relay::start(&db.url, "fair", &[]);
     eventually(Duration::from_secs(10), "the only instance owns everything", || async {
