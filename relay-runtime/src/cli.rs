@@ -329,13 +329,13 @@ async fn check_cmd(url: &str) -> anyhow::Result<ExitCode> {
             },
             // The source is not contacted (that would bind a receiver or create consumers).
             Ok(PipelineSpec::Reverse(spec)) => {
-                let schema = spec.options.get("schema").and_then(|v| v.as_str());
-                let table = crate::inbox::InboxTable::parse(&spec.inbox_table, schema);
-                match (crate::pipeline::reverse::Mapping::from_options(&spec), table.ensure(&conn.client, false).await)
-                {
-                    (Err(e), _) => Err(e.to_string()),
-                    (_, Err(e)) => Err(e.to_string()),
-                    (Ok(_), Ok(())) => Ok(format!("{} -> {}", spec.source_type, table.qualified())),
+                use crate::pipeline::reverse::{inbox_table, Mapping};
+                match (Mapping::from_options(&spec), inbox_table(&spec)) {
+                    (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
+                    (Ok(_), Ok(table)) => match table.ensure(&conn.client, false).await {
+                        Err(e) => Err(e.to_string()),
+                        Ok(()) => Ok(format!("{} -> {}", spec.source_type, table.qualified())),
+                    },
                 }
             }
         };

@@ -14,7 +14,7 @@ use tokio_postgres::Client;
 
 use crate::catalog::pipelines;
 use crate::config::PipelineSpec;
-use crate::inbox::{self, InboxTable};
+use crate::inbox;
 use crate::pipeline::reverse::Mapping;
 use crate::source::Incoming;
 
@@ -169,8 +169,7 @@ async fn replay_one(client: &Client, configs: &[crate::config::PipelineRow], d: 
         PipelineSpec::Forward(_) => return Err("not a reverse pipeline".into()),
     };
     let mapping = Mapping::from_options(&spec).map_err(|e| e.to_string())?;
-    let schema = spec.options.get("schema").and_then(Value::as_str);
-    let table = InboxTable::parse(&spec.inbox_table, schema);
+    let table = crate::pipeline::reverse::inbox_table(&spec).map_err(|e| e.to_string())?;
     let mut headers: Vec<(String, String)> = match &d.headers {
         Some(Value::Object(m)) => {
             m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect()

@@ -144,16 +144,6 @@ pub async fn write(client: &impl GenericClient, sql: &str, rows: &[InboxRow]) ->
     Ok(inserted.iter().map(|r| r.get(0)).collect())
 }
 
-/// A payload field as text (strings as they are, other values as JSON); `None` when missing or
-/// null.
-pub fn field_text(payload: &Value, field: &str) -> Option<String> {
-    match payload.get(field)? {
-        Value::Null => None,
-        Value::String(s) => Some(s.clone()),
-        v => Some(v.to_string()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,14 +55,19 @@ impl RelayMessage {
         }
     }
 
-    /// A payload field as text (strings as they are, other values as JSON), for partition keys
-    /// and aggregate ids; `None` when the field is missing or null.
+    /// A payload field as text, for partition keys and aggregate ids (see [`field_text`]).
     pub fn field_text(&self, field: &str) -> Option<String> {
-        match self.payload.get(field)? {
-            Value::Null => None,
-            Value::String(s) => Some(s.clone()),
-            v => Some(v.to_string()),
-        }
+        field_text(&self.payload, field)
+    }
+}
+
+/// A JSON object's field as text (strings as they are, other values as JSON); `None` when the
+/// field is missing or null.
+pub fn field_text(payload: &Value, field: &str) -> Option<String> {
+    match payload.get(field)? {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        v => Some(v.to_string()),
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use super::{report, WorkerLink, START_RETRY};
+use super::{report, WorkerLink, MAX_BACKOFF, START_RETRY};
 use crate::catalog::{connect::jitter, offsets, DbConnection};
 use crate::config::{DeltaMode, ForwardSpec};
 use crate::message::RelayMessage;
@@ -33,7 +33,6 @@ const STATUS_EVERY: Duration = Duration::from_secs(1);
 /// Wait between attempts after a permanent sink failure (the data stays; a config change or
 /// a fixed target lets the pipeline continue).
 const PERMANENT_RETRY: Duration = Duration::from_secs(30);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Why the runner stopped.
 enum Stop {

@@ -35,6 +35,9 @@ impl WorkerLink {
 /// or a notification restarts it sooner).
 pub const START_RETRY: Duration = Duration::from_secs(10);
 
+/// The cap of the jittered exponential backoff after retryable failures.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
 /// Runs a pipeline until cancelled or until its lock connection breaks.
 pub async fn run_worker(ctx: Arc<RelayState>, row: PipelineRow, conn: DbConnection, link: WorkerLink) {
     let mut st = PipelineStatus::new(&row.name, row.direction, &ctx.worker_id);

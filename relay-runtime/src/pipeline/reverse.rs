@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{report, WorkerLink, START_RETRY};
+use super::{report, WorkerLink, MAX_BACKOFF, START_RETRY};
+use crate::catalog::connect::jitter;
 use crate::catalog::DbConnection;
 use crate::config::ReverseSpec;
 use crate::inbox::{self, InboxError, InboxRow, InboxTable};
@@ -19,7 +20,6 @@ use crate::sink::options::Options;
 use crate::source::{self, Incoming, Outcome, Source, SourceContext};
 use crate::state::{PipelineState, PipelineStatus, RelayState};
 
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long one receive waits before the runner looks at cancellation and status again.
 const RECEIVE_WAIT: Duration = Duration::from_millis(500);
 
@@ -61,7 +61,7 @@ impl Mapping {
         let event_id = self
             .event_id_field
             .as_deref()
-            .and_then(|f| inbox::field_text(&payload, f))
+            .and_then(|f| crate::message::field_text(&payload, f))
             .or_else(|| m.id.clone())
             .unwrap_or_else(|| m.coordinate.clone());
         let event_type = payload
@@ -72,8 +72,11 @@ impl Mapping {
             .or_else(|| m.header("x-event-type").map(str::to_owned))
             .or_else(|| m.subject.clone())
             .unwrap_or_else(|| self.default_event_type.clone());
-        let aggregate_id =
-            self.aggregate_id_field.as_deref().and_then(|f| inbox::field_text(&payload, f)).or_else(|| m.key.clone());
+        let aggregate_id = self
+            .aggregate_id_field
+            .as_deref()
+            .and_then(|f| crate::message::field_text(&payload, f))
+            .or_else(|| m.key.clone());
         Ok(InboxRow {
             event_id,
             event_type: Some(event_type),
@@ -93,10 +96,6 @@ pub fn trace_id(traceparent: &str) -> Option<String> {
         .then(|| trace.to_ascii_lowercase())
 }
 
-fn jitter(d: Duration) -> Duration {
-    d.mul_f64(0.8 + fastrand::f64() * 0.4)
-}
-
 /// Runs a reverse pipeline until cancelled or until its lock connection breaks.
 pub async fn run(
     ctx: Arc<RelayState>,
@@ -106,7 +105,7 @@ pub async fn run(
     st: &mut PipelineStatus,
 ) {
     let mut backoff = Duration::from_secs(1);
-    let (mapping, table, mut source) = loop {
+    let (mapping, table, batch_size, mut source) = loop {
         match setup(conn, &spec).await {
             Ok(ok) => break ok,
             Err((transient, message)) => {
@@ -136,7 +135,6 @@ pub async fn run(
     report(&ctx, conn, st, 0, 0).await;
     let insert_sql = table.insert_sql();
     let labels = [spec.name.as_str(), "reverse"];
-    let batch_size = Options::new("inbox", &spec.options).u64("batch_size", 1000, 1, 100_000).unwrap_or(1000) as usize;
     let mut delay = Duration::from_millis(100);
     let (mut unreported, mut unreported_errors, mut last_status) = (0i64, 0i64, Instant::now());
     loop {
@@ -244,17 +242,27 @@ pub async fn run(
 async fn setup(
     conn: &DbConnection,
     spec: &ReverseSpec,
-) -> Result<(Mapping, InboxTable, Box<dyn Source>), (bool, String)> {
-    let mapping = Mapping::from_options(spec).map_err(|e| (false, e.to_string()))?;
+) -> Result<(Mapping, InboxTable, usize, Box<dyn Source>), (bool, String)> {
+    let bad = |e: crate::sink::BuildError| (false, e.to_string());
+    let mapping = Mapping::from_options(spec).map_err(bad)?;
+    let table = inbox_table(spec).map_err(bad)?;
     let o = Options::new("inbox", &spec.options);
-    let table =
-        InboxTable::parse(&spec.inbox_table, o.str(&["schema", "inbox_schema"]).map_err(|e| (false, e.to_string()))?);
-    let create = o.bool("create_inbox", false).map_err(|e| (false, e.to_string()))?;
-    table.ensure(&conn.client, create).await.map_err(|e| (e.is_retryable(), e.to_string()))?;
+    let batch_size = o.u64("batch_size", 1000, 1, 100_000).map_err(bad)? as usize;
+    table
+        .ensure(&conn.client, o.bool("create_inbox", false).map_err(bad)?)
+        .await
+        .map_err(|e| (e.is_retryable(), e.to_string()))?;
     let source = source::build(spec, &SourceContext { pipeline: &spec.name })
         .await
         .map_err(|e| (e.is_transient(), e.to_string()))?;
-    Ok((mapping, table, source))
+    Ok((mapping, table, batch_size, source))
+}
+
+/// The inbox table of a reverse pipeline: `inbox_table`, in `schema` (or `inbox_schema`) when
+/// the name is bare.
+pub fn inbox_table(spec: &ReverseSpec) -> Result<InboxTable, crate::sink::BuildError> {
+    let o = Options::new("inbox", &spec.options);
+    Ok(InboxTable::parse(&spec.inbox_table, o.str(&["schema", "inbox_schema"])?))
 }
 
 /// Records a failure in the status, reports it (with the counts not reported yet) and waits;

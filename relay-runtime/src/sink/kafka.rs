@@ -41,6 +41,8 @@ enum PartitionKey {
 pub struct KafkaSink {
     producer: FutureProducer,
     topic: Template,
+    /// The topic when the template has no variables (rendered once, shared by every record).
+    fixed_topic: Option<Arc<str>>,
     key: PartitionKey,
     stream_table: String,
     outbox_table: String,
@@ -135,6 +137,7 @@ pub async fn build(
     let timeout = o.millis("connect_timeout_ms", 10_000)?;
     let sink = KafkaSink {
         producer,
+        fixed_topic: topic.is_static().then(|| Arc::from(topic.source())),
         topic,
         key,
         stream_table: ctx.stream_table.to_owned(),
@@ -144,7 +147,7 @@ pub async fn build(
         body: Vec::with_capacity(1024),
     };
     // A fixed topic is checked (and created when asked) now; a templated one at its first message.
-    let fixed = sink.topic.is_static().then(|| sink.topic.source().to_owned());
+    let fixed = sink.fixed_topic.as_deref().map(str::to_owned);
     match sink.topic_exists(fixed.as_deref()).await {
         Ok(true) => {}
         Ok(false) => {
@@ -262,7 +265,6 @@ impl Sink for KafkaSink {
         Box::pin(async move {
             let call = self.window.begin();
             let mut done = Published::default();
-            let fixed_topic: Option<Arc<str>> = self.topic.is_static().then(|| Arc::from(self.topic.source()));
             // librdkafka copies key and value: one buffer serves every message.
             let mut body = std::mem::take(&mut self.body);
             for m in batch {
@@ -272,7 +274,7 @@ impl Sink for KafkaSink {
                     message: format!("cannot encode message: {e}"),
                 })?;
                 let key = self.key_of(m);
-                let topic = match &fixed_topic {
+                let topic = match &self.fixed_topic {
                     Some(t) => Arc::clone(t),
                     None => Arc::from(self.topic.render(&m.vars(&self.stream_table, &self.outbox_table))),
                 };

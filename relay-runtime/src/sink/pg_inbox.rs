@@ -83,7 +83,7 @@ fn classify(e: &tokio_postgres::Error) -> SinkError {
 
 impl PgInboxSink {
     fn aggregate_id(&self, payload: &Value) -> Option<String> {
-        inbox::field_text(payload, self.aggregate_id_field.as_deref()?)
+        crate::message::field_text(payload, self.aggregate_id_field.as_deref()?)
     }
 }
 

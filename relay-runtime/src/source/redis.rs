@@ -8,7 +8,6 @@
 //! object. Event ids: the `dedup_key` (or upstream `pgt_dedup_key`) field, else
 //! `redis:<stream>:<entry id>`.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -103,37 +102,29 @@ impl RedisSource {
     }
 
     fn incoming(&self, entry: &StreamId) -> Incoming {
-        let text = |name: &str| -> Option<Vec<u8>> {
-            entry.map.get(name).and_then(|v| redis::from_redis_value::<Vec<u8>>(v.clone()).ok())
-        };
-        let fields: HashMap<&str, String> = entry
-            .map
-            .iter()
-            .filter_map(|(k, v)| {
-                redis::from_redis_value::<Vec<u8>>(v.clone())
-                    .ok()
-                    .map(|b| (k.as_str(), String::from_utf8_lossy(&b).into_owned()))
-            })
-            .collect();
-        let body = match text("payload") {
-            Some(b) => b,
-            None => {
-                let obj: serde_json::Map<String, serde_json::Value> =
-                    fields.iter().map(|(k, v)| ((*k).to_owned(), serde_json::Value::String(v.clone()))).collect();
-                serde_json::Value::Object(obj).to_string().into_bytes()
+        // One pass: the `payload` field is the body, every other field a header.
+        let mut body = None;
+        let mut headers = Vec::with_capacity(entry.map.len());
+        for (k, v) in &entry.map {
+            let Ok(bytes) = redis::from_redis_value::<Vec<u8>>(v.clone()) else { continue };
+            if k == "payload" {
+                body = Some(bytes);
+            } else {
+                headers.push((k.clone(), String::from_utf8_lossy(&bytes).into_owned()));
             }
-        };
-        let id = fields.get("dedup_key").or_else(|| fields.get("pgt_dedup_key")).cloned();
+        }
+        let field = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let body = body.unwrap_or_else(|| {
+            let obj: serde_json::Map<String, serde_json::Value> =
+                headers.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+            serde_json::Value::Object(obj).to_string().into_bytes()
+        });
         Incoming {
-            id,
+            id: field("dedup_key").or_else(|| field("pgt_dedup_key")),
             coordinate: format!("redis:{}:{}", self.key, entry.id),
-            subject: fields.get("subject").cloned(),
+            subject: field("subject"),
             key: None,
-            headers: fields
-                .iter()
-                .filter(|(k, _)| **k != "payload")
-                .map(|(k, v)| ((*k).to_owned(), v.clone()))
-                .collect(),
+            headers,
             body,
         }
     }

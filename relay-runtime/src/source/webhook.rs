@@ -36,7 +36,6 @@ struct Request {
     respond: oneshot::Sender<Answer>,
 }
 
-#[derive(Clone)]
 struct Checks {
     path: String,
     bearer: Option<String>,
@@ -70,14 +69,14 @@ pub async fn build(
         (None, None) => None,
         _ => return Err(o.error("auth_header", "auth_header and auth_value go together")),
     };
-    let checks = Checks {
+    let checks = std::sync::Arc::new(Checks {
         path,
         bearer: o.str(&["auth_token", "bearer_token", "token"])?.map(str::to_owned),
         auth_header,
         signing_secret: o.str(&["signing_secret", "hmac_secret"])?.map(|s| s.as_bytes().to_vec()),
         signature_header: o.str(&["signature_header"])?.unwrap_or("X-Pgtrickle-Signature").to_owned(),
         max_body: o.u64("max_body_bytes", 1_048_576, 1, 256 * 1_048_576)? as usize,
-    };
+    });
     // HTTPS when a certificate and key (PEM files) are given.
     let tls = match (o.str(&["tls_cert"])?, o.str(&["tls_key"])?) {
         (Some(cert), Some(key)) => {
@@ -97,7 +96,7 @@ pub async fn build(
         .and(warp::header::headers_cloned())
         .and(warp::body::bytes())
         .then(move |method: Method, path: warp::path::FullPath, headers: HeaderMap, body: Bytes| {
-            let checks = checks.clone();
+            let checks = std::sync::Arc::clone(&checks);
             let tx = tx.clone();
             async move { handle(&checks, &tx, method, path.as_str(), &headers, body).await }
         });
