@@ -80,13 +80,15 @@ pub struct StatusRow {
     pub errors_total: i64,
     pub last_error: Option<String>,
     pub heartbeat_age_seconds: f64,
+    /// When the owner last wrote the row, in seconds since the Unix epoch.
+    pub heartbeat_at: f64,
 }
 
 pub async fn read(client: &Client, group: &str) -> Result<Vec<StatusRow>, tokio_postgres::Error> {
     let rows = client
         .query(
             "SELECT direction, name, state, owner, committed_offset, lag_rows, messages_total, errors_total,
-                    last_error, extract(epoch FROM now() - heartbeat_at)::float8
+                    last_error, extract(epoch FROM now() - heartbeat_at)::float8, extract(epoch FROM heartbeat_at)::float8
                FROM pgtrickle.relay_pipeline_status WHERE relay_group_id = $1 ORDER BY name, direction",
             &[&group],
         )
@@ -104,6 +106,7 @@ pub async fn read(client: &Client, group: &str) -> Result<Vec<StatusRow>, tokio_
             errors_total: r.get(7),
             last_error: r.get(8),
             heartbeat_age_seconds: r.get(9),
+            heartbeat_at: r.get(10),
         })
         .collect())
 }
