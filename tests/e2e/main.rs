@@ -12,6 +12,7 @@ mod hot_reload;
 mod kafka;
 mod nats;
 mod observability;
+mod operator;
 mod pg_inbox;
 mod pg_tls;
 mod rabbitmq;

@@ -19,6 +19,7 @@ use tokio_postgres::{Client, NoTls};
 
 pub mod http;
 pub mod kafka;
+pub mod kube_env;
 pub mod nats;
 pub mod rabbitmq;
 pub mod redis_server;
@@ -219,6 +220,11 @@ pub struct Relay {
 impl Relay {
     /// Starts `pgtrickle-relay run` and waits until `/readyz` answers 200.
     pub fn start(url: &str, group: &str, extra: &[&str]) -> Self {
+        Self::start_with_env(url, group, extra, &[])
+    }
+
+    /// Like [`Relay::start`], with extra environment variables (e.g. `HOSTNAME`, as in a pod).
+    pub fn start_with_env(url: &str, group: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let metrics_addr = format!("127.0.0.1:{port}");
         let stderr_path = std::env::temp_dir().join(format!("pgtrickle-relay-e2e-{}-{port}.log", std::process::id()));
@@ -236,6 +242,7 @@ impl Relay {
             .args(extra)
             .arg("run")
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr))
