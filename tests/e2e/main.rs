@@ -6,6 +6,7 @@
 mod catalog;
 mod conformance;
 mod diff;
+mod faults;
 mod forward;
 mod ha;
 mod hot_reload;

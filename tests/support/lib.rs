@@ -17,10 +17,12 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio_postgres::{Client, NoTls};
 
+pub mod faults;
 pub mod http;
 pub mod kafka;
 pub mod kube_env;
 pub mod nats;
+pub mod private_pg;
 pub mod rabbitmq;
 pub mod redis_server;
 pub mod sqs;

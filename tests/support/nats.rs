@@ -114,6 +114,50 @@ impl NatsServer {
     }
 }
 
+impl NatsServer {
+    /// The `Nats-Msg-Id` of every message in a stream, read in batches (fast for large streams).
+    pub async fn stream_msg_ids(&self, stream: &str) -> Vec<String> {
+        use futures::StreamExt;
+        let js = self.jetstream().await;
+        let Ok(mut s) = js.get_stream(stream).await else { return Vec::new() };
+        let total = s.info().await.unwrap().state.messages as usize;
+        let consumer = s
+            .create_consumer(jetstream::consumer::pull::Config {
+                ack_policy: jetstream::consumer::AckPolicy::None,
+                deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut msgs = consumer.messages().await.unwrap();
+        let mut out = Vec::with_capacity(total);
+        while out.len() < total {
+            let m = tokio::time::timeout(Duration::from_secs(30), msgs.next())
+                .await
+                .unwrap_or_else(|_| panic!("stream {stream}: read {} of {total} messages, then nothing", out.len()))
+                .unwrap()
+                .unwrap();
+            let id = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+                .map(|v| v.as_str().to_owned());
+            out.push(id.unwrap_or_default());
+        }
+        out
+    }
+
+    /// Messages stored in a stream (from the stream's state, without reading them).
+    pub async fn stream_count(&self, stream: &str) -> u64 {
+        let js = self.jetstream().await;
+        match js.get_stream(stream).await {
+            Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+            Err(_) => 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct StoredMessage {
     pub subject: String,

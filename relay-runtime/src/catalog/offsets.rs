@@ -15,24 +15,77 @@ pub async fn load(client: &Client, group: &str, pipeline: &str) -> Result<i64, t
         .unwrap_or(0))
 }
 
-/// Commits an offset. Must run on the connection holding the pipeline's advisory lock: if that
-/// connection is gone the lock is gone too, and this fails instead of committing for a worker
-/// that no longer owns the pipeline (fencing).
+/// Commits an offset, fenced: only while this session holds the pipeline's advisory lock
+/// (`pg_try_advisory_lock(hashtext(group), hashtext(pipeline))`). It must run on the connection
+/// holding that lock; if the lock is not held there (the session was reset, the lock released),
+/// nothing is written and `Ok(false)` says the worker no longer owns the pipeline and must stop.
+/// A connection that is gone fails outright, so a worker that lost its lock never commits.
 pub async fn commit(
     client: &Client,
     group: &str,
     pipeline: &str,
     offset: i64,
     worker_id: &str,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<bool, tokio_postgres::Error> {
     client
         .execute(
             "INSERT INTO pgtrickle.relay_consumer_offsets AS o (relay_group_id, pipeline_id, last_change_id, worker_id, updated_at)
-             VALUES ($1, $2, $3, $4, now())
+             SELECT $1, $2, $3, $4, now()
+              WHERE EXISTS (SELECT 1 FROM pg_locks
+                             WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
+                               AND classid = hashtext($1)::oid AND objid = hashtext($2)::oid AND objsubid = 2)
              ON CONFLICT (relay_group_id, pipeline_id)
              DO UPDATE SET last_change_id = EXCLUDED.last_change_id, worker_id = EXCLUDED.worker_id, updated_at = now()",
             &[&group, &pipeline, &offset, &worker_id],
         )
         .await
-        .map(|_| ())
+        .map(|n| n == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    // Talks to the real PostgreSQL the whole suite uses (PGTRICKLE_TEST_POSTGRES_URL, else the
+    // local one); fails loudly without it.
+    use super::*;
+    use crate::catalog::{connect, schema};
+
+    #[tokio::test]
+    async fn a_commit_is_fenced_by_the_pipeline_lock() {
+        let admin_url = std::env::var("PGTRICKLE_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let admin =
+            connect(&admin_url, "offsets-test", None).await.expect("PostgreSQL must be reachable for this test");
+        let db = format!("relay_unit_offsets_{}", std::process::id());
+        admin
+            .client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            .await
+            .unwrap();
+        admin.client.batch_execute(&format!("CREATE DATABASE {db}")).await.unwrap();
+        let url = match admin_url.rsplit_once('/') {
+            Some((head, tail)) if !tail.contains('@') => {
+                let query = tail.find('?').map(|q| &tail[q..]).unwrap_or("");
+                format!("{head}/{db}{query}")
+            }
+            _ => format!("{admin_url} dbname={db}"),
+        };
+        let mut c = connect(&url, "offsets-test", None).await.unwrap();
+        schema::migrate(&mut c.client).await.unwrap();
+
+        // Without the lock: nothing is written.
+        assert!(!commit(&c.client, "g", "p", 10, "w").await.unwrap());
+        assert_eq!(load(&c.client, "g", "p").await.unwrap(), 0);
+        // Holding it (the relay's two-key form): committed.
+        c.client.execute("SELECT pg_advisory_lock(hashtext('g'), hashtext('p'))", &[]).await.unwrap();
+        assert!(commit(&c.client, "g", "p", 10, "w").await.unwrap());
+        assert_eq!(load(&c.client, "g", "p").await.unwrap(), 10);
+        // Another pipeline's lock does not count; a released lock stops commits again.
+        assert!(!commit(&c.client, "g", "other", 11, "w").await.unwrap());
+        c.client.execute("SELECT pg_advisory_unlock(hashtext('g'), hashtext('p'))", &[]).await.unwrap();
+        assert!(!commit(&c.client, "g", "p", 12, "w").await.unwrap());
+        assert_eq!(load(&c.client, "g", "p").await.unwrap(), 10);
+        drop(c);
+        admin.client.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await.unwrap();
+    }
 }

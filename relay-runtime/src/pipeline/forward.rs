@@ -49,6 +49,9 @@ impl From<tokio_postgres::Error> for Stop {
 }
 
 const CONNECTION_CLOSED: &str = "the pipeline's database connection (which holds its lock) closed";
+/// The fenced commit found the lock gone: another instance may own the pipeline now.
+pub(crate) const LOCK_LOST: &str =
+    "the pipeline's advisory lock is no longer held by this session; stopped before committing";
 
 pub async fn run(
     ctx: Arc<RelayState>,
@@ -523,7 +526,9 @@ impl ForwardRunner<'_> {
         if new_offset <= self.offset {
             return Ok(());
         }
-        offsets::commit(self.client, &self.ctx.group_id, &self.spec.name, new_offset, &self.ctx.worker_id).await?;
+        if !offsets::commit(self.client, &self.ctx.group_id, &self.spec.name, new_offset, &self.ctx.worker_id).await? {
+            return Err(Stop::Db(LOCK_LOST.to_owned()));
+        }
         self.offset = new_offset;
         self.st.committed_offset = Some(new_offset);
         self.ctx.metrics.committed_offset.with_label_values(&[&self.spec.name]).set(new_offset);

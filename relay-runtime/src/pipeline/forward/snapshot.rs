@@ -68,7 +68,11 @@ impl ForwardRunner<'_> {
         }
         .await;
         match applied {
-            Ok(()) => self.client.batch_execute("COMMIT").await?,
+            Ok(true) => self.client.batch_execute("COMMIT").await?,
+            Ok(false) => {
+                let _ = self.client.batch_execute("ROLLBACK").await;
+                return Err(Stop::Db(super::LOCK_LOST.to_owned()));
+            }
             Err(e) => {
                 let _ = self.client.batch_execute("ROLLBACK").await;
                 return Err(e.into());

@@ -1,0 +1,72 @@
+//! The fault-injection suite at CI scale (`scripts/faults` runs the same scenarios at full scale
+//! and prints their JSON summary): every scenario counts at the destination.
+
+use relay_e2e::faults::{self, Scale};
+use serde_json::Value;
+
+fn no_loss_no_duplicates(v: &Value) {
+    eprintln!("{v}");
+    assert_eq!(v["lost"], 0, "rows lost: {v:#}");
+    assert_eq!(v["duplicates"], 0, "visible duplicates: {v:#}");
+    assert!(v["rows"].as_u64().unwrap_or(0) > 0, "nothing was streamed: {v:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_of_the_owner_repeatedly_loses_and_doubles_nothing() {
+    let v = faults::sigkill_owner(&Scale::ci()).await;
+    no_loss_no_duplicates(&v);
+    assert_eq!(v["inbox"]["lost"], 0, "{v:#}");
+    // Failover within the discovery interval (500 ms) + 1 s.
+    let worst = v["failover_ms"]["max"].as_u64().unwrap();
+    assert!(worst <= 1500, "failover took {worst} ms: {v:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_outage_degrades_then_resumes_without_a_restart() {
+    let v = faults::broker_outage(&Scale::ci()).await;
+    no_loss_no_duplicates(&v);
+    assert!(v["degraded_after_ms"].is_u64(), "never reported degraded: {v:#}");
+    assert_eq!(v["state_after"], "running", "{v:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_postgres_crash_mid_stream_loses_nothing() {
+    let v = faults::postgres_restart(&Scale::ci()).await;
+    no_loss_no_duplicates(&v);
+    assert_eq!(v["relay_process_survived"], true, "{v:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn config_churn_under_load_applies_within_a_second() {
+    let v = faults::config_churn(&Scale::ci()).await;
+    no_loss_no_duplicates(&v);
+    for (step, ms) in v["applied_ms"].as_object().unwrap() {
+        assert!(ms.as_u64().unwrap() < 1000, "{step} took {ms} ms: {v:#}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_concurrent_writers_with_out_of_order_commits_lose_nothing() {
+    let v = faults::concurrent_writers(&Scale::ci()).await;
+    no_loss_no_duplicates(&v);
+    assert_eq!(v["relayed_rolled_back_rows"], 0, "{v:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_pipelines_beside_healthy_ones_only_fail_themselves() {
+    let v = faults::malformed_beside_healthy(&Scale::ci()).await;
+    no_loss_no_duplicates(&v);
+    assert_eq!(v["healthy_running"], true, "{v:#}");
+    let p = &v["pipelines"];
+    let failed_with = |name: &str, needle: &str| {
+        assert_eq!(p[name]["state"], "failed", "{name}: {v:#}");
+        let err = p[name]["error"].as_str().unwrap_or("");
+        assert!(err.contains(needle), "{name}: error {err:?} does not mention {needle:?}");
+    };
+    failed_with("bad-sink-type", "carrier-pigeon");
+    failed_with("bad-batch-size", "batch_size");
+    failed_with("missing-outbox", "no_such_table");
+    failed_with("not-an-object", "object");
+    assert_eq!(p["unreachable-broker"]["state"], "degraded", "{v:#}");
+    assert_eq!(v["health_status"], "degraded", "{v:#}");
+}
