@@ -9,6 +9,8 @@ KUBE_CACHE=${KUBE_CACHE:-/var/cache/pgtrickle-relay/kube}
 KUBE_APISERVER_BIN="$KUBE_CACHE/bin/kube-apiserver"
 KUBE_SRC_VERSION="1.20.5+really1.20.2-1.1+deb12u1"
 KUBE_GIT_VERSION="v1.20.2"
+# Bumped when the private server's flags change: a running server of another setup is replaced.
+KUBE_SETUP_VERSION=2
 
 # kubectl: the machine's if any (any recent one works against 1.20), else Debian's client.
 ensure_kubectl() {
@@ -89,7 +91,9 @@ kube_answers() {
 }
 
 # Exports KUBECONFIG for a cluster that answers: the caller's, else a private etcd + kube-apiserver
-# (secure port 6443 unless KUBE_PORT says otherwise; state under $PGTRICKLE_RELAY_STATE/kube).
+# (secure port 6443 unless KUBE_PORT says otherwise; state under $PGTRICKLE_RELAY_STATE/kube) with
+# RBAC enforced, so the operator's own permissions (deploy/rbac.yaml) are tested; the tests' admin
+# token is in system:masters.
 ensure_kube() {
   ensure_kubectl
   if kube_answers; then
@@ -98,15 +102,19 @@ ensure_kube() {
   fi
   local dir="$PGTRICKLE_RELAY_STATE/kube" port=${KUBE_PORT:-6443} etcd_port=${KUBE_ETCD_PORT:-2379}
   export KUBECONFIG="$dir/kubeconfig"
-  if kube_answers; then
+  if kube_answers && [ "$(cat "$dir/setup-version" 2>/dev/null)" = "$KUBE_SETUP_VERSION" ]; then
     log "private kube-apiserver answers on 127.0.0.1:$port (reused)"
     return 0
   fi
   ensure_kube_apiserver_binary
   command -v etcd >/dev/null 2>&1 || apt_install etcd-server etcd-client
-  # A previous private pair that no longer answers: stop it before starting afresh.
+  # A previous private pair that no longer answers (or runs another setup): stop it, start afresh.
   for pidfile in "$dir/apiserver.pid" "$dir/etcd.pid"; do
     [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+  done
+  for _ in $(seq 1 50); do
+    port_open "$port" || port_open "$etcd_port" || break
+    sleep 0.2
   done
   rm -rf "$dir"
   mkdir -p "$dir/etcd" "$dir/certs"
@@ -123,7 +131,7 @@ ensure_kube() {
   for _ in $(seq 1 50); do port_open "$etcd_port" && break; sleep 0.2; done
   nohup "$KUBE_APISERVER_BIN" --etcd-servers="http://127.0.0.1:$etcd_port" --bind-address=127.0.0.1 \
     --advertise-address=127.0.0.1 --secure-port="$port" --cert-dir="$dir/certs" --token-auth-file="$dir/tokens.csv" \
-    --authorization-mode=AlwaysAllow --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --authorization-mode=RBAC --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$dir/sa.pub" --service-account-signing-key-file="$dir/sa.key" \
     --api-audiences=https://kubernetes.default.svc.cluster.local --service-cluster-ip-range=10.96.0.0/16 \
     --endpoint-reconciler-type=none --disable-admission-plugins=ServiceAccount >"$dir/apiserver.log" 2>&1 &
@@ -147,4 +155,5 @@ current-context: local
 CONF
   for _ in $(seq 1 120); do kube_answers && break; sleep 0.5; done
   kube_answers || { log "kube-apiserver did not become ready; see $dir/apiserver.log"; return 1; }
+  echo "$KUBE_SETUP_VERSION" > "$dir/setup-version"
 }

@@ -516,3 +516,74 @@ async fn install_manifests_and_example_are_accepted_by_the_api_server() {
         String::from_utf8_lossy(&bad.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_works_with_only_the_permissions_deploy_grants_it() {
+    let client = cluster().await;
+    let ns = TestNamespace::new(&client).await;
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    // The operator's ServiceAccount and roles exactly as `kubectl apply -k deploy/` installs them.
+    kubectl(&["apply", "-f", deploy.join("namespace.yaml").to_str().unwrap()]);
+    kubectl(&["apply", "-n", "pgtrickle-relay-system", "-f", deploy.join("rbac.yaml").to_str().unwrap()]);
+    let token =
+        kubectl(&["-n", "pgtrickle-relay-system", "create", "token", "pgtrickle-relay-operator", "--duration=1h"]);
+    let config = relay_e2e::kube_env::kubeconfig_with_token(token.trim(), &ns.name);
+    let config = config.to_str().unwrap();
+    let can_i = |verb: &str, what: &str| {
+        std::process::Command::new("kubectl")
+            .args(["--kubeconfig", config, "auth", "can-i", verb, what, "-n", &ns.name])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "yes")
+            .unwrap()
+    };
+    // This test means something only where RBAC is enforced (scripts/test's server enforces it).
+    assert!(
+        !can_i("list", "secrets"),
+        "the cluster does not enforce RBAC (or deploy/rbac.yaml grants listing Secrets)"
+    );
+    assert!(!can_i("create", "pods"));
+    assert!(can_i("get", "secrets") && can_i("create", "relaypipelines.relay.pgtrickle.io"));
+
+    let db = TestDb::new().await;
+    assert!(run_cli(&db.url, &["migrate"]).0.success());
+    db.client()
+        .await
+        .batch_execute(r#"SELECT pgtrickle.set_relay_outbox('rbac-p', config => '{"stream_table": "t", "sink_type": "stdout"}'::jsonb)"#)
+        .await
+        .unwrap();
+    ns.secret("db", "url", &db.url).await;
+    let lease_id = format!("lease-{}", ns.name);
+    let op = Operator::start_with_env(
+        &ns.name,
+        &[
+            "--leader-elect",
+            "--leader-election-namespace",
+            "pgtrickle-relay-system",
+            "--leader-election-id",
+            &lease_id,
+            "--lease-duration",
+            "5s",
+        ],
+        &[("KUBECONFIG", config)],
+    );
+    create_group(&client, &ns.name, "g", json!({"postgresUrlSecret": {"name": "db"}, "replicas": 2})).await;
+    let groups: Api<RelayGroup> = Api::namespaced(client.clone(), &ns.name);
+    eventually(Duration::from_secs(15), "synced under least privilege", || async {
+        let st = groups.get("g").await.unwrap().status?;
+        (condition(&st.conditions, "Synced")?.status == "True" && st.pipelines == Some(1)).then_some(())
+    })
+    .await;
+    let p =
+        eventually(Duration::from_secs(10), "mirror", || async { forward(&client, &ns.name, "rbac-p").await }).await;
+    assert_eq!(p.status.and_then(|s| s.phase), Some(Phase::Pending));
+    let deploys: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    assert!(deploys.get_opt("g-relay").await.unwrap().is_some());
+    kubectl(&["-n", &ns.name, "get", "pdb", "g-relay"]);
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
+    eventually(Duration::from_secs(5), "events published", || async {
+        (!events.list(&ListParams::default()).await.unwrap().items.is_empty()).then_some(())
+    })
+    .await;
+    let log = op.full_log();
+    assert!(!log.to_lowercase().contains("forbidden"), "the operator hit a permission it lacks:\n{log}");
+}

@@ -123,6 +123,11 @@ pub struct Operator {
 impl Operator {
     /// Starts the operator for `namespace` with fast resync/status intervals and waits for `/readyz`.
     pub fn start(namespace: &str, extra: &[&str]) -> Self {
+        Self::start_with_env(namespace, extra, &[])
+    }
+
+    /// Like [`Operator::start`], with extra environment (e.g. another `KUBECONFIG`).
+    pub fn start_with_env(namespace: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let metrics_addr = format!("127.0.0.1:{port}");
         let log = std::env::temp_dir().join(format!("pgtrickle-relay-operator-e2e-{}-{port}.log", std::process::id()));
@@ -131,6 +136,7 @@ impl Operator {
             .args(["--resync-interval", "3s", "--status-interval", "500ms", "--log-level", "info,relay_operator=debug"])
             .args(extra)
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
@@ -171,6 +177,10 @@ impl Operator {
         }
     }
 
+    pub fn full_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     pub fn log(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -195,4 +205,21 @@ impl Drop for Operator {
         }
         let _ = std::fs::remove_file(&self.log);
     }
+}
+
+/// A kubeconfig for the same cluster that authenticates with `token` instead (written to a temp file).
+pub fn kubeconfig_with_token(token: &str, name: &str) -> PathBuf {
+    let view: serde_json::Value =
+        serde_json::from_str(&kubectl(&["config", "view", "--raw", "--minify", "-o", "json"])).unwrap();
+    let cluster = view["clusters"][0]["cluster"].clone();
+    let config = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "c", "cluster": cluster}],
+        "users": [{"name": "u", "user": {"token": token}}],
+        "contexts": [{"name": "ctx", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "ctx",
+    });
+    let path = std::env::temp_dir().join(format!("pgtrickle-relay-kubeconfig-{}-{name}.json", std::process::id()));
+    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+    path
 }

@@ -57,11 +57,7 @@ mod tests {
         let admin =
             connect(&admin_url, "offsets-test", None).await.expect("PostgreSQL must be reachable for this test");
         let db = format!("relay_unit_offsets_{}", std::process::id());
-        admin
-            .client
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-            .await
-            .unwrap();
+        admin.client.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await.unwrap();
         admin.client.batch_execute(&format!("CREATE DATABASE {db}")).await.unwrap();
         let url = match admin_url.rsplit_once('/') {
             Some((head, tail)) if !tail.contains('@') => {

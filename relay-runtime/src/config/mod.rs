@@ -378,6 +378,10 @@ fn parse_forward(name: &str, obj: &Map<String, Value>) -> Result<ForwardSpec, Co
             options.insert(k.clone(), v.clone());
         }
     }
+    // `max_inflight` is accepted for `max_in_flight` (messages awaiting the broker's ack).
+    if let Some(v) = options.remove("max_inflight") {
+        options.entry("max_in_flight").or_insert(v);
+    }
 
     let template_src = match options.get("subject_template").or_else(|| options.get("subject")) {
         None | Some(Value::Null) => DEFAULT_SUBJECT.to_owned(),

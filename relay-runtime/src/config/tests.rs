@@ -142,3 +142,14 @@ fn reverse_shapes_parse_with_inbox_aliases() {
     let e = row(Direction::Reverse, json!({"source_type": "nats"})).parse().unwrap_err();
     assert!(e.message.contains("inbox_table"), "{e}");
 }
+
+#[test]
+fn max_inflight_is_an_alias_of_max_in_flight() {
+    let f = forward(json!({"stream_table": "t", "sink_type": "nats", "max_inflight": 64})).unwrap();
+    assert_eq!(f.sink.options["max_in_flight"], 64);
+    assert!(!f.sink.options.contains_key("max_inflight"));
+    let nested =
+        forward(json!({"stream_table": "t", "sink": {"type": "kafka", "max_inflight": 8, "max_in_flight": 9}}))
+            .unwrap();
+    assert_eq!(nested.sink.options["max_in_flight"], 9, "the explicit key wins");
+}
