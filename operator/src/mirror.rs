@@ -324,16 +324,7 @@ impl Mirror {
     }
 
     async fn publish(&self, obj: &RelayPipeline, type_: EventType, reason: &str, note: String) {
-        let ev = KubeEvent {
-            type_,
-            reason: reason.to_owned(),
-            note: Some(note),
-            action: "Mirror".to_owned(),
-            secondary: None,
-        };
-        if let Err(e) = self.env.recorder.publish(&ev, &obj.object_ref(&())).await {
-            debug!("cannot publish event: {e}");
-        }
+        self.publish_on(&obj.object_ref(&()), type_, reason, note).await;
     }
 
     async fn publish_on_group(&self, type_: EventType, reason: &str, note: String) {
@@ -345,6 +336,16 @@ impl Mirror {
             uid: self.owner.as_ref().map(|o| o.uid.clone()),
             ..Default::default()
         };
+        self.publish_on(&reference, type_, reason, note).await;
+    }
+
+    async fn publish_on(
+        &self,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
         let ev = KubeEvent {
             type_,
             reason: reason.to_owned(),
@@ -352,7 +353,7 @@ impl Mirror {
             action: "Mirror".to_owned(),
             secondary: None,
         };
-        if let Err(e) = self.env.recorder.publish(&ev, &reference).await {
+        if let Err(e) = self.env.recorder.publish(&ev, reference).await {
             debug!("cannot publish event: {e}");
         }
     }

@@ -16,6 +16,18 @@ use relay_e2e::kube_env::{cluster, kubectl, Operator, TestNamespace};
 use relay_e2e::*;
 use serde_json::{json, Value};
 
+/// A test's cluster client, namespace and migrated database, with the database URL in Secret
+/// `db` (key `url`), plus a client of that database.
+async fn setup() -> (Client, TestNamespace, TestDb, tokio_postgres::Client) {
+    let client = cluster().await;
+    let ns = TestNamespace::new(&client).await;
+    let db = TestDb::new().await;
+    assert!(run_cli(&db.url, &["migrate"]).0.success());
+    let c = db.client().await;
+    ns.secret("db", "url", &db.url).await;
+    (client, ns, db, c)
+}
+
 async fn create_group(client: &Client, ns: &str, name: &str, spec: Value) -> RelayGroup {
     let api: Api<RelayGroup> = Api::namespaced(client.clone(), ns);
     let g: RelayGroup = serde_json::from_value(json!({
@@ -158,12 +170,7 @@ async fn relay_group_runs_as_owned_deployment_service_account_and_pdb() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_pipelines_are_mirrored_within_two_seconds() {
-    let client = cluster().await;
-    let ns = TestNamespace::new(&client).await;
-    let db = TestDb::new().await;
-    assert!(run_cli(&db.url, &["migrate"]).0.success());
-    let c = db.client().await;
-    ns.secret("db", "url", &db.url).await;
+    let (client, ns, _db, c) = setup().await;
     let _op = Operator::start(&ns.name, &[]);
     create_group(&client, &ns.name, "shop", json!({"postgresUrlSecret": {"name": "db"}})).await;
     // The mirror is up once the group reports its first sync.
@@ -329,17 +336,12 @@ async fn status_follows_the_relay_that_owns_the_pipeline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edited_mirror_is_reverted_with_a_warning_event() {
-    let client = cluster().await;
-    let ns = TestNamespace::new(&client).await;
-    let db = TestDb::new().await;
-    assert!(run_cli(&db.url, &["migrate"]).0.success());
-    let c = db.client().await;
+    let (client, ns, _db, c) = setup().await;
     c.batch_execute(
         r#"SELECT pgtrickle.set_relay_outbox('audit', config => '{"stream_table": "audit", "sink_type": "stdout"}'::jsonb)"#,
     )
     .await
     .unwrap();
-    ns.secret("db", "url", &db.url).await;
     let _op = Operator::start(&ns.name, &[]);
     create_group(&client, &ns.name, "g", json!({"postgresUrlSecret": {"name": "db"}})).await;
     let p =
@@ -396,16 +398,12 @@ async fn an_edited_mirror_is_reverted_with_a_warning_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_relay_group_is_reported_and_a_good_one_is_unaffected() {
-    let client = cluster().await;
-    let ns = TestNamespace::new(&client).await;
-    let db = TestDb::new().await;
-    assert!(run_cli(&db.url, &["migrate"]).0.success());
-    db.client()
-        .await
-        .batch_execute(r#"SELECT pgtrickle.set_relay_outbox('p1', config => '{"stream_table": "t", "sink_type": "stdout"}'::jsonb)"#)
-        .await
-        .unwrap();
-    ns.secret("db", "url", &db.url).await;
+    let (client, ns, _db, c) = setup().await;
+    c.batch_execute(
+        r#"SELECT pgtrickle.set_relay_outbox('p1', config => '{"stream_table": "t", "sink_type": "stdout"}'::jsonb)"#,
+    )
+    .await
+    .unwrap();
     ns.secret("unreachable", "url", "postgres://relay:s3cret-pw@127.0.0.1:1/nowhere").await;
     let _op = Operator::start(&ns.name, &[]);
     create_group(&client, &ns.name, "missing", json!({"postgresUrlSecret": {"name": "no-such-secret"}})).await;
@@ -444,12 +442,7 @@ async fn a_bad_relay_group_is_reported_and_a_good_one_is_unaffected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_leader_acts_and_a_standby_takes_over() {
-    let client = cluster().await;
-    let ns = TestNamespace::new(&client).await;
-    let db = TestDb::new().await;
-    assert!(run_cli(&db.url, &["migrate"]).0.success());
-    let c = db.client().await;
-    ns.secret("db", "url", &db.url).await;
+    let (client, ns, _db, c) = setup().await;
     let lease_args = ["--leader-elect", "--leader-election-namespace", &ns.name, "--lease-duration", "3s"];
     let mut first = Operator::start(&ns.name, &lease_args);
     let second = Operator::spawn(&ns.name, &lease_args);
@@ -519,8 +512,7 @@ async fn install_manifests_and_example_are_accepted_by_the_api_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_works_with_only_the_permissions_deploy_grants_it() {
-    let client = cluster().await;
-    let ns = TestNamespace::new(&client).await;
+    let (client, ns, _db, c) = setup().await;
     let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
     // The operator's ServiceAccount and roles exactly as `kubectl apply -k deploy/` installs them.
     kubectl(&["apply", "-f", deploy.join("namespace.yaml").to_str().unwrap()]);
@@ -544,14 +536,9 @@ async fn the_operator_works_with_only_the_permissions_deploy_grants_it() {
     assert!(!can_i("create", "pods"));
     assert!(can_i("get", "secrets") && can_i("create", "relaypipelines.relay.pgtrickle.io"));
 
-    let db = TestDb::new().await;
-    assert!(run_cli(&db.url, &["migrate"]).0.success());
-    db.client()
-        .await
-        .batch_execute(r#"SELECT pgtrickle.set_relay_outbox('rbac-p', config => '{"stream_table": "t", "sink_type": "stdout"}'::jsonb)"#)
+    c.batch_execute(r#"SELECT pgtrickle.set_relay_outbox('rbac-p', config => '{"stream_table": "t", "sink_type": "stdout"}'::jsonb)"#)
         .await
         .unwrap();
-    ns.secret("db", "url", &db.url).await;
     let lease_id = format!("lease-{}", ns.name);
     let op = Operator::start_with_env(
         &ns.name,
