@@ -560,9 +560,11 @@ async fn the_operator_works_with_only_the_permissions_deploy_grants_it() {
         (condition(&st.conditions, "Synced")?.status == "True" && st.pipelines == Some(1)).then_some(())
     })
     .await;
-    let p =
-        eventually(Duration::from_secs(10), "mirror", || async { forward(&client, &ns.name, "rbac-p").await }).await;
-    assert_eq!(p.status.and_then(|s| s.phase), Some(Phase::Pending));
+    eventually(Duration::from_secs(10), "mirror with status Pending", || async {
+        let p = forward(&client, &ns.name, "rbac-p").await?;
+        (p.status?.phase == Some(Phase::Pending)).then_some(())
+    })
+    .await;
     let deploys: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     assert!(deploys.get_opt("g-relay").await.unwrap().is_some());
     kubectl(&["-n", &ns.name, "get", "pdb", "g-relay"]);
