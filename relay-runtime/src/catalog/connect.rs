@@ -113,7 +113,7 @@ pub async fn connect_with_retry(
                     _ = cancel.cancelled() => return None,
                     _ = tokio::time::sleep(sleep) => {}
                 }
-                delay = (delay * 2).min(Duration::from_secs(30));
+                delay = (delay * 2).min(crate::pipeline::MAX_BACKOFF);
                 attempt += 1;
             }
         }

@@ -35,8 +35,9 @@ impl WorkerLink {
 /// or a notification restarts it sooner).
 pub const START_RETRY: Duration = Duration::from_secs(10);
 
-/// The cap of the jittered exponential backoff after retryable failures.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The cap of the jittered exponential backoff after retryable failures: a broker or database
+/// that comes back is used again within about this long (measured by the fault suite).
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Runs a pipeline until cancelled or until its lock connection breaks.
 pub async fn run_worker(ctx: Arc<RelayState>, row: PipelineRow, conn: DbConnection, link: WorkerLink) {
