@@ -246,8 +246,9 @@ async fn apply(group: Arc<RelayGroup>, ctx: Arc<Context>) -> Result<Action, Erro
     let svc: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
     svc.patch(&child, &params, &Patch::Apply(&children::service(&group))).await?;
     let deploys: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-    let deployment =
-        deploys.patch(&child, &params, &Patch::Apply(&children::deployment(&group, &ctx.defaults))).await?;
+    let deployment = deploys
+        .patch(&child, &params, &Patch::Apply(&children::deployment(&group, &ctx.defaults, &children::url_hash(&url))))
+        .await?;
     let pdbs = pdb_api(&ctx, &ns);
     pdbs.patch(&child, &params, &Patch::Apply(&children::pod_disruption_budget(&group, &ctx.pdb_api_version))).await?;
 

@@ -83,6 +83,13 @@ async fn relay_run(db: &TestDb, sink: Value, rows: i64) -> (Duration, Relay) {
     let last = fill_outbox(&c, &outbox, rows).await;
     let mut config = sink;
     config["stream_table"] = json!("bench");
+    // BENCH_CONFIG='{"batch_size": 500}' overrides pipeline keys, for tuning experiments.
+    if let Ok(extra) = std::env::var("BENCH_CONFIG") {
+        let extra: Value = serde_json::from_str(&extra).expect("BENCH_CONFIG must be a JSON object");
+        for (k, v) in extra.as_object().expect("BENCH_CONFIG must be a JSON object") {
+            config[k] = v.clone();
+        }
+    }
     c.execute("SELECT pgtrickle.set_relay_outbox('bench', config => $1::jsonb)", &[&config]).await.unwrap();
     let t0 = Instant::now();
     let relay = Relay::start(&db.url, "bench", &["--log-level", "warn"]);

@@ -156,6 +156,35 @@ async fn relay_group_runs_as_owned_deployment_service_account_and_pdb() {
     })
     .await;
 
+    // Credential rotation: a new URL in the Secret changes the pod template (pods roll) at the
+    // next reconcile (every minute, or at once when the group changes, as here).
+    let url_hash = |d: &Deployment| {
+        d.spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.annotations.clone())
+            .unwrap_or_default()["relay.pgtrickle.io/postgres-url-hash"]
+            .clone()
+    };
+    let before = url_hash(&deploys.get("orders-relay").await.unwrap());
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns.name);
+    let rotated = format!("{}?application_name=rotated", db.url);
+    secrets
+        .patch("orders-db", &PatchParams::default(), &Patch::Merge(json!({"stringData": {"dsn": rotated}})))
+        .await
+        .unwrap();
+    groups
+        .patch("orders", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"touch": "1"}}})))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "pod template follows the rotated URL", || async {
+        let after = url_hash(&deploys.get("orders-relay").await.unwrap());
+        (after != before).then_some(())
+    })
+    .await;
+    let d_json = serde_json::to_string(&deploys.get("orders-relay").await.unwrap()).unwrap();
+    assert!(!d_json.contains("rotated"), "the URL itself must stay in the Secret");
+
     // Deleting the group removes what it owns, then the group itself (finalizer released).
     groups.delete("orders", &DeleteParams::default()).await.unwrap();
     eventually(Duration::from_secs(15), "RelayGroup and its children gone", || async {
