@@ -22,6 +22,14 @@ async fn sigkill_of_the_owner_repeatedly_loses_and_doubles_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_of_a_reverse_pipelines_owner_lands_every_message_once() {
+    let v = faults::sigkill_owner_reverse(&Scale::ci()).await;
+    no_loss_no_duplicates(&v);
+    let worst = v["failover_ms"]["max"].as_u64().unwrap();
+    assert!(worst <= 1500, "failover took {worst} ms: {v:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_broker_outage_degrades_then_resumes_without_a_restart() {
     let v = faults::broker_outage(&Scale::ci()).await;
     no_loss_no_duplicates(&v);

@@ -29,6 +29,7 @@ async fn main() -> ExitCode {
         };
     }
     scenario!("sigkill_owner", faults::sigkill_owner);
+    scenario!("sigkill_owner_reverse", faults::sigkill_owner_reverse);
     scenario!("broker_outage", faults::broker_outage);
     scenario!("postgres_restart", faults::postgres_restart);
     scenario!("config_churn", faults::config_churn);

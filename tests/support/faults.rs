@@ -267,6 +267,100 @@ pub async fn sigkill_owner(scale: &Scale) -> Value {
     })
 }
 
+/// (a') The reverse direction: a NATS JetStream stream into an inbox while the owning relay is
+/// SIGKILLed `kills` times (second instance running). Messages a dead owner had pulled but not
+/// acked come back after the consumer's ack wait (5 s here); the inbox's `ON CONFLICT` keeps one
+/// copy of anything stored twice.
+pub async fn sigkill_owner_reverse(scale: &Scale) -> Value {
+    let nats = NatsServer::start();
+    nats.create_stream("REV", &["rev.>"]).await;
+    let db = crate::TestDb::new().await;
+    assert!(run_cli(&db.url, &["migrate"]).0.success());
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE public.rev_inbox (event_id text PRIMARY KEY, event_type text, source text, aggregate_id text,
+             payload jsonb, received_at timestamptz NOT NULL DEFAULT now(), processed_at timestamptz, error text,
+             retry_count int NOT NULL DEFAULT 0, trace_id text)",
+    )
+    .await
+    .unwrap();
+    let config = json!({"source_type": "nats", "nats_url": nats.url(), "nats_stream": "REV", "nats_consumer": "rev",
+                        "inbox_table": "public.rev_inbox", "ack_wait_seconds": 5});
+    c.execute("SELECT pgtrickle.set_relay_inbox('rev', config => $1::jsonb)", &[&config]).await.unwrap();
+    let mut relays = vec![Relay::start(&db.url, "default", &[]), Relay::start(&db.url, "default", &[])];
+    let n = scale.rows;
+    let js = nats.jetstream().await;
+    let stream = scale.stream;
+    let publisher = tokio::spawn(async move {
+        let started = Instant::now();
+        let chunk = 500;
+        let mut i = 0;
+        while i < n {
+            let mut acks = Vec::with_capacity(chunk);
+            for k in i..(i + chunk).min(n) {
+                let body = serde_json::to_vec(&json!({"k": k})).unwrap();
+                acks.push(js.publish("rev.cmd", body.into()).await.unwrap());
+            }
+            for a in acks {
+                a.await.unwrap();
+            }
+            i += chunk;
+            let due = stream.mul_f64(i as f64 / n as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+    });
+    let gap = scale.stream / (scale.kills as u32 + 1);
+    let mut failovers = Vec::new();
+    for _ in 0..scale.kills {
+        tokio::time::sleep(gap).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let idx = loop {
+            if let Some(pid) = owner_pid(&c, "rev").await {
+                if let Some(i) = relays.iter().position(|r| r.pid == pid) {
+                    break i;
+                }
+            }
+            assert!(Instant::now() < deadline, "no live owner of rev");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let old_backend = lock_holder(&c, "default", "rev").await;
+        relays[idx].kill();
+        let t = Instant::now();
+        loop {
+            let now = lock_holder(&c, "default", "rev").await;
+            if now.is_some() && now != old_backend {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(15), "nobody took over rev after a SIGKILL");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        failovers.push(t.elapsed().as_millis());
+        relays[idx] = Relay::start(&db.url, "default", &[]);
+    }
+    publisher.await.unwrap();
+    let published = Instant::now();
+    until_count(n, Duration::from_secs(180), || async {
+        c.query_one("SELECT count(DISTINCT payload->>'k') FROM public.rev_inbox", &[])
+            .await
+            .map(|r| r.get::<_, i64>(0) as usize)
+            .unwrap_or(0)
+    })
+    .await;
+    let drained_ms = published.elapsed().as_millis();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let row = c.query_one("SELECT count(*), count(DISTINCT payload->>'k') FROM public.rev_inbox", &[]).await.unwrap();
+    let (stored, unique) = (row.get::<_, i64>(0) as usize, row.get::<_, i64>(1) as usize);
+    drop(relays);
+    json!({
+        "scenario": "sigkill_owner_reverse",
+        "rows": n, "instances": 2, "kills": scale.kills, "ack_wait_seconds": 5,
+        "lost": n.saturating_sub(unique), "duplicates": stored - unique, "inbox_rows": stored,
+        "failover_ms": stats(&failovers), "drained_after_publisher_ms": drained_ms,
+    })
+}
+
 /// (b) Stop the NATS broker mid-stream for `broker_outage`, restart it: the pipeline reports
 /// `degraded` meanwhile and resumes by itself.
 pub async fn broker_outage(scale: &Scale) -> Value {
