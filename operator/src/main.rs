@@ -80,6 +80,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG): {e}"))?;
+    // The CRDs must be installed before anything else makes sense: say so plainly.
+    let probe: kube::Api<pgtrickle_relay_crds::RelayGroup> = match &cli.namespace {
+        Some(ns) => kube::Api::namespaced(client.clone(), ns),
+        None => kube::Api::all(client.clone()),
+    };
+    match probe.list(&kube::api::ListParams::default().limit(1)).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => anyhow::bail!(
+            "the RelayGroup/RelayPipeline CRDs are not installed in this cluster: `kubectl apply -k deploy/` (or `kubectl apply -k crds/`)"
+        ),
+        Err(kube::Error::Api(s)) if s.code == 403 => anyhow::bail!(
+            "not allowed to list RelayGroups{}: {} (apply deploy/rbac.yaml, or check --namespace)",
+            cli.namespace.as_deref().map(|n| format!(" in namespace {n}")).unwrap_or_default(),
+            s.message
+        ),
+        Err(e) => anyhow::bail!("cannot reach the Kubernetes API: {e}"),
+    }
     let metrics = Arc::new(Metrics::new()?);
     let ready = Arc::new(AtomicBool::new(false));
     let stop = CancellationToken::new();

@@ -90,6 +90,16 @@ impl Drop for TestNamespace {
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
+                // The test's operator is gone: release its finalizers, or the groups (and with
+                // them the namespace and the CRDs) could never be deleted.
+                let groups: Api<pgtrickle_relay_crds::RelayGroup> = Api::namespaced(client.clone(), &name);
+                if let Ok(list) = groups.list(&kube::api::ListParams::default()).await {
+                    let patch = kube::api::Patch::Merge(json!({"metadata": {"finalizers": null}}));
+                    for g in list.items {
+                        let g_name = g.metadata.name.unwrap_or_default();
+                        let _ = groups.patch(&g_name, &kube::api::PatchParams::default(), &patch).await;
+                    }
+                }
                 let api: Api<Namespace> = Api::all(client);
                 let _ = api.delete(&name, &DeleteParams::default()).await;
             });
