@@ -70,3 +70,42 @@ async fn rediss_with_a_private_ca() {
     assert_eq!(entries.len(), 2);
     assert_eq!(entries[1].1["dedup_key"], format!("{outbox}:{id}:1"));
 }
+
+/// The append-once script on a real server: entries at or below the pipeline's mark are skipped
+/// (redelivery), and a call that names an earlier entry the mark has not reached is refused
+/// (`PGTRICKLE_GAP`) instead of appending past a batch that failed — what makes pipelining the
+/// sink's batches safe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_append_once_script_skips_redelivery_and_refuses_to_skip_a_gap() {
+    let redis = RedisServer::start();
+    let mut conn = redis.client().get_multiplexed_async_connection().await.unwrap();
+    let script = redis::Script::new(relay_runtime::sink::redis::APPEND_ONCE);
+    let call = |expected: &str, entries: &[(i64, i64)]| {
+        let mut inv = script.key("s");
+        inv.key("s:pgtrickle-marks").arg("p").arg("").arg(expected);
+        for (o, x) in entries {
+            inv.arg(*o).arg(*x).arg(2).arg("k").arg(format!("{o}:{x}"));
+        }
+        inv
+    };
+    let len = |conn: &mut redis::aio::MultiplexedConnection| {
+        let mut conn = conn.clone();
+        async move { redis::cmd("XLEN").arg("s").query_async::<i64>(&mut conn).await.unwrap() }
+    };
+    let dup: i64 = call("", &[(1, 0), (1, 1)]).invoke_async(&mut conn).await.unwrap();
+    assert_eq!((dup, len(&mut conn).await), (0, 2));
+    // A batch that says "after 1:5" while the stream only reached 1:1: refused, nothing appended.
+    let gap: redis::RedisResult<i64> = call("1:5", &[(1, 6), (2, 0)]).invoke_async(&mut conn).await;
+    let err = gap.expect_err("a gap must be refused").to_string();
+    assert!(err.contains("PGTRICKLE_GAP"), "{err}");
+    assert_eq!(len(&mut conn).await, 2);
+    // The in-order continuation is appended.
+    let dup: i64 = call("1:1", &[(1, 2), (2, 0)]).invoke_async(&mut conn).await.unwrap();
+    assert_eq!((dup, len(&mut conn).await), (0, 4));
+    // Redelivery of everything (a restarted relay, no expectation): all skipped.
+    let dup: i64 = call("", &[(1, 0), (1, 1), (1, 2), (2, 0)]).invoke_async(&mut conn).await.unwrap();
+    assert_eq!((dup, len(&mut conn).await), (4, 4));
+    // A continuation the mark already passed (an earlier call was redelivered) is fine.
+    let dup: i64 = call("1:2", &[(2, 0), (2, 1)]).invoke_async(&mut conn).await.unwrap();
+    assert_eq!((dup, len(&mut conn).await), (1, 5));
+}

@@ -5,9 +5,17 @@
 //! (outbox id, row index) order, so the script keeps a per-pipeline high-water mark next to the
 //! stream (`<key>:pgtrickle-marks`, written atomically with the entries) and skips anything not
 //! above it — a batch relayed again after a crash leaves no second entry, at one hash field of
-//! cost instead of a marker per message. Entry
+//! cost instead of a marker per message.
+//!
+//! Batches are pipelined: the next batch is sent while Redis still runs the previous one (the
+//! runner commits a batch once a later one was accepted). So that a failed batch can never be
+//! hidden by a later one moving the mark past it, every call names the position of the entry this
+//! sink sent before it on the same stream; the script refuses the call (`PGTRICKLE_GAP`) when the
+//! mark is below that position, and the runner resends from the failed batch. Entry
 //! fields: `dedup_key`, `subject`, `op`, `payload` (the row as JSON), `outbox_id`, and `before`
 //! on updates. The stream key is a template (`pgtrickle.{stream_table}` by default).
+
+use std::collections::{HashMap, VecDeque};
 
 use futures::future::BoxFuture;
 
@@ -29,10 +37,12 @@ fn position(m: &RelayMessage) -> (i64, i64) {
 /// Appends a run of entries to one stream, skipping those at or below the pipeline's high-water
 /// mark (its messages arrive in (outbox id, row index) order, so anything not above the mark was
 /// appended before). KEYS[1] stream, KEYS[2] the marks hash; ARGV[1] mark field (the pipeline;
-/// '' appends everything),
-/// ARGV[2] maxlen ('' for none), then per entry: outbox id, row index, field count, fields.
-/// Returns how many entries were skipped as duplicates.
-const APPEND_ONCE: &str = r#"
+/// '' appends everything), ARGV[2] maxlen ('' for none), ARGV[3] `<outbox id>:<row index>` of the
+/// entry sent just before this call ('' for none: the mark must have reached it, else the call is
+/// refused with `PGTRICKLE_GAP`), then per entry: outbox id, row index, field count, fields.
+/// Returns how many entries were skipped as duplicates. Public so the benchmark measures its
+/// ceiling with the relay's own commands.
+pub const APPEND_ONCE: &str = r#"
 local use_mark = ARGV[1] ~= ''
 local mark = use_mark and redis.call('HGET', KEYS[2], ARGV[1])
 local mo, mi = -1, -1
@@ -40,7 +50,14 @@ if mark then
   local sep = string.find(mark, ':', 1, true)
   mo = tonumber(string.sub(mark, 1, sep - 1)); mi = tonumber(string.sub(mark, sep + 1))
 end
-local i, dup = 3, 0
+if use_mark and ARGV[3] ~= '' then
+  local sep = string.find(ARGV[3], ':', 1, true)
+  local eo, ex = tonumber(string.sub(ARGV[3], 1, sep - 1)), tonumber(string.sub(ARGV[3], sep + 1))
+  if mo < eo or (mo == eo and mi < ex) then
+    return redis.error_reply('PGTRICKLE_GAP an earlier batch of this pipeline did not reach the stream')
+  end
+end
+local i, dup = 4, 0
 while i <= #ARGV do
   local o, x, nf = tonumber(ARGV[i]), tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   if not use_mark or o > mo or (o == mo and x > mi) then
@@ -74,6 +91,16 @@ pub struct RedisSink {
     maxlen: String,
     /// Skip entries at or below the pipeline's high-water mark (on by default).
     dedup: bool,
+    /// Batches sent and not yet answered, oldest first (at most two: see `publish`).
+    inflight: VecDeque<InFlight>,
+    /// Per stream key, the position of the last entry sent on the current connection.
+    last_sent: HashMap<String, (i64, i64)>,
+}
+
+/// A batch sent to Redis whose answer is still outstanding.
+struct InFlight {
+    messages: u64,
+    reply: BoxFuture<'static, redis::RedisResult<Vec<i64>>>,
 }
 
 fn unreachable(url: &str, e: &redis::RedisError) -> SinkError {
@@ -104,6 +131,8 @@ pub async fn build(
         outbox_table: ctx.outbox_table.to_owned(),
         maxlen,
         dedup: o.bool("dedup", true)?,
+        inflight: VecDeque::new(),
+        last_sent: HashMap::new(),
     };
     sink.connection()
         .await
@@ -154,6 +183,36 @@ impl RedisSink {
         Ok(c)
     }
 
+    /// Waits for the oldest batch in flight and counts it; on failure forgets every batch in
+    /// flight (the runner resends from the oldest unconfirmed one) and the connection.
+    async fn settle_oldest(&mut self, done: &mut Published) -> Result<(), SinkError> {
+        let Some(f) = self.inflight.pop_front() else { return Ok(()) };
+        match f.reply.await {
+            Ok(skipped) => {
+                done.confirmed += f.messages;
+                done.duplicates += skipped.iter().sum::<i64>().max(0) as u64;
+                Ok(())
+            }
+            Err(e) => {
+                self.reset();
+                self.conn = None;
+                let message = e.to_string();
+                Err(if message.contains("PGTRICKLE_GAP") {
+                    SinkError::Retryable {
+                        backend: BACKEND,
+                        message: "a batch sent before this one failed; resending from it".into(),
+                    }
+                } else if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
+                    && !message.contains("NOSCRIPT")
+                {
+                    SinkError::Permanent { backend: BACKEND, message: format!("Redis rejected a write: {e}") }
+                } else {
+                    unreachable(&self.url, &e)
+                })
+            }
+        }
+    }
+
     fn key(&self, m: &RelayMessage) -> String {
         self.stream_key.render(&m.vars(&self.stream_table, &self.outbox_table))
     }
@@ -169,7 +228,6 @@ impl Sink for RedisSink {
             let mut conn = self.connection().await?;
             // Consecutive messages for the same stream key go in one script call.
             let mut pipe = redis::pipe();
-            let mut calls = 0usize;
             let mut start = 0;
             while start < batch.len() {
                 let key = self.key(&batch[start]);
@@ -177,6 +235,10 @@ impl Sink for RedisSink {
                 while end < batch.len() && end - start < MAX_ENTRIES_PER_CALL && self.key(&batch[end]) == key {
                     end += 1;
                 }
+                let expected = match (self.dedup, self.last_sent.get(&key)) {
+                    (true, Some((o, x))) => format!("{o}:{x}"),
+                    _ => String::new(),
+                };
                 let cmd = pipe
                     .cmd("EVALSHA")
                     .arg(self.script.get_hash())
@@ -184,7 +246,8 @@ impl Sink for RedisSink {
                     .arg(&key)
                     .arg(format!("{key}:pgtrickle-marks"))
                     .arg(if self.dedup { self.mark_field.as_str() } else { "" })
-                    .arg(&self.maxlen);
+                    .arg(&self.maxlen)
+                    .arg(expected);
                 for m in &batch[start..end] {
                     let (outbox_id, index) = position(m);
                     let nf = if m.before.is_some() { 12 } else { 10 };
@@ -205,29 +268,42 @@ impl Sink for RedisSink {
                         cmd.arg("before").arg(before.to_string());
                     }
                 }
-                calls += 1;
+                self.last_sent.insert(key, position(&batch[end - 1]));
                 start = end;
             }
-            let skipped: Vec<i64> = match pipe.query_async(&mut conn).await {
-                Ok(v) => v,
-                Err(e) => {
-                    // The connection may be dead; the next attempt opens a new one.
-                    self.conn = None;
-                    return Err(
-                        if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
-                            && !e.to_string().contains("NOSCRIPT")
-                        {
-                            SinkError::Permanent { backend: BACKEND, message: format!("Redis rejected a write: {e}") }
-                        } else {
-                            unreachable(&self.url, &e)
-                        },
-                    );
-                }
-            };
-            debug_assert_eq!(skipped.len(), calls);
-            let duplicates = skipped.iter().sum::<i64>().max(0) as u64;
-            Ok(Published { confirmed: batch.len() as u64, duplicates })
+            let mut reply: BoxFuture<'static, redis::RedisResult<Vec<i64>>> =
+                Box::pin(async move { pipe.query_async(&mut conn).await });
+            // One poll hands the commands to the connection, so batches reach Redis in order.
+            if let std::task::Poll::Ready(r) = futures::poll!(reply.as_mut()) {
+                reply = Box::pin(std::future::ready(r));
+            }
+            self.inflight.push_back(InFlight { messages: batch.len() as u64, reply });
+            // Pipelined: wait for every earlier batch, not for this one.
+            let mut done = Published::default();
+            while self.inflight.len() > 1 {
+                self.settle_oldest(&mut done).await?;
+            }
+            Ok(done)
         })
+    }
+
+    fn pipelined(&self) -> bool {
+        true
+    }
+
+    fn flush(&mut self) -> BoxFuture<'_, Result<Published, SinkError>> {
+        Box::pin(async move {
+            let mut done = Published::default();
+            while !self.inflight.is_empty() {
+                self.settle_oldest(&mut done).await?;
+            }
+            Ok(done)
+        })
+    }
+
+    fn reset(&mut self) {
+        self.inflight.clear();
+        self.last_sent.clear();
     }
 
     fn health(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
