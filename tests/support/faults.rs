@@ -183,6 +183,47 @@ async fn owner_pid(c: &Client, pipeline: &str) -> Option<u32> {
     owner?.rsplit_once(':')?.1.parse().ok()
 }
 
+/// SIGKILLs the relay owning `pipeline` `scale.kills` times, spread over the stream, restarting
+/// it each time; returns how long each takeover (the lock held by another session) took.
+async fn kill_owner_repeatedly(
+    c: &Client,
+    url: &str,
+    relays: &mut [Relay],
+    pipeline: &str,
+    scale: &Scale,
+) -> Vec<u128> {
+    let gap = scale.stream / (scale.kills as u32 + 1);
+    let mut failovers = Vec::new();
+    for _ in 0..scale.kills {
+        tokio::time::sleep(gap).await;
+        // The current owner, from the status row its worker writes.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let idx = loop {
+            if let Some(pid) = owner_pid(c, pipeline).await {
+                if let Some(i) = relays.iter().position(|r| r.pid == pid) {
+                    break i;
+                }
+            }
+            assert!(Instant::now() < deadline, "no live owner of {pipeline}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let old_backend = lock_holder(c, "default", pipeline).await;
+        relays[idx].kill();
+        let t = Instant::now();
+        loop {
+            let now = lock_holder(c, "default", pipeline).await;
+            if now.is_some() && now != old_backend {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(15), "nobody took over {pipeline} after a SIGKILL");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        failovers.push(t.elapsed().as_millis());
+        relays[idx] = Relay::start(url, "default", &[]);
+    }
+    failovers
+}
+
 /// (a) SIGKILL the relay that owns the NATS pipeline `kills` times while the stream flows, with a
 /// second instance running (the killed one is restarted each time). Counts at NATS JetStream
 /// (`Nats-Msg-Id` = dedup key) and in a pg_trickle inbox (pg-inbox sink, `ON CONFLICT`).
@@ -206,35 +247,7 @@ pub async fn sigkill_owner(scale: &Scale) -> Value {
     .await;
     let mut relays = vec![Relay::start(&db.url, "default", &[]), Relay::start(&db.url, "default", &[])];
     let writer = spawn_writer(db.url.clone(), outbox.clone(), scale.refreshes(), scale.per_refresh, scale.stream);
-    let gap = scale.stream / (scale.kills as u32 + 1);
-    let mut failovers = Vec::new();
-    for _ in 0..scale.kills {
-        tokio::time::sleep(gap).await;
-        // The current owner of the NATS pipeline (status row written by the owning worker).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let idx = loop {
-            if let Some(pid) = owner_pid(&c, "to-nats").await {
-                if let Some(i) = relays.iter().position(|r| r.pid == pid) {
-                    break i;
-                }
-            }
-            assert!(Instant::now() < deadline, "no live owner of to-nats");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        let old_backend = lock_holder(&c, "default", "to-nats").await;
-        relays[idx].kill();
-        let t = Instant::now();
-        loop {
-            let now = lock_holder(&c, "default", "to-nats").await;
-            if now.is_some() && now != old_backend {
-                break;
-            }
-            assert!(t.elapsed() < Duration::from_secs(15), "nobody took over to-nats after a SIGKILL");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        failovers.push(t.elapsed().as_millis());
-        relays[idx] = Relay::start(&db.url, "default", &[]);
-    }
+    let failovers = kill_owner_repeatedly(&c, &db.url, &mut relays, "to-nats", scale).await;
     writer.await.unwrap();
     let writer_done = Instant::now();
     let expected = expected_keys(&c, &outbox).await;
@@ -311,34 +324,7 @@ pub async fn sigkill_owner_reverse(scale: &Scale) -> Value {
             }
         }
     });
-    let gap = scale.stream / (scale.kills as u32 + 1);
-    let mut failovers = Vec::new();
-    for _ in 0..scale.kills {
-        tokio::time::sleep(gap).await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let idx = loop {
-            if let Some(pid) = owner_pid(&c, "rev").await {
-                if let Some(i) = relays.iter().position(|r| r.pid == pid) {
-                    break i;
-                }
-            }
-            assert!(Instant::now() < deadline, "no live owner of rev");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        let old_backend = lock_holder(&c, "default", "rev").await;
-        relays[idx].kill();
-        let t = Instant::now();
-        loop {
-            let now = lock_holder(&c, "default", "rev").await;
-            if now.is_some() && now != old_backend {
-                break;
-            }
-            assert!(t.elapsed() < Duration::from_secs(15), "nobody took over rev after a SIGKILL");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        failovers.push(t.elapsed().as_millis());
-        relays[idx] = Relay::start(&db.url, "default", &[]);
-    }
+    let failovers = kill_owner_repeatedly(&c, &db.url, &mut relays, "rev", scale).await;
     publisher.await.unwrap();
     let published = Instant::now();
     until_count(n, Duration::from_secs(180), || async {
