@@ -87,11 +87,13 @@ async fn dead_letter_body(c: &tokio_postgres::Client, pipeline: &str) -> String 
     .get(0)
 }
 
-/// Waits until the durable consumer has nothing pending and nothing unacknowledged.
+/// Waits until the durable consumer has nothing pending and nothing unacknowledged. Messages a
+/// SIGKILLed relay had pulled but not acked come back only after the consumer's ack wait (30 s by
+/// default), so this allows more than that.
 async fn all_acked(js: &jetstream::Context, stream: &str, consumer: &str) {
     let consumer: jetstream::consumer::PullConsumer =
         js.get_stream(stream).await.unwrap().get_consumer(consumer).await.unwrap();
-    eventually(Duration::from_secs(30), "every message acknowledged", || {
+    eventually(Duration::from_secs(75), "every message acknowledged", || {
         let mut consumer = consumer.clone();
         async move {
             let info = consumer.info().await.unwrap().clone();
