@@ -13,7 +13,7 @@ use relay_operator::controller::{self, Context};
 use relay_operator::leader::{self, LeaderConfig};
 use relay_operator::metrics::{self, Metrics};
 use relay_operator::mirror::MirrorTiming;
-use relay_runtime::cli::parse_duration;
+use relay_runtime::cli::{parse_duration, shutdown_requested};
 use relay_runtime::telemetry::{self, LogFormat};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -119,7 +119,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let waiting = leader::lead(client.clone(), cfg, lost.clone());
         tokio::select! {
             r = waiting => r?,
-            () = shutdown_signal() => {
+            () = shutdown_requested() => {
                 stop.cancel();
                 return Ok(());
             }
@@ -140,7 +140,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let lost_watch = lost.clone();
     tokio::spawn(async move {
         tokio::select! {
-            () = shutdown_signal() => info!("shutting down"),
+            () = shutdown_requested() => info!("shutting down"),
             () = lost_watch.cancelled() => error!("leadership lost; stopping so another replica can lead"),
         }
         signal_stop.cancel();
@@ -154,26 +154,4 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         anyhow::bail!("leadership lost");
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            () = term => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

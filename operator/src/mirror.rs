@@ -213,17 +213,17 @@ impl Mirror {
         match self.try_sync(db).await {
             Ok(()) => {
                 self.env.metrics.mirror_syncs.with_label_values(&[&self.group_name, "ok"]).inc();
-                let mut changed = false;
-                if let Ok(mut s) = self.summary.lock() {
-                    let before = s.clone();
-                    s.pipelines = self.known.len() as i32;
-                    s.enabled = self.known.values().filter(|k| k.enabled).count() as i32;
-                    s.error = None;
-                    s.last_sync = Some(Timestamp::now());
-                    changed = (before.pipelines, before.enabled, before.error.is_some())
-                        != (s.pipelines, s.enabled, false)
-                        || before.last_sync.is_none();
-                }
+                // The group status shows counts and errors; a new sync time alone is not a change.
+                let changed = match self.summary.lock() {
+                    Ok(mut s) => {
+                        let before = (s.pipelines, s.enabled, s.error.take(), s.last_sync.is_some());
+                        s.pipelines = self.known.len() as i32;
+                        s.enabled = self.known.values().filter(|k| k.enabled).count() as i32;
+                        s.last_sync = Some(Timestamp::now());
+                        before != (s.pipelines, s.enabled, None, true)
+                    }
+                    Err(_) => false,
+                };
                 self.env.metrics.mirrored_pipelines.with_label_values(&[&self.group_name]).set(self.known.len() as i64);
                 if changed {
                     let _ = self.env.group_changed.send(self.group_ref.clone());

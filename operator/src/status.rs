@@ -106,10 +106,9 @@ pub fn pipeline_status(
         generation,
         now,
     );
-    let live = row.filter(|r| phase != Phase::Disabled || r.owner.is_some());
-    let owner = live
-        .and_then(|r| r.owner.clone())
-        .filter(|_| matches!(phase, Phase::Running | Phase::Degraded | Phase::Failed));
+    // An owner is shown only while it actually holds the pipeline.
+    let owner =
+        row.and_then(|r| r.owner.clone()).filter(|_| matches!(phase, Phase::Running | Phase::Degraded | Phase::Failed));
     RelayPipelineStatus {
         phase: Some(phase),
         owner_pod: owner.as_deref().map(|o| owner_pod(o).to_owned()),

@@ -264,28 +264,36 @@ pub async fn run(g: &GlobalArgs, r: &RunArgs, url: String, stop: CancellationTok
 
 fn spawn_signal_handler(shutdown: CancellationToken) {
     tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut term) = signal(SignalKind::terminate()) else {
-                return;
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-                _ = shutdown.cancelled() => return,
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = shutdown.cancelled() => return,
-            }
+        tokio::select! {
+            () = shutdown_requested() => {}
+            _ = shutdown.cancelled() => return,
         }
         tracing::info!("shutdown requested; finishing in-flight batches");
         shutdown.cancel();
     });
+}
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT). Shared with the operator binary.
+pub async fn shutdown_requested() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 async fn connect_once(url: &str) -> anyhow::Result<catalog::DbConnection> {

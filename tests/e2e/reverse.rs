@@ -11,14 +11,7 @@ use serde_json::{json, Value};
 
 /// An inbox in pg_trickle's `create_inbox` shape.
 async fn create_inbox(c: &tokio_postgres::Client, name: &str) {
-    c.batch_execute(&format!(
-        "CREATE TABLE pgtrickle.{name} (
-             event_id text NOT NULL PRIMARY KEY, event_type text, source text, aggregate_id text,
-             payload jsonb, received_at timestamptz NOT NULL DEFAULT now(), processed_at timestamptz,
-             error text, retry_count int NOT NULL DEFAULT 0, trace_id text)"
-    ))
-    .await
-    .unwrap();
+    create_inbox_table(c, &format!("pgtrickle.{name}")).await;
 }
 
 async fn count(c: &tokio_postgres::Client, sql: &str) -> i64 {

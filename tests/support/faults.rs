@@ -12,7 +12,7 @@ use tokio_postgres::Client;
 
 use crate::nats::NatsServer;
 use crate::private_pg::PrivatePostgres;
-use crate::{connect, db_with_outbox, enable_outbox, lock_holder, run_cli, Relay};
+use crate::{connect, create_inbox_table, db_with_outbox, enable_outbox, lock_holder, run_cli, Relay};
 
 /// How hard each scenario pushes.
 #[derive(Debug, Clone)]
@@ -231,13 +231,7 @@ pub async fn sigkill_owner(scale: &Scale) -> Value {
     let nats = NatsServer::start();
     nats.create_stream("FAULTS", &["faults.>"]).await;
     let (db, c, outbox) = db_with_outbox("faults").await;
-    c.batch_execute(
-        "CREATE TABLE public.faults_inbox (event_id text PRIMARY KEY, event_type text, source text, aggregate_id text,
-             payload jsonb, received_at timestamptz NOT NULL DEFAULT now(), processed_at timestamptz, error text,
-             retry_count int NOT NULL DEFAULT 0, trace_id text)",
-    )
-    .await
-    .unwrap();
+    create_inbox_table(&c, "public.faults_inbox").await;
     register(&c, "to-nats", nats_config(&nats, "faults", "faults.{op}")).await;
     register(
         &c,
@@ -290,13 +284,7 @@ pub async fn sigkill_owner_reverse(scale: &Scale) -> Value {
     let db = crate::TestDb::new().await;
     assert!(run_cli(&db.url, &["migrate"]).0.success());
     let c = db.client().await;
-    c.batch_execute(
-        "CREATE TABLE public.rev_inbox (event_id text PRIMARY KEY, event_type text, source text, aggregate_id text,
-             payload jsonb, received_at timestamptz NOT NULL DEFAULT now(), processed_at timestamptz, error text,
-             retry_count int NOT NULL DEFAULT 0, trace_id text)",
-    )
-    .await
-    .unwrap();
+    create_inbox_table(&c, "public.rev_inbox").await;
     let config = json!({"source_type": "nats", "nats_url": nats.url(), "nats_stream": "REV", "nats_consumer": "rev",
                         "inbox_table": "public.rev_inbox", "ack_wait_seconds": 5});
     c.execute("SELECT pgtrickle.set_relay_inbox('rev', config => $1::jsonb)", &[&config]).await.unwrap();

@@ -138,6 +138,17 @@ impl Operator {
 
     /// Like [`Operator::start`], with extra environment (e.g. another `KUBECONFIG`).
     pub fn start_with_env(namespace: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let op = Self::spawn_with_env(namespace, extra, env);
+        op.wait_ready(Duration::from_secs(30));
+        op
+    }
+
+    /// Starts without waiting for `/readyz` (a standby replica is never ready).
+    pub fn spawn(namespace: &str, extra: &[&str]) -> Self {
+        Self::spawn_with_env(namespace, extra, &[])
+    }
+
+    fn spawn_with_env(namespace: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let metrics_addr = format!("127.0.0.1:{port}");
         let log = std::env::temp_dir().join(format!("pgtrickle-relay-operator-e2e-{}-{port}.log", std::process::id()));
@@ -147,26 +158,6 @@ impl Operator {
             .args(extra)
             .env_remove("RUST_LOG")
             .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-            .spawn()
-            .unwrap();
-        let op = Self { child, metrics_addr, log };
-        op.wait_ready(Duration::from_secs(30));
-        op
-    }
-
-    /// Starts without waiting for `/readyz` (a standby replica is never ready).
-    pub fn spawn(namespace: &str, extra: &[&str]) -> Self {
-        let port = free_port();
-        let metrics_addr = format!("127.0.0.1:{port}");
-        let log = std::env::temp_dir().join(format!("pgtrickle-relay-operator-e2e-{}-{port}.log", std::process::id()));
-        let child = Command::new(operator_bin())
-            .args(["--namespace", namespace, "--metrics-addr", &metrics_addr])
-            .args(["--resync-interval", "3s", "--status-interval", "500ms"])
-            .args(extra)
-            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))

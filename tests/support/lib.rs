@@ -163,6 +163,19 @@ pub async fn db_with_outbox(stream_table: &str) -> (TestDb, Client, String) {
     (db, c, outbox)
 }
 
+/// An inbox table of pg_trickle's `create_inbox` shape, `qualified` = `schema.table`.
+pub async fn create_inbox_table(client: &Client, qualified: &str) {
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {qualified} (
+                 event_id text NOT NULL PRIMARY KEY, event_type text, source text, aggregate_id text,
+                 payload jsonb, received_at timestamptz NOT NULL DEFAULT now(), processed_at timestamptz,
+                 error text, retry_count int NOT NULL DEFAULT 0, trace_id text)"
+        ))
+        .await
+        .unwrap();
+}
+
 /// Writes one inline outbox row as a refresh would (with its NOTIFY); returns its id.
 pub async fn write_inline(client: &Client, outbox: &str, payload: Option<Value>) -> i64 {
     let id: i64 = client
