@@ -1,7 +1,6 @@
 //! pg_trickle inbox tables (contract §2): resolving and creating them, and the one batched,
 //! idempotent write both the `pg-inbox` sink and reverse pipelines use.
 
-use serde_json::Value;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::GenericClient;
 
@@ -124,7 +123,7 @@ pub struct InboxRow {
     pub event_type: Option<String>,
     pub source: Option<String>,
     pub aggregate_id: Option<String>,
-    pub payload: Value,
+    pub payload: crate::message::Payload,
     pub trace_id: Option<String>,
 }
 
@@ -135,7 +134,7 @@ pub async fn write(client: &impl GenericClient, sql: &str, rows: &[InboxRow]) ->
     let types: Vec<Option<&str>> = rows.iter().map(|r| r.event_type.as_deref()).collect();
     let sources: Vec<Option<&str>> = rows.iter().map(|r| r.source.as_deref()).collect();
     let aggregates: Vec<Option<&str>> = rows.iter().map(|r| r.aggregate_id.as_deref()).collect();
-    let payloads: Vec<&Value> = rows.iter().map(|r| &r.payload).collect();
+    let payloads: Vec<&crate::message::Payload> = rows.iter().map(|r| &r.payload).collect();
     let traces: Vec<Option<&str>> = rows.iter().map(|r| r.trace_id.as_deref()).collect();
     let inserted = client
         .query(sql, &[&ids, &types, &sources, &aggregates, &payloads, &traces])

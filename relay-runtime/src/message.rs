@@ -1,7 +1,11 @@
 //! The relay message (the wire JSON of contract §4.8), dedup keys and subject templates.
 
+mod payload;
+
 use serde::Serialize;
 use serde_json::Value;
+
+pub use payload::{split_array, Payload};
 
 /// What happened to a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -33,13 +37,13 @@ pub struct RelayMessage {
     /// deduplicating target uses.
     pub dedup_key: String,
     pub subject: String,
-    pub payload: Value,
+    pub payload: Payload,
     pub op: Op,
     pub is_full_refresh: bool,
     pub outbox_id: Option<i64>,
     pub refresh_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub before: Option<Value>,
+    pub before: Option<Payload>,
 }
 
 impl RelayMessage {
@@ -57,16 +61,21 @@ impl RelayMessage {
 
     /// A payload field as text, for partition keys and aggregate ids (see [`field_text`]).
     pub fn field_text(&self, field: &str) -> Option<String> {
-        field_text(&self.payload, field)
+        value_text(self.payload.field(field)?)
     }
 }
 
 /// A JSON object's field as text (strings as they are, other values as JSON); `None` when the
 /// field is missing or null.
 pub fn field_text(payload: &Value, field: &str) -> Option<String> {
-    match payload.get(field)? {
+    value_text(payload.get(field)?.clone())
+}
+
+/// A JSON value as text (strings as they are); `None` for null.
+pub fn value_text(v: Value) -> Option<String> {
+    match v {
         Value::Null => None,
-        Value::String(s) => Some(s.clone()),
+        Value::String(s) => Some(s),
         v => Some(v.to_string()),
     }
 }
@@ -224,7 +233,7 @@ mod tests {
         let m = RelayMessage {
             dedup_key: dedup_key("outbox_orders", 10, 0),
             subject: "pgtrickle.orders.insert".into(),
-            payload: json!({"id": 1}),
+            payload: json!({"id": 1}).into(),
             op: Op::Insert,
             is_full_refresh: true,
             outbox_id: Some(10),

@@ -8,17 +8,20 @@
 //! | `{"v":1,"inserted":[…],"deleted":[…]}`   | the design envelope (maybe `claim_check`)      |
 //! | `{"v":1,"inserted":N,"deleted":M}`       | pg_trickle ≥ 0.46 summary: one `summary` message |
 
-use serde_json::{Map, Value};
+use std::collections::HashMap;
 
-use crate::message::{dedup_key, Op, RelayMessage, Template, TemplateVars};
+use serde_json::value::RawValue;
+use serde_json::Value;
 
-/// What one outbox header row holds.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Decoded {
+use crate::message::{dedup_key, split_array, Op, Payload, RelayMessage, Template, TemplateVars};
+
+/// What one outbox header row holds. Rows are slices of the payload text, not parsed values.
+#[derive(Debug, Clone)]
+pub enum Decoded<'a> {
     /// Nothing to relay; the offset simply moves past the row.
     Empty,
     /// Rows carried inline.
-    Rows { inserted: Vec<Value>, deleted: Vec<Value>, full_refresh: bool, refresh_id: Option<String> },
+    Rows { inserted: Vec<&'a RawValue>, deleted: Vec<&'a RawValue>, full_refresh: bool, refresh_id: Option<String> },
     /// Rows must be read from the claim-check delta table. `full_refresh` is `None` when the
     /// header does not say (pg_trickle 0.45 writes whole snapshots, all `INSERT`).
     ClaimCheck { full_refresh: Option<bool>, refresh_id: Option<String> },
@@ -34,103 +37,114 @@ pub enum DecodeError {
     UnexpectedShape(&'static str),
     #[error("outbox payload key '{0}' must be an array of row objects")]
     BadArray(&'static str),
+    #[error("outbox payload is not valid JSON: {0}")]
+    Invalid(String),
 }
 
-/// A payload that cannot be decoded, handed back whole so it can be dead-lettered.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Undecodable {
-    pub error: DecodeError,
-    pub payload: Value,
+fn invalid(e: serde_json::Error) -> DecodeError {
+    DecodeError::Invalid(e.to_string())
 }
 
-/// Decodes one header row's payload, taking ownership so rows are moved, not copied.
-/// `row_refresh_id` is the header's own `refresh_id` column (always NULL in pg_trickle
-/// ≤ 0.45, used when the payload does not carry one).
-pub fn decode(
-    payload: Option<Value>,
+/// Decodes one header row's payload text (the rows stay slices of it). `row_refresh_id` is
+/// the header's own `refresh_id` column (always NULL in pg_trickle ≤ 0.45, used when the
+/// payload does not carry one). On error the caller still holds the payload to dead-letter.
+pub fn decode<'a>(
+    payload: Option<&'a str>,
     is_claim_check: bool,
     row_refresh_id: Option<&str>,
-) -> Result<Decoded, Undecodable> {
+) -> Result<Decoded<'a>, DecodeError> {
     let fallback_refresh = row_refresh_id.map(str::to_owned);
-    let Some(payload) = payload.filter(|p| !p.is_null()) else {
-        return Ok(if is_claim_check {
+    let text = payload.map(str::trim_start).unwrap_or("null");
+    match text.as_bytes().first() {
+        Some(b'[') => {
+            let rows = split_array(text).map_err(invalid)?;
+            Ok(if is_claim_check && rows.is_empty() {
+                Decoded::ClaimCheck { full_refresh: Some(true), refresh_id: fallback_refresh }
+            } else {
+                Decoded::Rows { inserted: rows, deleted: Vec::new(), full_refresh: true, refresh_id: fallback_refresh }
+            })
+        }
+        Some(b'{') => {
+            let obj: HashMap<Key<'a>, &'a RawValue> = serde_json::from_str(text).map_err(invalid)?;
+            decode_object(text, &obj, is_claim_check, fallback_refresh)
+        }
+        Some(b'n') if text.trim_end() == "null" => Ok(if is_claim_check {
             Decoded::ClaimCheck { full_refresh: None, refresh_id: fallback_refresh }
         } else {
             Decoded::Empty
-        });
-    };
-    let shape = match &payload {
-        Value::Array(_) => None,
-        Value::Object(obj) => check_object(obj).err(),
-        Value::Bool(_) => Some(DecodeError::UnexpectedShape("a boolean")),
-        Value::Number(_) => Some(DecodeError::UnexpectedShape("a number")),
-        Value::String(_) => Some(DecodeError::UnexpectedShape("a string")),
-        Value::Null => None,
-    };
-    if let Some(error) = shape {
-        return Err(Undecodable { error, payload });
+        }),
+        Some(b't' | b'f') => Err(DecodeError::UnexpectedShape("a boolean")),
+        Some(b'"') => Err(DecodeError::UnexpectedShape("a string")),
+        Some(b'-' | b'0'..=b'9') => Err(DecodeError::UnexpectedShape("a number")),
+        _ => match serde_json::from_str::<&RawValue>(text) {
+            Err(e) => Err(invalid(e)),
+            Ok(_) => Err(DecodeError::UnexpectedShape("neither an array nor an object")),
+        },
     }
-    Ok(match payload {
-        Value::Array(rows) if is_claim_check && rows.is_empty() => {
-            Decoded::ClaimCheck { full_refresh: Some(true), refresh_id: fallback_refresh }
-        }
-        Value::Array(rows) => {
-            Decoded::Rows { inserted: rows, deleted: Vec::new(), full_refresh: true, refresh_id: fallback_refresh }
-        }
-        Value::Object(obj) => decode_object(obj, is_claim_check, fallback_refresh),
-        _ => Decoded::Empty,
-    })
 }
 
-/// Everything that can be wrong with an object payload, checked before it is taken apart.
-fn check_object(obj: &Map<String, Value>) -> Result<(), DecodeError> {
-    match obj.get("v") {
+/// An object key; borrowed from the payload text unless it has escapes.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Key<'a>(std::borrow::Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d).map(Key)
+    }
+}
+
+/// A small value of the envelope (version, flags, ids), parsed.
+fn small(obj: &HashMap<Key<'_>, &RawValue>, key: &str) -> Option<Value> {
+    obj.get(&Key(key.into())).and_then(|raw| serde_json::from_str(raw.get()).ok())
+}
+
+/// What a key of the envelope holds, by its first character.
+fn kind(obj: &HashMap<Key<'_>, &RawValue>, key: &str) -> Option<u8> {
+    obj.get(&Key(key.into())).and_then(|raw| raw.get().as_bytes().first().copied())
+}
+
+fn decode_object<'a>(
+    text: &'a str,
+    obj: &HashMap<Key<'a>, &'a RawValue>,
+    is_claim_check: bool,
+    fallback_refresh: Option<String>,
+) -> Result<Decoded<'a>, DecodeError> {
+    match small(obj, "v") {
         // The docs' examples read `payload -> 'inserted'` without a version: accept that too.
-        None => {}
+        None if !obj.contains_key(&Key("v".into())) => {}
         Some(Value::Number(n)) if n.as_i64() == Some(1) => {}
-        Some(other) => return Err(DecodeError::UnsupportedVersion(other.to_string())),
+        other => return Err(DecodeError::UnsupportedVersion(other.unwrap_or(Value::Null).to_string())),
     }
-    if is_summary(obj) || obj.get("claim_check").and_then(Value::as_bool) == Some(true) {
-        return Ok(());
+    let is_number = |k| matches!(kind(obj, k), Some(b'-' | b'0'..=b'9'));
+    // pg_trickle ≥ 0.46 writes counts where the envelope has arrays.
+    if is_number("inserted") || is_number("deleted") {
+        return Ok(Decoded::Summary(serde_json::from_str(text).map_err(invalid)?));
     }
-    if !obj.contains_key("inserted") && !obj.contains_key("deleted") {
-        return Err(DecodeError::UnexpectedShape("an object without 'inserted'/'deleted'"));
-    }
-    for key in ["inserted", "deleted"] {
-        if !matches!(obj.get(key), None | Some(Value::Null) | Some(Value::Array(_))) {
-            return Err(DecodeError::BadArray(key));
-        }
-    }
-    Ok(())
-}
-
-/// pg_trickle ≥ 0.46 writes counts where the envelope has arrays.
-fn is_summary(obj: &Map<String, Value>) -> bool {
-    obj.get("inserted").is_some_and(Value::is_number) || obj.get("deleted").is_some_and(Value::is_number)
-}
-
-fn decode_object(mut obj: Map<String, Value>, is_claim_check: bool, fallback_refresh: Option<String>) -> Decoded {
     let refresh_id = ["refresh_id", "pgt_id"]
         .iter()
-        .find_map(|k| obj.get(*k).and_then(Value::as_str).map(str::to_owned))
+        .find_map(|k| small(obj, k).and_then(|v| v.as_str().map(str::to_owned)))
         .or(fallback_refresh);
-    let full_refresh = obj.get("full_refresh").and_then(Value::as_bool);
-    if is_summary(&obj) {
-        return Decoded::Summary(Value::Object(obj));
+    let full_refresh = small(obj, "full_refresh").and_then(|v| v.as_bool());
+    if is_claim_check || small(obj, "claim_check").and_then(|v| v.as_bool()) == Some(true) {
+        return Ok(Decoded::ClaimCheck { full_refresh, refresh_id });
     }
-    if is_claim_check || obj.get("claim_check").and_then(Value::as_bool) == Some(true) {
-        return Decoded::ClaimCheck { full_refresh, refresh_id };
+    if kind(obj, "inserted").is_none() && kind(obj, "deleted").is_none() {
+        return Err(DecodeError::UnexpectedShape("an object without 'inserted'/'deleted'"));
     }
-    let mut rows_of = |key: &str| match obj.remove(key) {
-        Some(Value::Array(rows)) => rows,
-        _ => Vec::new(),
+    let rows_of = |key: &'static str| -> Result<Vec<&'a RawValue>, DecodeError> {
+        match obj.get(&Key(key.into())) {
+            None => Ok(Vec::new()),
+            Some(raw) if raw.get() == "null" => Ok(Vec::new()),
+            Some(raw) if raw.get().starts_with('[') => split_array(raw.get()).map_err(invalid),
+            Some(_) => Err(DecodeError::BadArray(key)),
+        }
     };
-    Decoded::Rows {
-        inserted: rows_of("inserted"),
-        deleted: rows_of("deleted"),
+    Ok(Decoded::Rows {
+        inserted: rows_of("inserted")?,
+        deleted: rows_of("deleted")?,
         full_refresh: full_refresh.unwrap_or(false),
         refresh_id,
-    }
+    })
 }
 
 /// Per-pipeline facts needed to turn rows into messages.
@@ -143,12 +157,12 @@ pub struct MessageContext<'a> {
     pub keep_internal_columns: bool,
 }
 
-/// One delta: rows of one outbox row (or one page of its claim-check rows).
+/// One delta: rows of one outbox row (or one page of its claim-check rows), as JSON texts.
 #[derive(Debug, Clone)]
 pub struct Delta<'a> {
     pub outbox_id: i64,
-    pub inserted: Vec<Value>,
-    pub deleted: Vec<Value>,
+    pub inserted: Vec<&'a RawValue>,
+    pub deleted: Vec<&'a RawValue>,
     pub full_refresh: bool,
     pub refresh_id: Option<&'a str>,
     /// Row index of the first inserted row (non-zero for later claim-check pages).
@@ -163,8 +177,8 @@ pub struct Delta<'a> {
 pub fn build_messages(ctx: &MessageContext<'_>, delta: Delta<'_>, out: &mut Vec<RelayMessage>) {
     let Delta { outbox_id, inserted, deleted, full_refresh, refresh_id, first_index, first_deleted_index } = delta;
     let deleted_base = first_deleted_index.unwrap_or(first_index + inserted.len());
-    let mut deleted: Vec<Option<Value>> =
-        deleted.into_iter().map(|r| Some(clean(r, ctx.keep_internal_columns))).collect();
+    let keep = ctx.keep_internal_columns;
+    let mut deleted: Vec<Option<Payload>> = deleted.into_iter().map(|r| Some(Payload::row(r, keep))).collect();
 
     // Index the deleted rows by key so pairing is linear, not quadratic.
     let mut by_key: std::collections::HashMap<String, Vec<usize>> = std::collections::HashMap::new();
@@ -183,7 +197,7 @@ pub fn build_messages(ctx: &MessageContext<'_>, delta: Delta<'_>, out: &mut Vec<
         refresh_id,
     };
     for (i, row) in inserted.into_iter().enumerate() {
-        let row = clean(row, ctx.keep_internal_columns);
+        let row = Payload::row(row, keep);
         let before = row_key(&row, ctx.key_columns)
             .and_then(|k| by_key.get_mut(&k).and_then(|v| if v.is_empty() { None } else { Some(v.remove(0)) }))
             .and_then(|di| deleted[di].take());
@@ -214,12 +228,12 @@ pub fn build_messages(ctx: &MessageContext<'_>, delta: Delta<'_>, out: &mut Vec<
     }
 }
 
-/// One row of a snapshot diff as read from SQL.
+/// One row of a snapshot diff as read from SQL (rows already cleaned).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DiffEvent {
     pub op: Op,
-    pub new: Option<Value>,
-    pub old: Option<Value>,
+    pub new: Option<Payload>,
+    pub old: Option<Payload>,
 }
 
 /// One event of a snapshot diff ([`crate::outbox::diff`]): `insert` and `update` carry the new
@@ -244,12 +258,12 @@ pub fn diff_message(
     RelayMessage {
         dedup_key: dedup_key(ctx.outbox_table, outbox_id, index),
         subject: ctx.subject.render(&vars),
-        payload: clean(payload.unwrap_or(Value::Null), ctx.keep_internal_columns),
+        payload: payload.unwrap_or_else(|| Payload::from_value(&Value::Null)),
         op,
         is_full_refresh: first && op == Op::Insert,
         outbox_id: Some(outbox_id),
         refresh_id: refresh_id.map(str::to_owned),
-        before: before.map(|b| clean(b, ctx.keep_internal_columns)),
+        before,
     }
 }
 
@@ -266,7 +280,7 @@ pub fn summary_message(ctx: &MessageContext<'_>, outbox_id: i64, summary: Value)
     RelayMessage {
         dedup_key: dedup_key(ctx.outbox_table, outbox_id, 0),
         subject,
-        payload: summary,
+        payload: Payload::from_value(&summary),
         op: Op::Summary,
         is_full_refresh: false,
         outbox_id: Some(outbox_id),
@@ -275,27 +289,14 @@ pub fn summary_message(ctx: &MessageContext<'_>, outbox_id: i64, summary: Value)
     }
 }
 
-/// Removes pg_trickle's internal `__pgt_*` columns unless asked to keep them.
-fn clean(row: Value, keep_internal: bool) -> Value {
-    match row {
-        Value::Object(mut m) if !keep_internal => {
-            m.retain(|k, _| !k.starts_with("__pgt_"));
-            Value::Object(m)
-        }
-        other => other,
-    }
-}
-
 /// A canonical text of a row's key columns; numbers compare by value (`175.0` = `175`).
-fn row_key(row: &Value, key_columns: &[String]) -> Option<String> {
+fn row_key(row: &Payload, key_columns: &[String]) -> Option<String> {
     if key_columns.is_empty() {
         return None;
     }
-    let obj = row.as_object()?;
     let mut key = String::new();
-    for col in key_columns {
-        let v = obj.get(col)?;
-        match v {
+    for v in row.fields(key_columns) {
+        match v? {
             // Integers keep full 64-bit precision (`__pgt_row_id`); other numbers compare by value.
             Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
                 (Some(i), _, _) => key.push_str(&format!("n{i}")),

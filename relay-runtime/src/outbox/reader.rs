@@ -19,16 +19,15 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use tokio_postgres::Client;
 
-use super::OutboxTable;
+use super::{JsonText, OutboxTable};
 
-/// One outbox header row.
+/// One outbox header row; the payload is JSON text, split into rows without building values.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeaderRow {
     pub id: i64,
-    pub payload: Option<Value>,
+    pub payload: Option<String>,
     pub is_claim_check: bool,
     pub refresh_id: Option<String>,
 }
@@ -189,8 +188,14 @@ pub async fn fetch_rows(
     limit: i64,
 ) -> Result<Vec<HeaderRow>, tokio_postgres::Error> {
     let rows = client.query(sql, &[&after, &upto, &limit]).await?;
-    Ok(rows
-        .iter()
-        .map(|r| HeaderRow { id: r.get(0), payload: r.get(1), is_claim_check: r.get(2), refresh_id: r.get(3) })
-        .collect())
+    rows.iter()
+        .map(|r| {
+            Ok(HeaderRow {
+                id: r.try_get(0)?,
+                payload: r.try_get::<_, Option<JsonText>>(1)?.map(|j| j.0.to_owned()),
+                is_claim_check: r.try_get(2)?,
+                refresh_id: r.try_get(3)?,
+            })
+        })
+        .collect()
 }

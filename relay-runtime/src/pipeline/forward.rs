@@ -394,8 +394,8 @@ impl ForwardRunner<'_> {
 
     async fn relay_rows(&mut self, rows: Vec<HeaderRow>) -> Result<(), Stop> {
         let mut msgs: Vec<RelayMessage> = Vec::new();
-        for mut row in rows {
-            match decode(row.payload.take(), row.is_claim_check, row.refresh_id.as_deref()) {
+        for row in rows {
+            match decode(row.payload.as_deref(), row.is_claim_check, row.refresh_id.as_deref()) {
                 Ok(Decoded::Empty) => {}
                 Ok(Decoded::Rows { deleted, full_refresh: true, refresh_id, .. })
                     if self.diff.is_some() && deleted.is_empty() =>
@@ -429,10 +429,7 @@ impl ForwardRunner<'_> {
                         self.relay_claim_check(row.id, full_refresh.unwrap_or(true), refresh_id.as_deref()).await?;
                     }
                 }
-                Err(bad) => {
-                    row.payload = Some(bad.payload);
-                    self.dead_letter(&row, &bad.error.to_string()).await?
-                }
+                Err(error) => self.dead_letter(&row, &error.to_string()).await?,
             }
             if msgs.len() >= MAX_CHUNK_MESSAGES {
                 self.publish(&msgs).await?;
@@ -501,7 +498,7 @@ impl ForwardRunner<'_> {
     /// Keeps an undecodable outbox row in `relay_dead_letters` (once) and moves on.
     async fn dead_letter(&mut self, row: &HeaderRow, error: &str) -> Result<(), Stop> {
         let source_ref = format!("{}:{}", self.reader.table().table, row.id);
-        let payload = row.payload.as_ref().map(|p| p.to_string().into_bytes());
+        let payload = row.payload.as_ref().map(|p| p.as_bytes().to_vec());
         let headers = serde_json::json!({"outbox_id": row.id, "is_claim_check": row.is_claim_check, "refresh_id": row.refresh_id});
         self.client
             .execute(

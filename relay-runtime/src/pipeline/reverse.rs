@@ -16,6 +16,7 @@ use crate::catalog::connect::jitter;
 use crate::catalog::DbConnection;
 use crate::config::ReverseSpec;
 use crate::inbox::{self, InboxError, InboxRow, InboxTable};
+use crate::message::Payload;
 use crate::sink::options::Options;
 use crate::source::{self, Incoming, Outcome, Source, SourceContext};
 use crate::state::{PipelineState, PipelineStatus, RelayState};
@@ -57,26 +58,27 @@ impl Mapping {
             ));
         }
         let text = std::str::from_utf8(&m.body).map_err(|e| format!("message is not UTF-8: {e}"))?;
-        let payload: Value = serde_json::from_str(text).map_err(|e| format!("message is not JSON: {e}"))?;
-        let event_id = self
-            .event_id_field
-            .as_deref()
-            .and_then(|f| crate::message::field_text(&payload, f))
+        // Kept as text; only the mapped fields are parsed, in one pass.
+        let payload = Payload::parse(text, true).map_err(|e| format!("message is not JSON: {e}"))?;
+        let [id_value, type_value, aggregate_value] = payload.pick([
+            self.event_id_field.as_deref(),
+            Some(self.event_type_field.as_str()),
+            self.aggregate_id_field.as_deref(),
+        ]);
+        let event_id = id_value
+            .and_then(crate::message::value_text)
             .or_else(|| m.id.clone())
             .unwrap_or_else(|| m.coordinate.clone());
-        let event_type = payload
-            .get(&self.event_type_field)
-            .and_then(Value::as_str)
-            .map(str::to_owned)
+        let event_type = type_value
+            .and_then(|v| match v {
+                Value::String(s) => Some(s),
+                _ => None,
+            })
             .or_else(|| m.header("Pgtrickle-Event-Type").or_else(|| m.header("ce-type")).map(str::to_owned))
             .or_else(|| m.header("x-event-type").map(str::to_owned))
             .or_else(|| m.subject.clone())
             .unwrap_or_else(|| self.default_event_type.clone());
-        let aggregate_id = self
-            .aggregate_id_field
-            .as_deref()
-            .and_then(|f| crate::message::field_text(&payload, f))
-            .or_else(|| m.key.clone());
+        let aggregate_id = aggregate_value.and_then(crate::message::value_text).or_else(|| m.key.clone());
         Ok(InboxRow {
             event_id,
             event_type: Some(event_type),
@@ -454,7 +456,7 @@ mod tests {
             event_type: None,
             source: None,
             aggregate_id: None,
-            payload: Value::Null,
+            payload: Value::Null.into(),
             trace_id: None,
         };
         let rows = vec![row("a"), row("b"), row("a")];

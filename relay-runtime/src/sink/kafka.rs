@@ -2,8 +2,9 @@
 //!
 //! An idempotent producer (`enable.idempotence=true`, `acks=all`): librdkafka's own retries
 //! never duplicate or reorder a partition. Messages are enqueued without waiting and their
-//! delivery reports go into a window that spans batches ([`AckWindow`]); a batch is confirmed
-//! when the broker acknowledged every message of it. The value is the relay message JSON, the
+//! delivery reports are counted per batch on librdkafka's polling thread ([`deliveries`]) — no
+//! future or channel per message; a batch is confirmed when the broker acknowledged every
+//! message of it, while later batches are already in flight. The value is the relay message JSON, the
 //! key the dedup key (or `key_field` / `key_template`), the headers `pgtrickle-op`,
 //! `pgtrickle-dedup-key`, `pgtrickle-full-refresh`, `pgtrickle-outbox-id`. Kafka has no
 //! server-side dedup for a batch produced again after a crash: consumers that need exactly once
@@ -19,12 +20,14 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
 use super::options::Options;
-use super::window::AckWindow;
 use super::{BuildError, Published, Sink, SinkContext, SinkError};
+
+mod deliveries;
 use crate::message::{RelayMessage, Template};
+use deliveries::{Deliveries, Reports};
 
 const BACKEND: &str = "kafka";
 
@@ -39,14 +42,14 @@ enum PartitionKey {
 }
 
 pub struct KafkaSink {
-    producer: FutureProducer,
+    producer: Arc<ThreadedProducer<Reports>>,
+    deliveries: Arc<Deliveries>,
     topic: Template,
     /// The topic when the template has no variables (rendered once, shared by every record).
     fixed_topic: Option<Arc<str>>,
     key: PartitionKey,
     stream_table: String,
     outbox_table: String,
-    window: AckWindow,
     timeout: Duration,
     /// The value buffer, reused across messages.
     body: Vec<u8>,
@@ -129,20 +132,22 @@ pub async fn build(
         (None, Some(t)) => PartitionKey::Template(o.template(&["key_template"], t)?),
         (None, None) => PartitionKey::Dedup,
     };
-    let producer: FutureProducer = config.create().map_err(|e| BuildError::Option {
-        backend: BACKEND,
-        key: "rdkafka".into(),
-        message: scrub(format!("invalid producer setting: {e}"), &config),
-    })?;
+    let deliveries = Arc::new(Deliveries::new(o.u64("max_in_flight", 50_000, 1, 1_000_000)? as usize));
+    let producer: ThreadedProducer<Reports> =
+        config.create_with_context(Reports(deliveries.clone())).map_err(|e| BuildError::Option {
+            backend: BACKEND,
+            key: "rdkafka".into(),
+            message: scrub(format!("invalid producer setting: {e}"), &config),
+        })?;
     let timeout = o.millis("connect_timeout_ms", 10_000)?;
     let sink = KafkaSink {
-        producer,
+        producer: Arc::new(producer),
+        deliveries,
         fixed_topic: topic.is_static().then(|| Arc::from(topic.source())),
         topic,
         key,
         stream_table: ctx.stream_table.to_owned(),
         outbox_table: ctx.outbox_table.to_owned(),
-        window: AckWindow::new(o.u64("max_in_flight", 50_000, 1, 1_000_000)? as usize),
         timeout,
         body: Vec::with_capacity(1024),
     };
@@ -256,6 +261,52 @@ fn headers(m: &RelayMessage) -> OwnedHeaders {
     h
 }
 
+impl KafkaSink {
+    /// Enqueues every message of a batch, waiting only while the window (or librdkafka's
+    /// queue) is full.
+    async fn produce(&self, call: u64, batch: &[RelayMessage], body: &mut Vec<u8>) -> Result<(), SinkError> {
+        for m in batch {
+            body.clear();
+            serde_json::to_writer(&mut *body, m).map_err(|e| SinkError::Permanent {
+                backend: BACKEND,
+                message: format!("cannot encode message: {e}"),
+            })?;
+            let key = self.key_of(m);
+            let topic: Cow<'_, str> = match &self.fixed_topic {
+                Some(t) => Cow::Borrowed(t),
+                None => Cow::Owned(self.topic.render(&m.vars(&self.stream_table, &self.outbox_table))),
+            };
+            let mut record = BaseRecord::with_opaque_to(&topic, call as usize)
+                .payload(body.as_slice())
+                .key(key.as_ref())
+                .headers(headers(m));
+            loop {
+                let full = self.deliveries.sending(call);
+                match self.producer.send(record) {
+                    Ok(()) if full => {
+                        self.deliveries.wait_for_space().await;
+                        break;
+                    }
+                    Ok(()) => break,
+                    // librdkafka's queue is full: wait for reports, then retry.
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        self.deliveries.not_sent(call);
+                        record = r;
+                        if !self.deliveries.wait_for_space().await {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    }
+                    Err((e, _)) => {
+                        self.deliveries.not_sent(call);
+                        return Err(classify(&e, &topic));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Sink for KafkaSink {
     fn name(&self) -> &'static str {
         BACKEND
@@ -263,52 +314,15 @@ impl Sink for KafkaSink {
 
     fn publish<'a>(&'a mut self, batch: &'a [RelayMessage]) -> BoxFuture<'a, Result<Published, SinkError>> {
         Box::pin(async move {
-            let call = self.window.begin();
-            let mut done = Published::default();
+            let call = self.deliveries.begin();
             // librdkafka copies key and value: one buffer serves every message.
             let mut body = std::mem::take(&mut self.body);
-            for m in batch {
-                body.clear();
-                serde_json::to_writer(&mut body, m).map_err(|e| SinkError::Permanent {
-                    backend: BACKEND,
-                    message: format!("cannot encode message: {e}"),
-                })?;
-                let key = self.key_of(m);
-                let topic = match &self.fixed_topic {
-                    Some(t) => Arc::clone(t),
-                    None => Arc::from(self.topic.render(&m.vars(&self.stream_table, &self.outbox_table))),
-                };
-                let mut record =
-                    FutureRecord::to(&topic).payload(body.as_slice()).key(key.as_ref()).headers(headers(m));
-                let delivery = loop {
-                    match self.producer.send_result(record) {
-                        Ok(d) => break d,
-                        // librdkafka's queue is full: wait for the oldest report, then retry.
-                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                            record = r;
-                            if self.window.is_empty() {
-                                tokio::time::sleep(Duration::from_millis(5)).await;
-                            } else {
-                                self.window.next(&mut done).await?;
-                            }
-                        }
-                        Err((e, _)) => return Err(classify(&e, &topic)),
-                    }
-                };
-                let ack = Box::pin(async move {
-                    match delivery.await {
-                        Ok(Ok(_)) => Ok(false),
-                        Ok(Err((e, _))) => Err(classify(&e, &topic)),
-                        Err(_) => Err(SinkError::Retryable {
-                            backend: BACKEND,
-                            message: "the producer was closed before the delivery report".into(),
-                        }),
-                    }
-                });
-                self.window.push(call, ack, &mut done).await?;
-            }
+            let sent = self.produce(call, batch, &mut body).await;
             self.body = body;
-            self.window.settle_before(call, &mut done).await?;
+            self.deliveries.seal(call);
+            sent?;
+            let mut done = Published::default();
+            self.deliveries.settle_before(call, &mut done).await?;
             Ok(done)
         })
     }
@@ -318,11 +332,11 @@ impl Sink for KafkaSink {
     }
 
     fn flush(&mut self) -> BoxFuture<'_, Result<Published, SinkError>> {
-        Box::pin(self.window.flush())
+        Box::pin(self.deliveries.flush())
     }
 
     fn reset(&mut self) {
-        self.window.reset();
+        self.deliveries.reset();
     }
 
     fn health(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {

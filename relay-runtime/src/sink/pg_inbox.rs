@@ -82,8 +82,8 @@ fn classify(e: &tokio_postgres::Error) -> SinkError {
 }
 
 impl PgInboxSink {
-    fn aggregate_id(&self, payload: &Value) -> Option<String> {
-        crate::message::field_text(payload, self.aggregate_id_field.as_deref()?)
+    fn aggregate_id(&self, m: &RelayMessage) -> Option<String> {
+        m.field_text(self.aggregate_id_field.as_deref()?)
     }
 }
 
@@ -112,7 +112,7 @@ impl Sink for PgInboxSink {
                         EventType::Op => m.op.as_str().to_owned(),
                     }),
                     source: Some(self.source.clone()),
-                    aggregate_id: self.aggregate_id(&m.payload),
+                    aggregate_id: self.aggregate_id(m),
                     payload: m.payload.clone(),
                     trace_id: None,
                 })

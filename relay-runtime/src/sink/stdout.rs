@@ -100,7 +100,8 @@ impl StdoutSink {
         for m in batch {
             let r = match self.format {
                 Format::JsonLines => serde_json::to_writer(&mut self.buf, m),
-                Format::Pretty => serde_json::to_writer_pretty(&mut self.buf, m),
+                // Through a value, so the row text is indented like the rest.
+                Format::Pretty => serde_json::to_value(m).and_then(|v| serde_json::to_writer_pretty(&mut self.buf, &v)),
             };
             r.map_err(|e| SinkError::Permanent {
                 backend: self.name(),

@@ -2,9 +2,12 @@
 //! 0.45 writes the whole stream table there), so they are streamed page by page through a
 //! cursor inside one read-only transaction, each page published before the next is read.
 
+use serde_json::value::RawValue;
+
 use super::{ForwardRunner, Stop};
 use crate::outbox::decode::{build_messages, Delta};
 use crate::outbox::reader::HeaderRow;
+use crate::outbox::JsonText;
 
 impl ForwardRunner<'_> {
     /// Streams one outbox row's claim-check rows in pages, inside one read-only transaction
@@ -51,8 +54,10 @@ impl ForwardRunner<'_> {
             let mut inserted = Vec::new();
             let mut deleted = Vec::new();
             for r in &rows {
-                let is_delete: bool = r.get(0);
-                let data: serde_json::Value = r.get(1);
+                let is_delete: bool = r.try_get(0)?;
+                let data: JsonText<'_> = r.try_get(1)?;
+                let data: &RawValue = serde_json::from_str(data.0)
+                    .map_err(|e| Stop::Db(format!("claim-check row of outbox row {outbox_id} is not JSON: {e}")))?;
                 if is_delete {
                     deleted.push(data);
                 } else {

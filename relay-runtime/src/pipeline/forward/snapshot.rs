@@ -7,9 +7,10 @@
 use std::time::Duration;
 
 use super::{ForwardRunner, Stop};
-use crate::message::Op;
+use crate::message::{Op, Payload};
 use crate::outbox::decode::{diff_message, DiffEvent};
 use crate::outbox::diff::{with_literals, SnapshotSource};
+use crate::outbox::JsonText;
 
 impl ForwardRunner<'_> {
     pub(super) async fn relay_snapshot(
@@ -102,19 +103,25 @@ impl ForwardRunner<'_> {
             let rows = self.client.query(&fetch, &[]).await?;
             let n = rows.len();
             let ctx = self.message_context();
-            let msgs: Vec<_> = rows
-                .into_iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    let op = match r.get::<_, &str>(0) {
-                        "insert" => Op::Insert,
-                        "update" => Op::Update,
-                        _ => Op::Delete,
-                    };
-                    let event = DiffEvent { op, new: r.get(1), old: r.get(2) };
-                    diff_message(&ctx, outbox_id, index + i, event, first, refresh_id)
-                })
-                .collect();
+            let keep = ctx.keep_internal_columns;
+            let row_of = |r: &tokio_postgres::Row, i: usize| -> Result<Option<Payload>, Stop> {
+                match r.try_get::<_, Option<JsonText<'_>>>(i)? {
+                    None => Ok(None),
+                    Some(t) => Payload::parse(t.0, keep)
+                        .map(Some)
+                        .map_err(|e| Stop::Db(format!("diff row of outbox row {outbox_id} is not JSON: {e}"))),
+                }
+            };
+            let mut msgs = Vec::with_capacity(n);
+            for (i, r) in rows.iter().enumerate() {
+                let op = match r.try_get::<_, &str>(0)? {
+                    "insert" => Op::Insert,
+                    "update" => Op::Update,
+                    _ => Op::Delete,
+                };
+                let event = DiffEvent { op, new: row_of(r, 1)?, old: row_of(r, 2)? };
+                msgs.push(diff_message(&ctx, outbox_id, index + i, event, first, refresh_id));
+            }
             self.publish(&msgs).await?;
             index += n;
             if (n as i64) < self.spec.claim_check_page_size {
