@@ -1,11 +1,13 @@
 //! The relay message (the wire JSON of contract §4.8), dedup keys and subject templates.
 
 mod payload;
+mod scan;
 
 use serde::Serialize;
 use serde_json::Value;
 
-pub use payload::{split_array, Payload};
+pub use payload::{split_rows, Payload};
+pub use scan::ScanError;
 
 /// What happened to a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -47,6 +49,51 @@ pub struct RelayMessage {
 }
 
 impl RelayMessage {
+    /// Appends the wire JSON of this message (the same text as serializing it with serde_json,
+    /// without re-checking the row text): what every sink sends.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"dedup_key\":");
+        write_json_str(out, &self.dedup_key);
+        out.extend_from_slice(b",\"subject\":");
+        write_json_str(out, &self.subject);
+        out.extend_from_slice(b",\"payload\":");
+        out.extend_from_slice(self.payload.json().as_bytes());
+        out.extend_from_slice(b",\"op\":\"");
+        out.extend_from_slice(self.op.as_str().as_bytes());
+        out.extend_from_slice(if self.is_full_refresh {
+            b"\",\"is_full_refresh\":true,\"outbox_id\":"
+        } else {
+            b"\",\"is_full_refresh\":false,\"outbox_id\":"
+        });
+        match self.outbox_id {
+            Some(id) => out.extend_from_slice(itoa::Buffer::new().format(id).as_bytes()),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"refresh_id\":");
+        match &self.refresh_id {
+            Some(r) => write_json_str(out, r),
+            None => out.extend_from_slice(b"null"),
+        }
+        if let Some(before) = &self.before {
+            out.extend_from_slice(b",\"before\":");
+            out.extend_from_slice(before.json().as_bytes());
+        }
+        out.push(b'}');
+    }
+
+    /// [`RelayMessage::to_json`] as a string.
+    pub fn to_json_string(&self) -> String {
+        // Only string and JSON texts were written.
+        String::from_utf8(self.to_json()).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    }
+
+    /// [`RelayMessage::write_json`] into a new buffer.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.payload.json().len() + self.dedup_key.len() + self.subject.len() + 128);
+        self.write_json(&mut out);
+        out
+    }
+
     /// The template variables of this message, for sink-side templates (topics, stream keys,
     /// routing keys, message groups).
     pub fn vars<'a>(&'a self, stream_table: &'a str, outbox_table: &'a str) -> TemplateVars<'a> {
@@ -82,7 +129,41 @@ pub fn value_text(v: Value) -> Option<String> {
 
 /// The forward dedup key of contract §4.8.
 pub fn dedup_key(outbox_table: &str, outbox_id: i64, row_index: usize) -> String {
-    format!("{outbox_table}:{outbox_id}:{row_index}")
+    let (mut id, mut index) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let (id, index) = (id.format(outbox_id), index.format(row_index));
+    let mut key = String::with_capacity(outbox_table.len() + id.len() + index.len() + 2);
+    key.push_str(outbox_table);
+    key.push(':');
+    key.push_str(id);
+    key.push(':');
+    key.push_str(index);
+    key
+}
+
+/// The wire JSON of a batch of messages: an array.
+pub fn json_array(msgs: &[RelayMessage]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(msgs.iter().map(|m| m.payload.json().len() + 160).sum::<usize>() + 2);
+    out.push(b'[');
+    for (i, m) in msgs.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        m.write_json(&mut out);
+    }
+    out.push(b']');
+    out
+}
+
+/// Appends `s` as a JSON string.
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|c| c >= 0x20 && c != b'"' && c != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
 }
 
 /// Values a template can refer to.
@@ -177,10 +258,7 @@ impl Template {
                 Segment::StreamTable => out.push_str(vars.stream_table),
                 Segment::OutboxTable => out.push_str(vars.outbox_table),
                 Segment::Op => out.push_str(vars.op.as_str()),
-                Segment::OutboxId => {
-                    use std::fmt::Write;
-                    let _ = write!(out, "{}", vars.outbox_id);
-                }
+                Segment::OutboxId => out.push_str(itoa::Buffer::new().format(vars.outbox_id)),
                 Segment::RefreshId => out.push_str(vars.refresh_id.unwrap_or("")),
             }
         }

@@ -46,7 +46,7 @@ proptest! {
         // PostgreSQL writes `{"a": 1, "b": 2}`; any JSON spelling must decode the same.
         let text = if pretty { serde_json::to_string_pretty(&payload) } else { serde_json::to_string(&payload) }
             .unwrap_or_else(|_| unreachable!());
-        match decode(Some(&text), claim, None) {
+        match decode(Some(&text), claim, None, false) {
             Err(e) => prop_assert!(!e.to_string().is_empty()),
             Ok(Decoded::Rows { inserted, deleted, full_refresh, refresh_id }) => {
                 let subject = Template::parse("pgtrickle.{stream_table}.{op}").unwrap_or_else(|_| unreachable!());
@@ -65,6 +65,10 @@ proptest! {
                 keys.dedup();
                 prop_assert_eq!(keys.len(), out.len(), "dedup keys are unique within an outbox row");
                 for m in &out {
+                    // The hand-written wire JSON is exactly what serde_json makes of the message.
+                    let wire = String::from_utf8(m.to_json()).unwrap_or_default();
+                    prop_assert_eq!(&wire, &serde_json::to_string(m).unwrap_or_default());
+                    prop_assert!(serde_json::from_str::<Value>(&wire).is_ok());
                     prop_assert!(m.dedup_key.starts_with("outbox_s:7:"));
                     if let Value::Object(p) = m.payload.to_value() {
                         prop_assert!(!p.keys().any(|k| k.starts_with("__pgt_")), "internal columns stripped");
@@ -72,6 +76,24 @@ proptest! {
                 }
             }
             Ok(_) => {}
+        }
+    }
+
+    #[test]
+    fn rows_are_split_and_cleaned_like_a_parse_would(rows in prop::collection::vec(json_value(), 0..8), pretty in any::<bool>(), keep in any::<bool>()) {
+        let array = Value::Array(rows.clone());
+        let text = if pretty { serde_json::to_string_pretty(&array) } else { serde_json::to_string(&array) }
+            .unwrap_or_else(|_| unreachable!());
+        let split = crate::message::split_rows(&text, keep).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(split.len(), rows.len());
+        for (payload, row) in split.iter().zip(rows) {
+            let expected = match row {
+                Value::Object(m) if !keep => Value::Object(m.into_iter().filter(|(k, _)| !k.starts_with("__pgt_")).collect()),
+                other => other,
+            };
+            // Compared as parsed from text on both sides (serde_json's float parsing is not exact).
+            let expected: Value = serde_json::from_str(&expected.to_string()).unwrap_or_default();
+            prop_assert_eq!(payload.to_value(), expected);
         }
     }
 

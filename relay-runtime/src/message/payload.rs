@@ -7,53 +7,110 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
-use serde::ser::{SerializeMap, Serializer};
+use serde::ser::Serializer;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-/// pg_trickle's internal columns start with this.
-const INTERNAL_PREFIX: &str = "__pgt_";
+use super::scan::{self, ScanError};
 
-/// Valid JSON text of one row (usually an object).
+/// pg_trickle's internal columns start with this (a key's text, quote included).
+const INTERNAL_KEY: &[u8] = b"\"__pgt_";
+
+/// Valid JSON text of one row (usually an object): a span of a buffer that the rows of one
+/// outbox row share, so a row costs no allocation of its own and a clone is a reference count.
 #[derive(Clone)]
-pub struct Payload(Box<RawValue>);
+pub struct Payload {
+    buf: Arc<String>,
+    start: usize,
+    end: usize,
+}
+
+/// Appends `text[value]` to `out` as a row: an object compactly, without its `__pgt_*` keys
+/// unless `keep_internal`; anything else as it is. Returns the value's end.
+fn write_row(text: &[u8], at: usize, keep_internal: bool, out: &mut Vec<u8>) -> Result<usize, ScanError> {
+    if text.get(at) != Some(&b'{') {
+        let end = scan::value_end(text, at)?;
+        out.extend_from_slice(&text[at..end]);
+        return Ok(end);
+    }
+    out.push(b'{');
+    let mut first = true;
+    let end = scan::object_entries(text, at, |k, v| {
+        if keep_internal || !text[k.clone()].starts_with(INTERNAL_KEY) {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.extend_from_slice(&text[k]);
+            out.push(b':');
+            out.extend_from_slice(&text[v]);
+        }
+    })?;
+    out.push(b'}');
+    Ok(end)
+}
+
+/// The buffer of written rows as a string: only whole JSON texts were copied into it.
+fn into_string(out: Vec<u8>) -> String {
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// The rows of a JSON array written by PostgreSQL (`json`/`jsonb` output), cleaned like
+/// [`Payload::row`], in one pass over the text and one buffer for all of them.
+pub fn split_rows(text: &str, keep_internal: bool) -> Result<Vec<Payload>, ScanError> {
+    let b = text.as_bytes();
+    let at = scan::skip_ws(b, 0);
+    let mut out = Vec::with_capacity(text.len());
+    let mut spans = Vec::new();
+    let end = scan::array_elements(b, at, |i| {
+        let start = out.len();
+        let end = write_row(b, i, keep_internal, &mut out)?;
+        spans.push((start, out.len()));
+        Ok(end)
+    })?;
+    if scan::skip_ws(b, end) != b.len() {
+        return Err(ScanError { at: end, expected: "the end of the text" });
+    }
+    let buf = Arc::new(into_string(out));
+    Ok(spans.into_iter().map(|(start, end)| Payload { buf: buf.clone(), start, end }).collect())
+}
 
 impl Payload {
-    /// One row of an outbox payload. An object row is written compactly without its
-    /// `__pgt_*` keys (unless `keep_internal`); any other JSON is kept as it is.
-    pub fn row(raw: &RawValue, keep_internal: bool) -> Self {
-        let text = raw.get();
-        if !text.trim_start().starts_with('{') {
-            return Payload(raw.to_owned());
-        }
-        // Serializing into a string is how serde_json builds a RawValue without validating
-        // the text a second time; the text came from a parse, so it cannot fail.
-        match serde_json::value::to_raw_value(&CleanObject { text, keep_internal }) {
-            Ok(raw) => Payload(raw),
-            Err(_) => Payload(raw.to_owned()),
-        }
+    fn whole(text: String) -> Self {
+        Payload { end: text.len(), buf: Arc::new(text), start: 0 }
     }
 
-    /// JSON text (validated), cleaned like [`Payload::row`].
+    /// One row written by PostgreSQL: an object row compactly without its `__pgt_*` keys
+    /// (unless `keep_internal`), keys in their order, values as their text; any other JSON as
+    /// it is.
+    pub fn row(text: &str, keep_internal: bool) -> Result<Self, ScanError> {
+        let b = text.as_bytes();
+        let at = scan::skip_ws(b, 0);
+        let mut out = Vec::with_capacity(text.len());
+        let end = write_row(b, at, keep_internal, &mut out)?;
+        if scan::skip_ws(b, end) != b.len() {
+            return Err(ScanError { at: end, expected: "the end of the text" });
+        }
+        Ok(Self::whole(into_string(out)))
+    }
+
+    /// JSON text from anywhere (a broker message): validated, then kept as [`Payload::row`].
     pub fn parse(text: &str, keep_internal: bool) -> Result<Self, serde_json::Error> {
         let raw: &RawValue = serde_json::from_str(text)?;
-        Ok(Self::row(raw, keep_internal))
+        Self::row(raw.get(), keep_internal).map_err(<serde_json::Error as de::Error>::custom)
     }
 
     pub fn from_value(value: &Value) -> Self {
-        match serde_json::value::to_raw_value(value) {
-            Ok(raw) => Payload(raw),
-            // A Value always serializes; keep the type total anyway.
-            Err(_) => Payload(RawValue::NULL.to_owned()),
-        }
+        Self::whole(value.to_string())
     }
 
     /// The JSON text.
     pub fn json(&self) -> &str {
-        self.0.get()
+        &self.buf[self.start..self.end]
     }
 
     pub fn to_value(&self) -> Value {
@@ -68,15 +125,13 @@ impl Payload {
     /// Several top-level fields in one pass over the text, in the order asked.
     pub fn fields<S: AsRef<str>>(&self, names: &[S]) -> Vec<Option<Value>> {
         let mut found = vec![None; names.len()];
-        if self.json().trim_start().starts_with('{') {
+        if self.json().starts_with('{') {
             let mut de = serde_json::Deserializer::from_str(self.json());
             let _ = de.deserialize_map(PickFields { names, found: &mut found });
         }
         found
     }
-}
 
-impl Payload {
     /// [`Payload::fields`] for names that may be absent (`None` in, `None` out).
     pub fn pick<const N: usize>(&self, names: [Option<&str>; N]) -> [Option<Value>; N] {
         let wanted: Vec<&str> = names.iter().flatten().copied().collect();
@@ -85,9 +140,13 @@ impl Payload {
     }
 }
 
+/// Through serde (slow path: the text is checked again); sinks write messages with
+/// [`super::RelayMessage::write_json`], which copies the text.
 impl Serialize for Payload {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(serializer)
+        use serde::ser::Error;
+        let raw: &RawValue = serde_json::from_str(self.json()).map_err(S::Error::custom)?;
+        raw.serialize(serializer)
     }
 }
 
@@ -121,7 +180,6 @@ impl From<Value> for Payload {
         Payload::from_value(&value)
     }
 }
-
 /// Sent as `json`/`jsonb` text as it is (jsonb's binary form is a version byte and the text).
 impl tokio_postgres::types::ToSql for Payload {
     fn to_sql(
@@ -165,45 +223,6 @@ impl<'de> Deserialize<'de> for Key<'de> {
     }
 }
 
-/// An object's text re-serialized entry by entry, values copied as raw text.
-struct CleanObject<'a> {
-    text: &'a str,
-    keep_internal: bool,
-}
-
-impl Serialize for CleanObject<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::Error;
-        let map = serializer.serialize_map(None)?;
-        let mut de = serde_json::Deserializer::from_str(self.text);
-        de.deserialize_map(CopyEntries { map, keep_internal: self.keep_internal }).map_err(S::Error::custom)
-    }
-}
-
-struct CopyEntries<M> {
-    map: M,
-    keep_internal: bool,
-}
-
-impl<'de, M: SerializeMap> Visitor<'de> for CopyEntries<M> {
-    type Value = M::Ok;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(mut self, mut entries: A) -> Result<Self::Value, A::Error> {
-        use serde::de::Error;
-        while let Some(key) = entries.next_key::<Key<'de>>()? {
-            let value: &'de RawValue = entries.next_value()?;
-            if self.keep_internal || !key.0.starts_with(INTERNAL_PREFIX) {
-                self.map.serialize_entry(key.0.as_ref(), value).map_err(A::Error::custom)?;
-            }
-        }
-        self.map.end().map_err(A::Error::custom)
-    }
-}
-
 /// Collects the values of some keys, skipping every other value unparsed.
 struct PickFields<'n, S> {
     names: &'n [S],
@@ -228,11 +247,6 @@ impl<'de, S: AsRef<str>> Visitor<'de> for PickFields<'_, S> {
         }
         Ok(())
     }
-}
-
-/// Splits a JSON array's text into its elements' texts without parsing them into values.
-pub fn split_array(text: &str) -> Result<Vec<&RawValue>, serde_json::Error> {
-    serde_json::from_str(text)
 }
 
 #[cfg(test)]
@@ -278,7 +292,18 @@ mod tests {
         assert_eq!(serde_json::to_string(&Wrap { payload: &p }).unwrap(), format!(r#"{{"payload":{}}}"#, p.json()));
         assert_eq!(p, json!({"id": 7, "name": "x", "tags": ["a"], "none": null}));
         assert_eq!(Payload::from(json!([1])).json(), "[1]");
-        let parts = split_array(r#"[{"a": 1}, 2, "x"]"#).unwrap();
-        assert_eq!(parts.iter().map(|r| r.get()).collect::<Vec<_>>(), vec![r#"{"a": 1}"#, "2", r#""x""#]);
+    }
+
+    #[test]
+    fn rows_of_an_array_share_one_buffer() {
+        let rows = split_rows(r#" [{"a": 1, "__pgt_count": 2}, 2, "x", {}, [ 1 ]] "#, false).unwrap();
+        let texts: Vec<&str> = rows.iter().map(Payload::json).collect();
+        assert_eq!(texts, vec![r#"{"a":1}"#, "2", r#""x""#, "{}", "[ 1 ]"]);
+        assert!(Arc::ptr_eq(&rows[0].buf, &rows[4].buf));
+        assert_eq!(split_rows(r#"[{"__pgt_row_id": 1}]"#, true).unwrap()[0].json(), r#"{"__pgt_row_id":1}"#);
+        assert!(split_rows("[]", false).unwrap().is_empty());
+        assert!(split_rows("[1,", false).is_err());
+        assert!(split_rows("[1] x", false).is_err());
+        assert!(Payload::row("{} {}", false).is_err());
     }
 }

@@ -13,15 +13,16 @@ use std::collections::HashMap;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::message::{dedup_key, split_array, Op, Payload, RelayMessage, Template, TemplateVars};
+use crate::message::{dedup_key, split_rows, Op, Payload, RelayMessage, Template, TemplateVars};
 
-/// What one outbox header row holds. Rows are slices of the payload text, not parsed values.
+/// What one outbox header row holds. Rows are JSON texts (cleaned of `__pgt_*` keys unless
+/// asked to keep them), not parsed values.
 #[derive(Debug, Clone)]
-pub enum Decoded<'a> {
+pub enum Decoded {
     /// Nothing to relay; the offset simply moves past the row.
     Empty,
     /// Rows carried inline.
-    Rows { inserted: Vec<&'a RawValue>, deleted: Vec<&'a RawValue>, full_refresh: bool, refresh_id: Option<String> },
+    Rows { inserted: Vec<Payload>, deleted: Vec<Payload>, full_refresh: bool, refresh_id: Option<String> },
     /// Rows must be read from the claim-check delta table. `full_refresh` is `None` when the
     /// header does not say (pg_trickle 0.45 writes whole snapshots, all `INSERT`).
     ClaimCheck { full_refresh: Option<bool>, refresh_id: Option<String> },
@@ -41,23 +42,24 @@ pub enum DecodeError {
     Invalid(String),
 }
 
-fn invalid(e: serde_json::Error) -> DecodeError {
+fn invalid(e: impl std::fmt::Display) -> DecodeError {
     DecodeError::Invalid(e.to_string())
 }
 
-/// Decodes one header row's payload text (the rows stay slices of it). `row_refresh_id` is
-/// the header's own `refresh_id` column (always NULL in pg_trickle ≤ 0.45, used when the
+/// Decodes one header row's payload text (PostgreSQL's `json`/`jsonb` output). `row_refresh_id`
+/// is the header's own `refresh_id` column (always NULL in pg_trickle ≤ 0.45, used when the
 /// payload does not carry one). On error the caller still holds the payload to dead-letter.
-pub fn decode<'a>(
-    payload: Option<&'a str>,
+pub fn decode(
+    payload: Option<&str>,
     is_claim_check: bool,
     row_refresh_id: Option<&str>,
-) -> Result<Decoded<'a>, DecodeError> {
+    keep_internal: bool,
+) -> Result<Decoded, DecodeError> {
     let fallback_refresh = row_refresh_id.map(str::to_owned);
     let text = payload.map(str::trim_start).unwrap_or("null");
     match text.as_bytes().first() {
         Some(b'[') => {
-            let rows = split_array(text).map_err(invalid)?;
+            let rows = split_rows(text, keep_internal).map_err(invalid)?;
             Ok(if is_claim_check && rows.is_empty() {
                 Decoded::ClaimCheck { full_refresh: Some(true), refresh_id: fallback_refresh }
             } else {
@@ -65,8 +67,8 @@ pub fn decode<'a>(
             })
         }
         Some(b'{') => {
-            let obj: HashMap<Key<'a>, &'a RawValue> = serde_json::from_str(text).map_err(invalid)?;
-            decode_object(text, &obj, is_claim_check, fallback_refresh)
+            let obj: HashMap<Key<'_>, &RawValue> = serde_json::from_str(text).map_err(invalid)?;
+            decode_object(text, &obj, is_claim_check, fallback_refresh, keep_internal)
         }
         Some(b'n') if text.trim_end() == "null" => Ok(if is_claim_check {
             Decoded::ClaimCheck { full_refresh: None, refresh_id: fallback_refresh }
@@ -103,12 +105,13 @@ fn kind(obj: &HashMap<Key<'_>, &RawValue>, key: &str) -> Option<u8> {
     obj.get(&Key(key.into())).and_then(|raw| raw.get().as_bytes().first().copied())
 }
 
-fn decode_object<'a>(
-    text: &'a str,
-    obj: &HashMap<Key<'a>, &'a RawValue>,
+fn decode_object(
+    text: &str,
+    obj: &HashMap<Key<'_>, &RawValue>,
     is_claim_check: bool,
     fallback_refresh: Option<String>,
-) -> Result<Decoded<'a>, DecodeError> {
+    keep_internal: bool,
+) -> Result<Decoded, DecodeError> {
     match small(obj, "v") {
         // The docs' examples read `payload -> 'inserted'` without a version: accept that too.
         None if !obj.contains_key(&Key("v".into())) => {}
@@ -131,11 +134,11 @@ fn decode_object<'a>(
     if kind(obj, "inserted").is_none() && kind(obj, "deleted").is_none() {
         return Err(DecodeError::UnexpectedShape("an object without 'inserted'/'deleted'"));
     }
-    let rows_of = |key: &'static str| -> Result<Vec<&'a RawValue>, DecodeError> {
+    let rows_of = |key: &'static str| -> Result<Vec<Payload>, DecodeError> {
         match obj.get(&Key(key.into())) {
             None => Ok(Vec::new()),
             Some(raw) if raw.get() == "null" => Ok(Vec::new()),
-            Some(raw) if raw.get().starts_with('[') => split_array(raw.get()).map_err(invalid),
+            Some(raw) if raw.get().starts_with('[') => split_rows(raw.get(), keep_internal).map_err(invalid),
             Some(_) => Err(DecodeError::BadArray(key)),
         }
     };
@@ -161,8 +164,8 @@ pub struct MessageContext<'a> {
 #[derive(Debug, Clone)]
 pub struct Delta<'a> {
     pub outbox_id: i64,
-    pub inserted: Vec<&'a RawValue>,
-    pub deleted: Vec<&'a RawValue>,
+    pub inserted: Vec<Payload>,
+    pub deleted: Vec<Payload>,
     pub full_refresh: bool,
     pub refresh_id: Option<&'a str>,
     /// Row index of the first inserted row (non-zero for later claim-check pages).
@@ -177,8 +180,7 @@ pub struct Delta<'a> {
 pub fn build_messages(ctx: &MessageContext<'_>, delta: Delta<'_>, out: &mut Vec<RelayMessage>) {
     let Delta { outbox_id, inserted, deleted, full_refresh, refresh_id, first_index, first_deleted_index } = delta;
     let deleted_base = first_deleted_index.unwrap_or(first_index + inserted.len());
-    let keep = ctx.keep_internal_columns;
-    let mut deleted: Vec<Option<Payload>> = deleted.into_iter().map(|r| Some(Payload::row(r, keep))).collect();
+    let mut deleted: Vec<Option<Payload>> = deleted.into_iter().map(Some).collect();
 
     // Index the deleted rows by key so pairing is linear, not quadratic.
     let mut by_key: std::collections::HashMap<String, Vec<usize>> = std::collections::HashMap::new();
@@ -197,7 +199,6 @@ pub fn build_messages(ctx: &MessageContext<'_>, delta: Delta<'_>, out: &mut Vec<
         refresh_id,
     };
     for (i, row) in inserted.into_iter().enumerate() {
-        let row = Payload::row(row, keep);
         let before = row_key(&row, ctx.key_columns)
             .and_then(|k| by_key.get_mut(&k).and_then(|v| if v.is_empty() { None } else { Some(v.remove(0)) }))
             .and_then(|di| deleted[di].take());

@@ -323,8 +323,11 @@ impl ForwardRunner<'_> {
             // Read the next batch while this one is published, so PostgreSQL and the relay work
             // at the same time. The rows are only used if this batch goes through as planned.
             let (client, sql, limit) = (self.client, self.reader.fetch_statement(), self.spec.batch_size);
+            // The fetch goes first so its query is on the wire before this batch's CPU work
+            // starts (join! polls in order); the runner yields between outbox rows so the
+            // connection task can take in the rows meanwhile.
             let next = async move { fetch_rows(client, &sql, new_pos, safe, limit).await };
-            let (relayed, next) = tokio::join!(self.relay_rows(rows), next);
+            let (next, relayed) = tokio::join!(next, self.relay_rows(rows));
             relayed?;
             if let Ok(rows) = next {
                 self.prefetched = Some(Prefetched { after: new_pos, upto: safe, rows });
@@ -395,7 +398,8 @@ impl ForwardRunner<'_> {
     async fn relay_rows(&mut self, rows: Vec<HeaderRow>) -> Result<(), Stop> {
         let mut msgs: Vec<RelayMessage> = Vec::new();
         for row in rows {
-            match decode(row.payload.as_deref(), row.is_claim_check, row.refresh_id.as_deref()) {
+            let keep = self.spec.keep_internal_columns;
+            match decode(row.payload.as_deref(), row.is_claim_check, row.refresh_id.as_deref(), keep) {
                 Ok(Decoded::Empty) => {}
                 Ok(Decoded::Rows { deleted, full_refresh: true, refresh_id, .. })
                     if self.diff.is_some() && deleted.is_empty() =>
@@ -435,6 +439,8 @@ impl ForwardRunner<'_> {
                 self.publish(&msgs).await?;
                 msgs.clear();
             }
+            // Let the connection task read the next batch's rows (see `step`).
+            tokio::task::yield_now().await;
         }
         self.publish(&msgs).await
     }

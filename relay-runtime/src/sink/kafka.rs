@@ -267,10 +267,7 @@ impl KafkaSink {
     async fn produce(&self, call: u64, batch: &[RelayMessage], body: &mut Vec<u8>) -> Result<(), SinkError> {
         for m in batch {
             body.clear();
-            serde_json::to_writer(&mut *body, m).map_err(|e| SinkError::Permanent {
-                backend: BACKEND,
-                message: format!("cannot encode message: {e}"),
-            })?;
+            m.write_json(body);
             let key = self.key_of(m);
             let topic: Cow<'_, str> = match &self.fixed_topic {
                 Some(t) => Cow::Borrowed(t),

@@ -189,11 +189,7 @@ impl Sink for NatsSink {
             let call = self.window.begin();
             let mut done = Published::default();
             for m in batch {
-                let mut body = Vec::with_capacity(384);
-                serde_json::to_writer(&mut body, m).map_err(|e| SinkError::Permanent {
-                    backend: BACKEND,
-                    message: format!("cannot encode message: {e}"),
-                })?;
+                let body = m.to_json();
                 let ack = self
                     .js
                     .publish_with_headers(m.subject.clone(), Self::headers(m), body.into())

@@ -172,10 +172,7 @@ impl Sink for RabbitSink {
             let mut done = Published::default();
             let options = BasicPublishOptions { mandatory: self.mandatory, ..Default::default() };
             for m in batch {
-                let body = serde_json::to_vec(m).map_err(|e| SinkError::Permanent {
-                    backend: BACKEND,
-                    message: format!("cannot encode message: {e}"),
-                })?;
+                let body = m.to_json();
                 let key = self.routing_key(m);
                 let confirm = channel
                     .basic_publish(

@@ -134,8 +134,7 @@ fn attribute(value: &str) -> Result<MessageAttributeValue, SinkError> {
 
 impl SqsSink {
     fn entry(&self, index: usize, m: &RelayMessage) -> Result<SendMessageBatchRequestEntry, SinkError> {
-        let body = serde_json::to_string(m)
-            .map_err(|e| SinkError::Permanent { backend: BACKEND, message: format!("cannot encode message: {e}") })?;
+        let body = m.to_json_string();
         let outbox_id = m.outbox_id.unwrap_or(0).to_string();
         let attrs = [
             ("pgtrickle-op", m.op.as_str()),

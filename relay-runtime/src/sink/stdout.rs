@@ -99,7 +99,10 @@ impl StdoutSink {
         self.buf.clear();
         for m in batch {
             let r = match self.format {
-                Format::JsonLines => serde_json::to_writer(&mut self.buf, m),
+                Format::JsonLines => {
+                    m.write_json(&mut self.buf);
+                    Ok(())
+                }
                 // Through a value, so the row text is indented like the rest.
                 Format::Pretty => serde_json::to_value(m).and_then(|v| serde_json::to_writer_pretty(&mut self.buf, &v)),
             };

@@ -118,16 +118,13 @@ struct Request {
 
 impl WebhookSink {
     fn requests(&self, batch: &[RelayMessage]) -> Result<Vec<Request>, SinkError> {
-        let encode = |r: serde_json::Result<Vec<u8>>| {
-            r.map_err(|e| SinkError::Permanent { backend: BACKEND, message: format!("cannot encode message: {e}") })
-        };
         if self.batch_mode {
             batch
                 .chunks(self.max_batch)
                 .map(|chunk| {
                     let (first, last) = (&chunk[0].dedup_key, &chunk[chunk.len() - 1].dedup_key);
                     Ok(Request {
-                        body: encode(serde_json::to_vec(chunk))?,
+                        body: crate::message::json_array(chunk),
                         idempotency_key: if chunk.len() == 1 { first.clone() } else { format!("{first}..{last}") },
                         op: None,
                         full_refresh: false,
@@ -139,7 +136,7 @@ impl WebhookSink {
                 .iter()
                 .map(|m| {
                     Ok(Request {
-                        body: encode(serde_json::to_vec(m))?,
+                        body: m.to_json(),
                         idempotency_key: m.dedup_key.clone(),
                         op: Some(m.op.as_str()),
                         full_refresh: m.is_full_refresh,

@@ -2,8 +2,8 @@ use serde_json::json;
 
 use super::*;
 
-fn raw(text: &str) -> &RawValue {
-    serde_json::from_str(text).unwrap()
+fn raw(text: &str) -> Payload {
+    Payload::row(text, false).unwrap()
 }
 
 fn ctx<'a>(subject: &'a Template, keys: &'a [String]) -> MessageContext<'a> {
@@ -42,10 +42,10 @@ fn messages(decoded: Decoded, keys: &[String]) -> Vec<RelayMessage> {
 
 #[test]
 fn null_payload_is_empty_or_claim_check() {
-    assert!(matches!(decode(None, false, None).unwrap(), Decoded::Empty));
-    assert!(matches!(decode(Some("null"), false, None).unwrap(), Decoded::Empty));
+    assert!(matches!(decode(None, false, None, false).unwrap(), Decoded::Empty));
+    assert!(matches!(decode(Some("null"), false, None, false).unwrap(), Decoded::Empty));
     assert!(matches!(
-        decode(None, true, Some("r1")).unwrap(),
+        decode(None, true, Some("r1"), false).unwrap(),
         Decoded::ClaimCheck { full_refresh: None, refresh_id: Some(r) } if r == "r1"
     ));
 }
@@ -56,7 +56,7 @@ fn pg_trickle_045_snapshot_array_becomes_full_refresh_inserts_without_internal_c
         {"total": 175.0, "__pgt_count": 1, "customer_id": 10, "order_count": 1, "__pgt_row_id": 3007003519974542822_i64},
         {"id": 4, "amount": 220.0, "status": "new", "customer_id": 30, "__pgt_row_id": 4424324931843186853_i64}
     ]);
-    let msgs = messages(decode(Some(&payload.to_string()), false, None).unwrap(), &[]);
+    let msgs = messages(decode(Some(&payload.to_string()), false, None, false).unwrap(), &[]);
     assert_eq!(msgs.len(), 2);
     assert!(msgs.iter().all(|m| m.op == Op::Insert && m.is_full_refresh));
     assert_eq!(msgs[0].payload, json!({"total": 175.0, "customer_id": 10, "order_count": 1}));
@@ -73,7 +73,7 @@ fn internal_columns_kept_on_request() {
     let mut out = Vec::new();
     let delta = Delta {
         outbox_id: 1,
-        inserted: vec![raw(r#"{"a": 1, "__pgt_row_id": 5}"#)],
+        inserted: vec![Payload::row(r#"{"a": 1, "__pgt_row_id": 5}"#, true).unwrap()],
         deleted: vec![],
         full_refresh: true,
         refresh_id: None,
@@ -87,7 +87,7 @@ fn internal_columns_kept_on_request() {
 #[test]
 fn v1_envelope_inserts_first_then_deletes_with_continuous_index() {
     let payload = json!({"v": 1, "inserted": [{"id": 1}, {"id": 2}], "deleted": [{"id": 3}], "pgt_id": "0b5f6c2e-1111-4c4c-8888-000000000001"});
-    let msgs = messages(decode(Some(&payload.to_string()), false, None).unwrap(), &[]);
+    let msgs = messages(decode(Some(&payload.to_string()), false, None, false).unwrap(), &[]);
     let summary: Vec<(&str, Op, bool)> = msgs.iter().map(|m| (m.dedup_key.as_str(), m.op, m.is_full_refresh)).collect();
     assert_eq!(
         summary,
@@ -104,7 +104,7 @@ fn v1_envelope_inserts_first_then_deletes_with_continuous_index() {
 #[test]
 fn v1_full_refresh_flag_marks_inserts_only() {
     let payload = json!({"v": 1, "full_refresh": true, "inserted": [{"id": 1}], "deleted": [{"id": 2}]});
-    let msgs = messages(decode(Some(&payload.to_string()), false, None).unwrap(), &[]);
+    let msgs = messages(decode(Some(&payload.to_string()), false, None, false).unwrap(), &[]);
     assert!(msgs[0].is_full_refresh);
     assert!(!msgs[1].is_full_refresh);
 }
@@ -115,7 +115,7 @@ fn key_columns_turn_delete_insert_pairs_into_updates() {
         "inserted": [{"id": 2, "total": 50.0}, {"id": 9, "total": 1}],
         "deleted": [{"id": 1, "total": 175.0}, {"id": 2.0, "total": 42.5}]});
     let keys = vec!["id".to_owned()];
-    let msgs = messages(decode(Some(&payload.to_string()), false, None).unwrap(), &keys);
+    let msgs = messages(decode(Some(&payload.to_string()), false, None, false).unwrap(), &keys);
     let ops: Vec<(Op, &str)> = msgs.iter().map(|m| (m.op, m.dedup_key.as_str())).collect();
     assert_eq!(
         ops,
@@ -125,7 +125,7 @@ fn key_columns_turn_delete_insert_pairs_into_updates() {
     assert_eq!(msgs[0].subject, "pgtrickle.orders.update");
     assert_eq!(msgs[2].payload, json!({"id": 1, "total": 175.0}));
     // Without key columns the same delta stays insert/delete.
-    let plain = messages(decode(Some(&payload.to_string()), false, None).unwrap(), &[]);
+    let plain = messages(decode(Some(&payload.to_string()), false, None, false).unwrap(), &[]);
     assert_eq!(plain.iter().filter(|m| m.op == Op::Update).count(), 0);
     assert_eq!(plain.len(), 4);
 }
@@ -136,14 +136,14 @@ fn large_integer_keys_do_not_collide() {
         "inserted": [{"k": 3007003519974542822_i64, "v": "new"}],
         "deleted": [{"k": 3007003519974542823_i64, "v": "old"}]});
     let keys = vec!["k".to_owned()];
-    let msgs = messages(decode(Some(&payload.to_string()), false, None).unwrap(), &keys);
+    let msgs = messages(decode(Some(&payload.to_string()), false, None, false).unwrap(), &keys);
     assert_eq!(msgs.iter().filter(|m| m.op == Op::Update).count(), 0);
 }
 
 #[test]
 fn v046_summary_is_one_summary_message() {
     let payload = json!({"v": 1, "refresh_id": "r-9", "inserted": 3, "deleted": 1, "source": "public.orders"});
-    let msgs = messages(decode(Some(&payload.to_string()), false, None).unwrap(), &[]);
+    let msgs = messages(decode(Some(&payload.to_string()), false, None, false).unwrap(), &[]);
     assert_eq!(msgs.len(), 1);
     assert_eq!(msgs[0].op, Op::Summary);
     assert_eq!(msgs[0].payload, payload);
@@ -155,14 +155,14 @@ fn v046_summary_is_one_summary_message() {
 fn claim_check_header_envelope() {
     let payload = json!({"v": 1, "claim_check": true, "inserted_count": 5, "deleted_count": 0, "full_refresh": true});
     assert!(matches!(
-        decode(Some(&payload.to_string()), true, None).unwrap(),
+        decode(Some(&payload.to_string()), true, None, false).unwrap(),
         Decoded::ClaimCheck { full_refresh: Some(true), refresh_id: None }
     ));
 }
 
 #[test]
 fn bad_payloads_are_errors_not_panics() {
-    let err = |p: Value| decode(Some(&p.to_string()), false, None).unwrap_err();
+    let err = |p: Value| decode(Some(&p.to_string()), false, None, false).unwrap_err();
     assert_eq!(err(json!({"v": 99})), DecodeError::UnsupportedVersion("99".into()));
     assert_eq!(err(json!({"v": null})), DecodeError::UnsupportedVersion("null".into()));
     assert!(matches!(err(json!("text")), DecodeError::UnexpectedShape("a string")));
@@ -171,16 +171,15 @@ fn bad_payloads_are_errors_not_panics() {
     assert!(matches!(err(json!({"other": 1})), DecodeError::UnexpectedShape(_)));
     assert_eq!(err(json!({"v": 1, "inserted": "x", "deleted": [{"a": 1}]})), DecodeError::BadArray("inserted"));
     // Text that is not JSON at all (a `json` column can hold only valid JSON, but say so).
-    assert!(matches!(decode(Some("[1, "), false, None).unwrap_err(), DecodeError::Invalid(_)));
-    assert!(matches!(decode(Some(""), false, None).unwrap_err(), DecodeError::Invalid(_)));
+    assert!(matches!(decode(Some("[1, "), false, None, false).unwrap_err(), DecodeError::Invalid(_)));
+    assert!(matches!(decode(Some(""), false, None, false).unwrap_err(), DecodeError::Invalid(_)));
 }
 
 #[test]
 fn empty_arrays_produce_no_messages() {
-    assert!(messages(decode(Some("[]"), false, None).unwrap(), &[]).is_empty());
-    assert!(
-        messages(decode(Some(r#"{"v": 1, "inserted": [], "deleted": null}"#), false, None).unwrap(), &[]).is_empty()
-    );
+    assert!(messages(decode(Some("[]"), false, None, false).unwrap(), &[]).is_empty());
+    assert!(messages(decode(Some(r#"{"v": 1, "inserted": [], "deleted": null}"#), false, None, false).unwrap(), &[])
+        .is_empty());
 }
 
 #[test]

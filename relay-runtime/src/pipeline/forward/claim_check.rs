@@ -2,9 +2,8 @@
 //! 0.45 writes the whole stream table there), so they are streamed page by page through a
 //! cursor inside one read-only transaction, each page published before the next is read.
 
-use serde_json::value::RawValue;
-
 use super::{ForwardRunner, Stop};
+use crate::message::Payload;
 use crate::outbox::decode::{build_messages, Delta};
 use crate::outbox::reader::HeaderRow;
 use crate::outbox::JsonText;
@@ -56,8 +55,8 @@ impl ForwardRunner<'_> {
             for r in &rows {
                 let is_delete: bool = r.try_get(0)?;
                 let data: JsonText<'_> = r.try_get(1)?;
-                let data: &RawValue = serde_json::from_str(data.0)
-                    .map_err(|e| Stop::Db(format!("claim-check row of outbox row {outbox_id} is not JSON: {e}")))?;
+                let data = Payload::row(data.0, self.spec.keep_internal_columns)
+                    .map_err(|e| Stop::Db(format!("claim-check row of outbox row {outbox_id}: {e}")))?;
                 if is_delete {
                     deleted.push(data);
                 } else {

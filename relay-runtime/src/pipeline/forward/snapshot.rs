@@ -107,9 +107,9 @@ impl ForwardRunner<'_> {
             let row_of = |r: &tokio_postgres::Row, i: usize| -> Result<Option<Payload>, Stop> {
                 match r.try_get::<_, Option<JsonText<'_>>>(i)? {
                     None => Ok(None),
-                    Some(t) => Payload::parse(t.0, keep)
+                    Some(t) => Payload::row(t.0, keep)
                         .map(Some)
-                        .map_err(|e| Stop::Db(format!("diff row of outbox row {outbox_id} is not JSON: {e}"))),
+                        .map_err(|e| Stop::Db(format!("diff row of outbox row {outbox_id}: {e}"))),
                 }
             };
             let mut msgs = Vec::with_capacity(n);
