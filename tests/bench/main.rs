@@ -142,7 +142,7 @@ async fn bench_nats(rows: i64, repeats: usize) {
         let (stream, pipeline) = (format!("bench{r}"), format!("bench{r}"));
         nats.create_stream(&stream, &[&format!("{stream}.>")]).await;
         let config = json!({"stream_table": "bench", "sink_type": "nats", "nats_url": nats.url(),
-                            "subject_template": format!("{stream}.{{op}}")});
+                            "subject_template": format!("{stream}.{{op}}"), "delta_mode": "snapshot"});
         c.execute("SELECT pgtrickle.set_relay_outbox($1, config => $2::jsonb)", &[&pipeline, &config]).await.unwrap();
         let t0 = Instant::now();
         let mut relay = Relay::start(&db.url, "bench", &["--log-level", "warn"]);
@@ -212,7 +212,8 @@ async fn bench_nats_latency(nats: &NatsServer, msgs_per_sec: f64) {
     let (db, c, outbox) = db_with_outbox("lat").await;
     c.execute(
         "SELECT pgtrickle.set_relay_outbox('lat', config => $1::jsonb)",
-        &[&json!({"stream_table": "lat", "sink_type": "nats", "nats_url": nats.url(), "subject_template": "lat.{op}"})],
+        &[&json!({"stream_table": "lat", "sink_type": "nats", "nats_url": nats.url(), "subject_template": "lat.{op}",
+                  "delta_mode": "snapshot"})],
     )
     .await
     .unwrap();
@@ -280,7 +281,8 @@ async fn bench_nats_latency(nats: &NatsServer, msgs_per_sec: f64) {
 
 async fn bench_inbox(rows: i64) {
     let db = TestDb::new().await;
-    let sink = json!({"sink_type": "pg-inbox", "inbox_table": "bench_inbox", "create_inbox": true});
+    let sink =
+        json!({"sink_type": "pg-inbox", "inbox_table": "bench_inbox", "create_inbox": true, "delta_mode": "snapshot"});
     let (took, mut relay) = relay_run(&db, sink, rows).await;
     relay.terminate();
     let c = db.client().await;
@@ -555,7 +557,7 @@ async fn counting_server() -> (std::net::SocketAddr, Arc<AtomicU64>, Arc<Mutex<O
 async fn bench_webhook(rows: i64) {
     let (addr, count, first) = counting_server().await;
     let db = TestDb::new().await;
-    let sink = json!({"sink_type": "webhook", "webhook_url": format!("http://{addr}/hook")});
+    let sink = json!({"sink_type": "webhook", "webhook_url": format!("http://{addr}/hook"), "delta_mode": "snapshot"});
     let (took, mut relay) = relay_run(&db, sink, rows).await;
     relay.terminate();
     assert_eq!(count.load(Ordering::SeqCst), rows as u64);
