@@ -1,5 +1,6 @@
 //! The Kafka sink on a real Kafka-protocol broker (tansu): keys, partitions, headers, templated
-//! topics, and a missing topic reported without losing anything.
+//! topics, a missing topic reported without losing anything, and a hung broker (failed
+//! delivery reports) survived without losing anything.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -92,4 +93,42 @@ async fn a_missing_topic_is_reported_and_nothing_is_lost() {
         kafka.records("items-topic").await.iter().map(|r| r.value["payload"]["id"].as_i64().unwrap()).collect();
     ids.sort_unstable();
     assert_eq!(ids, vec![1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_broker_fails_deliveries_without_losing_or_committing_them() {
+    let kafka = KafkaBroker::start();
+    kafka.create_topic("hung", 1).await;
+    let (db, c, outbox) = db_with_outbox("items").await;
+    let config = json!({"stream_table": "items", "sink_type": "kafka", "kafka_brokers": kafka.brokers(),
+                        "kafka_topic": "hung", "delta_mode": "snapshot", "delivery_timeout_ms": 2000,
+                        "rdkafka": {"request.timeout.ms": "1500", "socket.timeout.ms": "2000"}});
+    c.execute("SELECT pgtrickle.set_relay_outbox('items-kafka', config => $1::jsonb)", &[&config]).await.unwrap();
+    let first = write_inline(&c, &outbox, Some(json!([{"id": 1}, {"id": 2}]))).await;
+    let relay = Relay::start(&db.url, "default", &[]);
+    eventually(Duration::from_secs(15), "the first row relayed", || async {
+        (committed_offset(&c, "default", "items-kafka").await == Some(first)).then_some(())
+    })
+    .await;
+
+    // The broker hangs: the next row's delivery reports fail; nothing past the first row commits.
+    kafka.pause();
+    let second = write_inline(&c, &outbox, Some(json!([{"id": 3}, {"id": 4}, {"id": 5}]))).await;
+    let error = eventually(Duration::from_secs(30), "the failed deliveries are reported", || async {
+        let h = relay.health();
+        let p = h["pipelines"].as_array()?.iter().find(|p| p["name"] == "items-kafka")?.clone();
+        p["last_error"].as_str().filter(|e| e.contains("hung")).map(str::to_owned)
+    })
+    .await;
+    assert_eq!(committed_offset(&c, "default", "items-kafka").await, Some(first), "{error}");
+
+    // Back: everything is relayed (at least once — Kafka keeps what a retried batch repeats).
+    kafka.resume();
+    eventually(Duration::from_secs(60), "relayed after the broker came back", || async {
+        (committed_offset(&c, "default", "items-kafka").await == Some(second)).then_some(())
+    })
+    .await;
+    let ids: BTreeSet<i64> =
+        kafka.records("hung").await.iter().map(|r| r.value["payload"]["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, (1..=5).collect::<BTreeSet<i64>>(), "every row delivered");
 }

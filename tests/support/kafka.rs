@@ -64,6 +64,21 @@ impl KafkaBroker {
         Self { child, port }
     }
 
+    /// Freezes the broker (SIGSTOP): connections stay open, nothing is answered — a hung broker.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused broker run again (SIGCONT), with its data.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap().success();
+        assert!(ok, "kill {sig} tansu failed");
+    }
+
     pub fn brokers(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
@@ -159,6 +174,7 @@ fn read_topic(mut config: ClientConfig, topic: &str, mut count: Option<&mut usiz
 
 impl Drop for KafkaBroker {
     fn drop(&mut self) {
+        self.signal("-CONT");
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -377,7 +377,21 @@ impl ForwardRunner<'_> {
         let done = self.sink.flush().await.map_err(Stop::Rewind)?;
         self.confirmed(done);
         self.confirmed_calls = self.publish_calls;
+        if done.confirmed > 0 {
+            self.recovered().await;
+        }
         Ok(())
+    }
+
+    /// The sink confirmed messages: a degraded pipeline is running again, backoff restarts.
+    async fn recovered(&mut self) {
+        self.delay = Duration::from_millis(100);
+        if self.st.state != PipelineState::Running {
+            tracing::info!(pipeline = %self.spec.name, "sink recovered");
+            self.st.state = PipelineState::Running;
+            self.st.last_error = None;
+            self.flush_status().await;
+        }
     }
 
     /// Ends a read-only cursor transaction: `CLOSE` and `COMMIT` after success, `ROLLBACK`
@@ -479,13 +493,11 @@ impl ForwardRunner<'_> {
                 // A pipelined sink confirmed the earlier calls; any other, this one too.
                 self.confirmed_calls = if self.sink.pipelined() { call } else { call + 1 };
                 self.confirmed(done);
-                if self.st.state != PipelineState::Running {
-                    tracing::info!(pipeline = %self.spec.name, "sink recovered");
-                    self.st.state = PipelineState::Running;
-                    self.st.last_error = None;
-                    self.flush_status().await;
+                // A pipelined sink's `Ok` says only that this call was sent: the pipeline counts
+                // as recovered (and the backoff restarts) once something was confirmed.
+                if done.confirmed > 0 || !self.sink.pipelined() {
+                    self.recovered().await;
                 }
-                self.delay = Duration::from_millis(100);
                 Ok(())
             }
             Err(e) => Err(Stop::Rewind(e)),

@@ -43,6 +43,8 @@ enum PartitionKey {
 
 pub struct KafkaSink {
     producer: Arc<ThreadedProducer<Reports>>,
+    /// The producer's settings, to replace a producer that hit a fatal error.
+    config: ClientConfig,
     deliveries: Arc<Deliveries>,
     topic: Template,
     /// The topic when the template has no variables (rendered once, shared by every record).
@@ -142,6 +144,7 @@ pub async fn build(
     let timeout = o.millis("connect_timeout_ms", 10_000)?;
     let sink = KafkaSink {
         producer: Arc::new(producer),
+        config: config.clone(),
         deliveries,
         fixed_topic: topic.is_static().then(|| Arc::from(topic.source())),
         topic,
@@ -295,6 +298,9 @@ impl KafkaSink {
                     }
                     Err((e, _)) => {
                         self.deliveries.not_sent(call);
+                        if deliveries::needs_new_producer(&e) {
+                            self.deliveries.mark_stale_producer();
+                        }
                         return Err(classify(&e, &topic));
                     }
                 }
@@ -334,6 +340,25 @@ impl Sink for KafkaSink {
 
     fn reset(&mut self) {
         self.deliveries.reset();
+        // An idempotent producer that hit a fatal error, or whose id the broker fenced (after a
+        // hung broker timed out requests in flight, say), refuses every record from then on:
+        // replace it, so the batch is sent again by a fresh one (with a new producer id).
+        let fatal = self.producer.client().fatal_error().map(|(code, reason)| format!("{code}: {reason}"));
+        let stale = self.deliveries.take_stale_producer();
+        if fatal.is_some() || stale {
+            let why = fatal.unwrap_or_else(|| "the broker no longer accepts its producer id".to_owned());
+            match self.config.create_with_context(Reports(self.deliveries.clone())) {
+                Ok(fresh) => {
+                    tracing::warn!(reason = %scrub(why, &self.config), "Kafka producer replaced");
+                    let old = std::mem::replace(&mut self.producer, Arc::new(fresh));
+                    // Destroying a producer waits for its threads: not on the runtime's thread.
+                    tokio::task::spawn_blocking(move || drop(old));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %scrub(e.to_string(), &self.config), "cannot replace the Kafka producer")
+                }
+            }
+        }
     }
 
     fn health(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {

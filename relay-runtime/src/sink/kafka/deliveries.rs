@@ -46,11 +46,19 @@ pub struct Deliveries {
     state: Mutex<State>,
     wake: Notify,
     limit: u64,
+    /// A report said the producer's identity is no longer accepted (fenced, unknown id, out of
+    /// sequence): only a new producer can send again.
+    stale_producer: std::sync::atomic::AtomicBool,
 }
 
 impl Deliveries {
     pub fn new(limit: usize) -> Self {
-        Self { state: Mutex::default(), wake: Notify::new(), limit: limit.max(1) as u64 }
+        Self {
+            state: Mutex::default(),
+            wake: Notify::new(),
+            limit: limit.max(1) as u64,
+            stale_producer: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -171,6 +179,15 @@ impl Deliveries {
         Ok(done)
     }
 
+    pub fn mark_stale_producer(&self) {
+        self.stale_producer.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether a report asked for a new producer since the last call (clears the flag).
+    pub fn take_stale_producer(&self) -> bool {
+        self.stale_producer.swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
+
     /// Forgets every unsettled call (the runner sends those records again); their late reports
     /// are ignored.
     pub fn reset(&self) {
@@ -179,6 +196,23 @@ impl Deliveries {
         st.outstanding = 0;
         st.wake_below = None;
     }
+}
+
+/// Errors after which the broker no longer accepts this producer's id, epoch or sequence
+/// (typically after a hung broker timed out requests in flight).
+pub fn needs_new_producer(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::error::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::ProducerFenced
+                | C::InvalidProducerEpoch
+                | C::UnknownProducerId
+                | C::OutOfOrderSequenceNumber
+                | C::InvalidProducerIdMapping
+                | C::Fatal
+        )
+    )
 }
 
 /// The producer's context: routes each delivery report to its call.
@@ -192,7 +226,12 @@ impl ProducerContext for Reports {
     fn delivery(&self, result: &DeliveryResult<'_>, call: usize) {
         let error = match result {
             Ok(_) => None,
-            Err((e, m)) => Some(classify(e, m.topic())),
+            Err((e, m)) => {
+                if needs_new_producer(e) {
+                    self.0.mark_stale_producer();
+                }
+                Some(classify(e, m.topic()))
+            }
         };
         self.0.report(call as u64, error);
     }
