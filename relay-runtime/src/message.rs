@@ -1,7 +1,7 @@
 //! The relay message (the wire JSON of contract §4.8), dedup keys and subject templates.
 
 mod payload;
-mod scan;
+pub(crate) mod scan;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -106,16 +106,10 @@ impl RelayMessage {
         }
     }
 
-    /// A payload field as text, for partition keys and aggregate ids (see [`field_text`]).
+    /// A payload field as text, for partition keys and aggregate ids (see [`value_text`]).
     pub fn field_text(&self, field: &str) -> Option<String> {
         value_text(self.payload.field(field)?)
     }
-}
-
-/// A JSON object's field as text (strings as they are, other values as JSON); `None` when the
-/// field is missing or null.
-pub fn field_text(payload: &Value, field: &str) -> Option<String> {
-    value_text(payload.get(field)?.clone())
 }
 
 /// A JSON value as text (strings as they are); `None` for null.

@@ -72,9 +72,7 @@ pub fn split_rows(text: &str, keep_internal: bool) -> Result<Vec<Payload>, ScanE
         spans.push((start, out.len()));
         Ok(end)
     })?;
-    if scan::skip_ws(b, end) != b.len() {
-        return Err(ScanError { at: end, expected: "the end of the text" });
-    }
+    scan::nothing_after(b, end)?;
     let buf = Arc::new(into_string(out));
     Ok(spans.into_iter().map(|(start, end)| Payload { buf: buf.clone(), start, end }).collect())
 }
@@ -91,10 +89,7 @@ impl Payload {
         let b = text.as_bytes();
         let at = scan::skip_ws(b, 0);
         let mut out = Vec::with_capacity(text.len());
-        let end = write_row(b, at, keep_internal, &mut out)?;
-        if scan::skip_ws(b, end) != b.len() {
-            return Err(ScanError { at: end, expected: "the end of the text" });
-        }
+        scan::nothing_after(b, write_row(b, at, keep_internal, &mut out)?)?;
         Ok(Self::whole(into_string(out)))
     }
 

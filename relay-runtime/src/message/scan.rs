@@ -31,6 +31,15 @@ pub fn skip_ws(b: &[u8], mut i: usize) -> usize {
     i
 }
 
+/// `Ok` when only whitespace follows the value that ended at `end`.
+pub fn nothing_after(b: &[u8], end: usize) -> Scan<()> {
+    if skip_ws(b, end) == b.len() {
+        Ok(())
+    } else {
+        err(end, "the end of the text")
+    }
+}
+
 /// The end (exclusive) of the string whose opening quote is at `i`.
 fn string_end(b: &[u8], i: usize) -> Scan<usize> {
     let mut j = i + 1;

@@ -10,10 +10,9 @@
 
 use std::collections::HashMap;
 
-use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::message::{dedup_key, split_rows, Op, Payload, RelayMessage, Template, TemplateVars};
+use crate::message::{dedup_key, scan, split_rows, Op, Payload, RelayMessage, Template, TemplateVars};
 
 /// What one outbox header row holds. Rows are JSON texts (cleaned of `__pgt_*` keys unless
 /// asked to keep them), not parsed values.
@@ -67,7 +66,14 @@ pub fn decode(
             })
         }
         Some(b'{') => {
-            let obj: HashMap<Key<'_>, &RawValue> = serde_json::from_str(text).map_err(invalid)?;
+            // One pass over the envelope's entries; the row arrays are split afterwards.
+            let mut obj = Envelope::new();
+            let b = text.as_bytes();
+            let end = scan::object_entries(b, 0, |k, v| {
+                obj.insert(&text[k.start + 1..k.end - 1], &text[v]);
+            })
+            .map_err(invalid)?;
+            scan::nothing_after(b, end).map_err(invalid)?;
             decode_object(text, &obj, is_claim_check, fallback_refresh, keep_internal)
         }
         Some(b'n') if text.trim_end() == "null" => Ok(if is_claim_check {
@@ -78,43 +84,33 @@ pub fn decode(
         Some(b't' | b'f') => Err(DecodeError::UnexpectedShape("a boolean")),
         Some(b'"') => Err(DecodeError::UnexpectedShape("a string")),
         Some(b'-' | b'0'..=b'9') => Err(DecodeError::UnexpectedShape("a number")),
-        _ => match serde_json::from_str::<&RawValue>(text) {
-            Err(e) => Err(invalid(e)),
-            Ok(_) => Err(DecodeError::UnexpectedShape("neither an array nor an object")),
-        },
+        _ => Err(invalid(format!("unexpected text {:?}", text.chars().take(16).collect::<String>()))),
     }
 }
 
-/// An object key; borrowed from the payload text unless it has escapes.
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct Key<'a>(std::borrow::Cow<'a, str>);
-
-impl<'de> serde::Deserialize<'de> for Key<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d).map(Key)
-    }
-}
+/// An envelope's entries: key (as written, without quotes) → value text.
+type Envelope<'a> = HashMap<&'a str, &'a str>;
 
 /// A small value of the envelope (version, flags, ids), parsed.
-fn small(obj: &HashMap<Key<'_>, &RawValue>, key: &str) -> Option<Value> {
-    obj.get(&Key(key.into())).and_then(|raw| serde_json::from_str(raw.get()).ok())
+fn small(obj: &Envelope<'_>, key: &str) -> Option<Value> {
+    obj.get(key).and_then(|v| serde_json::from_str(v).ok())
 }
 
 /// What a key of the envelope holds, by its first character.
-fn kind(obj: &HashMap<Key<'_>, &RawValue>, key: &str) -> Option<u8> {
-    obj.get(&Key(key.into())).and_then(|raw| raw.get().as_bytes().first().copied())
+fn kind(obj: &Envelope<'_>, key: &str) -> Option<u8> {
+    obj.get(key).and_then(|v| v.as_bytes().first().copied())
 }
 
 fn decode_object(
     text: &str,
-    obj: &HashMap<Key<'_>, &RawValue>,
+    obj: &Envelope<'_>,
     is_claim_check: bool,
     fallback_refresh: Option<String>,
     keep_internal: bool,
 ) -> Result<Decoded, DecodeError> {
     match small(obj, "v") {
         // The docs' examples read `payload -> 'inserted'` without a version: accept that too.
-        None if !obj.contains_key(&Key("v".into())) => {}
+        None if !obj.contains_key("v") => {}
         Some(Value::Number(n)) if n.as_i64() == Some(1) => {}
         other => return Err(DecodeError::UnsupportedVersion(other.unwrap_or(Value::Null).to_string())),
     }
@@ -135,10 +131,9 @@ fn decode_object(
         return Err(DecodeError::UnexpectedShape("an object without 'inserted'/'deleted'"));
     }
     let rows_of = |key: &'static str| -> Result<Vec<Payload>, DecodeError> {
-        match obj.get(&Key(key.into())) {
-            None => Ok(Vec::new()),
-            Some(raw) if raw.get() == "null" => Ok(Vec::new()),
-            Some(raw) if raw.get().starts_with('[') => split_rows(raw.get(), keep_internal).map_err(invalid),
+        match obj.get(key) {
+            None | Some(&"null") => Ok(Vec::new()),
+            Some(rows) if rows.starts_with('[') => split_rows(rows, keep_internal).map_err(invalid),
             Some(_) => Err(DecodeError::BadArray(key)),
         }
     };

@@ -411,8 +411,8 @@ impl ForwardRunner<'_> {
 
     async fn relay_rows(&mut self, rows: Vec<HeaderRow>) -> Result<(), Stop> {
         let mut msgs: Vec<RelayMessage> = Vec::new();
+        let keep = self.spec.keep_internal_columns;
         for row in rows {
-            let keep = self.spec.keep_internal_columns;
             match decode(row.payload.as_deref(), row.is_claim_check, row.refresh_id.as_deref(), keep) {
                 Ok(Decoded::Empty) => {}
                 Ok(Decoded::Rows { deleted, full_refresh: true, refresh_id, .. })
