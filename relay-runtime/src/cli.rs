@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{self, pipelines, schema, status};
 use crate::config::redact::redact_config;
-use crate::config::{secrets, PipelineSpec};
+use crate::config::{secrets, Direction, PipelineSpec};
 use crate::coordinator::{Coordinator, CoordinatorOptions};
 use crate::outbox::OutboxTable;
 use crate::state::{default_worker_id, RelayState};
@@ -326,6 +326,8 @@ async fn check_cmd(url: &str) -> anyhow::Result<ExitCode> {
                         postgres_url: url,
                         stream_table: &t.stream_table,
                         outbox_table: &t.table,
+                        // A check only builds the sink; it never writes.
+                        dedup_scope: "check",
                     },
                 )
                 .await
@@ -403,6 +405,12 @@ async fn pipelines_cmd(url: &str, group: &str, cmd: PipelinesCommand) -> anyhow:
             let statuses = status::read(&conn.client, group).await.unwrap_or_default();
             for row in rows {
                 let st = statuses.iter().find(|s| s.name == row.name && s.direction == row.direction);
+                let outbox = match row.direction {
+                    Direction::Forward => {
+                        crate::outbox::epoch::describe(&conn.client, group, &row.name).await.ok().flatten()
+                    }
+                    Direction::Reverse => None,
+                };
                 let validation = match row.parse() {
                     Ok(_) => serde_json::Value::String("ok".into()),
                     Err(e) => serde_json::Value::String(e.to_string()),
@@ -418,6 +426,7 @@ async fn pipelines_cmd(url: &str, group: &str, cmd: PipelinesCommand) -> anyhow:
                         "lag_rows": s.lag_rows, "messages_total": s.messages_total, "errors_total": s.errors_total,
                         "last_error": s.last_error, "heartbeat_age_seconds": s.heartbeat_age_seconds,
                     })),
+                    "outbox": outbox,
                 });
                 println!("{}", serde_json::to_string_pretty(&v)?);
             }

@@ -35,8 +35,8 @@ impl Op {
 /// added for `update` messages (the row's previous values).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RelayMessage {
-    /// `<outbox_table>:<outbox_id>:<row_index>`: stable across redelivery, the key every
-    /// deduplicating target uses.
+    /// `<outbox_table>:<pgt_id>:<row_index>` (see [`DedupKeyFormat`]): stable across
+    /// redelivery, never repeated by another outbox row; the key every deduplicating target uses.
     pub dedup_key: String,
     pub subject: String,
     pub payload: Payload,
@@ -121,14 +121,51 @@ pub fn value_text(v: Value) -> Option<String> {
     }
 }
 
-/// The forward dedup key of contract §4.8.
-pub fn dedup_key(outbox_table: &str, outbox_id: i64, row_index: usize) -> String {
-    let (mut id, mut index) = (itoa::Buffer::new(), itoa::Buffer::new());
-    let (id, index) = (id.format(outbox_id), index.format(row_index));
-    let mut key = String::with_capacity(outbox_table.len() + id.len() + index.len() + 2);
-    key.push_str(outbox_table);
-    key.push(':');
-    key.push_str(id);
+/// How forward dedup keys name an outbox row (the pipeline key `dedup_key_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DedupKeyFormat {
+    /// `<outbox_table>:<pgt_id>:<row_index>`: pg_trickle gives every outbox row a random uuid,
+    /// so keys never repeat across recreated outboxes, reset ids or databases, and stay the
+    /// same when the same outbox row is relayed again. Outboxes without `pgt_id` use
+    /// `<outbox_table>:<epoch scope>.<outbox_id>:<row_index>`.
+    #[default]
+    RowUid,
+    /// `<outbox_table>:<outbox_id>:<row_index>` (contract §4.8): repeats once an outbox is
+    /// recreated or its ids reset, and deduplicating targets then drop the new rows.
+    Legacy,
+}
+
+impl DedupKeyFormat {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "row_uid" => Some(Self::RowUid),
+            "legacy" => Some(Self::Legacy),
+            _ => None,
+        }
+    }
+}
+
+/// The part of the dedup keys of one outbox row's messages before the row index.
+pub fn outbox_row_ref(
+    format: DedupKeyFormat,
+    outbox_table: &str,
+    outbox_id: i64,
+    uid: Option<&str>,
+    epoch_scope: &str,
+) -> String {
+    match (format, uid) {
+        (DedupKeyFormat::Legacy, _) => format!("{outbox_table}:{outbox_id}"),
+        (DedupKeyFormat::RowUid, Some(uid)) => format!("{outbox_table}:{uid}"),
+        (DedupKeyFormat::RowUid, None) => format!("{outbox_table}:{epoch_scope}.{outbox_id}"),
+    }
+}
+
+/// A forward dedup key: `<row ref>:<row_index>` (see [`outbox_row_ref`]).
+pub fn dedup_key(row_ref: &str, row_index: usize) -> String {
+    let mut index = itoa::Buffer::new();
+    let index = index.format(row_index);
+    let mut key = String::with_capacity(row_ref.len() + index.len() + 1);
+    key.push_str(row_ref);
     key.push(':');
     key.push_str(index);
     key
@@ -301,9 +338,13 @@ mod tests {
 
     #[test]
     fn dedup_key_format_and_wire_json() {
-        assert_eq!(dedup_key("outbox_orders", 10, 3), "outbox_orders:10:3");
+        let uid = "0b8f4e1c-3f61-4f0e-9a35-6d1c2b7e9a10";
+        let row = |format, uid| outbox_row_ref(format, "outbox_orders", 10, uid, "scope");
+        assert_eq!(dedup_key(&row(DedupKeyFormat::RowUid, Some(uid)), 3), format!("outbox_orders:{uid}:3"));
+        assert_eq!(dedup_key(&row(DedupKeyFormat::RowUid, None), 3), "outbox_orders:scope.10:3");
+        assert_eq!(dedup_key(&row(DedupKeyFormat::Legacy, Some(uid)), 3), "outbox_orders:10:3");
         let m = RelayMessage {
-            dedup_key: dedup_key("outbox_orders", 10, 0),
+            dedup_key: dedup_key(&row(DedupKeyFormat::Legacy, None), 0),
             subject: "pgtrickle.orders.insert".into(),
             payload: json!({"id": 1}).into(),
             op: Op::Insert,

@@ -13,6 +13,7 @@ pub struct Metrics {
     pub source_errors: IntCounterVec,
     pub dedup_skipped: IntCounterVec,
     pub dead_letters: IntCounterVec,
+    pub outbox_recreated: IntCounterVec,
     pub pipeline_healthy: IntGaugeVec,
     pub pipelines_owned: IntGauge,
     pub lag_rows: IntGaugeVec,
@@ -60,6 +61,11 @@ impl Metrics {
             "Rows or messages moved to pgtrickle.relay_dead_letters.",
             pd,
         )?;
+        let outbox_recreated = counter(
+            "pgtrickle_relay_outbox_recreated_total",
+            "Times a forward pipeline found its outbox recreated or its ids reset, and started a new epoch at the new outbox's beginning.",
+            &["pipeline"],
+        )?;
         let pipeline_healthy = IntGaugeVec::new(
             Opts::new("pgtrickle_relay_pipeline_healthy", "1 while an owned pipeline runs without error, else 0."),
             &["pipeline", "direction"],
@@ -103,6 +109,7 @@ impl Metrics {
             source_errors,
             dedup_skipped,
             dead_letters,
+            outbox_recreated,
             pipeline_healthy,
             pipelines_owned,
             lag_rows,

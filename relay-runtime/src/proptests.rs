@@ -55,7 +55,7 @@ proptest! {
                                            key_columns: &key_columns, keep_internal_columns: false };
                 let rows = inserted.len() + deleted.len();
                 let mut out = Vec::new();
-                build_messages(&ctx, Delta { outbox_id: 7, inserted, deleted, full_refresh,
+                build_messages(&ctx, Delta { outbox_id: 7, row_ref: "outbox_s:7", inserted, deleted, full_refresh,
                                              refresh_id: refresh_id.as_deref(), first_index: 0,
                                              first_deleted_index: None }, &mut out);
                 // A delete and an insert of one key fold into one update: never more messages than rows.

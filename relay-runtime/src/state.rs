@@ -53,6 +53,9 @@ pub struct PipelineStatus {
     pub messages_total: i64,
     pub errors_total: i64,
     pub last_error: Option<String>,
+    /// Forward: the outbox epoch (1 for the first outbox, +1 each time it was recreated).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbox_epoch: Option<i32>,
 }
 
 impl Serialize for Direction {
@@ -75,6 +78,7 @@ impl PipelineStatus {
             messages_total: 0,
             errors_total: 0,
             last_error: None,
+            outbox_epoch: None,
         }
     }
 }

@@ -15,31 +15,49 @@ pub async fn load(client: &Client, group: &str, pipeline: &str) -> Result<i64, t
         .unwrap_or(0))
 }
 
-/// Commits an offset, fenced: only while this session holds the pipeline's advisory lock
-/// (`pg_try_advisory_lock(hashtext(group), hashtext(pipeline))`). It must run on the connection
-/// holding that lock; if the lock is not held there (the session was reset, the lock released),
-/// nothing is written and `Ok(false)` says the worker no longer owns the pipeline and must stop.
-/// A connection that is gone fails outright, so a worker that lost its lock never commits.
+/// SQL that is true while this session holds the pipeline's advisory lock
+/// (`pg_try_advisory_lock(hashtext($1 = group), hashtext($2 = pipeline))`).
+pub const HOLDS_PIPELINE_LOCK: &str = "EXISTS (SELECT 1 FROM pg_locks
+     WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
+       AND classid = hashtext($1)::oid AND objid = hashtext($2)::oid AND objsubid = 2)";
+
+/// The commit statement (`$1` group, `$2` pipeline, `$3` offset, `$4` worker id). With
+/// `anchor_select` (a query of `(id, uid)` using `$3`, see `outbox::epoch::anchor_select`), the
+/// same statement records the outbox row the offset stands on in `relay_outbox_epochs`.
+pub fn commit_sql(anchor_select: Option<&str>) -> String {
+    let upsert = format!(
+        "INSERT INTO pgtrickle.relay_consumer_offsets AS o (relay_group_id, pipeline_id, last_change_id, worker_id, updated_at)
+         SELECT $1, $2, $3, $4, now() WHERE {HOLDS_PIPELINE_LOCK}
+         ON CONFLICT (relay_group_id, pipeline_id)
+         DO UPDATE SET last_change_id = EXCLUDED.last_change_id, worker_id = EXCLUDED.worker_id, updated_at = now()"
+    );
+    let anchor = match anchor_select {
+        None => String::new(),
+        Some(anchor) => format!(
+            ", a AS ({anchor}),
+               e AS (UPDATE pgtrickle.relay_outbox_epochs
+                        SET anchor_id = (SELECT id FROM a), anchor_uid = (SELECT uid FROM a)
+                      WHERE relay_group_id = $1 AND pipeline_id = $2 AND EXISTS (SELECT 1 FROM c))"
+        ),
+    };
+    format!("WITH c AS ({upsert} RETURNING 1){anchor} SELECT count(*)::int8 FROM c")
+}
+
+/// Commits an offset, fenced: only while this session holds the pipeline's advisory lock.
+/// It must run on the connection holding that lock; if the lock is not held there (the session
+/// was reset, the lock released), nothing is written and `Ok(false)` says the worker no longer
+/// owns the pipeline and must stop. A connection that is gone fails outright, so a worker that
+/// lost its lock never commits. `sql` is a [`commit_sql`].
 pub async fn commit(
     client: &Client,
+    sql: &str,
     group: &str,
     pipeline: &str,
     offset: i64,
     worker_id: &str,
 ) -> Result<bool, tokio_postgres::Error> {
-    client
-        .execute(
-            "INSERT INTO pgtrickle.relay_consumer_offsets AS o (relay_group_id, pipeline_id, last_change_id, worker_id, updated_at)
-             SELECT $1, $2, $3, $4, now()
-              WHERE EXISTS (SELECT 1 FROM pg_locks
-                             WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
-                               AND classid = hashtext($1)::oid AND objid = hashtext($2)::oid AND objsubid = 2)
-             ON CONFLICT (relay_group_id, pipeline_id)
-             DO UPDATE SET last_change_id = EXCLUDED.last_change_id, worker_id = EXCLUDED.worker_id, updated_at = now()",
-            &[&group, &pipeline, &offset, &worker_id],
-        )
-        .await
-        .map(|n| n == 1)
+    let n: i64 = client.query_one(sql, &[&group, &pipeline, &offset, &worker_id]).await?.get(0);
+    Ok(n == 1)
 }
 
 #[cfg(test)]
@@ -69,17 +87,22 @@ mod tests {
         let mut c = connect(&url, "offsets-test", None).await.unwrap();
         schema::migrate(&mut c.client).await.unwrap();
 
+        let sql = commit_sql(None);
+        let try_commit = |g: &'static str, p: &'static str, o: i64| {
+            let (client, sql) = (&c.client, sql.as_str());
+            async move { commit(client, sql, g, p, o, "w").await }
+        };
         // Without the lock: nothing is written.
-        assert!(!commit(&c.client, "g", "p", 10, "w").await.unwrap());
+        assert!(!try_commit("g", "p", 10).await.unwrap());
         assert_eq!(load(&c.client, "g", "p").await.unwrap(), 0);
         // Holding it (the relay's two-key form): committed.
         c.client.execute("SELECT pg_advisory_lock(hashtext('g'), hashtext('p'))", &[]).await.unwrap();
-        assert!(commit(&c.client, "g", "p", 10, "w").await.unwrap());
+        assert!(try_commit("g", "p", 10).await.unwrap());
         assert_eq!(load(&c.client, "g", "p").await.unwrap(), 10);
         // Another pipeline's lock does not count; a released lock stops commits again.
-        assert!(!commit(&c.client, "g", "other", 11, "w").await.unwrap());
+        assert!(!try_commit("g", "other", 11).await.unwrap());
         c.client.execute("SELECT pg_advisory_unlock(hashtext('g'), hashtext('p'))", &[]).await.unwrap();
-        assert!(!commit(&c.client, "g", "p", 12, "w").await.unwrap());
+        assert!(!try_commit("g", "p", 12).await.unwrap());
         assert_eq!(load(&c.client, "g", "p").await.unwrap(), 10);
         drop(c);
         admin.client.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await.unwrap();

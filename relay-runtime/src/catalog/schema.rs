@@ -10,7 +10,7 @@
 use tokio_postgres::Client;
 
 /// Bumped whenever a migration is appended to [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// Advisory key serialising concurrent migrations (any constant distinct from pipeline locks,
 /// which use the two-int4 form).
@@ -98,6 +98,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 3,
         description: "relay instances (fair-share balancing)",
         steps: &[Step::Sql("instances", include_str!("sql/v3_instances.sql"))],
+    },
+    Migration {
+        version: 4,
+        description: "outbox epochs (recreated outboxes, reused ids)",
+        steps: &[Step::Sql("outbox epochs", include_str!("sql/v4_outbox_epochs.sql"))],
     },
 ];
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::message::Template;
+use crate::message::{DedupKeyFormat, Template};
 
 /// Which catalog table a pipeline comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -172,6 +172,8 @@ pub struct ForwardSpec {
     pub delta_mode: DeltaMode,
     /// With `diff`: whether the first snapshot is relayed (`emit`) or only recorded (`skip`).
     pub initial_snapshot: InitialSnapshot,
+    /// `row_uid` (default) or `legacy` (see [`DedupKeyFormat`]).
+    pub dedup_key_format: DedupKeyFormat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,6 +214,7 @@ const PIPELINE_LEVEL_KEYS: &[&str] = &[
     "claim_check_page_size",
     "delta_mode",
     "initial_snapshot",
+    "dedup_key_format",
 ];
 
 /// Keys of the flat forward shape that are pipeline-level, not backend options.
@@ -231,6 +234,7 @@ const FORWARD_PIPELINE_KEYS: &[&str] = &[
     "group",
     "delta_mode",
     "initial_snapshot",
+    "dedup_key_format",
 ];
 
 impl PipelineRow {
@@ -441,6 +445,13 @@ fn parse_forward(name: &str, obj: &Map<String, Value>) -> Result<ForwardSpec, Co
         }
     };
 
+    let dedup_key_format = match get_str(name, obj, "dedup_key_format", "dedup_key_format")? {
+        None => DedupKeyFormat::default(),
+        Some(s) => DedupKeyFormat::parse(s).ok_or_else(|| {
+            ConfigError::new(name, format!("key 'dedup_key_format': '{s}' is not one of row_uid, legacy"))
+        })?,
+    };
+
     Ok(ForwardSpec {
         name: name.to_owned(),
         outbox,
@@ -454,6 +465,7 @@ fn parse_forward(name: &str, obj: &Map<String, Value>) -> Result<ForwardSpec, Co
         claim_check_page_size,
         delta_mode,
         initial_snapshot,
+        dedup_key_format,
     })
 }
 

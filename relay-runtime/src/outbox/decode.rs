@@ -159,6 +159,8 @@ pub struct MessageContext<'a> {
 #[derive(Debug, Clone)]
 pub struct Delta<'a> {
     pub outbox_id: i64,
+    /// The outbox row's part of the dedup keys ([`crate::message::outbox_row_ref`]).
+    pub row_ref: &'a str,
     pub inserted: Vec<Payload>,
     pub deleted: Vec<Payload>,
     pub full_refresh: bool,
@@ -173,7 +175,8 @@ pub struct Delta<'a> {
 /// rows, continuing the index. With key columns, a deleted and an inserted row of the same
 /// key become one `update` message (at the insert's index, the old row in `before`).
 pub fn build_messages(ctx: &MessageContext<'_>, delta: Delta<'_>, out: &mut Vec<RelayMessage>) {
-    let Delta { outbox_id, inserted, deleted, full_refresh, refresh_id, first_index, first_deleted_index } = delta;
+    let Delta { outbox_id, row_ref, inserted, deleted, full_refresh, refresh_id, first_index, first_deleted_index } =
+        delta;
     let deleted_base = first_deleted_index.unwrap_or(first_index + inserted.len());
     let mut deleted: Vec<Option<Payload>> = deleted.into_iter().map(Some).collect();
 
@@ -199,7 +202,7 @@ pub fn build_messages(ctx: &MessageContext<'_>, delta: Delta<'_>, out: &mut Vec<
             .and_then(|di| deleted[di].take());
         let op = if before.is_some() { Op::Update } else { Op::Insert };
         out.push(RelayMessage {
-            dedup_key: dedup_key(ctx.outbox_table, outbox_id, first_index + i),
+            dedup_key: dedup_key(row_ref, first_index + i),
             subject: ctx.subject.render(&vars(op)),
             payload: row,
             op,
@@ -212,7 +215,7 @@ pub fn build_messages(ctx: &MessageContext<'_>, delta: Delta<'_>, out: &mut Vec<
     for (i, row) in deleted.into_iter().enumerate() {
         let Some(row) = row else { continue };
         out.push(RelayMessage {
-            dedup_key: dedup_key(ctx.outbox_table, outbox_id, deleted_base + i),
+            dedup_key: dedup_key(row_ref, deleted_base + i),
             subject: ctx.subject.render(&vars(Op::Delete)),
             payload: row,
             op: Op::Delete,
@@ -238,6 +241,7 @@ pub struct DiffEvent {
 pub fn diff_message(
     ctx: &MessageContext<'_>,
     outbox_id: i64,
+    row_ref: &str,
     index: usize,
     event: DiffEvent,
     first: bool,
@@ -252,7 +256,7 @@ pub fn diff_message(
     let vars =
         TemplateVars { stream_table: ctx.stream_table, outbox_table: ctx.outbox_table, op, outbox_id, refresh_id };
     RelayMessage {
-        dedup_key: dedup_key(ctx.outbox_table, outbox_id, index),
+        dedup_key: dedup_key(row_ref, index),
         subject: ctx.subject.render(&vars),
         payload: payload.unwrap_or_else(|| Payload::from_value(&Value::Null)),
         op,
@@ -264,7 +268,7 @@ pub fn diff_message(
 }
 
 /// The one message of a summary row.
-pub fn summary_message(ctx: &MessageContext<'_>, outbox_id: i64, summary: Value) -> RelayMessage {
+pub fn summary_message(ctx: &MessageContext<'_>, outbox_id: i64, row_ref: &str, summary: Value) -> RelayMessage {
     let refresh_id = summary.get("refresh_id").and_then(Value::as_str).map(str::to_owned);
     let subject = ctx.subject.render(&TemplateVars {
         stream_table: ctx.stream_table,
@@ -274,7 +278,7 @@ pub fn summary_message(ctx: &MessageContext<'_>, outbox_id: i64, summary: Value)
         refresh_id: refresh_id.as_deref(),
     });
     RelayMessage {
-        dedup_key: dedup_key(ctx.outbox_table, outbox_id, 0),
+        dedup_key: dedup_key(row_ref, 0),
         subject,
         payload: Payload::from_value(&summary),
         op: Op::Summary,

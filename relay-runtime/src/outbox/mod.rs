@@ -3,6 +3,7 @@
 
 pub mod decode;
 pub mod diff;
+pub mod epoch;
 pub mod reader;
 
 use serde_json::Value;
@@ -25,6 +26,14 @@ pub struct OutboxTable {
     pub has_claim_check_column: bool,
     pub has_refresh_id_column: bool,
     pub has_created_at_column: bool,
+    /// pg_trickle's `pgt_id`: a random uuid per outbox row, the row's part of dedup keys.
+    pub has_pgt_id_column: bool,
+    /// `pgt_outbox_config.created_at` of this outbox (pg_trickle re-inserts the row when it
+    /// recreates the outbox): part of the outbox's identity.
+    pub registered_at: Option<String>,
+    /// The `id` column's sequence, when this session may read it (`pg_sequence_last_value`):
+    /// a sequence that went back below the committed offset means the ids were reset.
+    pub id_sequence: Option<String>,
     pub delta: Option<DeltaTable>,
 }
 
@@ -96,6 +105,15 @@ impl OutboxTable {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
     }
 
+    /// SQL of an outbox row's uid (its `pgt_id` as text, NULL when the table has none).
+    pub fn uid_sql(&self) -> &'static str {
+        if self.has_pgt_id_column {
+            "pgt_id::text"
+        } else {
+            "NULL::text"
+        }
+    }
+
     /// Finds the outbox a pipeline refers to. Never derives the name when pg_trickle's catalog
     /// knows it (contract §1.1: read `pgt_outbox_config.outbox_table_name`).
     pub async fn resolve(client: &Client, outbox: &OutboxRef) -> Result<Self, ResolveError> {
@@ -106,8 +124,9 @@ impl OutboxTable {
                     None => ("pgtrickle".to_owned(), name.clone()),
                 };
                 if table_exists(client, &schema, &table).await? {
-                    let st = lookup_stream_table(client, &table)
+                    let st = catalog_row(client, &table)
                         .await?
+                        .and_then(|r| r.get("stream_table_name").and_then(Value::as_str).map(|s| bare(s).to_owned()))
                         .unwrap_or_else(|| table.strip_prefix("outbox_").unwrap_or(&table).to_owned());
                     (schema, table, st)
                 } else {
@@ -129,7 +148,15 @@ impl OutboxTable {
             return Err(ResolveError::NotAnOutbox(format!("{schema}.{table}")));
         }
         let delta = find_delta_table(client, &schema, &table, &stream_table).await?;
+        let registered_at = catalog_row(client, &table)
+            .await?
+            .and_then(|r| r.get("created_at").and_then(Value::as_str).map(str::to_owned));
+        let id_sequence =
+            readable_id_sequence(client, &format!("{}.{}", quote_ident(&schema), quote_ident(&table))).await?;
         Ok(Self {
+            has_pgt_id_column: columns.iter().any(|c| c == "pgt_id"),
+            registered_at,
+            id_sequence,
             has_claim_check_column: columns.iter().any(|c| c == "is_claim_check"),
             has_refresh_id_column: columns.iter().any(|c| c == "refresh_id"),
             has_created_at_column: columns.iter().any(|c| c == "created_at"),
@@ -186,13 +213,21 @@ fn outbox_name_of(row: &Value) -> Option<&str> {
     row.get("outbox_table_name").or_else(|| row.get("tide_outbox_name")).and_then(Value::as_str)
 }
 
-async fn lookup_stream_table(client: &Client, outbox_table: &str) -> Result<Option<String>, ResolveError> {
-    Ok(outbox_config_rows(client)
-        .await?
-        .iter()
-        .find(|r| outbox_name_of(r).map(bare) == Some(outbox_table))
-        .and_then(|r| r.get("stream_table_name").and_then(Value::as_str))
-        .map(|s| bare(s).to_owned()))
+/// pg_trickle's catalog row of an outbox table, if it has one.
+async fn catalog_row(client: &Client, outbox_table: &str) -> Result<Option<Value>, ResolveError> {
+    Ok(outbox_config_rows(client).await?.into_iter().find(|r| outbox_name_of(r).map(bare) == Some(outbox_table)))
+}
+
+/// The `id` column's sequence of `qualified`, if any and if this session may read its value.
+async fn readable_id_sequence(client: &Client, qualified: &str) -> Result<Option<String>, ResolveError> {
+    let row = client
+        .query_one(
+            "SELECT s, s IS NOT NULL AND has_sequence_privilege(s, 'SELECT') FROM pg_get_serial_sequence($1, 'id') s",
+            &[&qualified],
+        )
+        .await?;
+    let (seq, readable): (Option<String>, Option<bool>) = (row.get(0), row.get(1));
+    Ok(seq.filter(|_| readable == Some(true)))
 }
 
 /// `(outbox table, bare stream table)` for a stream table name, bare or schema-qualified.

@@ -27,6 +27,8 @@ use super::{JsonText, OutboxTable};
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeaderRow {
     pub id: i64,
+    /// pg_trickle's `pgt_id` (a random uuid per outbox row), when the outbox has it.
+    pub uid: Option<String>,
     pub payload: Option<String>,
     pub is_claim_check: bool,
     pub refresh_id: Option<String>,
@@ -42,6 +44,8 @@ struct PendingHorizon {
 
 pub struct OutboxReader {
     table: OutboxTable,
+    /// `(table OID, relfilenode)` of the outbox this reader's epoch was checked against.
+    watched: (i64, i64),
     horizon_sql: String,
     lockers_sql: String,
     fetch_sql: std::sync::Arc<str>,
@@ -50,12 +54,34 @@ pub struct OutboxReader {
     pending: Option<PendingHorizon>,
 }
 
+/// Why no horizon could be taken.
+#[derive(Debug)]
+pub enum HorizonError {
+    Db(tokio_postgres::Error),
+    /// The outbox is not the one the pipeline's epoch was checked against any more (another
+    /// table of the same name, a truncation, ids that went back): check it again.
+    Changed(&'static str),
+}
+
+impl From<tokio_postgres::Error> for HorizonError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        HorizonError::Db(e)
+    }
+}
+
 /// How long a pending horizon may wait before a warning names the blocking transaction.
 const SLOW_WRITER_WARNING: Duration = Duration::from_secs(30);
 
 impl OutboxReader {
-    pub fn new(table: OutboxTable) -> Self {
+    /// A reader of `table` as it was when its epoch was checked (`watched` = its table OID and
+    /// relfilenode).
+    pub fn new(table: OutboxTable, watched: (i64, i64)) -> Self {
         let q = table.qualified();
+        let uid = table.uid_sql();
+        let seq = match &table.id_sequence {
+            Some(s) => format!("pg_sequence_last_value({}::regclass)", super::diff::quote_literal(s)),
+            None => "NULL::int8".to_owned(),
+        };
         let claim = if table.has_claim_check_column { "is_claim_check" } else { "false" };
         let refresh = if table.has_refresh_id_column { "refresh_id::text" } else { "NULL::text" };
         let lag_age = if table.has_created_at_column {
@@ -71,7 +97,9 @@ impl OutboxReader {
                         coalesce((SELECT array_agg(DISTINCT l.virtualtransaction) FROM pg_locks l
                                    WHERE l.locktype = 'relation' AND l.relation = $1::text::regclass
                                      AND l.mode = 'RowExclusiveLock'
-                                     AND l.pid IS DISTINCT FROM pg_backend_pid()), '{{}}'::text[])"
+                                     AND l.pid IS DISTINCT FROM pg_backend_pid()), '{{}}'::text[]),
+                        c.oid::int8, c.relfilenode::int8, {seq}
+                   FROM pg_class c WHERE c.oid = $1::text::regclass"
             ),
             lockers_sql:
                 "SELECT array_agg(DISTINCT l.virtualtransaction || ' (pid ' || coalesce(l.pid::text, '?') || ')')
@@ -80,11 +108,12 @@ impl OutboxReader {
                              AND l.mode = 'RowExclusiveLock' AND l.virtualtransaction = ANY($2)"
                     .to_owned(),
             fetch_sql: format!(
-                "SELECT id::int8, payload, {claim}, {refresh} FROM {q} WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3"
+                "SELECT id::int8, payload, {claim}, {refresh}, {uid} FROM {q} WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3"
             )
             .into(),
             lag_sql: format!("SELECT (SELECT coalesce(max(id), 0)::int8 FROM {q}), {lag_age}"),
             table,
+            watched,
             safe: 0,
             pending: None,
         }
@@ -94,8 +123,9 @@ impl OutboxReader {
         &self.table
     }
 
-    /// The highest id below which no row can still appear. Never decreases.
-    pub async fn safe_horizon(&mut self, client: &Client) -> Result<i64, tokio_postgres::Error> {
+    /// The highest id below which no row can still appear. Never decreases: an outbox whose
+    /// ids went back, or that is not the watched table any more, is [`HorizonError::Changed`].
+    pub async fn safe_horizon(&mut self, client: &Client) -> Result<i64, HorizonError> {
         let qualified = self.table.qualified();
         if let Some(p) = &mut self.pending {
             let still: Option<Vec<String>> =
@@ -117,9 +147,19 @@ impl OutboxReader {
                 }
             }
         }
-        let row = client.query_one(&self.horizon_sql, &[&qualified]).await?;
+        // No row: the table is gone (dropped between statements).
+        let Some(row) = client.query_opt(&self.horizon_sql, &[&qualified]).await? else {
+            return Err(HorizonError::Changed("the outbox table was dropped"));
+        };
         let max_id: i64 = row.get(0);
         let lockers: Vec<String> = row.get(1);
+        if (row.get::<_, i64>(2), row.get::<_, i64>(3)) != self.watched {
+            return Err(HorizonError::Changed("the outbox table was recreated or truncated"));
+        }
+        let id_high: Option<i64> = row.get(4);
+        if id_high.is_some_and(|high| high < self.safe) || max_id < self.safe && id_high.is_none() && max_id > 0 {
+            return Err(HorizonError::Changed("the outbox's ids went back"));
+        }
         if max_id > self.safe {
             if lockers.is_empty() {
                 self.safe = max_id;
@@ -195,6 +235,7 @@ pub async fn fetch_rows(
                 payload: r.try_get::<_, Option<JsonText>>(1)?.map(|j| j.0.to_owned()),
                 is_claim_check: r.try_get(2)?,
                 refresh_id: r.try_get(3)?,
+                uid: r.try_get(4)?,
             })
         })
         .collect()

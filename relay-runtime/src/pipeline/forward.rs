@@ -5,6 +5,11 @@
 //! transaction), publish them — retrying retryable failures with jittered backoff, never
 //! skipping — and only after the sink confirmed everything commit the new offset on the lock
 //! connection. Undecodable rows go to the dead-letter table, never silently dropped.
+//!
+//! Before reading, the pipeline's outbox epoch is checked (`outbox::epoch`): a recreated
+//! outbox, or one whose ids were reset, is relayed from its beginning. The running reader
+//! watches the table (OID, relfilenode, id sequence) and sends the pipeline back to that check
+//! when it changes, so it never waits for ids the new outbox will not reach.
 
 mod claim_check;
 mod snapshot;
@@ -13,15 +18,18 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use super::{report, WorkerLink, MAX_BACKOFF, START_RETRY};
 use crate::catalog::{connect::jitter, offsets, DbConnection};
 use crate::config::{DeltaMode, ForwardSpec};
+use crate::message::outbox_row_ref;
 use crate::message::RelayMessage;
 use crate::outbox::decode::{build_messages, decode, summary_message, Decoded, Delta, MessageContext};
 use crate::outbox::diff::{SnapshotDiff, SnapshotSource};
-use crate::outbox::reader::{fetch_rows, HeaderRow, OutboxReader};
+use crate::outbox::epoch::{self, Epoch};
+use crate::outbox::reader::{fetch_rows, HeaderRow, HorizonError, OutboxReader};
 use crate::outbox::OutboxTable;
 use crate::sink::{self, Sink, SinkContext};
 use crate::state::{PipelineState, PipelineStatus, RelayState};
@@ -40,11 +48,25 @@ enum Stop {
     Db(String),
     /// The sink failed: forget what is in flight and read again from the committed offset.
     Rewind(crate::sink::SinkError),
+    /// The outbox is not the one the epoch was checked against: check it again.
+    OutboxChanged(&'static str),
 }
 
 impl From<tokio_postgres::Error> for Stop {
     fn from(e: tokio_postgres::Error) -> Self {
+        if e.code() == Some(&SqlState::UNDEFINED_TABLE) {
+            return Stop::OutboxChanged("the outbox table no longer exists");
+        }
         Stop::Db(e.to_string())
+    }
+}
+
+impl From<HorizonError> for Stop {
+    fn from(e: HorizonError) -> Self {
+        match e {
+            HorizonError::Db(e) => e.into(),
+            HorizonError::Changed(why) => Stop::OutboxChanged(why),
+        }
     }
 }
 
@@ -60,119 +82,169 @@ pub async fn run(
     link: &WorkerLink,
     st: &mut PipelineStatus,
 ) {
-    let mut backoff = Duration::from_secs(1);
-    let (table, sink) = loop {
-        match setup(&conn.client, &spec, &ctx.postgres_url).await {
-            Ok(ok) => break ok,
-            Err(e) => {
-                // A target that is down makes the pipeline degraded and retried with backoff;
-                // anything else needs a change and is retried slowly.
-                let wait = if e.transient {
-                    let w = jitter(backoff);
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    w
-                } else {
-                    START_RETRY
-                };
-                tracing::error!(pipeline = %spec.name, error = %e.message, retry_in_ms = wait.as_millis() as u64, "cannot start forward pipeline");
-                st.state = if e.transient { PipelineState::Degraded } else { PipelineState::Failed };
-                st.errors_total += 1;
-                st.last_error = Some(e.message);
-                report(&ctx, conn, st, 0, 1).await;
-                tokio::select! {
-                    _ = link.cancel.cancelled() => return,
-                    _ = conn.closed.cancelled() => return,
-                    _ = tokio::time::sleep(wait) => {}
+    loop {
+        let Some(Started { table, sink, epoch }) = start(&ctx, &spec, conn, link, st).await else {
+            return;
+        };
+        let _ = link.outbox_table.set(table.table.clone());
+        tracing::info!(pipeline = %spec.name, outbox = %table.qualified(), sink = sink.name(), offset = epoch.offset, epoch = epoch.number, "forward pipeline started");
+        st.state = PipelineState::Running;
+        st.last_error = None;
+        st.committed_offset = Some(epoch.offset);
+        st.outbox_epoch = Some(epoch.number);
+        report(&ctx, conn, st, 0, 0).await;
+
+        let mut runner = ForwardRunner {
+            labels: [spec.name.clone(), "forward".to_owned()],
+            ctx: ctx.clone(),
+            diff: (spec.delta_mode == DeltaMode::Diff).then(|| SnapshotDiff::new(&table, &spec.key_columns)),
+            commit_sql: offsets::commit_sql(Some(&epoch::anchor_select(&table))),
+            reader: OutboxReader::new(table, (epoch.table_oid, epoch.relfilenode)),
+            scope: epoch.scope,
+            spec: spec.clone(),
+            client: &conn.client,
+            conn,
+            link,
+            st: &mut *st,
+            sink,
+            offset: epoch.offset,
+            read_pos: epoch.offset,
+            marks: VecDeque::new(),
+            publish_calls: 0,
+            confirmed_calls: 0,
+            delay: Duration::from_millis(100),
+            last_health: Instant::now(),
+            unreported_messages: 0,
+            unreported_errors: 0,
+            last_status: Instant::now(),
+            prefetched: None,
+        };
+        let stop = runner.run_loop().await;
+        if matches!(stop, Stop::Cancelled | Stop::OutboxChanged(_)) {
+            // Confirm and commit what is in flight, so nothing is sent twice (a dropped outbox
+            // cannot take the commit; its epoch ends anyway).
+            match runner.flush_and_commit().await {
+                Err(Stop::Rewind(e)) => {
+                    tracing::warn!(pipeline = %runner.spec.name, error = %e, "in-flight messages not confirmed at stop; they will be relayed again")
                 }
+                Err(Stop::Db(e)) => {
+                    tracing::debug!(pipeline = %runner.spec.name, error = %e, "in-flight batch not committed")
+                }
+                _ => {}
             }
         }
-    };
-    let _ = link.outbox_table.set(table.table.clone());
-    let offset = match offsets::load(&conn.client, &ctx.group_id, &spec.name).await {
-        Ok(o) => o,
-        Err(e) => {
-            tracing::error!(pipeline = %spec.name, error = %e, "cannot read committed offset");
-            return;
+        if let Err(e) = runner.sink.close().await {
+            tracing::warn!(pipeline = %runner.spec.name, error = %e, "sink did not close cleanly");
         }
-    };
-    tracing::info!(pipeline = %spec.name, outbox = %table.qualified(), sink = sink.name(), offset, "forward pipeline started");
-    st.state = PipelineState::Running;
-    st.last_error = None;
-    st.committed_offset = Some(offset);
-    report(&ctx, conn, st, 0, 0).await;
+        runner.flush_status().await;
+        match stop {
+            Stop::Cancelled => {
+                tracing::info!(pipeline = %runner.spec.name, offset = runner.offset, "forward pipeline stopped")
+            }
+            Stop::OutboxChanged(why) => {
+                tracing::info!(pipeline = %runner.spec.name, reason = why, "checking the pipeline's outbox again");
+                continue;
+            }
+            Stop::Db(e) => {
+                tracing::warn!(pipeline = %runner.spec.name, error = %e, "forward pipeline lost its database connection; another discovery will resume it")
+            }
+            Stop::Rewind(e) => {
+                tracing::warn!(pipeline = %runner.spec.name, error = %e, "forward pipeline stopped after a sink error")
+            }
+        }
+        return;
+    }
+}
 
-    let mut runner = ForwardRunner {
-        labels: [spec.name.clone(), "forward".to_owned()],
-        ctx: ctx.clone(),
-        diff: (spec.delta_mode == DeltaMode::Diff).then(|| SnapshotDiff::new(&table, &spec.key_columns)),
-        reader: OutboxReader::new(table),
-        spec,
-        client: &conn.client,
-        conn,
-        link,
-        st,
-        sink,
-        offset,
-        read_pos: offset,
-        marks: VecDeque::new(),
-        publish_calls: 0,
-        confirmed_calls: 0,
-        delay: Duration::from_millis(100),
-        last_health: Instant::now(),
-        unreported_messages: 0,
-        unreported_errors: 0,
-        last_status: Instant::now(),
-        prefetched: None,
-    };
-    let stop = runner.run_loop().await;
-    if matches!(stop, Stop::Cancelled) {
-        // Graceful stop: confirm and commit what is in flight, so nothing is sent twice.
-        if let Err(Stop::Rewind(e)) = runner.flush_and_commit().await {
-            tracing::warn!(pipeline = %runner.spec.name, error = %e, "in-flight messages not confirmed at stop; they will be relayed again");
-        }
-    }
-    if let Err(e) = runner.sink.close().await {
-        tracing::warn!(pipeline = %runner.spec.name, error = %e, "sink did not close cleanly");
-    }
-    runner.flush_status().await;
-    match stop {
-        Stop::Cancelled => {
-            tracing::info!(pipeline = %runner.spec.name, offset = runner.offset, "forward pipeline stopped")
-        }
-        Stop::Db(e) => {
-            tracing::warn!(pipeline = %runner.spec.name, error = %e, "forward pipeline lost its database connection; another discovery will resume it")
-        }
-        Stop::Rewind(e) => {
-            tracing::warn!(pipeline = %runner.spec.name, error = %e, "forward pipeline stopped after a sink error")
+/// A pipeline ready to relay: its outbox, its sink and the epoch it reads in.
+struct Started {
+    table: OutboxTable,
+    sink: Box<dyn Sink>,
+    epoch: Epoch,
+}
+
+/// Resolves the outbox, checks its epoch and builds the sink, retrying until it works;
+/// `None` when the worker must stop (cancelled, or its lock is gone).
+async fn start(
+    ctx: &RelayState,
+    spec: &ForwardSpec,
+    conn: &DbConnection,
+    link: &WorkerLink,
+    st: &mut PipelineStatus,
+) -> Option<Started> {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let e = match setup(ctx, spec, &conn.client).await {
+            Ok(started) => return Some(started),
+            Err(SetupError::LockLost) => {
+                tracing::warn!(pipeline = %spec.name, "{LOCK_LOST}");
+                return None;
+            }
+            Err(SetupError::Retry { message, transient }) => (message, transient),
+        };
+        let (message, transient) = e;
+        // A target that is down makes the pipeline degraded and retried with backoff; anything
+        // else needs a change and is retried slowly (or when its outbox is written to).
+        let wait = if transient {
+            let w = jitter(backoff);
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            w
+        } else {
+            START_RETRY
+        };
+        tracing::error!(pipeline = %spec.name, error = %message, retry_in_ms = wait.as_millis() as u64, "cannot start forward pipeline");
+        st.state = if transient { PipelineState::Degraded } else { PipelineState::Failed };
+        st.errors_total += 1;
+        st.last_error = Some(message);
+        report(ctx, conn, st, 0, 1).await;
+        tokio::select! {
+            _ = link.cancel.cancelled() => return None,
+            _ = conn.closed.cancelled() => return None,
+            _ = link.wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }
 
 /// Why a pipeline could not start, and whether waiting can fix it.
-struct SetupError {
-    message: String,
-    transient: bool,
+enum SetupError {
+    Retry { message: String, transient: bool },
+    LockLost,
 }
 
-async fn setup(
-    client: &Client,
-    spec: &ForwardSpec,
-    postgres_url: &str,
-) -> Result<(OutboxTable, Box<dyn Sink>), SetupError> {
+async fn setup(ctx: &RelayState, spec: &ForwardSpec, client: &Client) -> Result<Started, SetupError> {
     let table = OutboxTable::resolve(client, &spec.outbox)
         .await
-        .map_err(|e| SetupError { message: e.to_string(), transient: false })?;
-    let ctx = SinkContext {
+        .map_err(|e| SetupError::Retry { message: e.to_string(), transient: false })?;
+    let epoch = match epoch::check(client, &ctx.group_id, &spec.name, &table).await {
+        Ok(epoch) => epoch,
+        Err(epoch::CheckError::LockLost) => return Err(SetupError::LockLost),
+        Err(epoch::CheckError::Db(e)) => {
+            return Err(SetupError::Retry {
+                message: format!("cannot check the outbox's epoch: {}", crate::catalog::connect::error_text(&e)),
+                transient: true,
+            })
+        }
+    };
+    if let Some(reason) = epoch.new_epoch {
+        tracing::warn!(
+            pipeline = %spec.name, outbox = %table.qualified(), epoch = epoch.number, reason = reason.as_str(),
+            "the pipeline's outbox is a new one: relaying it from its beginning"
+        );
+        ctx.metrics.outbox_recreated.with_label_values(&[&spec.name]).inc();
+    }
+    let sink_ctx = SinkContext {
         pipeline: &spec.name,
         subject_template: spec.subject_template.source(),
-        postgres_url,
+        postgres_url: &ctx.postgres_url,
         stream_table: &table.stream_table,
         outbox_table: &table.table,
+        dedup_scope: &epoch.scope,
     };
-    let sink = sink::build(&spec.sink, &ctx)
+    let sink = sink::build(&spec.sink, &sink_ctx)
         .await
-        .map_err(|e| SetupError { transient: e.is_transient(), message: e.to_string() })?;
-    Ok((table, sink))
+        .map_err(|e| SetupError::Retry { transient: e.is_transient(), message: e.to_string() })?;
+    Ok(Started { table, sink, epoch })
 }
 
 /// The next batch, read ahead: rows with `after < id <= upto`.
@@ -190,6 +262,10 @@ struct ForwardRunner<'a> {
     link: &'a WorkerLink,
     st: &'a mut PipelineStatus,
     reader: OutboxReader,
+    /// The epoch's scope: names dedup state, and outbox rows without a `pgt_id` in dedup keys.
+    scope: String,
+    /// The fenced offset commit, recording the outbox row it stands on.
+    commit_sql: String,
     sink: Box<dyn Sink>,
     /// Committed: every message up to here was confirmed by the sink.
     offset: i64,
@@ -413,6 +489,7 @@ impl ForwardRunner<'_> {
         let mut msgs: Vec<RelayMessage> = Vec::new();
         let keep = self.spec.keep_internal_columns;
         for row in rows {
+            let row_ref = self.row_ref(&row);
             match decode(row.payload.as_deref(), row.is_claim_check, row.refresh_id.as_deref(), keep) {
                 Ok(Decoded::Empty) => {}
                 Ok(Decoded::Rows { deleted, full_refresh: true, refresh_id, .. })
@@ -420,11 +497,12 @@ impl ForwardRunner<'_> {
                 {
                     self.publish(&msgs).await?;
                     msgs.clear();
-                    self.relay_snapshot(row.id, SnapshotSource::Inline, refresh_id.as_deref()).await?;
+                    self.relay_snapshot(row.id, &row_ref, SnapshotSource::Inline, refresh_id.as_deref()).await?;
                 }
                 Ok(Decoded::Rows { inserted, deleted, full_refresh, refresh_id }) => {
                     let delta = Delta {
                         outbox_id: row.id,
+                        row_ref: &row_ref,
                         inserted,
                         deleted,
                         full_refresh,
@@ -435,16 +513,18 @@ impl ForwardRunner<'_> {
                     build_messages(&self.message_context(), delta, &mut msgs);
                 }
                 Ok(Decoded::Summary(summary)) => {
-                    let m = summary_message(&self.message_context(), row.id, summary);
+                    let m = summary_message(&self.message_context(), row.id, &row_ref, summary);
                     msgs.push(m);
                 }
                 Ok(Decoded::ClaimCheck { full_refresh, refresh_id }) => {
                     self.publish(&msgs).await?;
                     msgs.clear();
                     if full_refresh != Some(false) && self.is_claim_check_snapshot(row.id).await? {
-                        self.relay_snapshot(row.id, SnapshotSource::ClaimCheck, refresh_id.as_deref()).await?;
+                        self.relay_snapshot(row.id, &row_ref, SnapshotSource::ClaimCheck, refresh_id.as_deref())
+                            .await?;
                     } else {
-                        self.relay_claim_check(row.id, full_refresh.unwrap_or(true), refresh_id.as_deref()).await?;
+                        self.relay_claim_check(&row, &row_ref, full_refresh.unwrap_or(true), refresh_id.as_deref())
+                            .await?;
                     }
                 }
                 Err(error) => self.dead_letter(&row, &error.to_string()).await?,
@@ -467,6 +547,11 @@ impl ForwardRunner<'_> {
         };
         let has_deletes: bool = self.client.query_one(&sql, &[&outbox_id]).await?.get(0);
         Ok(!has_deletes)
+    }
+
+    /// The outbox row's part of its messages' dedup keys.
+    fn row_ref(&self, row: &HeaderRow) -> String {
+        outbox_row_ref(self.spec.dedup_key_format, &self.reader.table().table, row.id, row.uid.as_deref(), &self.scope)
     }
 
     fn message_context(&self) -> MessageContext<'_> {
@@ -515,9 +600,11 @@ impl ForwardRunner<'_> {
 
     /// Keeps an undecodable outbox row in `relay_dead_letters` (once) and moves on.
     async fn dead_letter(&mut self, row: &HeaderRow, error: &str) -> Result<(), Stop> {
-        let source_ref = format!("{}:{}", self.reader.table().table, row.id);
+        // `<outbox>:<id>:<pgt_id or epoch scope>`: never the same for another outbox's row.
+        let source_ref =
+            format!("{}:{}:{}", self.reader.table().table, row.id, row.uid.as_deref().unwrap_or(&self.scope));
         let payload = row.payload.as_ref().map(|p| p.as_bytes().to_vec());
-        let headers = serde_json::json!({"outbox_id": row.id, "is_claim_check": row.is_claim_check, "refresh_id": row.refresh_id});
+        let headers = serde_json::json!({"outbox_id": row.id, "pgt_id": row.uid, "is_claim_check": row.is_claim_check, "refresh_id": row.refresh_id});
         self.client
             .execute(
                 "INSERT INTO pgtrickle.relay_dead_letters (relay_group_id, direction, pipeline, source_ref, payload, headers, error)
@@ -541,7 +628,16 @@ impl ForwardRunner<'_> {
         if new_offset <= self.offset {
             return Ok(());
         }
-        if !offsets::commit(self.client, &self.ctx.group_id, &self.spec.name, new_offset, &self.ctx.worker_id).await? {
+        if !offsets::commit(
+            self.client,
+            &self.commit_sql,
+            &self.ctx.group_id,
+            &self.spec.name,
+            new_offset,
+            &self.ctx.worker_id,
+        )
+        .await?
+        {
             return Err(Stop::Db(LOCK_LOST.to_owned()));
         }
         self.offset = new_offset;

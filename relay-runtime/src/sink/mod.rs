@@ -128,6 +128,9 @@ pub struct SinkContext<'a> {
     /// The resolved stream and outbox table names, for sink-side templates (Redis keys).
     pub stream_table: &'a str,
     pub outbox_table: &'a str,
+    /// The pipeline's outbox epoch scope (a uuid, `outbox::epoch`): names sink-side dedup
+    /// state so that another epoch, database or relay group never suppresses new messages.
+    pub dedup_scope: &'a str,
 }
 
 /// Builds the sink a pipeline asks for.

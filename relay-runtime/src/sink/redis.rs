@@ -3,8 +3,8 @@
 //! Each batch is one pipelined round trip of script calls, each appending up to 500 consecutive
 //! entries of one stream key (`XADD`, optionally `MAXLEN ~ n`). A pipeline's messages arrive in
 //! (outbox id, row index) order, so the script keeps a per-pipeline high-water mark next to the
-//! stream (`<key>:pgtrickle-marks`, written atomically with the entries) and skips anything not
-//! above it — a batch relayed again after a crash leaves no second entry, at one hash field of
+//! stream (`<key>:pgtrickle-marks`, field `<pipeline>@<epoch scope>`, written atomically with the
+//! entries) and skips anything not above it — a batch relayed again after a crash leaves no second entry, at one hash field of
 //! cost instead of a marker per message.
 //!
 //! Batches are pipelined: the next batch is sent while Redis still runs the previous one (the
@@ -83,7 +83,8 @@ pub struct RedisSink {
     url: String,
     conn: Option<redis::aio::MultiplexedConnection>,
     script: redis::Script,
-    /// Hash field of this pipeline's high-water marks.
+    /// Hash field of this pipeline's high-water mark: `<pipeline>@<epoch scope>`, so a recreated
+    /// outbox, another database or relay group starts a mark of its own.
     mark_field: String,
     stream_key: Template,
     stream_table: String,
@@ -125,7 +126,7 @@ pub async fn build(
         url: url.clone(),
         conn: None,
         script: redis::Script::new(APPEND_ONCE),
-        mark_field: ctx.pipeline.to_owned(),
+        mark_field: format!("{}@{}", ctx.pipeline, ctx.dedup_scope),
         stream_key,
         stream_table: ctx.stream_table.to_owned(),
         outbox_table: ctx.outbox_table.to_owned(),

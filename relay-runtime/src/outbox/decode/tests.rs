@@ -25,6 +25,7 @@ fn messages(decoded: Decoded, keys: &[String]) -> Vec<RelayMessage> {
             &c,
             Delta {
                 outbox_id: 7,
+                row_ref: "outbox_orders:7",
                 inserted,
                 deleted,
                 full_refresh,
@@ -34,7 +35,7 @@ fn messages(decoded: Decoded, keys: &[String]) -> Vec<RelayMessage> {
             },
             &mut out,
         ),
-        Decoded::Summary(s) => out.push(summary_message(&c, 7, s)),
+        Decoded::Summary(s) => out.push(summary_message(&c, 7, "outbox_orders:7", s)),
         other => panic!("unexpected {other:?}"),
     }
     out
@@ -73,6 +74,7 @@ fn internal_columns_kept_on_request() {
     let mut out = Vec::new();
     let delta = Delta {
         outbox_id: 1,
+        row_ref: "outbox_orders:1",
         inserted: vec![Payload::row(r#"{"a": 1, "__pgt_row_id": 5}"#, true).unwrap()],
         deleted: vec![],
         full_refresh: true,
@@ -189,6 +191,7 @@ fn claim_check_pages_continue_the_index() {
     let mut out = Vec::new();
     let delta = Delta {
         outbox_id: 3,
+        row_ref: "outbox_orders:3",
         inserted: vec![raw(r#"{"a": 1}"#)],
         deleted: vec![raw(r#"{"a": 2}"#)],
         full_refresh: true,

@@ -13,7 +13,8 @@ impl ForwardRunner<'_> {
     /// (contract §4.9: the upstream relay declared its cursor outside a transaction).
     pub(super) async fn relay_claim_check(
         &mut self,
-        outbox_id: i64,
+        row: &HeaderRow,
+        row_ref: &str,
         full_refresh: bool,
         refresh_id: Option<&str>,
     ) -> Result<(), Stop> {
@@ -23,17 +24,11 @@ impl ForwardRunner<'_> {
                 "claim-check outbox row but no delta table found (expected {}.outbox_delta_rows_{})",
                 t.schema, t.stream_table
             );
-            let row = HeaderRow {
-                id: outbox_id,
-                payload: None,
-                is_claim_check: true,
-                refresh_id: refresh_id.map(str::to_owned),
-            };
-            return self.dead_letter(&row, &err).await;
+            return self.dead_letter(row, &err).await;
         };
-        let sql = sql.replace("$1", &outbox_id.to_string());
+        let sql = sql.replace("$1", &row.id.to_string());
         self.client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
-        let result = self.page_claim_check(&sql, outbox_id, full_refresh, refresh_id).await;
+        let result = self.page_claim_check(&sql, row.id, row_ref, full_refresh, refresh_id).await;
         self.end_cursor_txn("pgt_relay_claim_check", result).await
     }
 
@@ -41,6 +36,7 @@ impl ForwardRunner<'_> {
         &mut self,
         sql: &str,
         outbox_id: i64,
+        row_ref: &str,
         full_refresh: bool,
         refresh_id: Option<&str>,
     ) -> Result<(), Stop> {
@@ -66,6 +62,7 @@ impl ForwardRunner<'_> {
             let mut msgs = Vec::with_capacity(n);
             let delta = Delta {
                 outbox_id,
+                row_ref,
                 inserted,
                 deleted,
                 full_refresh,

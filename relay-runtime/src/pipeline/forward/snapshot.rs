@@ -16,6 +16,7 @@ impl ForwardRunner<'_> {
     pub(super) async fn relay_snapshot(
         &mut self,
         outbox_id: i64,
+        row_ref: &str,
         source: SnapshotSource,
         refresh_id: Option<&str>,
     ) -> Result<(), Stop> {
@@ -46,7 +47,13 @@ impl ForwardRunner<'_> {
         if emit {
             self.client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
             let streamed = self
-                .stream_changes(&with_literals(&changes, outbox_id, &group, &pipeline), outbox_id, first, refresh_id)
+                .stream_changes(
+                    &with_literals(&changes, outbox_id, &group, &pipeline),
+                    outbox_id,
+                    row_ref,
+                    first,
+                    refresh_id,
+                )
                 .await;
             emitted = self.end_cursor_txn("pgt_relay_diff", streamed).await?;
             self.flush_sink().await?;
@@ -65,7 +72,8 @@ impl ForwardRunner<'_> {
                     &[&group, &pipeline, &outbox_id],
                 )
                 .await?;
-            crate::catalog::offsets::commit(self.client, &group, &pipeline, outbox_id, &self.ctx.worker_id).await
+            crate::catalog::offsets::commit(self.client, &self.commit_sql, &group, &pipeline, outbox_id, &self.ctx.worker_id)
+                .await
         }
         .await;
         match applied {
@@ -93,6 +101,7 @@ impl ForwardRunner<'_> {
         &mut self,
         sql: &str,
         outbox_id: i64,
+        row_ref: &str,
         first: bool,
         refresh_id: Option<&str>,
     ) -> Result<usize, Stop> {
@@ -120,7 +129,7 @@ impl ForwardRunner<'_> {
                     _ => Op::Delete,
                 };
                 let event = DiffEvent { op, new: row_of(r, 1)?, old: row_of(r, 2)? };
-                msgs.push(diff_message(&ctx, outbox_id, index + i, event, first, refresh_id));
+                msgs.push(diff_message(&ctx, outbox_id, row_ref, index + i, event, first, refresh_id));
             }
             self.publish(&msgs).await?;
             index += n;

@@ -1,0 +1,515 @@
+//! Outbox epochs: which outbox a forward pipeline's committed offset counts in.
+//!
+//! An offset is an outbox id, and ids repeat: pg_trickle's `disable_outbox` + `enable_outbox`
+//! drop the outbox and create a new one whose ids start at 1 again (contract Appendix C §11),
+//! `TRUNCATE … RESTART IDENTITY` resets the sequence, a restored or recreated database starts
+//! over, a pipeline re-registered against another stream table reads another outbox. A reader
+//! that keeps waiting for `id > offset` then never relays the new outbox's first rows.
+//!
+//! So every pipeline records, beside its offset (`pgtrickle.relay_outbox_epochs`), the identity
+//! of its outbox — database system identifier, database OID, table OID and pg_trickle's
+//! `pgt_outbox_config.created_at` — and an *anchor*: the greatest outbox id at or below the
+//! offset with its `pgt_id` (a random uuid per row), written with every commit. On every start
+//! (and whenever the running reader sees the table change) [`check`] compares them with the
+//! database:
+//! - same identity, anchor intact, ids not gone back: the same outbox, carry on;
+//! - another identity but the anchor row is there with the same `pgt_id`: the same rows in
+//!   another place (a restored or copied database): keep the offset, new dedup scope;
+//! - otherwise a **new epoch**: the offset starts at 0 (the new outbox's beginning), a new
+//!   scope names sink-side dedup state, a warning is logged and counted. Diff mode keeps its
+//!   state, so the new outbox's first snapshot becomes only the true changes — unless the
+//!   pipeline now reads another stream table, whose state is dropped.
+
+use tokio_postgres::Client;
+
+use super::OutboxTable;
+use crate::catalog::offsets::HOLDS_PIPELINE_LOCK;
+
+/// Why a pipeline's outbox counts as a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Another table, database or pg_trickle registration (disable/enable_outbox, restore).
+    Recreated,
+    /// The row at the anchor's id has another `pgt_id`: ids were reset and reused.
+    IdsReused,
+    /// The id sequence (or the greatest id) is below the committed offset.
+    IdsWentBack,
+    /// The pipeline now reads another stream table's outbox (re-registered).
+    OtherStreamTable,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Recreated => "the outbox was recreated (another table, database or pg_trickle registration)",
+            Reason::IdsReused => "outbox ids were reset and reused (TRUNCATE ... RESTART IDENTITY?)",
+            Reason::IdsWentBack => "outbox ids went back below the committed offset (TRUNCATE ... RESTART IDENTITY?)",
+            Reason::OtherStreamTable => "the pipeline now reads another stream table's outbox",
+        }
+    }
+}
+
+/// What the catalog remembers of a pipeline's outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub identity: String,
+    pub stream_table: String,
+    pub relfilenode: i64,
+    pub anchor_id: Option<i64>,
+    pub anchor_uid: Option<String>,
+    pub epoch: i32,
+    pub scope: String,
+    pub recreated_total: i64,
+}
+
+/// The row now at the stored anchor's id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnchorRow {
+    /// No anchor was stored, so nothing was looked up.
+    Unknown,
+    Missing,
+    /// Found, with its uid (`None` for outboxes without `pgt_id`).
+    Found(Option<String>),
+}
+
+/// What the database says about the outbox now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub identity: String,
+    pub stream_table: String,
+    pub table_oid: i64,
+    pub relfilenode: i64,
+    /// The highest id ever handed out: the id sequence's last value, else the greatest id;
+    /// `None` when neither says anything (an unreadable sequence and an empty table).
+    pub id_high: Option<i64>,
+    pub min_id: Option<i64>,
+    pub anchor_row: AnchorRow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The same outbox: carry on from the offset.
+    Same,
+    /// The same rows in another place (restored/copied database): keep the offset, new scope.
+    Moved,
+    /// Another outbox: start at its beginning.
+    NewEpoch(Reason),
+}
+
+/// The decision of the module docs, pure.
+pub fn decide(stored: Option<&Stored>, now: &Observed, offset: i64) -> Verdict {
+    let went_back = now.id_high.is_some_and(|high| high < offset);
+    let Some(s) = stored else {
+        // First check of this pipeline (or a catalog from before epochs): only the ids can tell.
+        return if went_back { Verdict::NewEpoch(Reason::IdsWentBack) } else { Verdict::Same };
+    };
+    if s.stream_table != now.stream_table {
+        return Verdict::NewEpoch(Reason::OtherStreamTable);
+    }
+    let anchor_same = match (&s.anchor_uid, &now.anchor_row) {
+        (Some(then), AnchorRow::Found(Some(uid))) if then != uid => return Verdict::NewEpoch(Reason::IdsReused),
+        (Some(_), AnchorRow::Found(Some(_))) => true,
+        _ => false,
+    };
+    if s.identity != now.identity {
+        return if anchor_same { Verdict::Moved } else { Verdict::NewEpoch(Reason::Recreated) };
+    }
+    if went_back {
+        return Verdict::NewEpoch(Reason::IdsWentBack);
+    }
+    // Truncated (new relfilenode), the anchor row gone, and ids at or below it again: the
+    // sequence restarted and new rows already passed the offset.
+    let truncated = s.relfilenode != now.relfilenode && now.anchor_row == AnchorRow::Missing;
+    if truncated && matches!((now.min_id, s.anchor_id), (Some(min), Some(anchor)) if min <= anchor) {
+        return Verdict::NewEpoch(Reason::IdsReused);
+    }
+    Verdict::Same
+}
+
+/// The epoch a pipeline runs in, after [`check`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Epoch {
+    pub number: i32,
+    /// Names sink-side dedup state (a uuid).
+    pub scope: String,
+    /// The committed offset to start from (0 after a new epoch).
+    pub offset: i64,
+    pub recreated_total: i64,
+    /// Set when this check started a new epoch.
+    pub new_epoch: Option<Reason>,
+    /// What the running reader watches: a change of either sends the pipeline back to [`check`].
+    pub table_oid: i64,
+    pub relfilenode: i64,
+}
+
+/// Why [`check`] failed.
+#[derive(Debug)]
+pub enum CheckError {
+    Db(tokio_postgres::Error),
+    /// This session no longer holds the pipeline's lock.
+    LockLost,
+}
+
+impl From<tokio_postgres::Error> for CheckError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        CheckError::Db(e)
+    }
+}
+
+/// Compares the outbox with what the catalog remembers and records the outcome, in one
+/// transaction on the connection holding the pipeline's lock (the offset reset is fenced like
+/// every commit).
+pub async fn check(client: &Client, group: &str, pipeline: &str, table: &OutboxTable) -> Result<Epoch, CheckError> {
+    client.batch_execute("BEGIN").await?;
+    let result = check_in_transaction(client, group, pipeline, table).await;
+    match result {
+        Ok(epoch) => {
+            client.batch_execute("COMMIT").await?;
+            Ok(epoch)
+        }
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+async fn check_in_transaction(
+    client: &Client,
+    group: &str,
+    pipeline: &str,
+    table: &OutboxTable,
+) -> Result<Epoch, CheckError> {
+    let holds: bool = client.query_one(&format!("SELECT {HOLDS_PIPELINE_LOCK}"), &[&group, &pipeline]).await?.get(0);
+    if !holds {
+        return Err(CheckError::LockLost);
+    }
+    let offset: i64 = client
+        .query_opt(
+            "SELECT last_change_id FROM pgtrickle.relay_consumer_offsets WHERE relay_group_id = $1 AND pipeline_id = $2",
+            &[&group, &pipeline],
+        )
+        .await?
+        .map(|r| r.get(0))
+        .unwrap_or(0);
+    let stored = load(client, group, pipeline).await?;
+    let now = observe(client, table, stored.as_ref().and_then(|s| s.anchor_id)).await?;
+    let verdict = decide(stored.as_ref(), &now, offset);
+    let qualified = table.qualified();
+    let mut epoch = Epoch {
+        number: stored.as_ref().map_or(1, |s| s.epoch),
+        scope: String::new(),
+        offset,
+        recreated_total: stored.as_ref().map_or(0, |s| s.recreated_total),
+        new_epoch: None,
+        table_oid: now.table_oid,
+        relfilenode: now.relfilenode,
+    };
+    let new_scope = || async {
+        Ok::<String, tokio_postgres::Error>(client.query_one("SELECT gen_random_uuid()::text", &[]).await?.get(0))
+    };
+    match (verdict, stored) {
+        (Verdict::Same, Some(s)) => {
+            epoch.scope = s.scope;
+            if s.relfilenode != now.relfilenode {
+                client
+                    .execute(
+                        "UPDATE pgtrickle.relay_outbox_epochs SET relfilenode = $3 WHERE relay_group_id = $1 AND pipeline_id = $2",
+                        &[&group, &pipeline, &now.relfilenode],
+                    )
+                    .await?;
+            }
+        }
+        (Verdict::Same, None) => {
+            epoch.scope = new_scope().await?;
+            let anchor = client
+                .query_opt(
+                    &format!(
+                        "SELECT id::int8, {} FROM {qualified} WHERE id <= $1 ORDER BY id DESC LIMIT 1",
+                        table.uid_sql()
+                    ),
+                    &[&offset],
+                )
+                .await?;
+            let (anchor_id, anchor_uid): (Option<i64>, Option<String>) =
+                anchor.map(|r| (r.get(0), r.get(1))).unwrap_or((None, None));
+            client
+                .execute(
+                    "INSERT INTO pgtrickle.relay_outbox_epochs
+                         (relay_group_id, pipeline_id, epoch, scope, outbox_identity, outbox_table, stream_table,
+                          relfilenode, anchor_id, anchor_uid)
+                     VALUES ($1, $2, 1, $3::uuid, $4, $5, $6, $7, $8, $9)",
+                    &[
+                        &group,
+                        &pipeline,
+                        &epoch.scope,
+                        &now.identity,
+                        &qualified,
+                        &now.stream_table,
+                        &now.relfilenode,
+                        &anchor_id,
+                        &anchor_uid,
+                    ],
+                )
+                .await?;
+        }
+        (Verdict::Moved, _) => {
+            epoch.scope = new_scope().await?;
+            client
+                .execute(
+                    "UPDATE pgtrickle.relay_outbox_epochs
+                        SET scope = $3::uuid, outbox_identity = $4, outbox_table = $5, relfilenode = $6
+                      WHERE relay_group_id = $1 AND pipeline_id = $2",
+                    &[&group, &pipeline, &epoch.scope, &now.identity, &qualified, &now.relfilenode],
+                )
+                .await?;
+        }
+        (Verdict::NewEpoch(reason), stored) => {
+            epoch.scope = new_scope().await?;
+            epoch.offset = 0;
+            epoch.new_epoch = Some(reason);
+            epoch.number = stored.as_ref().map_or(1, |s| s.epoch + 1);
+            epoch.recreated_total += 1;
+            client
+                .execute(
+                    "INSERT INTO pgtrickle.relay_outbox_epochs AS e
+                         (relay_group_id, pipeline_id, epoch, scope, outbox_identity, outbox_table, stream_table,
+                          relfilenode, anchor_id, anchor_uid, recreated_total, last_reason, started_at)
+                     VALUES ($1, $2, $3, $4::uuid, $5, $6, $7, $8, NULL, NULL, $9, $10, now())
+                     ON CONFLICT (relay_group_id, pipeline_id) DO UPDATE SET
+                         epoch = EXCLUDED.epoch, scope = EXCLUDED.scope, outbox_identity = EXCLUDED.outbox_identity,
+                         outbox_table = EXCLUDED.outbox_table, stream_table = EXCLUDED.stream_table,
+                         relfilenode = EXCLUDED.relfilenode, anchor_id = NULL, anchor_uid = NULL,
+                         recreated_total = EXCLUDED.recreated_total, last_reason = EXCLUDED.last_reason,
+                         started_at = now()",
+                    &[
+                        &group,
+                        &pipeline,
+                        &epoch.number,
+                        &epoch.scope,
+                        &now.identity,
+                        &qualified,
+                        &now.stream_table,
+                        &now.relfilenode,
+                        &epoch.recreated_total,
+                        &reason.as_str(),
+                    ],
+                )
+                .await?;
+            client
+                .execute(
+                    "UPDATE pgtrickle.relay_consumer_offsets SET last_change_id = 0, updated_at = now()
+                      WHERE relay_group_id = $1 AND pipeline_id = $2",
+                    &[&group, &pipeline],
+                )
+                .await?;
+            if reason == Reason::OtherStreamTable {
+                // Diff state of another table would turn its rows into deletes of this one's.
+                client
+                    .batch_execute(&format!(
+                        "DELETE FROM pgtrickle.relay_snapshot_state WHERE relay_group_id = {g} AND pipeline = {p};
+                         DELETE FROM pgtrickle.relay_snapshot_baseline WHERE relay_group_id = {g} AND pipeline = {p};",
+                        g = super::diff::quote_literal(group),
+                        p = super::diff::quote_literal(pipeline)
+                    ))
+                    .await?;
+            }
+        }
+    }
+    Ok(epoch)
+}
+
+async fn load(client: &Client, group: &str, pipeline: &str) -> Result<Option<Stored>, tokio_postgres::Error> {
+    Ok(client
+        .query_opt(
+            "SELECT outbox_identity, stream_table, relfilenode, anchor_id, anchor_uid, epoch, scope::text, recreated_total
+               FROM pgtrickle.relay_outbox_epochs WHERE relay_group_id = $1 AND pipeline_id = $2",
+            &[&group, &pipeline],
+        )
+        .await?
+        .map(|r| Stored {
+            identity: r.get(0),
+            stream_table: r.get(1),
+            relfilenode: r.get(2),
+            anchor_id: r.get(3),
+            anchor_uid: r.get(4),
+            epoch: r.get(5),
+            scope: r.get(6),
+            recreated_total: r.get(7),
+        }))
+}
+
+async fn observe(
+    client: &Client,
+    table: &OutboxTable,
+    anchor_id: Option<i64>,
+) -> Result<Observed, tokio_postgres::Error> {
+    let q = table.qualified();
+    let seq = match &table.id_sequence {
+        Some(s) => format!("pg_sequence_last_value({}::regclass)", super::diff::quote_literal(s)),
+        None => "NULL::int8".to_owned(),
+    };
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT (SELECT system_identifier::text FROM pg_control_system()),
+                        (SELECT oid::int8 FROM pg_database WHERE datname = current_database()),
+                        c.oid::int8, c.relfilenode::int8, {seq},
+                        (SELECT max(id)::int8 FROM {q}), (SELECT min(id)::int8 FROM {q})
+                   FROM pg_class c WHERE c.oid = $1::text::regclass"
+            ),
+            &[&q],
+        )
+        .await?;
+    let system: Option<String> = row.get(0);
+    let database: i64 = row.get(1);
+    let table_oid: i64 = row.get(2);
+    let (seq_last, max_id): (Option<i64>, Option<i64>) = (row.get(4), row.get(5));
+    let anchor_row = match anchor_id {
+        None => AnchorRow::Unknown,
+        Some(id) => {
+            match client.query_opt(&format!("SELECT {} FROM {q} WHERE id = $1", table.uid_sql()), &[&id]).await? {
+                None => AnchorRow::Missing,
+                Some(r) => AnchorRow::Found(r.get(0)),
+            }
+        }
+    };
+    Ok(Observed {
+        identity: format!(
+            "{}/{database}/{table_oid}/{}",
+            system.as_deref().unwrap_or("?"),
+            table.registered_at.as_deref().unwrap_or("-")
+        ),
+        stream_table: table.stream_table.clone(),
+        table_oid,
+        relfilenode: row.get(3),
+        id_high: seq_last.or(max_id),
+        min_id: row.get(6),
+        anchor_row,
+    })
+}
+
+/// The SQL that finds a commit's anchor, `(id, uid)` of the greatest row at or below `$3`
+/// (the offset being committed), for [`crate::catalog::offsets::commit_sql`].
+pub fn anchor_select(table: &OutboxTable) -> String {
+    format!(
+        "SELECT id::int8 AS id, {} AS uid FROM {} WHERE id <= $3 ORDER BY id DESC LIMIT 1",
+        table.uid_sql(),
+        table.qualified()
+    )
+}
+
+/// One pipeline's epoch as `pipelines show` reports it.
+pub async fn describe(
+    client: &Client,
+    group: &str,
+    pipeline: &str,
+) -> Result<Option<serde_json::Value>, tokio_postgres::Error> {
+    Ok(client
+        .query_opt(
+            "SELECT jsonb_build_object('epoch', epoch, 'since', started_at, 'recreated_total', recreated_total,
+                                       'last_reason', last_reason, 'outbox_table', outbox_table,
+                                       'stream_table', stream_table, 'dedup_scope', scope)
+               FROM pgtrickle.relay_outbox_epochs WHERE relay_group_id = $1 AND pipeline_id = $2",
+            &[&group, &pipeline],
+        )
+        .await?
+        .map(|r| r.get(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored() -> Stored {
+        Stored {
+            identity: "sys/5/1000/t0".into(),
+            stream_table: "orders".into(),
+            relfilenode: 1000,
+            anchor_id: Some(3),
+            anchor_uid: Some("uuid-3".into()),
+            epoch: 1,
+            scope: "scope".into(),
+            recreated_total: 0,
+        }
+    }
+
+    fn observed() -> Observed {
+        Observed {
+            identity: "sys/5/1000/t0".into(),
+            stream_table: "orders".into(),
+            table_oid: 1000,
+            relfilenode: 1000,
+            id_high: Some(5),
+            min_id: Some(1),
+            anchor_row: AnchorRow::Found(Some("uuid-3".into())),
+        }
+    }
+
+    #[test]
+    fn the_same_outbox_carries_on() {
+        assert_eq!(decide(Some(&stored()), &observed(), 3), Verdict::Same);
+        // Retention drained everything; ids continue: still the same outbox.
+        let drained = Observed { anchor_row: AnchorRow::Missing, min_id: None, ..observed() };
+        assert_eq!(decide(Some(&stored()), &drained, 3), Verdict::Same);
+        // VACUUM FULL (new relfilenode) with the anchor row intact.
+        assert_eq!(decide(Some(&stored()), &Observed { relfilenode: 2000, ..observed() }, 3), Verdict::Same);
+        // TRUNCATE without RESTART IDENTITY: the anchor is gone, new ids are all above it.
+        let truncated = Observed { relfilenode: 2000, anchor_row: AnchorRow::Missing, min_id: Some(4), ..observed() };
+        assert_eq!(decide(Some(&stored()), &truncated, 3), Verdict::Same);
+    }
+
+    #[test]
+    fn a_recreated_outbox_is_a_new_epoch() {
+        // disable_outbox + enable_outbox: new table OID and registration, ids from 1 again.
+        let recreated = Observed {
+            identity: "sys/5/2000/t1".into(),
+            table_oid: 2000,
+            id_high: Some(1),
+            anchor_row: AnchorRow::Missing,
+            ..observed()
+        };
+        assert_eq!(decide(Some(&stored()), &recreated, 3), Verdict::NewEpoch(Reason::Recreated));
+        // … even once its ids passed the old offset (the relay was stopped meanwhile).
+        let busy =
+            Observed { id_high: Some(9), anchor_row: AnchorRow::Found(Some("other".into())), ..recreated.clone() };
+        assert_eq!(decide(Some(&stored()), &busy, 3), Verdict::NewEpoch(Reason::IdsReused));
+        let busy = Observed { anchor_row: AnchorRow::Found(None), ..busy };
+        assert_eq!(decide(Some(&stored()), &busy, 3), Verdict::NewEpoch(Reason::Recreated));
+    }
+
+    #[test]
+    fn reset_ids_are_a_new_epoch() {
+        // RESTART IDENTITY, few rows since: the sequence is below the offset.
+        let reset = Observed { relfilenode: 2000, id_high: Some(1), anchor_row: AnchorRow::Missing, ..observed() };
+        assert_eq!(decide(Some(&stored()), &reset, 3), Verdict::NewEpoch(Reason::IdsWentBack));
+        // Many rows since: the anchor's id holds another row …
+        let reused = Observed { id_high: Some(7), anchor_row: AnchorRow::Found(Some("uuid-new".into())), ..observed() };
+        assert_eq!(decide(Some(&stored()), &reused, 3), Verdict::NewEpoch(Reason::IdsReused));
+        // … or, the anchor id not reached again, ids at or below it exist after a truncation.
+        let refilled = Observed {
+            relfilenode: 2000,
+            id_high: Some(7),
+            min_id: Some(1),
+            anchor_row: AnchorRow::Missing,
+            ..observed()
+        };
+        let sparse = Stored { anchor_id: Some(3), ..stored() };
+        assert_eq!(decide(Some(&sparse), &refilled, 3), Verdict::NewEpoch(Reason::IdsReused));
+        // Without any record (first start after an upgrade), the sequence alone tells.
+        assert_eq!(decide(None, &reset, 3), Verdict::NewEpoch(Reason::IdsWentBack));
+        assert_eq!(decide(None, &observed(), 3), Verdict::Same);
+        // An empty table with an unreadable sequence says nothing.
+        assert_eq!(decide(None, &Observed { id_high: None, ..observed() }, 3), Verdict::Same);
+    }
+
+    #[test]
+    fn the_same_rows_elsewhere_keep_their_offset() {
+        // pg_dump + restore: new OIDs and system identifier, but the anchor row is there.
+        let restored = Observed { identity: "other/7/3000/t0".into(), table_oid: 3000, ..observed() };
+        assert_eq!(decide(Some(&stored()), &restored, 3), Verdict::Moved);
+        // Re-registered against another stream table: never the same outbox.
+        let other = Observed { stream_table: "customers".into(), ..restored };
+        assert_eq!(decide(Some(&stored()), &other, 3), Verdict::NewEpoch(Reason::OtherStreamTable));
+    }
+}
