@@ -212,6 +212,18 @@ pub async fn write_claim_check(client: &Client, outbox: &str, stream_table: &str
     id
 }
 
+/// Every outbox row's part of its messages' dedup keys, by outbox id: `<outbox>:<pgt_id>`
+/// (the relay's default `dedup_key_format`); a key is `format!("{}:{index}", refs[&id])`.
+pub async fn row_refs(client: &Client, outbox: &str) -> std::collections::HashMap<i64, String> {
+    client
+        .query(&format!("SELECT id, pgt_id::text FROM pgtrickle.\"{outbox}\""), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get::<_, i64>(0), format!("{outbox}:{}", r.get::<_, String>(1))))
+        .collect()
+}
+
 /// Runs a one-shot CLI command; returns (exit status, stdout, stderr).
 pub fn run_cli(url: &str, args: &[&str]) -> (ExitStatus, String, String) {
     let out =
