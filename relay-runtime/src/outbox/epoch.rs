@@ -84,6 +84,9 @@ pub struct Observed {
     pub id_high: Option<i64>,
     pub min_id: Option<i64>,
     pub anchor_row: AnchorRow,
+    /// pg_trickle registered this outbox after the offset was last committed: the offset
+    /// belongs to an older outbox (what a catalog from before epochs can still tell).
+    pub registered_after_commit: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,8 +103,15 @@ pub enum Verdict {
 pub fn decide(stored: Option<&Stored>, now: &Observed, offset: i64) -> Verdict {
     let went_back = now.id_high.is_some_and(|high| high < offset);
     let Some(s) = stored else {
-        // First check of this pipeline (or a catalog from before epochs): only the ids can tell.
-        return if went_back { Verdict::NewEpoch(Reason::IdsWentBack) } else { Verdict::Same };
+        // First check of this pipeline (or a catalog from before epochs): only the ids and
+        // pg_trickle's registration time can tell.
+        return if went_back {
+            Verdict::NewEpoch(Reason::IdsWentBack)
+        } else if offset > 0 && now.registered_after_commit {
+            Verdict::NewEpoch(Reason::Recreated)
+        } else {
+            Verdict::Same
+        };
     };
     if s.stream_table != now.stream_table {
         return Verdict::NewEpoch(Reason::OtherStreamTable);
@@ -184,16 +194,18 @@ async fn check_in_transaction(
     if !holds {
         return Err(CheckError::LockLost);
     }
-    let offset: i64 = client
+    let (offset, registered_after_commit): (i64, bool) = client
         .query_opt(
-            "SELECT last_change_id FROM pgtrickle.relay_consumer_offsets WHERE relay_group_id = $1 AND pipeline_id = $2",
-            &[&group, &pipeline],
+            "SELECT last_change_id, coalesce($3::text::timestamptz > updated_at, false)
+               FROM pgtrickle.relay_consumer_offsets WHERE relay_group_id = $1 AND pipeline_id = $2",
+            &[&group, &pipeline, &table.registered_at],
         )
         .await?
-        .map(|r| r.get(0))
-        .unwrap_or(0);
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap_or((0, false));
     let stored = load(client, group, pipeline).await?;
-    let now = observe(client, table, stored.as_ref().and_then(|s| s.anchor_id)).await?;
+    let mut now = observe(client, table, stored.as_ref().and_then(|s| s.anchor_id)).await?;
+    now.registered_after_commit = registered_after_commit;
     let verdict = decide(stored.as_ref(), &now, offset);
     let qualified = table.qualified();
     let mut epoch = Epoch {
@@ -386,6 +398,7 @@ async fn observe(
         id_high: seq_last.or(max_id),
         min_id: row.get(6),
         anchor_row,
+        registered_after_commit: false,
     })
 }
 
@@ -443,6 +456,7 @@ mod tests {
             id_high: Some(5),
             min_id: Some(1),
             anchor_row: AnchorRow::Found(Some("uuid-3".into())),
+            registered_after_commit: false,
         }
     }
 
@@ -501,6 +515,10 @@ mod tests {
         assert_eq!(decide(None, &observed(), 3), Verdict::Same);
         // An empty table with an unreadable sequence says nothing.
         assert_eq!(decide(None, &Observed { id_high: None, ..observed() }, 3), Verdict::Same);
+        // pg_trickle registered the outbox after the offset was committed: an older outbox's.
+        let newer = Observed { registered_after_commit: true, ..observed() };
+        assert_eq!(decide(None, &newer, 3), Verdict::NewEpoch(Reason::Recreated));
+        assert_eq!(decide(None, &newer, 0), Verdict::Same);
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub struct OutboxReader {
     table: OutboxTable,
     /// `(table OID, relfilenode)` of the outbox this reader's epoch was checked against.
     watched: (i64, i64),
+    /// The highest id known to exist in this outbox (at first the committed offset): the ids
+    /// going back below it means they were reset.
+    seen_high: i64,
     horizon_sql: String,
     lockers_sql: String,
     fetch_sql: std::sync::Arc<str>,
@@ -74,8 +77,8 @@ const SLOW_WRITER_WARNING: Duration = Duration::from_secs(30);
 
 impl OutboxReader {
     /// A reader of `table` as it was when its epoch was checked (`watched` = its table OID and
-    /// relfilenode).
-    pub fn new(table: OutboxTable, watched: (i64, i64)) -> Self {
+    /// relfilenode), starting after `offset`.
+    pub fn new(table: OutboxTable, watched: (i64, i64), offset: i64) -> Self {
         let q = table.qualified();
         let uid = table.uid_sql();
         let seq = match &table.id_sequence {
@@ -114,6 +117,7 @@ impl OutboxReader {
             lag_sql: format!("SELECT (SELECT coalesce(max(id), 0)::int8 FROM {q}), {lag_age}"),
             table,
             watched,
+            seen_high: offset,
             safe: 0,
             pending: None,
         }
@@ -157,9 +161,16 @@ impl OutboxReader {
             return Err(HorizonError::Changed("the outbox table was recreated or truncated"));
         }
         let id_high: Option<i64> = row.get(4);
-        if id_high.is_some_and(|high| high < self.safe) || max_id < self.safe && id_high.is_none() && max_id > 0 {
+        // The sequence's last value is never below an id it gave out; without a readable
+        // sequence, a non-empty table's greatest id tells the same (retention deletes the oldest).
+        let went_back = match id_high {
+            Some(high) => high < self.seen_high,
+            None => max_id > 0 && max_id < self.seen_high,
+        };
+        if went_back {
             return Err(HorizonError::Changed("the outbox's ids went back"));
         }
+        self.seen_high = self.seen_high.max(max_id);
         if max_id > self.safe {
             if lockers.is_empty() {
                 self.safe = max_id;
