@@ -4,17 +4,6 @@
 
 use tokio_postgres::Client;
 
-pub async fn load(client: &Client, group: &str, pipeline: &str) -> Result<i64, tokio_postgres::Error> {
-    Ok(client
-        .query_opt(
-            "SELECT last_change_id FROM pgtrickle.relay_consumer_offsets WHERE relay_group_id = $1 AND pipeline_id = $2",
-            &[&group, &pipeline],
-        )
-        .await?
-        .map(|r| r.get(0))
-        .unwrap_or(0))
-}
-
 /// SQL that is true while this session holds the pipeline's advisory lock
 /// (`pg_try_advisory_lock(hashtext($1 = group), hashtext($2 = pipeline))`).
 pub const HOLDS_PIPELINE_LOCK: &str = "EXISTS (SELECT 1 FROM pg_locks
@@ -88,22 +77,34 @@ mod tests {
         schema::migrate(&mut c.client).await.unwrap();
 
         let sql = commit_sql(None);
+        let load = |g: &'static str, p: &'static str| {
+            let client = &c.client;
+            async move {
+                client
+                    .query_opt(
+                        "SELECT last_change_id FROM pgtrickle.relay_consumer_offsets WHERE relay_group_id = $1 AND pipeline_id = $2",
+                        &[&g, &p],
+                    )
+                    .await
+                    .map(|r| r.map_or(0, |r| r.get::<_, i64>(0)))
+            }
+        };
         let try_commit = |g: &'static str, p: &'static str, o: i64| {
             let (client, sql) = (&c.client, sql.as_str());
             async move { commit(client, sql, g, p, o, "w").await }
         };
         // Without the lock: nothing is written.
         assert!(!try_commit("g", "p", 10).await.unwrap());
-        assert_eq!(load(&c.client, "g", "p").await.unwrap(), 0);
+        assert_eq!(load("g", "p").await.unwrap(), 0);
         // Holding it (the relay's two-key form): committed.
         c.client.execute("SELECT pg_advisory_lock(hashtext('g'), hashtext('p'))", &[]).await.unwrap();
         assert!(try_commit("g", "p", 10).await.unwrap());
-        assert_eq!(load(&c.client, "g", "p").await.unwrap(), 10);
+        assert_eq!(load("g", "p").await.unwrap(), 10);
         // Another pipeline's lock does not count; a released lock stops commits again.
         assert!(!try_commit("g", "other", 11).await.unwrap());
         c.client.execute("SELECT pg_advisory_unlock(hashtext('g'), hashtext('p'))", &[]).await.unwrap();
         assert!(!try_commit("g", "p", 12).await.unwrap());
-        assert_eq!(load(&c.client, "g", "p").await.unwrap(), 10);
+        assert_eq!(load("g", "p").await.unwrap(), 10);
         drop(c);
         admin.client.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await.unwrap();
     }
