@@ -5,6 +5,8 @@ pub mod offsets;
 pub mod pipelines;
 pub mod schema;
 pub mod status;
+#[cfg(test)]
+pub mod test_db;
 pub mod tls;
 
 pub use connect::{connect, connect_with_retry, redact_url, DbConnection};

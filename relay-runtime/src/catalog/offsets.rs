@@ -52,30 +52,13 @@ pub async fn commit(
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
-    // Talks to the real PostgreSQL the whole suite uses (PGTRICKLE_TEST_POSTGRES_URL, else the
-    // local one); fails loudly without it.
     use super::*;
-    use crate::catalog::{connect, schema};
+    use crate::catalog::test_db::TestDatabase;
 
     #[tokio::test]
     async fn a_commit_is_fenced_by_the_pipeline_lock() {
-        let admin_url = std::env::var("PGTRICKLE_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let admin =
-            connect(&admin_url, "offsets-test", None).await.expect("PostgreSQL must be reachable for this test");
-        let db = format!("relay_unit_offsets_{}", std::process::id());
-        admin.client.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await.unwrap();
-        admin.client.batch_execute(&format!("CREATE DATABASE {db}")).await.unwrap();
-        let url = match admin_url.rsplit_once('/') {
-            Some((head, tail)) if !tail.contains('@') => {
-                let query = tail.find('?').map(|q| &tail[q..]).unwrap_or("");
-                format!("{head}/{db}{query}")
-            }
-            _ => format!("{admin_url} dbname={db}"),
-        };
-        let mut c = connect(&url, "offsets-test", None).await.unwrap();
-        schema::migrate(&mut c.client).await.unwrap();
-
+        let db = TestDatabase::new("offsets").await;
+        let c = &db.conn;
         let sql = commit_sql(None);
         let load = |g: &'static str, p: &'static str| {
             let client = &c.client;
@@ -105,7 +88,6 @@ mod tests {
         c.client.execute("SELECT pg_advisory_unlock(hashtext('g'), hashtext('p'))", &[]).await.unwrap();
         assert!(!try_commit("g", "p", 12).await.unwrap());
         assert_eq!(load("g", "p").await.unwrap(), 10);
-        drop(c);
-        admin.client.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await.unwrap();
+        db.drop_now().await;
     }
 }

@@ -250,7 +250,7 @@ async fn check_in_transaction(
                     "INSERT INTO pgtrickle.relay_outbox_epochs
                          (relay_group_id, pipeline_id, epoch, scope, outbox_identity, outbox_table, stream_table,
                           relfilenode, anchor_id, anchor_uid)
-                     VALUES ($1, $2, 1, $3::uuid, $4, $5, $6, $7, $8, $9)",
+                     VALUES ($1, $2, 1, $3::text::uuid, $4, $5, $6, $7, $8, $9)",
                     &[
                         &group,
                         &pipeline,
@@ -270,7 +270,7 @@ async fn check_in_transaction(
             client
                 .execute(
                     "UPDATE pgtrickle.relay_outbox_epochs
-                        SET scope = $3::uuid, outbox_identity = $4, outbox_table = $5, relfilenode = $6
+                        SET scope = $3::text::uuid, outbox_identity = $4, outbox_table = $5, relfilenode = $6
                       WHERE relay_group_id = $1 AND pipeline_id = $2",
                     &[&group, &pipeline, &epoch.scope, &now.identity, &qualified, &now.relfilenode],
                 )
@@ -287,7 +287,7 @@ async fn check_in_transaction(
                     "INSERT INTO pgtrickle.relay_outbox_epochs AS e
                          (relay_group_id, pipeline_id, epoch, scope, outbox_identity, outbox_table, stream_table,
                           relfilenode, anchor_id, anchor_uid, recreated_total, last_reason, started_at)
-                     VALUES ($1, $2, $3, $4::uuid, $5, $6, $7, $8, NULL, NULL, $9, $10, now())
+                     VALUES ($1, $2, $3, $4::text::uuid, $5, $6, $7, $8, NULL, NULL, $9, $10, now())
                      ON CONFLICT (relay_group_id, pipeline_id) DO UPDATE SET
                          epoch = EXCLUDED.epoch, scope = EXCLUDED.scope, outbox_identity = EXCLUDED.outbox_identity,
                          outbox_table = EXCLUDED.outbox_table, stream_table = EXCLUDED.stream_table,
@@ -458,6 +458,93 @@ mod tests {
             anchor_row: AnchorRow::Found(Some("uuid-3".into())),
             registered_after_commit: false,
         }
+    }
+
+    /// The scenarios of the README's Lifecycle table against a real outbox of pg_trickle 0.45's
+    /// shape: what `check` decides and records, and that the commit keeps the anchor current.
+    #[tokio::test]
+    async fn check_follows_an_outbox_through_its_lifecycle() {
+        use crate::catalog::offsets::{commit, commit_sql};
+        use crate::config::OutboxRef;
+
+        let db = crate::catalog::test_db::TestDatabase::new("epochs").await;
+        let c = &db.conn.client;
+        let create = "CREATE TABLE IF NOT EXISTS pgtrickle.pgt_outbox_config (stream_table_oid oid PRIMARY KEY,
+                          stream_table_name text NOT NULL, outbox_table_name text NOT NULL UNIQUE,
+                          created_at timestamptz NOT NULL DEFAULT clock_timestamp());
+                      CREATE TABLE pgtrickle.outbox_orders (id bigserial PRIMARY KEY,
+                          pgt_id uuid NOT NULL DEFAULT gen_random_uuid(), payload jsonb);
+                      INSERT INTO pgtrickle.pgt_outbox_config (stream_table_oid, stream_table_name, outbox_table_name)
+                      VALUES (1, 'orders', 'outbox_orders');";
+        let recreate = format!(
+            "BEGIN; DROP TABLE pgtrickle.outbox_orders; DELETE FROM pgtrickle.pgt_outbox_config; {create} COMMIT;"
+        );
+        c.batch_execute(create).await.unwrap();
+        let insert = |n: i64| async move {
+            c.execute("INSERT INTO pgtrickle.outbox_orders (payload) SELECT '[]' FROM generate_series(1, $1::int8)", &[&n])
+                .await
+                .unwrap();
+        };
+        let resolve = || async { OutboxTable::resolve(c, &OutboxRef::StreamTable("orders".into())).await.unwrap() };
+        let check = || async { check(c, "g", "p", &resolve().await).await };
+        let commit_at = |offset: i64| async move {
+            let sql = commit_sql(Some(&anchor_select(&resolve().await)));
+            assert!(commit(c, &sql, "g", "p", offset, "w").await.unwrap());
+        };
+
+        assert!(matches!(check().await, Err(CheckError::LockLost)), "fenced like a commit");
+        c.execute("SELECT pg_advisory_lock(hashtext('g'), hashtext('p'))", &[]).await.unwrap();
+        let first = check().await.unwrap();
+        assert_eq!((first.number, first.offset, first.new_epoch), (1, 0, None));
+
+        insert(3).await;
+        commit_at(3).await;
+        let same = check().await.unwrap();
+        assert_eq!((same.number, same.offset, same.new_epoch, &same.scope), (1, 3, None, &first.scope));
+
+        // disable_outbox + enable_outbox, two rows since: a new epoch from the beginning.
+        c.batch_execute(&recreate).await.unwrap();
+        insert(2).await;
+        let second = check().await.unwrap();
+        assert_eq!((second.number, second.offset, second.new_epoch), (2, 0, Some(Reason::Recreated)));
+        assert_ne!(second.scope, first.scope, "a new dedup scope");
+        let stored: i64 = c
+            .query_one("SELECT last_change_id FROM pgtrickle.relay_consumer_offsets WHERE pipeline_id = 'p'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(stored, 0, "the offset reset is committed");
+        assert_eq!(check().await.unwrap().new_epoch, None, "counted once");
+
+        // TRUNCATE … RESTART IDENTITY, then more rows than the offset: the anchor's id holds another row.
+        commit_at(2).await;
+        c.batch_execute("TRUNCATE pgtrickle.outbox_orders RESTART IDENTITY").await.unwrap();
+        insert(5).await;
+        assert_eq!(check().await.unwrap().new_epoch, Some(Reason::IdsReused));
+
+        // … with nothing written yet it is the same outbox; its first row shows the reset.
+        commit_at(5).await;
+        c.batch_execute("TRUNCATE pgtrickle.outbox_orders RESTART IDENTITY").await.unwrap();
+        assert_eq!(check().await.unwrap().new_epoch, None);
+        insert(1).await;
+        let reset = check().await.unwrap();
+        assert_eq!((reset.number, reset.new_epoch, reset.recreated_total), (4, Some(Reason::IdsWentBack), 3));
+
+        // A plain TRUNCATE (ids continue) and retention are the same outbox.
+        insert(2).await;
+        commit_at(3).await;
+        c.batch_execute("TRUNCATE pgtrickle.outbox_orders").await.unwrap();
+        insert(1).await;
+        let cont = check().await.unwrap();
+        assert_eq!((cont.offset, cont.new_epoch), (3, None));
+
+        // The same rows under another identity (a restored database): offset kept, new scope.
+        commit_at(4).await;
+        c.batch_execute("UPDATE pgtrickle.relay_outbox_epochs SET outbox_identity = 'elsewhere'").await.unwrap();
+        let moved = check().await.unwrap();
+        assert_eq!((moved.offset, moved.new_epoch, moved.number), (4, None, 4));
+        assert_ne!(moved.scope, reset.scope);
+        db.drop_now().await;
     }
 
     #[test]
