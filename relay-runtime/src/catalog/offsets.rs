@@ -12,7 +12,8 @@ pub const HOLDS_PIPELINE_LOCK: &str = "EXISTS (SELECT 1 FROM pg_locks
 
 /// The commit statement (`$1` group, `$2` pipeline, `$3` offset, `$4` worker id). With
 /// `anchor_select` (a query of `(id, uid)` using `$3`, see `outbox::epoch::anchor_select`), the
-/// same statement records the outbox row the offset stands on in `relay_outbox_epochs`.
+/// same statement records the outbox row the offset stands on in `relay_outbox_epochs` (when
+/// the query finds none, the anchor stays as it was).
 pub fn commit_sql(anchor_select: Option<&str>) -> String {
     let upsert = format!(
         "INSERT INTO pgtrickle.relay_consumer_offsets AS o (relay_group_id, pipeline_id, last_change_id, worker_id, updated_at)
@@ -23,9 +24,8 @@ pub fn commit_sql(anchor_select: Option<&str>) -> String {
     let anchor = match anchor_select {
         None => String::new(),
         Some(anchor) => format!(
-            ", a AS ({anchor}),
-               e AS (UPDATE pgtrickle.relay_outbox_epochs
-                        SET anchor_id = (SELECT id FROM a), anchor_uid = (SELECT uid FROM a)
+            ", e AS (UPDATE pgtrickle.relay_outbox_epochs SET anchor_id = a.id, anchor_uid = a.uid
+                       FROM ({anchor}) a
                       WHERE relay_group_id = $1 AND pipeline_id = $2 AND EXISTS (SELECT 1 FROM c))"
         ),
     };

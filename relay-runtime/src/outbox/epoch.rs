@@ -403,12 +403,20 @@ async fn observe(
 }
 
 /// The SQL that finds a commit's anchor, `(id, uid)` of the greatest row at or below `$3`
-/// (the offset being committed), for [`crate::catalog::offsets::commit_sql`].
-pub fn anchor_select(table: &OutboxTable) -> String {
+/// (the offset being committed), for [`crate::catalog::offsets::commit_sql`]. It finds nothing
+/// (and the stored anchor stays) once the table is not the one the epoch was checked against
+/// (`watched` = table OID and relfilenode): an anchor taken from a table swapped in under the
+/// running pipeline would vouch for the new table's rows as the old offset's.
+pub fn anchor_select(table: &OutboxTable, watched: (i64, i64)) -> String {
+    let (oid, relfilenode) = watched;
     format!(
-        "SELECT id::int8 AS id, {} AS uid FROM {} WHERE id <= $3 ORDER BY id DESC LIMIT 1",
-        table.uid_sql(),
-        table.qualified()
+        "SELECT id::int8 AS id, {uid} AS uid FROM {q}
+          WHERE id <= $3 AND EXISTS (SELECT 1 FROM pg_class WHERE oid = {q_lit}::regclass
+                                       AND oid::int8 = {oid} AND relfilenode::int8 = {relfilenode})
+          ORDER BY id DESC LIMIT 1",
+        uid = table.uid_sql(),
+        q = table.qualified(),
+        q_lit = super::diff::quote_literal(&table.qualified()),
     )
 }
 
@@ -481,14 +489,26 @@ mod tests {
         );
         c.batch_execute(create).await.unwrap();
         let insert = |n: i64| async move {
-            c.execute("INSERT INTO pgtrickle.outbox_orders (payload) SELECT '[]' FROM generate_series(1, $1::int8)", &[&n])
-                .await
-                .unwrap();
+            c.execute(
+                "INSERT INTO pgtrickle.outbox_orders (payload) SELECT '[]' FROM generate_series(1, $1::int8)",
+                &[&n],
+            )
+            .await
+            .unwrap();
         };
         let resolve = || async { OutboxTable::resolve(c, &OutboxRef::StreamTable("orders".into())).await.unwrap() };
         let check = || async { check(c, "g", "p", &resolve().await).await };
         let commit_at = |offset: i64| async move {
-            let sql = commit_sql(Some(&anchor_select(&resolve().await)));
+            let table = resolve().await;
+            let watched: (i64, i64) = c
+                .query_one(
+                    "SELECT oid::int8, relfilenode::int8 FROM pg_class WHERE oid = 'pgtrickle.outbox_orders'::regclass",
+                    &[],
+                )
+                .await
+                .map(|r| (r.get(0), r.get(1)))
+                .unwrap();
+            let sql = commit_sql(Some(&anchor_select(&table, watched)));
             assert!(commit(c, &sql, "g", "p", offset, "w").await.unwrap());
         };
 
@@ -538,11 +558,19 @@ mod tests {
         let cont = check().await.unwrap();
         assert_eq!((cont.offset, cont.new_epoch), (3, None));
 
+        // A commit racing a swap (the runner still watches the old table) leaves the anchor as
+        // it was, so the next check still sees the reuse instead of vouching for the new rows.
+        let stale = commit_sql(Some(&anchor_select(&resolve().await, (cont.table_oid, cont.relfilenode))));
+        c.batch_execute("TRUNCATE pgtrickle.outbox_orders RESTART IDENTITY").await.unwrap();
+        insert(5).await;
+        assert!(commit(c, &stale, "g", "p", 4, "w").await.unwrap());
+        assert_eq!(check().await.unwrap().new_epoch, Some(Reason::IdsReused));
+
         // The same rows under another identity (a restored database): offset kept, new scope.
         commit_at(4).await;
         c.batch_execute("UPDATE pgtrickle.relay_outbox_epochs SET outbox_identity = 'elsewhere'").await.unwrap();
         let moved = check().await.unwrap();
-        assert_eq!((moved.offset, moved.new_epoch, moved.number), (4, None, 4));
+        assert_eq!((moved.offset, moved.new_epoch, moved.number), (4, None, 5));
         assert_ne!(moved.scope, reset.scope);
         db.drop_now().await;
     }

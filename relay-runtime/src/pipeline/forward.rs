@@ -98,7 +98,7 @@ pub async fn run(
             labels: [spec.name.clone(), "forward".to_owned()],
             ctx: ctx.clone(),
             diff: (spec.delta_mode == DeltaMode::Diff).then(|| SnapshotDiff::new(&table, &spec.key_columns)),
-            commit_sql: offsets::commit_sql(Some(&epoch::anchor_select(&table))),
+            commit_sql: offsets::commit_sql(Some(&epoch::anchor_select(&table, (epoch.table_oid, epoch.relfilenode)))),
             reader: OutboxReader::new(table, (epoch.table_oid, epoch.relfilenode), epoch.offset),
             scope: epoch.scope,
             spec: spec.clone(),
