@@ -51,6 +51,12 @@ fn rate(n: u64, d: Duration) -> f64 {
     (n as f64 / d.as_secs_f64()).round()
 }
 
+/// A ceiling's stand-in for the relay's dedup key of row `index` of outbox row `outbox_row`:
+/// `outbox_bench:<pgt_id>:<index>`, with a uuid-shaped id (as long as a real one) per outbox row.
+fn ceiling_key(outbox_row: i64, index: i64) -> String {
+    format!("outbox_bench:00000000-0000-4000-8000-{outbox_row:012x}:{index}")
+}
+
 /// Fills an outbox with `rows` delta rows of about 200 bytes each (pg_trickle's inline snapshot
 /// form, `__pgt_*` columns included); returns the last outbox id.
 async fn fill_outbox(c: &tokio_postgres::Client, outbox: &str, rows: i64) -> i64 {
@@ -164,7 +170,7 @@ async fn bench_nats(rows: i64, repeats: usize) {
         let mut acks = FuturesOrdered::new();
         for i in 0..rows {
             let mut h = async_nats::HeaderMap::new();
-            h.insert(async_nats::header::NATS_MESSAGE_ID, format!("outbox_bench:{i}:0").as_str());
+            h.insert(async_nats::header::NATS_MESSAGE_ID, ceiling_key(i, 0).as_str());
             h.insert("Pgtrickle-Op", "insert");
             h.insert("Pgtrickle-Full-Refresh", "true");
             h.insert("Pgtrickle-Outbox-Id", i.to_string().as_str());
@@ -300,7 +306,7 @@ async fn bench_inbox(rows: i64) {
     let mut n = 0i64;
     while n < rows {
         let k = 1000.min(rows - n);
-        let ids: Vec<String> = (n..n + k).map(|i| format!("outbox_bench:{i}:0")).collect();
+        let ids: Vec<String> = (n..n + k).map(|i| ceiling_key(i, 0)).collect();
         let types = vec!["pgtrickle.bench.insert"; k as usize];
         let sources = vec!["bench"; k as usize];
         let aggs: Vec<Option<String>> = vec![None; k as usize];
@@ -761,7 +767,7 @@ impl KafkaCeiling {
         use rdkafka::message::{Header, OwnedHeaders};
         use rdkafka::producer::BaseRecord;
         for i in 0..rows {
-            let key = format!("outbox_bench:{}:{}", i / PER_OUTBOX_ROW, i % PER_OUTBOX_ROW);
+            let key = ceiling_key(i / PER_OUTBOX_ROW, i % PER_OUTBOX_ROW);
             let outbox_id = (i / PER_OUTBOX_ROW).to_string();
             let headers = OwnedHeaders::new_with_capacity(5)
                 .insert(Header { key: "pgtrickle-op", value: Some("insert") })
@@ -808,7 +814,8 @@ async fn bench_rabbitmq(rows: i64) {
     ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
     // The relay's four headers, so both sides send the same frames.
     let mut headers = FieldTable::default();
-    for (k, v) in [("pgtrickle-op", "insert"), ("pgtrickle-dedup-key", "outbox_bench:1:0")] {
+    let sample_key = ceiling_key(1, 0);
+    for (k, v) in [("pgtrickle-op", "insert"), ("pgtrickle-dedup-key", sample_key.as_str())] {
         headers.insert(k.into(), lapin::types::AMQPValue::LongString(v.into()));
     }
     headers.insert("pgtrickle-full-refresh".into(), lapin::types::AMQPValue::Boolean(true));
@@ -817,7 +824,7 @@ async fn bench_rabbitmq(rows: i64) {
     let mut acks = FuturesOrdered::new();
     for i in 0..rows {
         let props = lapin::BasicProperties::default()
-            .with_message_id(format!("outbox_bench:{}:{}", i / PER_OUTBOX_ROW, i % PER_OUTBOX_ROW).as_str().into())
+            .with_message_id(ceiling_key(i / PER_OUTBOX_ROW, i % PER_OUTBOX_ROW).as_str().into())
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
             .with_app_id("pgtrickle-relay".into())

@@ -150,11 +150,11 @@ async fn run_conformance(target: Target) {
     config["delta_mode"] = json!("snapshot");
     c.execute("SELECT pgtrickle.set_relay_outbox('conf', config => $1::jsonb)", &[&config]).await.unwrap();
 
-    // 12 outbox rows in every inline form; expected keys in outbox order.
-    let mut expected = Vec::new();
+    // 12 outbox rows in every inline form; expected keys (outbox id, row index) in outbox order.
+    let mut expected_rows = Vec::new();
     for i in 0..4i64 {
         let id = write_inline(&c, &outbox, Some(json!([{"id": i * 10, "__pgt_row_id": i}, {"id": i * 10 + 1}]))).await;
-        expected.extend([format!("{outbox}:{id}:0"), format!("{outbox}:{id}:1")]);
+        expected_rows.extend([(id, 0), (id, 1)]);
         let id = write_inline(
             &c,
             &outbox,
@@ -164,10 +164,12 @@ async fn run_conformance(target: Target) {
         )
         .await;
         // update (index 0) and delete (index 2); the paired delete at index 1 is folded in.
-        expected.extend([format!("{outbox}:{id}:0"), format!("{outbox}:{id}:2")]);
+        expected_rows.extend([(id, 0), (id, 2)]);
         let id = write_inline(&c, &outbox, None).await;
         let _ = id;
     }
+    let refs = row_refs(&c, &outbox).await;
+    let expected: Vec<String> = expected_rows.iter().map(|(id, i)| format!("{}:{i}", refs[id])).collect();
     let last: i64 = c.query_one(&format!("SELECT max(id) FROM pgtrickle.\"{outbox}\""), &[]).await.unwrap().get(0);
 
     let mut relay = Relay::start(&db.url, "default", &[]);

@@ -86,7 +86,8 @@ async fn seed_sql_pipeline_relays_every_payload_form_in_order_exactly_once_acros
 
     let mut relay = Relay::start(&db.url, "default", &[]);
     let msgs = relay.wait_for_messages(11, Duration::from_secs(20)).await;
-    let k = |id: i64, i: usize| format!("{outbox}:{id}:{i}");
+    let refs = row_refs(&c, &outbox).await;
+    let k = |id: i64, i: usize| format!("{}:{i}", refs[&id]);
     let s = |op: &str| format!("pgtrickle.orders.{op}");
     let expected = vec![
         (k(o1, 0), "insert".into(), s("insert")),
@@ -116,7 +117,8 @@ async fn seed_sql_pipeline_relays_every_payload_form_in_order_exactly_once_acros
         .query_one("SELECT source_ref, error, convert_from(payload, 'UTF8') FROM pgtrickle.relay_dead_letters WHERE pipeline = 'orders-to-stdout'", &[])
         .await
         .unwrap();
-    assert_eq!(dl.get::<_, String>(0), format!("{outbox}:{o6}"));
+    let pgt_id = refs[&o6].strip_prefix(&format!("{outbox}:")).unwrap();
+    assert_eq!(dl.get::<_, String>(0), format!("{outbox}:{o6}:{pgt_id}"));
     assert!(dl.get::<_, String>(1).contains("a string"), "{}", dl.get::<_, String>(1));
     assert_eq!(dl.get::<_, String>(2), "\"not a payload\"");
 
@@ -134,7 +136,8 @@ async fn seed_sql_pipeline_relays_every_payload_form_in_order_exactly_once_acros
     let msgs2 = relay2.wait_for_messages(1, Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     let msgs2_final = relay2.messages();
-    assert_eq!(summary(&msgs2_final), vec![(k(o8, 0), "insert".into(), s("insert"))], "{msgs2:?}");
+    let o8_key = format!("{}:0", row_refs(&c, &outbox).await[&o8]);
+    assert_eq!(summary(&msgs2_final), vec![(o8_key, "insert".into(), s("insert"))], "{msgs2:?}");
 
     // Status row tells what happened.
     let st = c

@@ -40,7 +40,8 @@ async fn seed_nats_example_publishes_every_row_once_even_after_redelivery() {
     let stored = nats.stream_messages("pgtrickle").await;
     let got: Vec<(&str, Option<&str>, Option<&str>)> =
         stored.iter().map(|m| (m.subject.as_str(), m.msg_id.as_deref(), m.op_header.as_deref())).collect();
-    let key = |id: i64, i: usize| format!("{outbox}:{id}:{i}");
+    let refs = row_refs(&c, &outbox).await;
+    let key = |id: i64, i: usize| format!("{}:{i}", refs[&id]);
     let (ka, kb, kc, kd) = (key(a, 0), key(a, 1), key(b, 0), key(b, 1));
     assert_eq!(
         got,

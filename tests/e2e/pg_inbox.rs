@@ -50,7 +50,7 @@ async fn writes_inbox_rows_into_a_remote_database_and_reports_a_missing_inbox() 
         (rows.len() == 2).then_some(rows)
     })
     .await;
-    assert_eq!(rows[0].get::<_, String>(0), format!("{outbox}:{id}:0"));
+    assert_eq!(rows[0].get::<_, String>(0), format!("{}:0", row_refs(&c, &outbox).await[&id]));
     assert_eq!(rows[0].get::<_, String>(1), "pgtrickle.orders.insert");
     assert_eq!(rows[0].get::<_, String>(2), "to-inbox");
     assert_eq!(rows[0].get::<_, Option<String>>(3).as_deref(), Some("ada"));

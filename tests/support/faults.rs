@@ -116,15 +116,17 @@ pub fn spawn_writer(
     })
 }
 
-/// Every dedup key the outbox's rows should produce (`<outbox>:<id>:<index>`).
+/// Every dedup key the outbox's rows should produce (`<outbox>:<pgt_id>:<index>`).
 pub async fn expected_keys(c: &Client, outbox: &str) -> HashSet<String> {
-    let rows =
-        c.query(&format!("SELECT id, jsonb_array_length(payload) FROM pgtrickle.\"{outbox}\""), &[]).await.unwrap();
+    let rows = c
+        .query(&format!("SELECT id, pgt_id::text, jsonb_array_length(payload) FROM pgtrickle.\"{outbox}\""), &[])
+        .await
+        .unwrap();
     rows.iter()
         .flat_map(|r| {
-            let id: i64 = r.get(0);
-            let n: i32 = r.get(1);
-            (0..n).map(move |i| format!("{outbox}:{id}:{i}"))
+            let pgt_id: String = r.get(1);
+            let n: i32 = r.get(2);
+            (0..n).map(move |i| format!("{outbox}:{pgt_id}:{i}"))
         })
         .collect()
 }
