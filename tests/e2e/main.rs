@@ -11,6 +11,7 @@ mod forward;
 mod ha;
 mod hot_reload;
 mod kafka;
+mod lifecycle;
 mod nats;
 mod observability;
 mod operator;
