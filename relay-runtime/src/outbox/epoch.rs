@@ -116,13 +116,16 @@ pub fn decide(stored: Option<&Stored>, now: &Observed, offset: i64) -> Verdict {
     if s.stream_table != now.stream_table {
         return Verdict::NewEpoch(Reason::OtherStreamTable);
     }
+    // `Some(true)`: the anchor's row is still there; `Some(false)`: another row has its id.
     let anchor_same = match (&s.anchor_uid, &now.anchor_row) {
-        (Some(then), AnchorRow::Found(Some(uid))) if then != uid => return Verdict::NewEpoch(Reason::IdsReused),
-        (Some(_), AnchorRow::Found(Some(_))) => true,
-        _ => false,
+        (Some(then), AnchorRow::Found(Some(uid))) => Some(then == uid),
+        _ => None,
     };
     if s.identity != now.identity {
-        return if anchor_same { Verdict::Moved } else { Verdict::NewEpoch(Reason::Recreated) };
+        return if anchor_same == Some(true) { Verdict::Moved } else { Verdict::NewEpoch(Reason::Recreated) };
+    }
+    if anchor_same == Some(false) {
+        return Verdict::NewEpoch(Reason::IdsReused);
     }
     if went_back {
         return Verdict::NewEpoch(Reason::IdsWentBack);
@@ -357,10 +360,7 @@ async fn observe(
     anchor_id: Option<i64>,
 ) -> Result<Observed, tokio_postgres::Error> {
     let q = table.qualified();
-    let seq = match &table.id_sequence {
-        Some(s) => format!("pg_sequence_last_value({}::regclass)", super::diff::quote_literal(s)),
-        None => "NULL::int8".to_owned(),
-    };
+    let seq = table.id_high_sql();
     let row = client
         .query_one(
             &format!(
@@ -542,13 +542,14 @@ mod tests {
         insert(5).await;
         assert_eq!(check().await.unwrap().new_epoch, Some(Reason::IdsReused));
 
-        // … with nothing written yet it is the same outbox; its first row shows the reset.
+        // … with nothing written yet: the restarted sequence shows it at once (waiting for the
+        // first rows would let a burst reach the offset unnoticed).
         commit_at(5).await;
         c.batch_execute("TRUNCATE pgtrickle.outbox_orders RESTART IDENTITY").await.unwrap();
-        assert_eq!(check().await.unwrap().new_epoch, None);
-        insert(1).await;
         let reset = check().await.unwrap();
         assert_eq!((reset.number, reset.new_epoch, reset.recreated_total), (4, Some(Reason::IdsWentBack), 3));
+        insert(1).await;
+        assert_eq!(check().await.unwrap().new_epoch, None);
 
         // A plain TRUNCATE (ids continue) and retention are the same outbox.
         insert(2).await;
@@ -602,7 +603,7 @@ mod tests {
         // … even once its ids passed the old offset (the relay was stopped meanwhile).
         let busy =
             Observed { id_high: Some(9), anchor_row: AnchorRow::Found(Some("other".into())), ..recreated.clone() };
-        assert_eq!(decide(Some(&stored()), &busy, 3), Verdict::NewEpoch(Reason::IdsReused));
+        assert_eq!(decide(Some(&stored()), &busy, 3), Verdict::NewEpoch(Reason::Recreated));
         let busy = Observed { anchor_row: AnchorRow::Found(None), ..busy };
         assert_eq!(decide(Some(&stored()), &busy, 3), Verdict::NewEpoch(Reason::Recreated));
     }

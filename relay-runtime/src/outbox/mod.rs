@@ -105,6 +105,15 @@ impl OutboxTable {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
     }
 
+    /// SQL of the highest id the outbox's sequence handed out: `0` for a sequence not used
+    /// since it was created or restarted (`RESTART IDENTITY`), NULL when it cannot be read.
+    pub fn id_high_sql(&self) -> String {
+        match &self.id_sequence {
+            Some(s) => format!("coalesce(pg_sequence_last_value({}::regclass), 0)", diff::quote_literal(s)),
+            None => "NULL::int8".to_owned(),
+        }
+    }
+
     /// SQL of an outbox row's uid (its `pgt_id` as text, NULL when the table has none).
     pub fn uid_sql(&self) -> &'static str {
         if self.has_pgt_id_column {

@@ -81,10 +81,7 @@ impl OutboxReader {
     pub fn new(table: OutboxTable, watched: (i64, i64), offset: i64) -> Self {
         let q = table.qualified();
         let uid = table.uid_sql();
-        let seq = match &table.id_sequence {
-            Some(s) => format!("pg_sequence_last_value({}::regclass)", super::diff::quote_literal(s)),
-            None => "NULL::int8".to_owned(),
-        };
+        let seq = table.id_high_sql();
         let claim = if table.has_claim_check_column { "is_claim_check" } else { "false" };
         let refresh = if table.has_refresh_id_column { "refresh_id::text" } else { "NULL::text" };
         let lag_age = if table.has_created_at_column {
