@@ -68,6 +68,11 @@ pub struct RunArgs {
     /// Do not install or upgrade the relay catalog at start (fail if it is missing or older)
     #[arg(long, env = "PGTRICKLE_RELAY_NO_MIGRATE", global = true)]
     pub no_migrate: bool,
+    /// Database connections this instance may open in all, whatever the number of pipelines: the
+    /// catalog (LISTEN) connection, the lock session, and a pool shared by every pipeline
+    #[arg(long, env = "PGTRICKLE_RELAY_MAX_DB_CONNECTIONS", default_value_t = 10, global = true,
+          value_parser = clap::value_parser!(u16).range(catalog::pool::MIN_DB_CONNECTIONS as i64..))]
+    pub max_db_connections: u16,
 }
 
 #[derive(Debug, Subcommand)]
@@ -208,7 +213,7 @@ pub async fn run(g: &GlobalArgs, r: &RunArgs, url: String, stop: CancellationTok
     let shutdown = stop;
     spawn_signal_handler(shutdown.clone());
     let worker_id = default_worker_id();
-    let state = match RelayState::new(&g.relay_group_id, &worker_id, &url) {
+    let state = match RelayState::new(&g.relay_group_id, &worker_id, &url, usize::from(r.max_db_connections)) {
         Ok(s) => Arc::new(s),
         Err(e) => {
             eprintln!("error: cannot register metrics: {e}");

@@ -3,9 +3,10 @@
 //! Every `discovery_interval`, and at once on a `pgtrickle_relay_config` notification, the
 //! coordinator reads `list_relay_configs()`, stops workers whose pipeline was disabled, deleted
 //! or changed, and tries to own every enabled pipeline nobody owns:
-//! `pg_try_advisory_lock(hashtext(group), hashtext(name))` (contract §4.5) on a fresh
-//! connection that then becomes the worker's — so losing that connection releases the lock and
-//! fences the worker's commits at once. `pgtrickle_outbox_new` notifications (payload: the bare
+//! `pg_try_advisory_lock(hashtext(group), hashtext(name))` (contract §4.5) on the instance's one
+//! lock session, which holds the locks of all its pipelines — so a session that dies releases
+//! them all and fences every worker's commits at once; the workers stop and their pipelines are
+//! taken again from their committed offsets. `pgtrickle_outbox_new` notifications (payload: the bare
 //! outbox table name) wake the matching forward worker without waiting for its poll interval.
 
 use std::collections::HashMap;
@@ -17,6 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::connect::Notification;
+use crate::catalog::pool::LockSession;
 use crate::catalog::{self, pipelines, status, DbConnection};
 use crate::config::{Direction, PipelineRow};
 use crate::pipeline::{self, WorkerLink};
@@ -46,11 +48,31 @@ pub struct Coordinator {
     ctx: Arc<RelayState>,
     opts: CoordinatorOptions,
     workers: HashMap<Key, Worker>,
+    /// The session holding every owned pipeline's lock (opened on demand, replaced when it dies).
+    locks: Option<Arc<LockSession>>,
 }
 
 impl Coordinator {
     pub fn new(ctx: Arc<RelayState>, opts: CoordinatorOptions) -> Self {
-        Self { ctx, opts, workers: HashMap::new() }
+        Self { ctx, opts, workers: HashMap::new(), locks: None }
+    }
+
+    /// The live lock session, opened if there is none; `None` while the database refuses it.
+    async fn lock_session(&mut self) -> Option<Arc<LockSession>> {
+        if let Some(s) = self.locks.as_ref().filter(|s| !s.conn.closed.is_cancelled()) {
+            return Some(s.clone());
+        }
+        match LockSession::open(&self.opts.postgres_url).await {
+            Ok(s) => {
+                let s = Arc::new(s);
+                self.locks = Some(s.clone());
+                Some(s)
+            }
+            Err(e) => {
+                self.ctx.database_refused(&catalog::pool::PoolError::Connect(e));
+                None
+            }
+        }
     }
 
     /// Runs until `shutdown` fires, then stops every worker (each finishes and commits its
@@ -174,7 +196,9 @@ impl Coordinator {
         }
         let mut keys: Vec<Key> = wanted.keys().cloned().collect();
         keys.sort();
+        let locks = if self.workers.len() < share { self.lock_session().await } else { None };
         for key in keys {
+            let Some(locks) = &locks else { break };
             let Some(row) = wanted.get(&key).cloned() else { continue };
             if self.workers.contains_key(&key) || released.contains(&key) {
                 continue;
@@ -182,20 +206,22 @@ impl Coordinator {
             if self.workers.len() >= share {
                 break;
             }
-            match self.try_own(conn, &row).await {
-                Ok(Some(worker_conn)) => {
+            match self.try_own(conn, locks, &row).await {
+                Ok(true) => {
                     tracing::info!(pipeline = %row.name, direction = row.direction.as_str(), "acquired pipeline");
-                    let link = WorkerLink::new(CancellationToken::new());
-                    let handle =
-                        tokio::spawn(pipeline::run_worker(self.ctx.clone(), row.clone(), worker_conn, link.clone()));
+                    let link = WorkerLink::new(CancellationToken::new(), locks.clone());
+                    let handle = tokio::spawn(pipeline::run_worker(self.ctx.clone(), row.clone(), link.clone()));
                     self.workers.insert(key, Worker { config: row.config, link, handle });
                 }
-                Ok(None) => {}
+                Ok(false) => {}
                 Err(e) => {
-                    tracing::warn!(pipeline = %row.name, error = %e, "cannot try the pipeline's lock")
+                    tracing::warn!(pipeline = %row.name, error = %e, "cannot try the pipeline's lock");
+                    break;
                 }
             }
         }
+        self.count_unowned(conn, &wanted).await;
+        self.ctx.observe_pool();
         // Bookkeeping last, so that starting pipelines is not delayed by it.
         self.report_share(conn, share).await;
         if let Err(e) = status::prune(&conn.client, &self.ctx.group_id).await {
@@ -262,13 +288,14 @@ impl Coordinator {
             .await;
     }
 
-    /// Takes the pipeline's advisory lock on a new connection, or `None` if another session
-    /// holds it. A cheap `pg_locks` look first avoids opening connections for owned pipelines.
+    /// Takes the pipeline's advisory lock on the lock session; `false` if another session
+    /// holds it. A cheap `pg_locks` look first keeps the lock session's queue short.
     async fn try_own(
         &self,
         conn: &DbConnection,
+        locks: &LockSession,
         row: &PipelineRow,
-    ) -> Result<Option<DbConnection>, catalog::connect::ConnectError> {
+    ) -> Result<bool, tokio_postgres::Error> {
         let held: bool = conn
             .client
             .query_one(
@@ -282,16 +309,30 @@ impl Coordinator {
             .await?
             .get(0);
         if held {
-            return Ok(None);
+            return Ok(false);
         }
-        let app = format!("pgtrickle-relay {}", row.name);
-        let worker_conn = catalog::connect(&self.opts.postgres_url, &app, None).await?;
-        let got: bool = worker_conn
+        locks.try_lock(&self.ctx.group_id, &row.name).await
+    }
+
+    /// How many enabled pipelines of the group no session holds the lock of (for `/health`).
+    async fn count_unowned(&self, conn: &DbConnection, wanted: &HashMap<Key, PipelineRow>) {
+        let names: Vec<&str> = wanted.keys().map(|(n, _)| n.as_str()).collect();
+        let r = conn
             .client
-            .query_one("SELECT pg_try_advisory_lock(hashtext($1), hashtext($2))", &[&self.ctx.group_id, &row.name])
-            .await?
-            .get(0);
-        Ok(got.then_some(worker_conn))
+            .query_one(
+                "SELECT count(*) FROM unnest($2::text[]) AS p(name)
+                  WHERE NOT EXISTS (SELECT 1 FROM pg_locks
+                                     WHERE locktype = 'advisory' AND objsubid = 2 AND granted
+                                       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                                       AND classid::int8 = (hashtext($1)::int8 & 4294967295)
+                                       AND objid::int8 = (hashtext(p.name)::int8 & 4294967295))",
+                &[&self.ctx.group_id, &names],
+            )
+            .await;
+        match r {
+            Ok(row) => self.ctx.set_unowned(row.get::<_, i64>(0) as usize),
+            Err(e) => tracing::debug!(error = %e, "cannot count unowned pipelines"),
+        }
     }
 
     async fn stop_worker(&self, w: Worker) {

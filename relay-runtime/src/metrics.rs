@@ -16,6 +16,9 @@ pub struct Metrics {
     pub outbox_recreated: IntCounterVec,
     pub pipeline_healthy: IntGaugeVec,
     pub pipelines_owned: IntGauge,
+    pub pipelines_unowned: IntGauge,
+    pub db_connections: IntGaugeVec,
+    pub db_pool_wait: prometheus::Histogram,
     pub lag_rows: IntGaugeVec,
     pub lag_seconds: GaugeVec,
     pub committed_offset: IntGaugeVec,
@@ -74,6 +77,24 @@ impl Metrics {
         let pipelines_owned =
             IntGauge::new("pgtrickle_relay_pipelines_owned", "Pipelines owned by this relay instance.")?;
         registry.register(Box::new(pipelines_owned.clone()))?;
+        let pipelines_unowned = IntGauge::new(
+            "pgtrickle_relay_pipelines_unowned",
+            "Enabled pipelines of this relay group that no live instance owns (as of the last discovery).",
+        )?;
+        registry.register(Box::new(pipelines_unowned.clone()))?;
+        let db_connections = IntGaugeVec::new(
+            Opts::new("pgtrickle_relay_db_connections", "Work connections of the shared pool, busy or idle."),
+            &["state"],
+        )?;
+        registry.register(Box::new(db_connections.clone()))?;
+        let db_pool_wait = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "pgtrickle_relay_db_pool_wait_seconds",
+                "Time a pipeline waited for a work connection from the pool.",
+            )
+            .buckets(vec![0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0]),
+        )?;
+        registry.register(Box::new(db_pool_wait.clone()))?;
         let lag_rows = IntGaugeVec::new(
             Opts::new("pgtrickle_relay_lag_rows", "Outbox rows written but not yet relayed."),
             &["pipeline"],
@@ -112,6 +133,9 @@ impl Metrics {
             outbox_recreated,
             pipeline_healthy,
             pipelines_owned,
+            pipelines_unowned,
+            db_connections,
+            db_pool_wait,
             lag_rows,
             lag_seconds,
             committed_offset,

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::catalog::pool::{pool_size, WorkPool};
 use crate::config::Direction;
 use crate::metrics::Metrics;
 
@@ -83,6 +84,9 @@ impl PipelineStatus {
     }
 }
 
+/// How often "the database refused a connection" may be logged as a warning.
+const REFUSAL_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub struct RelayState {
     pub group_id: String,
     /// `<hostname>:<pid>`, the `worker_id` of contract §4.9 and the status table's owner.
@@ -91,6 +95,16 @@ pub struct RelayState {
     pub postgres_url: String,
     pub started: Instant,
     pub metrics: Metrics,
+    /// The work connections every pipeline borrows from (`--max-db-connections` bounds them
+    /// with the catalog connection and the lock session).
+    pub pool: WorkPool,
+    /// Enabled pipelines of this group no live instance owns, as of the last discovery, and
+    /// how many discoveries in a row saw some (`/health` is degraded after two).
+    unowned: std::sync::atomic::AtomicUsize,
+    unowned_rounds: std::sync::atomic::AtomicUsize,
+    /// When the last "database refused a connection" warning was logged (one per interval for
+    /// the whole instance, however many pipelines wait).
+    last_refusal_warning: Mutex<Option<Instant>>,
     ready: AtomicBool,
     catalog_connected: AtomicBool,
     pipelines: Mutex<BTreeMap<(String, Direction), PipelineStatus>>,
@@ -101,6 +115,8 @@ pub struct RelayState {
 pub struct HealthReport {
     pub status: &'static str,
     pub pipelines_owned: usize,
+    /// Enabled pipelines of this relay group that no live instance owns.
+    pub pipelines_unowned: usize,
     pub uptime_seconds: u64,
     pub relay_group_id: String,
     pub worker_id: String,
@@ -109,13 +125,22 @@ pub struct HealthReport {
 }
 
 impl RelayState {
-    pub fn new(group_id: &str, worker_id: &str, postgres_url: &str) -> Result<Self, prometheus::Error> {
+    pub fn new(
+        group_id: &str,
+        worker_id: &str,
+        postgres_url: &str,
+        max_db_connections: usize,
+    ) -> Result<Self, prometheus::Error> {
         Ok(Self {
             group_id: group_id.to_owned(),
             worker_id: worker_id.to_owned(),
             postgres_url: postgres_url.to_owned(),
             started: Instant::now(),
             metrics: Metrics::new()?,
+            pool: WorkPool::new(postgres_url, pool_size(max_db_connections)),
+            unowned: Default::default(),
+            unowned_rounds: Default::default(),
+            last_refusal_warning: Mutex::new(None),
             ready: AtomicBool::new(false),
             catalog_connected: AtomicBool::new(false),
             pipelines: Mutex::new(BTreeMap::new()),
@@ -158,12 +183,41 @@ impl RelayState {
         self.metrics.forget_pipeline(name, direction.as_str());
     }
 
+    /// What the last discovery saw: `unowned` enabled pipelines of the group have no owner.
+    pub fn set_unowned(&self, unowned: usize) {
+        self.unowned.store(unowned, Ordering::SeqCst);
+        let rounds = if unowned == 0 { 0 } else { self.unowned_rounds.load(Ordering::SeqCst) + 1 };
+        self.unowned_rounds.store(rounds, Ordering::SeqCst);
+        self.metrics.pipelines_unowned.set(unowned as i64);
+    }
+
+    /// A work connection could not be opened (`53300 too many clients`, `57P03`, auth, network):
+    /// one warning per [`REFUSAL_WARNING_EVERY`] for the instance, the rest at debug level.
+    pub fn database_refused(&self, e: &crate::catalog::pool::PoolError) {
+        let mut last = self.last_refusal_warning.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= REFUSAL_WARNING_EVERY) {
+            *last = Some(Instant::now());
+            tracing::warn!(error = %e, "the database refused a work connection; pipelines wait and retry with backoff");
+        } else {
+            tracing::debug!(error = %e, "the database refused a work connection");
+        }
+    }
+
+    /// Refreshes the connection gauges (after a borrow, at discovery).
+    pub fn observe_pool(&self) {
+        let (busy, idle) = self.pool.usage();
+        self.metrics.db_connections.with_label_values(&["busy"]).set(busy as i64);
+        self.metrics.db_connections.with_label_values(&["idle"]).set(idle as i64);
+    }
+
     pub fn health(&self) -> HealthReport {
         let pipelines: Vec<PipelineStatus> = self.lock().values().cloned().collect();
         let connected = self.catalog_connected.load(Ordering::SeqCst);
         let status = if !connected {
             "unhealthy"
-        } else if pipelines.iter().any(|p| matches!(p.state, PipelineState::Degraded | PipelineState::Failed)) {
+        } else if pipelines.iter().any(|p| matches!(p.state, PipelineState::Degraded | PipelineState::Failed))
+            || self.unowned_rounds.load(Ordering::SeqCst) >= 2
+        {
             "degraded"
         } else {
             "healthy"
@@ -171,6 +225,7 @@ impl RelayState {
         HealthReport {
             status,
             pipelines_owned: pipelines.len(),
+            pipelines_unowned: self.unowned.load(Ordering::SeqCst),
             uptime_seconds: self.started.elapsed().as_secs(),
             relay_group_id: self.group_id.clone(),
             worker_id: self.worker_id.clone(),

@@ -3,6 +3,7 @@
 pub mod connect;
 pub mod offsets;
 pub mod pipelines;
+pub mod pool;
 pub mod schema;
 pub mod status;
 #[cfg(test)]

@@ -4,20 +4,16 @@
 
 use tokio_postgres::Client;
 
-/// SQL that is true while this session holds the pipeline's advisory lock
-/// (`pg_try_advisory_lock(hashtext($1 = group), hashtext($2 = pipeline))`).
-pub const HOLDS_PIPELINE_LOCK: &str = "EXISTS (SELECT 1 FROM pg_locks
-     WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
-       AND classid = hashtext($1)::oid AND objid = hashtext($2)::oid AND objsubid = 2)";
-
-/// The commit statement (`$1` group, `$2` pipeline, `$3` offset, `$4` worker id). With
+/// The commit statement (`$1` group, `$2` pipeline, `$3` offset, `$4` worker id, `$5` and `$6`
+/// the lock session's pid and start time, see [`super::pool::pipeline_lock_held`]). With
 /// `anchor_select` (a query of `(id, uid)` using `$3`, see `outbox::epoch::anchor_select`), the
 /// same statement records the outbox row the offset stands on in `relay_outbox_epochs` (when
 /// the query finds none, the anchor stays as it was).
 pub fn commit_sql(anchor_select: Option<&str>) -> String {
+    let held = super::pool::pipeline_lock_held(1, 2, 5, 6);
     let upsert = format!(
         "INSERT INTO pgtrickle.relay_consumer_offsets AS o (relay_group_id, pipeline_id, last_change_id, worker_id, updated_at)
-         SELECT $1, $2, $3, $4, now() WHERE {HOLDS_PIPELINE_LOCK}
+         SELECT $1, $2, $3, $4, now() WHERE {held}
          ON CONFLICT (relay_group_id, pipeline_id)
          DO UPDATE SET last_change_id = EXCLUDED.last_change_id, worker_id = EXCLUDED.worker_id, updated_at = now()"
     );
@@ -32,11 +28,10 @@ pub fn commit_sql(anchor_select: Option<&str>) -> String {
     format!("WITH c AS ({upsert} RETURNING 1){anchor} SELECT count(*)::int8 FROM c")
 }
 
-/// Commits an offset, fenced: only while this session holds the pipeline's advisory lock.
-/// It must run on the connection holding that lock; if the lock is not held there (the session
-/// was reset, the lock released), nothing is written and `Ok(false)` says the worker no longer
-/// owns the pipeline and must stop. A connection that is gone fails outright, so a worker that
-/// lost its lock never commits. `sql` is a [`commit_sql`].
+/// Commits an offset, fenced: only while the instance's lock session `lock` = (pid, start
+/// time) still holds the pipeline's advisory lock. If it does not (the session died, the lock
+/// was released), nothing is written and `Ok(false)` says the worker no longer owns the
+/// pipeline and must stop. `sql` is a [`commit_sql`].
 pub async fn commit(
     client: &Client,
     sql: &str,
@@ -44,8 +39,9 @@ pub async fn commit(
     pipeline: &str,
     offset: i64,
     worker_id: &str,
+    lock: (i32, i64),
 ) -> Result<bool, tokio_postgres::Error> {
-    let n: i64 = client.query_one(sql, &[&group, &pipeline, &offset, &worker_id]).await?.get(0);
+    let n: i64 = client.query_one(sql, &[&group, &pipeline, &offset, &worker_id, &lock.0, &lock.1]).await?.get(0);
     Ok(n == 1)
 }
 
@@ -72,21 +68,31 @@ mod tests {
                     .map(|r| r.map_or(0, |r| r.get::<_, i64>(0)))
             }
         };
-        let try_commit = |g: &'static str, p: &'static str, o: i64| {
+        // The commit runs on one connection, the lock is held by another (the lock session).
+        let locks = crate::catalog::pool::LockSession::open(&db.url).await.unwrap();
+        let fence = (locks.pid, locks.started_us);
+        let try_commit = |g: &'static str, p: &'static str, o: i64, fence: (i32, i64)| {
             let (client, sql) = (&c.client, sql.as_str());
-            async move { commit(client, sql, g, p, o, "w").await }
+            async move { commit(client, sql, g, p, o, "w", fence).await }
         };
         // Without the lock: nothing is written.
-        assert!(!try_commit("g", "p", 10).await.unwrap());
+        assert!(!try_commit("g", "p", 10, fence).await.unwrap());
         assert_eq!(load("g", "p").await.unwrap(), 0);
-        // Holding it (the relay's two-key form): committed.
-        c.client.execute("SELECT pg_advisory_lock(hashtext('g'), hashtext('p'))", &[]).await.unwrap();
-        assert!(try_commit("g", "p", 10).await.unwrap());
+        // The lock session holds it (the relay's two-key form): committed.
+        assert!(locks.try_lock("g", "p").await.unwrap());
+        assert!(try_commit("g", "p", 10, fence).await.unwrap());
         assert_eq!(load("g", "p").await.unwrap(), 10);
-        // Another pipeline's lock does not count; a released lock stops commits again.
-        assert!(!try_commit("g", "other", 11).await.unwrap());
-        c.client.execute("SELECT pg_advisory_unlock(hashtext('g'), hashtext('p'))", &[]).await.unwrap();
-        assert!(!try_commit("g", "p", 12).await.unwrap());
+        // Another pipeline's lock does not count, nor the same pid with another start time (a
+        // recycled pid), nor a session that holds it but is not the lock session.
+        assert!(!try_commit("g", "other", 11, fence).await.unwrap());
+        assert!(!try_commit("g", "p", 11, (fence.0, fence.1 + 1)).await.unwrap());
+        // A released lock, or a lock session that died, stops commits again.
+        locks.unlock("g", "p").await.unwrap();
+        assert!(!try_commit("g", "p", 12, fence).await.unwrap());
+        assert!(locks.try_lock("g", "p").await.unwrap());
+        c.client.execute("SELECT pg_terminate_backend($1)", &[&locks.pid]).await.unwrap();
+        locks.conn.closed.cancelled().await;
+        assert!(!try_commit("g", "p", 13, fence).await.unwrap());
         assert_eq!(load("g", "p").await.unwrap(), 10);
         db.drop_now().await;
     }

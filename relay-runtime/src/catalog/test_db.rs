@@ -10,6 +10,7 @@ pub struct TestDatabase {
     name: String,
     /// A connection to the test database, catalog migrated.
     pub conn: DbConnection,
+    pub url: String,
 }
 
 impl TestDatabase {
@@ -30,11 +31,11 @@ impl TestDatabase {
         };
         let mut conn = connect(&url, "unit-test", None).await.unwrap();
         schema::migrate(&mut conn.client).await.unwrap();
-        Self { admin, name, conn }
+        Self { admin, name, conn, url }
     }
 
     pub async fn drop_now(self) {
-        let Self { admin, name, conn } = self;
+        let Self { admin, name, conn, .. } = self;
         drop(conn);
         admin.client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await.unwrap();
     }

@@ -23,7 +23,7 @@
 use tokio_postgres::Client;
 
 use super::OutboxTable;
-use crate::catalog::offsets::HOLDS_PIPELINE_LOCK;
+use crate::catalog::pool::pipeline_lock_held;
 
 /// Why a pipeline's outbox counts as a new one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,11 +170,16 @@ impl From<tokio_postgres::Error> for CheckError {
 }
 
 /// Compares the outbox with what the catalog remembers and records the outcome, in one
-/// transaction on the connection holding the pipeline's lock (the offset reset is fenced like
-/// every commit).
-pub async fn check(client: &Client, group: &str, pipeline: &str, table: &OutboxTable) -> Result<Epoch, CheckError> {
+/// transaction, fenced like every commit by the lock session `lock` = (pid, start time).
+pub async fn check(
+    client: &Client,
+    group: &str,
+    pipeline: &str,
+    table: &OutboxTable,
+    lock: (i32, i64),
+) -> Result<Epoch, CheckError> {
     client.batch_execute("BEGIN").await?;
-    let result = check_in_transaction(client, group, pipeline, table).await;
+    let result = check_in_transaction(client, group, pipeline, table, lock).await;
     match result {
         Ok(epoch) => {
             client.batch_execute("COMMIT").await?;
@@ -192,8 +197,12 @@ async fn check_in_transaction(
     group: &str,
     pipeline: &str,
     table: &OutboxTable,
+    lock: (i32, i64),
 ) -> Result<Epoch, CheckError> {
-    let holds: bool = client.query_one(&format!("SELECT {HOLDS_PIPELINE_LOCK}"), &[&group, &pipeline]).await?.get(0);
+    let holds: bool = client
+        .query_one(&format!("SELECT {}", pipeline_lock_held(1, 2, 3, 4)), &[&group, &pipeline, &lock.0, &lock.1])
+        .await?
+        .get(0);
     if !holds {
         return Err(CheckError::LockLost);
     }
@@ -497,7 +506,9 @@ mod tests {
             .unwrap();
         };
         let resolve = || async { OutboxTable::resolve(c, &OutboxRef::StreamTable("orders".into())).await.unwrap() };
-        let check = || async { check(c, "g", "p", &resolve().await).await };
+        let locks = crate::catalog::pool::LockSession::open(&db.url).await.unwrap();
+        let fence = (locks.pid, locks.started_us);
+        let check = || async { check(c, "g", "p", &resolve().await, fence).await };
         let commit_at = |offset: i64| async move {
             let table = resolve().await;
             let watched: (i64, i64) = c
@@ -509,11 +520,11 @@ mod tests {
                 .map(|r| (r.get(0), r.get(1)))
                 .unwrap();
             let sql = commit_sql(Some(&anchor_select(&table, watched)));
-            assert!(commit(c, &sql, "g", "p", offset, "w").await.unwrap());
+            assert!(commit(c, &sql, "g", "p", offset, "w", fence).await.unwrap());
         };
 
         assert!(matches!(check().await, Err(CheckError::LockLost)), "fenced like a commit");
-        c.execute("SELECT pg_advisory_lock(hashtext('g'), hashtext('p'))", &[]).await.unwrap();
+        assert!(locks.try_lock("g", "p").await.unwrap());
         let first = check().await.unwrap();
         assert_eq!((first.number, first.offset, first.new_epoch), (1, 0, None));
 
@@ -564,7 +575,7 @@ mod tests {
         let stale = commit_sql(Some(&anchor_select(&resolve().await, (cont.table_oid, cont.relfilenode))));
         c.batch_execute("TRUNCATE pgtrickle.outbox_orders RESTART IDENTITY").await.unwrap();
         insert(5).await;
-        assert!(commit(c, &stale, "g", "p", 4, "w").await.unwrap());
+        assert!(commit(c, &stale, "g", "p", 4, "w", fence).await.unwrap());
         assert_eq!(check().await.unwrap().new_epoch, Some(Reason::IdsReused));
 
         // The same rows under another identity (a restored database): offset kept, new scope.

@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
-use super::{report, WorkerLink, MAX_BACKOFF, START_RETRY};
-use crate::catalog::{connect::jitter, offsets, DbConnection};
+use super::{borrow, report, WorkerLink, MAX_BACKOFF, START_RETRY};
+use crate::catalog::pool::Work;
+use crate::catalog::{connect::jitter, offsets};
 use crate::config::{DeltaMode, ForwardSpec};
 use crate::message::outbox_row_ref;
 use crate::message::RelayMessage;
@@ -70,20 +71,14 @@ impl From<HorizonError> for Stop {
     }
 }
 
-const CONNECTION_CLOSED: &str = "the pipeline's database connection (which holds its lock) closed";
+const LOCK_SESSION_CLOSED: &str = "the instance's lock session (which holds the pipeline's lock) closed";
 /// The fenced commit found the lock gone: another instance may own the pipeline now.
 pub(crate) const LOCK_LOST: &str =
     "the pipeline's advisory lock is no longer held by this session; stopped before committing";
 
-pub async fn run(
-    ctx: Arc<RelayState>,
-    spec: ForwardSpec,
-    conn: &DbConnection,
-    link: &WorkerLink,
-    st: &mut PipelineStatus,
-) {
+pub async fn run(ctx: Arc<RelayState>, spec: ForwardSpec, link: &WorkerLink, st: &mut PipelineStatus) {
     loop {
-        let Some(Started { table, sink, epoch }) = start(&ctx, &spec, conn, link, st).await else {
+        let Some((Started { table, sink, epoch }, work)) = start(&ctx, &spec, link, st).await else {
             return;
         };
         let _ = link.outbox_table.set(table.table.clone());
@@ -92,7 +87,7 @@ pub async fn run(
         st.last_error = None;
         st.committed_offset = Some(epoch.offset);
         st.outbox_epoch = Some(epoch.number);
-        report(&ctx, conn, st, 0, 0).await;
+        report(&ctx, &work, st, 0, 0).await;
 
         let mut runner = ForwardRunner {
             labels: [spec.name.clone(), "forward".to_owned()],
@@ -102,8 +97,7 @@ pub async fn run(
             reader: OutboxReader::new(table, (epoch.table_oid, epoch.relfilenode), epoch.offset),
             scope: epoch.scope,
             spec: spec.clone(),
-            client: &conn.client,
-            conn,
+            work: Some(Arc::new(work)),
             link,
             st: &mut *st,
             sink,
@@ -120,6 +114,10 @@ pub async fn run(
             prefetched: None,
         };
         let stop = runner.run_loop().await;
+        // The last flush, commit and status write need a connection even after a cancel.
+        if runner.work.is_none() {
+            runner.work = super::borrow_to_finish(&ctx, link).await.map(Arc::new);
+        }
         if matches!(stop, Stop::Cancelled | Stop::OutboxChanged(_)) {
             // Confirm and commit what is in flight, so nothing is sent twice (a dropped outbox
             // cannot take the commit; its epoch ends anyway).
@@ -163,19 +161,20 @@ struct Started {
     epoch: Epoch,
 }
 
-/// Resolves the outbox, checks its epoch and builds the sink, retrying until it works;
-/// `None` when the worker must stop (cancelled, or its lock is gone).
+/// Resolves the outbox, checks its epoch and builds the sink, retrying until it works; also
+/// gives the connection it used. `None` when the worker must stop (cancelled, or its lock is
+/// gone).
 async fn start(
     ctx: &RelayState,
     spec: &ForwardSpec,
-    conn: &DbConnection,
     link: &WorkerLink,
     st: &mut PipelineStatus,
-) -> Option<Started> {
+) -> Option<(Started, Work)> {
     let mut backoff = Duration::from_secs(1);
     loop {
-        let e = match setup(ctx, spec, &conn.client).await {
-            Ok(started) => return Some(started),
+        let work = borrow(ctx, link).await?;
+        let e = match setup(ctx, spec, &work, link.lock.fence()).await {
+            Ok(started) => return Some((started, work)),
             Err(SetupError::LockLost) => {
                 tracing::warn!(pipeline = %spec.name, "{LOCK_LOST}");
                 return None;
@@ -196,10 +195,11 @@ async fn start(
         st.state = if transient { PipelineState::Degraded } else { PipelineState::Failed };
         st.errors_total += 1;
         st.last_error = Some(message);
-        report(ctx, conn, st, 0, 1).await;
+        report(ctx, &work, st, 0, 1).await;
+        drop(work);
         tokio::select! {
             _ = link.cancel.cancelled() => return None,
-            _ = conn.closed.cancelled() => return None,
+            _ = link.lost.cancelled() => return None,
             _ = link.wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
         }
@@ -212,11 +212,16 @@ enum SetupError {
     LockLost,
 }
 
-async fn setup(ctx: &RelayState, spec: &ForwardSpec, client: &Client) -> Result<Started, SetupError> {
+async fn setup(
+    ctx: &RelayState,
+    spec: &ForwardSpec,
+    client: &Client,
+    fence: (i32, i64),
+) -> Result<Started, SetupError> {
     let table = OutboxTable::resolve(client, &spec.outbox)
         .await
         .map_err(|e| SetupError::Retry { message: e.to_string(), transient: false })?;
-    let epoch = match epoch::check(client, &ctx.group_id, &spec.name, &table).await {
+    let epoch = match epoch::check(client, &ctx.group_id, &spec.name, &table, fence).await {
         Ok(epoch) => epoch,
         Err(epoch::CheckError::LockLost) => return Err(SetupError::LockLost),
         Err(epoch::CheckError::Db(e)) => {
@@ -257,8 +262,9 @@ struct Prefetched {
 struct ForwardRunner<'a> {
     ctx: Arc<RelayState>,
     spec: ForwardSpec,
-    client: &'a Client,
-    conn: &'a DbConnection,
+    /// The work connection borrowed for the current batch (given back between batches and
+    /// while idle, so that many pipelines share few connections).
+    work: Option<Arc<Work>>,
     link: &'a WorkerLink,
     st: &'a mut PipelineStatus,
     reader: OutboxReader,
@@ -293,21 +299,35 @@ impl ForwardRunner<'_> {
         [&self.labels[0], &self.labels[1]]
     }
 
+    /// The connection of the current batch.
+    fn client(&self) -> Result<Arc<Work>, Stop> {
+        self.work.clone().ok_or_else(|| Stop::Db("no work connection borrowed".to_owned()))
+    }
+
     async fn run_loop(&mut self) -> Stop {
         loop {
             if self.link.cancel.is_cancelled() {
                 return Stop::Cancelled;
             }
+            if self.work.is_none() {
+                match borrow(&self.ctx, self.link).await {
+                    Some(w) => self.work = Some(Arc::new(w)),
+                    None if self.link.lost.is_cancelled() => return Stop::Db(LOCK_SESSION_CLOSED.to_owned()),
+                    None => return Stop::Cancelled,
+                }
+            }
             match self.step().await {
-                Ok(true) => {}
+                // Back to the pool between batches: waiting pipelines get their turn.
+                Ok(true) => self.work = None,
                 Ok(false) => {
                     self.check_sink_health().await;
                     if let Err(e) = self.refresh_lag().await {
                         return e;
                     }
+                    self.work = None;
                     tokio::select! {
                         _ = self.link.cancel.cancelled() => return Stop::Cancelled,
-                        _ = self.conn.closed.cancelled() => return Stop::Db(CONNECTION_CLOSED.to_owned()),
+                        _ = self.link.lost.cancelled() => return Stop::Db(LOCK_SESSION_CLOSED.to_owned()),
                         _ = self.link.wake.notified() => {}
                         _ = tokio::time::sleep(self.spec.poll_interval) => {}
                     }
@@ -368,16 +388,18 @@ impl ForwardRunner<'_> {
         self.st.state = if e.is_retryable() { PipelineState::Degraded } else { PipelineState::Failed };
         self.st.last_error = Some(e.to_string());
         self.flush_status().await;
+        self.work = None;
         tokio::select! {
             _ = self.link.cancel.cancelled() => Some(Stop::Cancelled),
-            _ = self.conn.closed.cancelled() => Some(Stop::Db(CONNECTION_CLOSED.to_owned())),
+            _ = self.link.lost.cancelled() => Some(Stop::Db(LOCK_SESSION_CLOSED.to_owned())),
             _ = tokio::time::sleep(wait) => None,
         }
     }
 
     /// One batch. `Ok(false)` when there was nothing to relay.
     async fn step(&mut self) -> Result<bool, Stop> {
-        let safe = self.reader.safe_horizon(self.client).await?;
+        let client = self.client()?;
+        let safe = self.reader.safe_horizon(&client).await?;
         if safe <= self.read_pos {
             // Idle: make sure what is in flight is confirmed and committed.
             self.flush_and_commit().await?;
@@ -386,7 +408,7 @@ impl ForwardRunner<'_> {
         let started = Instant::now();
         let (rows, upto) = match self.prefetched.take() {
             Some(p) if p.after == self.read_pos => (p.rows, p.upto),
-            _ => (self.reader.fetch(self.client, self.read_pos, safe, self.spec.batch_size).await?, safe),
+            _ => (self.reader.fetch(&client, self.read_pos, safe, self.spec.batch_size).await?, safe),
         };
         let full = rows.len() as i64 == self.spec.batch_size;
         // A short batch covers everything up to its horizon (ids in between were rolled back).
@@ -398,11 +420,11 @@ impl ForwardRunner<'_> {
         if full {
             // Read the next batch while this one is published, so PostgreSQL and the relay work
             // at the same time. The rows are only used if this batch goes through as planned.
-            let (client, sql, limit) = (self.client, self.reader.fetch_statement(), self.spec.batch_size);
+            let (client, sql, limit) = (client.clone(), self.reader.fetch_statement(), self.spec.batch_size);
             // The fetch goes first so its query is on the wire before this batch's CPU work
             // starts (join! polls in order); the runner yields between outbox rows so the
             // connection task can take in the rows meanwhile.
-            let next = async move { fetch_rows(client, &sql, new_pos, safe, limit).await };
+            let next = async move { fetch_rows(&client, &sql, new_pos, safe, limit).await };
             let (next, relayed) = tokio::join!(next, self.relay_rows(rows));
             relayed?;
             if let Ok(rows) = next {
@@ -475,11 +497,13 @@ impl ForwardRunner<'_> {
     async fn end_cursor_txn<T>(&mut self, cursor: &str, result: Result<T, Stop>) -> Result<T, Stop> {
         match result {
             Ok(v) => {
-                self.client.batch_execute(&format!("CLOSE {cursor}; COMMIT")).await?;
+                self.client()?.end(&format!("CLOSE {cursor}; COMMIT")).await?;
                 Ok(v)
             }
             Err(e) => {
-                let _ = self.client.batch_execute("ROLLBACK").await;
+                if let Ok(c) = self.client() {
+                    let _ = c.end("ROLLBACK").await;
+                }
                 Err(e)
             }
         }
@@ -545,7 +569,7 @@ impl ForwardRunner<'_> {
         let (Some(_), Some(sql)) = (&self.diff, self.reader.claim_check_has_deletes_sql()) else {
             return Ok(false);
         };
-        let has_deletes: bool = self.client.query_one(&sql, &[&outbox_id]).await?.get(0);
+        let has_deletes: bool = self.client()?.query_one(&sql, &[&outbox_id]).await?.get(0);
         Ok(!has_deletes)
     }
 
@@ -605,7 +629,7 @@ impl ForwardRunner<'_> {
             format!("{}:{}:{}", self.reader.table().table, row.id, row.uid.as_deref().unwrap_or(&self.scope));
         let payload = row.payload.as_ref().map(|p| p.as_bytes().to_vec());
         let headers = serde_json::json!({"outbox_id": row.id, "pgt_id": row.uid, "is_claim_check": row.is_claim_check, "refresh_id": row.refresh_id});
-        self.client
+        self.client()?
             .execute(
                 "INSERT INTO pgtrickle.relay_dead_letters (relay_group_id, direction, pipeline, source_ref, payload, headers, error)
                  SELECT $1, 'forward', $2, $3, $4, $5, $6
@@ -628,13 +652,15 @@ impl ForwardRunner<'_> {
         if new_offset <= self.offset {
             return Ok(());
         }
+        let client = self.client()?;
         if !offsets::commit(
-            self.client,
+            &client,
             &self.commit_sql,
             &self.ctx.group_id,
             &self.spec.name,
             new_offset,
             &self.ctx.worker_id,
+            self.link.lock.fence(),
         )
         .await?
         {
@@ -650,7 +676,8 @@ impl ForwardRunner<'_> {
         if self.last_status.elapsed() < STATUS_EVERY && self.unreported_messages == 0 && self.unreported_errors == 0 {
             return Ok(());
         }
-        let (rows, age) = self.reader.lag(self.client, self.offset).await?;
+        let client = self.client()?;
+        let (rows, age) = self.reader.lag(&client, self.offset).await?;
         self.st.lag_rows = Some(rows);
         self.st.lag_seconds = Some(if rows == 0 { 0.0 } else { age.unwrap_or(0.0) });
         self.ctx.metrics.lag_rows.with_label_values(&[&self.spec.name]).set(rows);
@@ -660,7 +687,11 @@ impl ForwardRunner<'_> {
     }
 
     async fn flush_status(&mut self) {
-        report(&self.ctx, self.conn, self.st, self.unreported_messages, self.unreported_errors).await;
+        match &self.work {
+            Some(work) => report(&self.ctx, work, self.st, self.unreported_messages, self.unreported_errors).await,
+            // No connection (the instance is stopping and the pool gave none): in memory only.
+            None => self.ctx.update(self.st),
+        }
         self.unreported_messages = 0;
         self.unreported_errors = 0;
         self.last_status = Instant::now();

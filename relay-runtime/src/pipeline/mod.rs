@@ -1,5 +1,6 @@
-//! Pipeline workers: one per owned pipeline, running on the connection that holds the
-//! pipeline's advisory lock (so every offset commit is fenced by that lock).
+//! Pipeline workers: one task per owned pipeline. Its lock lives on the instance's lock
+//! session; its reads, writes and commits borrow connections from the shared pool, one at a
+//! time, and every commit is fenced by the lock session still holding the pipeline's lock.
 
 pub mod forward;
 pub mod reverse;
@@ -8,9 +9,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::{status, DbConnection};
+use crate::catalog::connect::jitter;
+use crate::catalog::pool::{LockSession, Work};
+use crate::catalog::status;
 use crate::config::{PipelineRow, PipelineSpec};
 use crate::state::{PipelineState, PipelineStatus, RelayState};
 
@@ -23,11 +27,67 @@ pub struct WorkerLink {
     /// Woken on a matching notification.
     pub wake: Arc<Notify>,
     pub cancel: CancellationToken,
+    /// The session holding the pipeline's lock.
+    pub lock: Arc<LockSession>,
+    /// Fires when that session closes: the lock is gone, the worker must stop.
+    pub lost: CancellationToken,
 }
 
 impl WorkerLink {
-    pub fn new(cancel: CancellationToken) -> Self {
-        Self { outbox_table: Arc::new(OnceLock::new()), wake: Arc::new(Notify::new()), cancel }
+    pub fn new(cancel: CancellationToken, lock: Arc<LockSession>) -> Self {
+        Self {
+            outbox_table: Arc::new(OnceLock::new()),
+            wake: Arc::new(Notify::new()),
+            cancel,
+            lost: lock.conn.closed.clone(),
+            lock,
+        }
+    }
+}
+
+impl LockSession {
+    /// What a commit checks: this session's (pid, start time).
+    pub fn fence(&self) -> (i32, i64) {
+        (self.pid, self.started_us)
+    }
+}
+
+/// Borrows a work connection, waiting (fairly) while the pool is busy and backing off while the
+/// database refuses connections; `None` once the worker is cancelled or its lock is gone.
+pub async fn borrow(ctx: &RelayState, link: &WorkerLink) -> Option<Work> {
+    borrow_until(ctx, link, &link.cancel).await
+}
+
+/// [`borrow`] for a stopping worker's last flush and status write: ignores the cancel, not the
+/// loss of the lock.
+pub async fn borrow_to_finish(ctx: &RelayState, link: &WorkerLink) -> Option<Work> {
+    borrow_until(ctx, link, &CancellationToken::new()).await
+}
+
+async fn borrow_until(ctx: &RelayState, link: &WorkerLink, cancel: &CancellationToken) -> Option<Work> {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let got = tokio::select! {
+            _ = cancel.cancelled() => return None,
+            _ = link.lost.cancelled() => return None,
+            r = ctx.pool.get() => r,
+        };
+        match got {
+            Ok(work) => {
+                ctx.metrics.db_pool_wait.observe(work.waited.as_secs_f64());
+                ctx.observe_pool();
+                return Some(work);
+            }
+            Err(e) => {
+                ctx.database_refused(&e);
+                tokio::select! {
+                    _ = cancel.cancelled() => return None,
+                    _ = link.lost.cancelled() => return None,
+                    _ = tokio::time::sleep(jitter(backoff)) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
     }
 }
 
@@ -39,8 +99,8 @@ pub const START_RETRY: Duration = Duration::from_secs(10);
 /// that comes back is used again within about this long (measured by the fault suite).
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Runs a pipeline until cancelled or until its lock connection breaks.
-pub async fn run_worker(ctx: Arc<RelayState>, row: PipelineRow, conn: DbConnection, link: WorkerLink) {
+/// Runs a pipeline until cancelled or until its lock session closes.
+pub async fn run_worker(ctx: Arc<RelayState>, row: PipelineRow, link: WorkerLink) {
     let mut st = PipelineStatus::new(&row.name, row.direction, &ctx.worker_id);
     let spec = match row.parse() {
         Ok(spec) => spec,
@@ -49,47 +109,43 @@ pub async fn run_worker(ctx: Arc<RelayState>, row: PipelineRow, conn: DbConnecti
             st.state = PipelineState::Failed;
             st.last_error = Some(e.to_string());
             st.errors_total = 1;
-            report(&ctx, &conn, &st, 0, 1).await;
-            hold_until_cancelled(&conn, &link).await;
-            return finish(&ctx, &conn, st).await;
+            match borrow(&ctx, &link).await {
+                Some(work) => report(&ctx, &work, &st, 0, 1).await,
+                None => ctx.update(&st),
+            }
+            // Keep the lock (so exactly one instance reports this pipeline) until told to stop.
+            tokio::select! {
+                _ = link.cancel.cancelled() => {}
+                _ = link.lost.cancelled() => {}
+            }
+            return finish(&ctx, &link, st).await;
         }
     };
     match spec {
         PipelineSpec::Forward(spec) => {
             st.sink = Some(spec.sink.kind.as_str().to_owned());
-            forward::run(ctx.clone(), spec, &conn, &link, &mut st).await;
+            forward::run(ctx.clone(), spec, &link, &mut st).await;
         }
         PipelineSpec::Reverse(spec) => {
             st.sink = Some(format!("{} -> inbox", spec.source_type));
-            reverse::run(ctx.clone(), spec, &conn, &link, &mut st).await;
+            reverse::run(ctx.clone(), spec, &link, &mut st).await;
         }
     }
-    finish(&ctx, &conn, st).await;
+    finish(&ctx, &link, st).await;
 }
 
-/// Keeps the lock (so exactly one instance reports this pipeline) until told to stop.
-async fn hold_until_cancelled(conn: &DbConnection, link: &WorkerLink) {
-    tokio::select! {
-        _ = link.cancel.cancelled() => {}
-        _ = conn.closed.cancelled() => {}
-    }
-}
-
-async fn finish(ctx: &RelayState, conn: &DbConnection, mut st: PipelineStatus) {
-    if !conn.closed.is_cancelled() {
+async fn finish(ctx: &RelayState, link: &WorkerLink, mut st: PipelineStatus) {
+    if !link.lost.is_cancelled() {
         st.state = PipelineState::Stopped;
         st.owner = None;
         st.lag_rows = None;
         st.lag_seconds = None;
         // A failed pipeline's error stays visible after release.
-        report_db(ctx, conn, &st, 0, 0).await;
-        // Release the lock explicitly: dropping the connection releases it too, but only once
-        // the server has noticed, and a restarted worker (config change) must get it at once.
-        if let Err(e) = conn
-            .client
-            .execute("SELECT pg_advisory_unlock(hashtext($1), hashtext($2))", &[&ctx.group_id, &st.name])
-            .await
-        {
+        if let Some(work) = borrow_to_finish(ctx, link).await {
+            report_db(ctx, &work, &st, 0, 0).await;
+        }
+        // Release the lock at once: a restarted worker (config change) must get it again.
+        if let Err(e) = link.lock.unlock(&ctx.group_id, &st.name).await {
             tracing::debug!(pipeline = %st.name, error = %e, "cannot release the pipeline lock explicitly");
         }
     }
@@ -97,19 +153,13 @@ async fn finish(ctx: &RelayState, conn: &DbConnection, mut st: PipelineStatus) {
 }
 
 /// Publishes a status to `/health`, metrics and the status table.
-pub async fn report(
-    ctx: &RelayState,
-    conn: &DbConnection,
-    st: &PipelineStatus,
-    messages_delta: i64,
-    errors_delta: i64,
-) {
+pub async fn report(ctx: &RelayState, client: &Client, st: &PipelineStatus, messages_delta: i64, errors_delta: i64) {
     ctx.update(st);
-    report_db(ctx, conn, st, messages_delta, errors_delta).await;
+    report_db(ctx, client, st, messages_delta, errors_delta).await;
 }
 
-async fn report_db(ctx: &RelayState, conn: &DbConnection, st: &PipelineStatus, messages_delta: i64, errors_delta: i64) {
-    if let Err(e) = status::upsert(&conn.client, &ctx.group_id, st, messages_delta, errors_delta).await {
+async fn report_db(ctx: &RelayState, client: &Client, st: &PipelineStatus, messages_delta: i64, errors_delta: i64) {
+    if let Err(e) = status::upsert(client, &ctx.group_id, st, messages_delta, errors_delta).await {
         tracing::warn!(pipeline = %st.name, error = %e, "cannot write pipeline status");
     }
 }

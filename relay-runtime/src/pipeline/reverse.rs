@@ -1,9 +1,10 @@
 //! The reverse runner: source → inbox table, acknowledged only after the commit.
 //!
 //! Per batch: receive, turn every message into an inbox row (or, for a poison message, a
-//! dead-letter row), write both in one transaction on the connection that holds the pipeline's
-//! lock (`INSERT … ON CONFLICT (event_id) DO NOTHING`), commit, and only then acknowledge every
-//! message of the batch. A failed write gives the batch back to the source for redelivery; the
+//! dead-letter row), write both in one transaction on a borrowed work connection
+//! (`INSERT … ON CONFLICT (event_id) DO NOTHING`), commit — only while the instance's lock
+//! session still holds the pipeline's lock — and only then acknowledge every message of the
+//! batch. A failed write gives the batch back to the source for redelivery; the
 //! deterministic event ids make a redelivered message a no-op.
 
 use std::sync::Arc;
@@ -11,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{report, WorkerLink, MAX_BACKOFF, START_RETRY};
+use super::{borrow, borrow_to_finish, report, WorkerLink, MAX_BACKOFF, START_RETRY};
 use crate::catalog::connect::jitter;
-use crate::catalog::DbConnection;
+use crate::catalog::pool::{pipeline_lock_held, Work};
 use crate::config::ReverseSpec;
 use crate::inbox::{self, InboxError, InboxRow, InboxTable};
 use crate::message::Payload;
@@ -98,17 +99,22 @@ pub fn trace_id(traceparent: &str) -> Option<String> {
         .then(|| trace.to_ascii_lowercase())
 }
 
-/// Runs a reverse pipeline until cancelled or until its lock connection breaks.
-pub async fn run(
-    ctx: Arc<RelayState>,
-    spec: ReverseSpec,
-    conn: &DbConnection,
-    link: &WorkerLink,
-    st: &mut PipelineStatus,
-) {
+/// Writes a status with a borrowed connection (in memory only when none can be had).
+async fn report_now(ctx: &RelayState, link: &WorkerLink, st: &PipelineStatus, messages: i64, errors: i64) {
+    match borrow_to_finish(ctx, link).await {
+        Some(work) => report(ctx, &work, st, messages, errors).await,
+        None => ctx.update(st),
+    }
+}
+
+/// Runs a reverse pipeline until cancelled or until its lock session closes.
+pub async fn run(ctx: Arc<RelayState>, spec: ReverseSpec, link: &WorkerLink, st: &mut PipelineStatus) {
     let mut backoff = Duration::from_secs(1);
     let (mapping, table, batch_size, mut source) = loop {
-        match setup(conn, &spec).await {
+        let Some(work) = borrow(&ctx, link).await else { return };
+        let attempt = setup(&work, &spec).await;
+        drop(work);
+        match attempt {
             Ok(ok) => break ok,
             Err((transient, message)) => {
                 let wait = if transient {
@@ -122,10 +128,10 @@ pub async fn run(
                 st.state = if transient { PipelineState::Degraded } else { PipelineState::Failed };
                 st.errors_total += 1;
                 st.last_error = Some(message);
-                report(&ctx, conn, st, 0, 1).await;
+                report_now(&ctx, link, st, 0, 1).await;
                 tokio::select! {
                     _ = link.cancel.cancelled() => return,
-                    _ = conn.closed.cancelled() => return,
+                    _ = link.lost.cancelled() => return,
                     _ = tokio::time::sleep(wait) => {}
                 }
             }
@@ -134,7 +140,7 @@ pub async fn run(
     tracing::info!(pipeline = %spec.name, inbox = %table.qualified(), source = source.name(), "reverse pipeline started");
     st.state = PipelineState::Running;
     st.last_error = None;
-    report(&ctx, conn, st, 0, 0).await;
+    report_now(&ctx, link, st, 0, 0).await;
     let insert_sql = table.insert_sql();
     let labels = [spec.name.as_str(), "reverse"];
     let mut delay = Duration::from_millis(100);
@@ -142,7 +148,7 @@ pub async fn run(
     loop {
         let received = tokio::select! {
             _ = link.cancel.cancelled() => break,
-            _ = conn.closed.cancelled() => break,
+            _ = link.lost.cancelled() => break,
             r = source.receive(batch_size, RECEIVE_WAIT) => r,
         };
         let batch = match received {
@@ -154,7 +160,7 @@ pub async fn run(
                 tracing::warn!(pipeline = %spec.name, error = %e, retry_in_ms = wait.as_millis() as u64, "receive failed");
                 let pending = (unreported, unreported_errors);
                 (unreported, unreported_errors) = (0, 0);
-                if !fail_and_wait(&ctx, conn, link, st, PipelineState::Degraded, e.to_string(), pending, wait).await {
+                if !fail_and_wait(&ctx, link, st, PipelineState::Degraded, e.to_string(), pending, wait).await {
                     break;
                 }
                 continue;
@@ -163,13 +169,20 @@ pub async fn run(
         if batch.is_empty() {
             if last_status.elapsed() > Duration::from_secs(5) && (unreported > 0 || st.state != PipelineState::Running)
             {
-                report(&ctx, conn, st, unreported, unreported_errors).await;
+                report_now(&ctx, link, st, unreported, unreported_errors).await;
                 (unreported, unreported_errors, last_status) = (0, 0, Instant::now());
             }
             continue;
         }
         let started = Instant::now();
-        match store(conn, &ctx.group_id, &spec.name, &insert_sql, &mapping, &batch).await {
+        let Some(work) = borrow(&ctx, link).await else {
+            // Stopping (or the lock is gone) before the batch was stored: it goes back.
+            source.nack("the relay is stopping").await;
+            break;
+        };
+        let stored = store(&work, link.lock.fence(), &ctx.group_id, &spec.name, &insert_sql, &mapping, &batch).await;
+        drop(work);
+        match stored {
             Ok(outcomes) => {
                 if let Err(e) = source.ack(&outcomes).await {
                     // Stored already: a redelivery is absorbed by the event ids.
@@ -197,7 +210,7 @@ pub async fn run(
                     if dead == 0 {
                         st.last_error = None;
                     }
-                    report(&ctx, conn, st, unreported, unreported_errors).await;
+                    report_now(&ctx, link, st, unreported, unreported_errors).await;
                     (unreported, unreported_errors, last_status) = (0, 0, Instant::now());
                 }
                 ctx.metrics.pipeline_healthy.with_label_values(&labels).set(1);
@@ -212,7 +225,7 @@ pub async fn run(
                         if e.is_retryable() { "retryable" } else { "permanent" },
                     ])
                     .inc();
-                if conn.closed.is_cancelled() {
+                if link.lost.is_cancelled() {
                     break;
                 }
                 let wait = if e.is_retryable() {
@@ -226,23 +239,23 @@ pub async fn run(
                 let state = if e.is_retryable() { PipelineState::Degraded } else { PipelineState::Failed };
                 let pending = (unreported, unreported_errors);
                 (unreported, unreported_errors) = (0, 0);
-                if !fail_and_wait(&ctx, conn, link, st, state, e.to_string(), pending, wait).await {
+                if !fail_and_wait(&ctx, link, st, state, e.to_string(), pending, wait).await {
                     break;
                 }
             }
         }
         if last_status.elapsed() > Duration::from_secs(1) {
-            report(&ctx, conn, st, unreported, unreported_errors).await;
+            report_now(&ctx, link, st, unreported, unreported_errors).await;
             (unreported, unreported_errors, last_status) = (0, 0, Instant::now());
         }
     }
     source.close().await;
-    report(&ctx, conn, st, unreported, unreported_errors).await;
+    report_now(&ctx, link, st, unreported, unreported_errors).await;
     tracing::info!(pipeline = %spec.name, "reverse pipeline stopped");
 }
 
 async fn setup(
-    conn: &DbConnection,
+    client: &Work,
     spec: &ReverseSpec,
 ) -> Result<(Mapping, InboxTable, usize, Box<dyn Source>), (bool, String)> {
     let bad = |e: crate::sink::BuildError| (false, e.to_string());
@@ -251,7 +264,7 @@ async fn setup(
     let o = Options::new("inbox", &spec.options);
     let batch_size = o.u64("batch_size", 1000, 1, 100_000).map_err(bad)? as usize;
     table
-        .ensure(&conn.client, o.bool("create_inbox", false).map_err(bad)?)
+        .ensure(&**client, o.bool("create_inbox", false).map_err(bad)?)
         .await
         .map_err(|e| (e.is_retryable(), e.to_string()))?;
     let source = source::build(spec, &SourceContext { pipeline: &spec.name })
@@ -272,7 +285,6 @@ pub fn inbox_table(spec: &ReverseSpec) -> Result<InboxTable, crate::sink::BuildE
 #[allow(clippy::too_many_arguments)]
 async fn fail_and_wait(
     ctx: &RelayState,
-    conn: &DbConnection,
     link: &WorkerLink,
     st: &mut PipelineStatus,
     state: PipelineState,
@@ -283,10 +295,10 @@ async fn fail_and_wait(
     st.state = state;
     st.last_error = Some(error);
     st.errors_total += 1;
-    report(ctx, conn, st, messages, errors + 1).await;
+    report_now(ctx, link, st, messages, errors + 1).await;
     tokio::select! {
         _ = link.cancel.cancelled() => false,
-        _ = conn.closed.cancelled() => false,
+        _ = link.lost.cancelled() => false,
         _ = tokio::time::sleep(wait) => true,
     }
 }
@@ -294,7 +306,8 @@ async fn fail_and_wait(
 /// Writes a batch in one transaction: inbox rows and dead letters. A row the table rejects
 /// (constraint, trigger, bad value) is retried alone and dead-lettered if it fails alone.
 async fn store(
-    conn: &DbConnection,
+    client: &Work,
+    lock: (i32, i64),
     group: &str,
     pipeline: &str,
     insert_sql: &str,
@@ -315,19 +328,18 @@ async fn store(
         }
     }
     // Duplicates inside one batch (a sender retrying quickly) count once.
-    let client = &conn.client;
     let pg = |e: tokio_postgres::Error| InboxError::from_pg(&e);
-    client.batch_execute("BEGIN").await.map_err(pg)?;
+    client.begin("BEGIN").await.map_err(pg)?;
     let result: Result<(), InboxError> = async {
         if !rows.is_empty() {
             client.batch_execute("SAVEPOINT batch").await.map_err(pg)?;
-            match inbox::write(client, insert_sql, &rows).await {
+            match inbox::write(&**client, insert_sql, &rows).await {
                 Ok(new) => mark_duplicates(&mut outcomes, &rows, &row_index, &new),
                 Err(InboxError::Row(_)) => {
                     client.batch_execute("ROLLBACK TO SAVEPOINT batch").await.map_err(pg)?;
                     for (r, &i) in rows.iter().zip(&row_index) {
                         client.batch_execute("SAVEPOINT one").await.map_err(pg)?;
-                        match inbox::write(client, insert_sql, std::slice::from_ref(r)).await {
+                        match inbox::write(&**client, insert_sql, std::slice::from_ref(r)).await {
                             Ok(new) if new.is_empty() => outcomes[i] = Outcome::Duplicate,
                             Ok(_) => {}
                             Err(InboxError::Row(e)) => {
@@ -364,16 +376,25 @@ async fn store(
             tracing::error!(pipeline, message = %source_ref, error = %error, "poison message kept in pgtrickle.relay_dead_letters");
             outcomes[*i] = Outcome::DeadLettered(error.clone());
         }
+        // Fenced: nothing is stored (and so nothing acknowledged) once the lock is gone.
+        let held: bool = client
+            .query_one(&format!("SELECT {}", pipeline_lock_held(1, 2, 3, 4)), &[&group, &pipeline, &lock.0, &lock.1])
+            .await
+            .map_err(pg)?
+            .get(0);
+        if !held {
+            return Err(InboxError::Retryable(super::forward::LOCK_LOST.to_owned()));
+        }
         Ok(())
     }
     .await;
     match result {
         Ok(()) => {
-            client.batch_execute("COMMIT").await.map_err(pg)?;
+            client.end("COMMIT").await.map_err(pg)?;
             Ok(outcomes)
         }
         Err(e) => {
-            let _ = client.batch_execute("ROLLBACK").await;
+            let _ = client.end("ROLLBACK").await;
             Err(e)
         }
     }

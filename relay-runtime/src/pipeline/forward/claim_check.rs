@@ -27,7 +27,7 @@ impl ForwardRunner<'_> {
             return self.dead_letter(row, &err).await;
         };
         let sql = sql.replace("$1", &row.id.to_string());
-        self.client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+        self.client()?.begin("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
         let result = self.page_claim_check(&sql, row.id, row_ref, full_refresh, refresh_id).await;
         self.end_cursor_txn("pgt_relay_claim_check", result).await
     }
@@ -40,11 +40,12 @@ impl ForwardRunner<'_> {
         full_refresh: bool,
         refresh_id: Option<&str>,
     ) -> Result<(), Stop> {
-        self.client.batch_execute(&format!("DECLARE pgt_relay_claim_check NO SCROLL CURSOR FOR {sql}")).await?;
+        let client = self.client()?;
+        client.batch_execute(&format!("DECLARE pgt_relay_claim_check NO SCROLL CURSOR FOR {sql}")).await?;
         let fetch = format!("FETCH {} FROM pgt_relay_claim_check", self.spec.claim_check_page_size);
         let mut index = 0usize;
         loop {
-            let rows = self.client.query(&fetch, &[]).await?;
+            let rows = client.query(&fetch, &[]).await?;
             let n = rows.len();
             let mut inserted = Vec::new();
             let mut deleted = Vec::new();

@@ -32,7 +32,7 @@ impl ForwardRunner<'_> {
         let group = self.ctx.group_id.clone();
         let pipeline = self.spec.name.clone();
         let first = self
-            .client
+            .client()?
             .query_opt(
                 "SELECT 1 FROM pgtrickle.relay_snapshot_baseline WHERE relay_group_id = $1 AND pipeline = $2",
                 &[&group, &pipeline],
@@ -45,7 +45,7 @@ impl ForwardRunner<'_> {
         let started = std::time::Instant::now();
         let mut emitted = 0usize;
         if emit {
-            self.client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+            self.client()?.begin("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
             let streamed = self
                 .stream_changes(
                     &with_literals(&changes, outbox_id, &group, &pipeline),
@@ -60,10 +60,11 @@ impl ForwardRunner<'_> {
         }
 
         // 3. State and offset together.
-        self.client.batch_execute("BEGIN").await?;
+        let client = self.client()?;
+        client.begin("BEGIN").await?;
         let applied = async {
-            self.client.execute(apply.as_str(), &[&outbox_id, &group, &pipeline]).await?;
-            self.client
+            client.execute(apply.as_str(), &[&outbox_id, &group, &pipeline]).await?;
+            client
                 .execute(
                     "INSERT INTO pgtrickle.relay_snapshot_baseline AS b (relay_group_id, pipeline, outbox_id, row_count)
                      SELECT $1, $2, $3, count(*) FROM pgtrickle.relay_snapshot_state WHERE relay_group_id = $1 AND pipeline = $2
@@ -72,18 +73,26 @@ impl ForwardRunner<'_> {
                     &[&group, &pipeline, &outbox_id],
                 )
                 .await?;
-            crate::catalog::offsets::commit(self.client, &self.commit_sql, &group, &pipeline, outbox_id, &self.ctx.worker_id)
-                .await
+            crate::catalog::offsets::commit(
+                &client,
+                &self.commit_sql,
+                &group,
+                &pipeline,
+                outbox_id,
+                &self.ctx.worker_id,
+                self.link.lock.fence(),
+            )
+            .await
         }
         .await;
         match applied {
-            Ok(true) => self.client.batch_execute("COMMIT").await?,
+            Ok(true) => client.end("COMMIT").await?,
             Ok(false) => {
-                let _ = self.client.batch_execute("ROLLBACK").await;
+                let _ = client.end("ROLLBACK").await;
                 return Err(Stop::Db(super::LOCK_LOST.to_owned()));
             }
             Err(e) => {
-                let _ = self.client.batch_execute("ROLLBACK").await;
+                let _ = client.end("ROLLBACK").await;
                 return Err(e.into());
             }
         }
@@ -105,11 +114,12 @@ impl ForwardRunner<'_> {
         first: bool,
         refresh_id: Option<&str>,
     ) -> Result<usize, Stop> {
-        self.client.batch_execute(&format!("DECLARE pgt_relay_diff NO SCROLL CURSOR FOR {sql}")).await?;
+        let client = self.client()?;
+        client.batch_execute(&format!("DECLARE pgt_relay_diff NO SCROLL CURSOR FOR {sql}")).await?;
         let fetch = format!("FETCH {} FROM pgt_relay_diff", self.spec.claim_check_page_size);
         let mut index = 0usize;
         loop {
-            let rows = self.client.query(&fetch, &[]).await?;
+            let rows = client.query(&fetch, &[]).await?;
             let n = rows.len();
             let ctx = self.message_context();
             let keep = ctx.keep_internal_columns;
