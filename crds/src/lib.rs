@@ -85,6 +85,12 @@ pub struct RelayGroupSpec {
     /// How often the relay looks for new, removed or orphaned pipelines (`--discovery-interval`), e.g. `5s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discovery_interval: Option<String>,
+    /// Database connections each relay pod may open in all (`--max-db-connections`, default 10),
+    /// whatever the number of pipelines: the group needs `replicas × maxDbConnections` of the
+    /// database's `max_connections`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 3, max = 10000))]
+    pub max_db_connections: Option<i32>,
     /// Extra environment variables of the relay container, e.g. broker passwords that pipeline
     /// configs reference as `${env:NAME}` (use `valueFrom.secretKeyRef`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -107,6 +107,9 @@ pub fn deployment(group: &RelayGroup, defaults: &ChildDefaults, url_hash: &str) 
     if let Some(d) = &spec.discovery_interval {
         env_vars.push(env("PGTRICKLE_RELAY_DISCOVERY_INTERVAL", d.clone()));
     }
+    if let Some(n) = spec.max_db_connections {
+        env_vars.push(env("PGTRICKLE_RELAY_MAX_DB_CONNECTIONS", n.to_string()));
+    }
     env_vars.extend(spec.env.iter().flatten().cloned());
     let probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
@@ -261,6 +264,7 @@ mod tests {
             "postgresUrlSecret": {"name": "db", "key": "dsn"},
             "replicas": 3,
             "logLevel": "debug",
+            "maxDbConnections": 6,
             "env": [{"name": "NATS_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "nats", "key": "pw"}}}],
         }))
         .unwrap_or_else(|e| panic!("{e}"));
@@ -299,6 +303,7 @@ mod tests {
         let key_ref = url.and_then(|e| e.value_from).and_then(|v| v.secret_key_ref);
         assert_eq!(key_ref.map(|k| (k.name, k.key)), Some(("db".into(), "dsn".into())));
         assert!(env.iter().any(|e| e.name == "PGTRICKLE_RELAY_LOG_LEVEL" && e.value.as_deref() == Some("debug")));
+        assert!(env.iter().any(|e| e.name == "PGTRICKLE_RELAY_MAX_DB_CONNECTIONS" && e.value.as_deref() == Some("6")));
         assert!(env.iter().any(|e| e.name == "NATS_PASSWORD"), "extra env is passed through");
         assert!(env.iter().all(|e| e.value.as_deref().is_none_or(|v| !v.contains("postgres://"))), "no URL inline");
         let path = |p: &Option<Probe>| p.as_ref().and_then(|p| p.http_get.as_ref()).and_then(|h| h.path.clone());
