@@ -50,11 +50,17 @@ pub struct Coordinator {
     workers: HashMap<Key, Worker>,
     /// The session holding every owned pipeline's lock (opened on demand, replaced when it dies).
     locks: Option<Arc<LockSession>>,
+    /// Last seen value of each watched outbox id sequence (see [`Coordinator::watch_outboxes`]).
+    sequences: HashMap<String, i64>,
 }
+
+/// How often the coordinator looks at the id sequences of its idle pipelines' outboxes: the
+/// fallback for rows written without a `NOTIFY`, one query for the whole instance.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 impl Coordinator {
     pub fn new(ctx: Arc<RelayState>, opts: CoordinatorOptions) -> Self {
-        Self { ctx, opts, workers: HashMap::new(), locks: None }
+        Self { ctx, opts, workers: HashMap::new(), locks: None, sequences: HashMap::new() }
     }
 
     /// The live lock session, opened if there is none; `None` while the database refuses it.
@@ -100,9 +106,15 @@ impl Coordinator {
             // A reconnect may have missed notifications: resync at once.
             self.discover(&conn).await;
             self.ctx.set_ready(true);
+            // Notifications may have been missed while disconnected: every worker looks once.
+            for w in self.workers.values() {
+                w.link.wake.notify_one();
+            }
             let mut tick = tokio::time::interval(self.opts.discovery_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
+            let mut watch = tokio::time::interval(WATCH_EVERY);
+            watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break 'reconnect,
@@ -112,6 +124,7 @@ impl Coordinator {
                         continue 'reconnect;
                     }
                     _ = tick.tick() => self.discover(&conn).await,
+                    _ = watch.tick() => self.watch_outboxes(&conn).await,
                     Some(n) = rx.recv() => {
                         // Drain what is queued: a burst of changes costs one discovery. Config
                         // changes are applied before outbox wake-ups, so that rows written after
@@ -135,6 +148,40 @@ impl Coordinator {
         self.stop_all().await
     }
 
+    /// One query for every watched outbox: wakes the workers whose id sequence moved.
+    async fn watch_outboxes(&mut self, conn: &DbConnection) {
+        let watched: Vec<(String, &WorkerLink)> =
+            self.workers.values().filter_map(|w| w.link.watched().map(|s| (s, &w.link))).collect();
+        if watched.is_empty() {
+            return;
+        }
+        let names: Vec<&str> = watched.iter().map(|(s, _)| s.as_str()).collect();
+        let rows = match conn
+            .client
+            .query(
+                "SELECT s, coalesce(pg_sequence_last_value(to_regclass(s)), 0)::int8
+                   FROM unnest($1::text[]) AS s WHERE to_regclass(s) IS NOT NULL",
+                &[&names],
+            )
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the watched outbox sequences");
+                // Without the watch, wake everyone: they look by themselves.
+                watched.iter().for_each(|(_, l)| l.wake.notify_one());
+                return;
+            }
+        };
+        let now: HashMap<String, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        for (seq, link) in &watched {
+            if now.get(seq) != self.sequences.get(seq) {
+                link.wake.notify_one();
+            }
+        }
+        self.sequences = now;
+    }
+
     fn wake(&self, n: &Notification) {
         for w in self.workers.values() {
             if w.link.outbox_table.get().is_some_and(|t| *t == n.payload) {
@@ -144,14 +191,18 @@ impl Coordinator {
     }
 
     async fn discover(&mut self, conn: &DbConnection) {
-        // Reap workers that ended by themselves (lost their connection).
-        self.workers.retain(|(name, dir), w| {
-            let alive = !w.handle.is_finished();
-            if !alive {
-                tracing::info!(pipeline = %name, direction = dir.as_str(), "worker ended; will try to own the pipeline again");
+        // Reap workers that ended by themselves (their lock session closed, or they panicked).
+        let ended: Vec<Key> =
+            self.workers.iter().filter(|(_, w)| w.handle.is_finished()).map(|(k, _)| k.clone()).collect();
+        for key in ended {
+            if let Some(w) = self.workers.remove(&key) {
+                tracing::info!(pipeline = %key.0, direction = key.1.as_str(), "worker ended; will try to own the pipeline again");
+                if let Err(e) = w.handle.await {
+                    tracing::error!(pipeline = %key.0, error = %e, "pipeline worker failed");
+                    self.release(&w.link, &key).await;
+                }
             }
-            alive
-        });
+        }
         let rows = match pipelines::list(&conn.client).await {
             Ok(rows) => rows,
             Err(e) => {
@@ -172,7 +223,7 @@ impl Coordinator {
         for key in stale {
             if let Some(w) = self.workers.remove(&key) {
                 tracing::info!(pipeline = %key.0, direction = key.1.as_str(), "pipeline disabled, deleted or changed; stopping its worker");
-                self.stop_worker(w).await;
+                self.stop_worker(&key, w).await;
             }
         }
 
@@ -189,7 +240,7 @@ impl Coordinator {
             for key in owned.into_iter().skip(share) {
                 if let Some(w) = self.workers.remove(&key) {
                     tracing::info!(pipeline = %key.0, direction = key.1.as_str(), live_instances = live, fair_share = share, "handing a pipeline over to another instance (balancing)");
-                    self.stop_worker(w).await;
+                    self.stop_worker(&key, w).await;
                     released.push(key);
                 }
             }
@@ -335,26 +386,55 @@ impl Coordinator {
         }
     }
 
-    async fn stop_worker(&self, w: Worker) {
+    async fn stop_worker(&self, key: &Key, w: Worker) {
         w.link.cancel.cancel();
         let mut handle = w.handle;
         if tokio::time::timeout(self.opts.stop_timeout, &mut handle).await.is_err() {
             tracing::warn!("worker did not stop in time; aborting it (its uncommitted batch will be relayed again)");
             handle.abort();
+            let _ = handle.await;
+            self.release(&w.link, key).await;
         }
     }
 
+    /// Releases the lock of a worker that could not release it itself (aborted, panicked): the
+    /// lock session outlives its workers, so nobody else could own the pipeline otherwise.
+    async fn release(&self, link: &WorkerLink, (pipeline, direction): &Key) {
+        if link.lost.is_cancelled() {
+            return;
+        }
+        let held = link
+            .lock
+            .conn
+            .client
+            .query_one(
+                &format!("SELECT {}", catalog::pool::pipeline_lock_held(1, 2, 3, 4)),
+                &[&self.ctx.group_id, pipeline, &link.lock.pid, &link.lock.started_us],
+            )
+            .await
+            .map(|r| r.get::<_, bool>(0))
+            .unwrap_or(false);
+        if held {
+            if let Err(e) = link.lock.unlock(&self.ctx.group_id, pipeline).await {
+                tracing::warn!(pipeline = %pipeline, error = %e, "cannot release the lock of a failed worker");
+            }
+        }
+        self.ctx.remove(pipeline, *direction);
+    }
+
     async fn stop_all(&mut self) -> bool {
-        let workers: Vec<Worker> = self.workers.drain().map(|(_, w)| w).collect();
-        for w in &workers {
+        let workers: Vec<(Key, Worker)> = self.workers.drain().collect();
+        for (_, w) in &workers {
             w.link.cancel.cancel();
         }
         let deadline = tokio::time::Instant::now() + self.opts.stop_timeout;
         let mut clean = true;
-        for w in workers {
+        for (key, w) in workers {
             let mut handle = w.handle;
             if tokio::time::timeout_at(deadline, &mut handle).await.is_err() {
                 handle.abort();
+                let _ = handle.await;
+                self.release(&w.link, &key).await;
                 clean = false;
             }
         }

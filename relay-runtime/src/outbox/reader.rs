@@ -120,6 +120,11 @@ impl OutboxReader {
         }
     }
 
+    /// Whether rows wait for open transactions (then only polling shows when they end).
+    pub fn is_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
     pub fn table(&self) -> &OutboxTable {
         &self.table
     }

@@ -37,8 +37,14 @@ use crate::state::{PipelineState, PipelineStatus, RelayState};
 
 /// Messages held before publishing a chunk, bounding memory for huge outbox rows.
 const MAX_CHUNK_MESSAGES: usize = 10_000;
-/// Status table and lag refresh period while busy.
+/// Status table and lag refresh period while busy (and the idle sink health check period).
 const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// Status table heartbeat while idle and unchanged (the operator counts a status older than
+/// 30 s as stale).
+const IDLE_STATUS_EVERY: Duration = Duration::from_secs(10);
+/// An idle pipeline whose outbox the coordinator watches still looks by itself this often, in
+/// case a wake-up was missed.
+const WATCHED_SAFETY_POLL: Duration = Duration::from_secs(30);
 /// Wait between attempts after a permanent sink failure (the data stays; a config change or
 /// a fixed target lets the pipeline continue).
 const PERMANENT_RETRY: Duration = Duration::from_secs(30);
@@ -82,6 +88,7 @@ pub async fn run(ctx: Arc<RelayState>, spec: ForwardSpec, link: &WorkerLink, st:
             return;
         };
         let _ = link.outbox_table.set(table.table.clone());
+        link.watch_sequence(table.id_sequence.clone());
         tracing::info!(pipeline = %spec.name, outbox = %table.qualified(), sink = sink.name(), offset = epoch.offset, epoch = epoch.number, "forward pipeline started");
         st.state = PipelineState::Running;
         st.last_error = None;
@@ -325,11 +332,8 @@ impl ForwardRunner<'_> {
                         return e;
                     }
                     self.work = None;
-                    tokio::select! {
-                        _ = self.link.cancel.cancelled() => return Stop::Cancelled,
-                        _ = self.link.lost.cancelled() => return Stop::Db(LOCK_SESSION_CLOSED.to_owned()),
-                        _ = self.link.wake.notified() => {}
-                        _ = tokio::time::sleep(self.spec.poll_interval) => {}
+                    if let Some(stop) = self.idle().await {
+                        return stop;
                     }
                 }
                 Err(Stop::Rewind(e)) => {
@@ -339,6 +343,29 @@ impl ForwardRunner<'_> {
                 }
                 Err(stop) => return stop,
             }
+        }
+    }
+
+    /// Waits, holding no connection, until there may be rows: a notification, the coordinator
+    /// seeing the outbox's sequence move, or the fallback poll (`poll_interval`, or
+    /// [`WATCHED_SAFETY_POLL`] when the coordinator watches and no open transaction holds rows
+    /// back). Checks the sink meanwhile.
+    async fn idle(&mut self) -> Option<Stop> {
+        let watched = self.link.watched().is_some() && !self.reader.is_pending();
+        let fallback = if watched { WATCHED_SAFETY_POLL.max(self.spec.poll_interval) } else { self.spec.poll_interval };
+        let deadline = tokio::time::Instant::now() + fallback;
+        loop {
+            let tick = deadline.min(tokio::time::Instant::now() + STATUS_EVERY);
+            tokio::select! {
+                _ = self.link.cancel.cancelled() => return Some(Stop::Cancelled),
+                _ = self.link.lost.cancelled() => return Some(Stop::Db(LOCK_SESSION_CLOSED.to_owned())),
+                _ = self.link.wake.notified() => return None,
+                _ = tokio::time::sleep_until(tick) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            self.check_sink_health().await;
         }
     }
 
@@ -673,7 +700,9 @@ impl ForwardRunner<'_> {
     }
 
     async fn refresh_lag(&mut self) -> Result<(), Stop> {
-        if self.last_status.elapsed() < STATUS_EVERY && self.unreported_messages == 0 && self.unreported_errors == 0 {
+        let quiet = self.unreported_messages == 0 && self.unreported_errors == 0;
+        let period = if quiet && self.st.lag_rows == Some(0) { IDLE_STATUS_EVERY } else { STATUS_EVERY };
+        if self.last_status.elapsed() < period && quiet {
             return Ok(());
         }
         let client = self.client()?;
@@ -687,6 +716,17 @@ impl ForwardRunner<'_> {
     }
 
     async fn flush_status(&mut self) {
+        if self.work.is_none() && !self.link.cancel.is_cancelled() {
+            // Idle (a sink health change): borrow one for the write.
+            self.work = borrow(&self.ctx, self.link).await.map(Arc::new);
+            let written = self.flush_status_with_work().await;
+            self.work = None;
+            return written;
+        }
+        self.flush_status_with_work().await
+    }
+
+    async fn flush_status_with_work(&mut self) {
         match &self.work {
             Some(work) => report(&self.ctx, work, self.st, self.unreported_messages, self.unreported_errors).await,
             // No connection (the instance is stopping and the pool gave none): in memory only.

@@ -24,8 +24,12 @@ pub struct WorkerLink {
     /// Set by a forward worker once its outbox table is known, to route
     /// `pgtrickle_outbox_new` notifications (payload: the bare outbox table name).
     pub outbox_table: Arc<OnceLock<String>>,
-    /// Woken on a matching notification.
+    /// Woken on a matching notification, or when the coordinator saw the outbox's id
+    /// sequence move.
     pub wake: Arc<Notify>,
+    /// Set by a forward worker whose outbox has a readable id sequence: the coordinator watches
+    /// it for the whole instance (one query per second), so the idle worker need not poll.
+    pub watched_sequence: Arc<std::sync::Mutex<Option<String>>>,
     pub cancel: CancellationToken,
     /// The session holding the pipeline's lock.
     pub lock: Arc<LockSession>,
@@ -38,10 +42,22 @@ impl WorkerLink {
         Self {
             outbox_table: Arc::new(OnceLock::new()),
             wake: Arc::new(Notify::new()),
+            watched_sequence: Arc::default(),
             cancel,
             lost: lock.conn.closed.clone(),
             lock,
         }
+    }
+}
+
+impl WorkerLink {
+    /// Asks the coordinator to watch (or stop watching) this worker's id sequence.
+    pub fn watch_sequence(&self, sequence: Option<String>) {
+        *self.watched_sequence.lock().unwrap_or_else(|p| p.into_inner()) = sequence;
+    }
+
+    pub fn watched(&self) -> Option<String> {
+        self.watched_sequence.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
