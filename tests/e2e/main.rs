@@ -12,6 +12,7 @@ mod ha;
 mod hot_reload;
 mod kafka;
 mod lifecycle;
+mod many_pipelines;
 mod nats;
 mod observability;
 mod operator;
