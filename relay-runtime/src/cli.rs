@@ -333,6 +333,7 @@ async fn check_cmd(url: &str) -> anyhow::Result<ExitCode> {
                         outbox_table: &t.table,
                         // A check only builds the sink; it never writes.
                         dedup_scope: "check",
+                        own_database: None,
                     },
                 )
                 .await

@@ -247,27 +247,25 @@ impl Coordinator {
         }
         let mut keys: Vec<Key> = wanted.keys().cloned().collect();
         keys.sort();
-        let locks = if self.workers.len() < share { self.lock_session().await } else { None };
-        for key in keys {
-            let Some(locks) = &locks else { break };
-            let Some(row) = wanted.get(&key).cloned() else { continue };
-            if self.workers.contains_key(&key) || released.contains(&key) {
-                continue;
-            }
-            if self.workers.len() >= share {
-                break;
-            }
-            match self.try_own(conn, locks, &row).await {
-                Ok(true) => {
-                    tracing::info!(pipeline = %row.name, direction = row.direction.as_str(), "acquired pipeline");
-                    let link = WorkerLink::new(CancellationToken::new(), locks.clone());
-                    let handle = tokio::spawn(pipeline::run_worker(self.ctx.clone(), row.clone(), link.clone()));
-                    self.workers.insert(key, Worker { config: row.config, link, handle });
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(pipeline = %row.name, error = %e, "cannot try the pipeline's lock");
-                    break;
+        let room = share.saturating_sub(self.workers.len());
+        if room > 0 {
+            let candidates: Vec<Key> =
+                keys.into_iter().filter(|k| !self.workers.contains_key(k) && !released.contains(k)).collect();
+            if !candidates.is_empty() {
+                if let Some(locks) = self.lock_session().await {
+                    match self.try_own(conn, &locks, &candidates, room).await {
+                        Ok(acquired) => {
+                            for key in acquired {
+                                let Some(row) = wanted.get(&key).cloned() else { continue };
+                                tracing::info!(pipeline = %row.name, direction = row.direction.as_str(), "acquired pipeline");
+                                let link = WorkerLink::new(CancellationToken::new(), locks.clone());
+                                let handle =
+                                    tokio::spawn(pipeline::run_worker(self.ctx.clone(), row.clone(), link.clone()));
+                                self.workers.insert(key, Worker { config: row.config, link, handle });
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot try the pipelines' locks"),
+                    }
                 }
             }
         }
@@ -339,30 +337,61 @@ impl Coordinator {
             .await;
     }
 
-    /// Takes the pipeline's advisory lock on the lock session; `false` if another session
-    /// holds it. A cheap `pg_locks` look first keeps the lock session's queue short.
+    /// Takes up to `room` of the `candidates`' advisory locks on the lock session, in order, in
+    /// two statements whatever their number: one `pg_locks` look for the pipelines no session
+    /// holds, one `pg_try_advisory_lock` over those (another instance may win some meanwhile).
+    /// A name of both directions is one lock: its first key gets it.
     async fn try_own(
         &self,
         conn: &DbConnection,
         locks: &LockSession,
-        row: &PipelineRow,
-    ) -> Result<bool, tokio_postgres::Error> {
-        let held: bool = conn
+        candidates: &[Key],
+        room: usize,
+    ) -> Result<Vec<Key>, tokio_postgres::Error> {
+        let mut names: Vec<&str> = Vec::new();
+        for (name, _) in candidates {
+            if !names.contains(&name.as_str()) {
+                names.push(name);
+            }
+        }
+        let free: Vec<String> = conn
             .client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_locks
-                                 WHERE locktype = 'advisory' AND objsubid = 2 AND granted
-                                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                                   AND classid::int8 = (hashtext($1)::int8 & 4294967295)
-                                   AND objid::int8 = (hashtext($2)::int8 & 4294967295))",
-                &[&self.ctx.group_id, &row.name],
+            .query(
+                "SELECT p.name FROM unnest($2::text[]) WITH ORDINALITY AS p(name, i)
+                  WHERE NOT EXISTS (SELECT 1 FROM pg_locks
+                                     WHERE locktype = 'advisory' AND objsubid = 2 AND granted
+                                       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                                       AND classid::int8 = (hashtext($1)::int8 & 4294967295)
+                                       AND objid::int8 = (hashtext(p.name)::int8 & 4294967295))
+                  ORDER BY p.i LIMIT $3",
+                &[&self.ctx.group_id, &names, &(room as i64)],
             )
             .await?
-            .get(0);
-        if held {
-            return Ok(false);
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if free.is_empty() {
+            return Ok(Vec::new());
         }
-        locks.try_lock(&self.ctx.group_id, &row.name).await
+        let got: Vec<String> = locks
+            .conn
+            .client
+            .query(
+                "SELECT p.name FROM unnest($2::text[]) WITH ORDINALITY AS p(name, i)
+                  WHERE pg_try_advisory_lock(hashtext($1), hashtext(p.name)) ORDER BY p.i",
+                &[&self.ctx.group_id, &free],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut acquired = Vec::with_capacity(got.len());
+        for name in got {
+            if let Some(key) = candidates.iter().find(|(n, _)| *n == name) {
+                acquired.push(key.clone());
+            }
+        }
+        Ok(acquired)
     }
 
     /// How many enabled pipelines of the group no session holds the lock of (for `/health`).

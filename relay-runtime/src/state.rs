@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::catalog::pool::{pool_size, WorkPool};
+use crate::catalog::pool::{pool_sizes, WorkPool};
 use crate::config::Direction;
 use crate::metrics::Metrics;
 
@@ -98,6 +98,8 @@ pub struct RelayState {
     /// The work connections every pipeline borrows from (`--max-db-connections` bounds them
     /// with the catalog connection and the lock session).
     pub pool: WorkPool,
+    /// Connections of the `pg-inbox` sinks writing into this same database.
+    pub sink_pool: WorkPool,
     /// Enabled pipelines of this group no live instance owns, as of the last discovery, and
     /// how many discoveries in a row saw some (`/health` is degraded after two).
     unowned: std::sync::atomic::AtomicUsize,
@@ -137,7 +139,8 @@ impl RelayState {
             postgres_url: postgres_url.to_owned(),
             started: Instant::now(),
             metrics: Metrics::new()?,
-            pool: WorkPool::new(postgres_url, pool_size(max_db_connections)),
+            pool: WorkPool::new(postgres_url, pool_sizes(max_db_connections).0),
+            sink_pool: WorkPool::new(postgres_url, pool_sizes(max_db_connections).1),
             unowned: Default::default(),
             unowned_rounds: Default::default(),
             last_refusal_warning: Mutex::new(None),

@@ -24,8 +24,8 @@ use super::connect::{connect, ConnectError, DbConnection};
 /// and the lock session.
 pub const RESERVED_CONNECTIONS: usize = 2;
 
-/// The smallest `--max-db-connections` that leaves the pool one connection.
-pub const MIN_DB_CONNECTIONS: usize = RESERVED_CONNECTIONS + 1;
+/// The smallest `--max-db-connections`: the reserved ones, one work and one sink connection.
+pub const MIN_DB_CONNECTIONS: usize = RESERVED_CONNECTIONS + 2;
 
 /// Opens and checks the pool's connections.
 pub struct WorkManager {
@@ -61,6 +61,12 @@ pub enum PoolError {
     Connect(ConnectError),
     #[error("the connection pool is closed")]
     Closed,
+}
+
+impl std::fmt::Debug for WorkPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkPool").field("status", &self.pool.status()).finish()
+    }
 }
 
 impl WorkPool {
@@ -195,7 +201,11 @@ pub fn pipeline_lock_held(group: usize, pipeline: usize, pid: usize, started: us
     )
 }
 
-/// The per-instance cap and how it splits: `(pool size)` for `--max-db-connections`.
-pub fn pool_size(max_db_connections: usize) -> usize {
-    max_db_connections.saturating_sub(RESERVED_CONNECTIONS).max(1)
+/// How `--max-db-connections` splits: `(work pool, sink pool)`. The sink pool serves the
+/// `pg-inbox` sinks that write into the relay's own database: a separate pool, because a
+/// pipeline publishes while it holds a work connection (one pool for both could deadlock).
+pub fn pool_sizes(max_db_connections: usize) -> (usize, usize) {
+    let shared = max_db_connections.saturating_sub(RESERVED_CONNECTIONS).max(2);
+    let sinks = (shared / 4).max(1);
+    (shared - sinks, sinks)
 }

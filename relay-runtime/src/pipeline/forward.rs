@@ -84,7 +84,7 @@ pub(crate) const LOCK_LOST: &str =
 
 pub async fn run(ctx: Arc<RelayState>, spec: ForwardSpec, link: &WorkerLink, st: &mut PipelineStatus) {
     loop {
-        let Some((Started { table, sink, epoch }, work)) = start(&ctx, &spec, link, st).await else {
+        let Some(Started { table, sink, epoch }) = start(&ctx, &spec, link, st).await else {
             return;
         };
         let _ = link.outbox_table.set(table.table.clone());
@@ -94,7 +94,6 @@ pub async fn run(ctx: Arc<RelayState>, spec: ForwardSpec, link: &WorkerLink, st:
         st.last_error = None;
         st.committed_offset = Some(epoch.offset);
         st.outbox_epoch = Some(epoch.number);
-        report(&ctx, &work, st, 0, 0).await;
 
         let mut runner = ForwardRunner {
             labels: [spec.name.clone(), "forward".to_owned()],
@@ -104,7 +103,7 @@ pub async fn run(ctx: Arc<RelayState>, spec: ForwardSpec, link: &WorkerLink, st:
             reader: OutboxReader::new(table, (epoch.table_oid, epoch.relfilenode), epoch.offset),
             scope: epoch.scope,
             spec: spec.clone(),
-            work: Some(Arc::new(work)),
+            work: None,
             link,
             st: &mut *st,
             sink,
@@ -120,6 +119,7 @@ pub async fn run(ctx: Arc<RelayState>, spec: ForwardSpec, link: &WorkerLink, st:
             last_status: Instant::now(),
             prefetched: None,
         };
+        runner.flush_status().await;
         let stop = runner.run_loop().await;
         // The last flush, commit and status write need a connection even after a cancel.
         if runner.work.is_none() {
@@ -168,20 +168,23 @@ struct Started {
     epoch: Epoch,
 }
 
-/// Resolves the outbox, checks its epoch and builds the sink, retrying until it works; also
-/// gives the connection it used. `None` when the worker must stop (cancelled, or its lock is
-/// gone).
-async fn start(
-    ctx: &RelayState,
-    spec: &ForwardSpec,
-    link: &WorkerLink,
-    st: &mut PipelineStatus,
-) -> Option<(Started, Work)> {
+/// Resolves the outbox, checks its epoch and builds the sink, retrying until it works. `None`
+/// when the worker must stop (cancelled, or its lock is gone). The sink is built holding no
+/// database connection (a broker may take its time to answer).
+async fn start(ctx: &RelayState, spec: &ForwardSpec, link: &WorkerLink, st: &mut PipelineStatus) -> Option<Started> {
     let mut backoff = Duration::from_secs(1);
     loop {
         let work = borrow(ctx, link).await?;
-        let e = match setup(ctx, spec, &work, link.lock.fence()).await {
-            Ok(started) => return Some((started, work)),
+        let prepared = prepare(ctx, spec, &work, link.lock.fence()).await;
+        drop(work);
+        let built = match prepared {
+            Ok((table, epoch)) => {
+                build_sink(ctx, spec, &table, &epoch).await.map(|sink| Started { table, sink, epoch })
+            }
+            Err(e) => Err(e),
+        };
+        let e = match built {
+            Ok(started) => return Some(started),
             Err(SetupError::LockLost) => {
                 tracing::warn!(pipeline = %spec.name, "{LOCK_LOST}");
                 return None;
@@ -202,8 +205,10 @@ async fn start(
         st.state = if transient { PipelineState::Degraded } else { PipelineState::Failed };
         st.errors_total += 1;
         st.last_error = Some(message);
-        report(ctx, &work, st, 0, 1).await;
-        drop(work);
+        match borrow(ctx, link).await {
+            Some(work) => report(ctx, &work, st, 0, 1).await,
+            None => return None,
+        }
         tokio::select! {
             _ = link.cancel.cancelled() => return None,
             _ = link.lost.cancelled() => return None,
@@ -219,12 +224,13 @@ enum SetupError {
     LockLost,
 }
 
-async fn setup(
+/// The outbox and the epoch to read it in.
+async fn prepare(
     ctx: &RelayState,
     spec: &ForwardSpec,
     client: &Client,
     fence: (i32, i64),
-) -> Result<Started, SetupError> {
+) -> Result<(OutboxTable, Epoch), SetupError> {
     let table = OutboxTable::resolve(client, &spec.outbox)
         .await
         .map_err(|e| SetupError::Retry { message: e.to_string(), transient: false })?;
@@ -245,6 +251,15 @@ async fn setup(
         );
         ctx.metrics.outbox_recreated.with_label_values(&[&spec.name]).inc();
     }
+    Ok((table, epoch))
+}
+
+async fn build_sink(
+    ctx: &RelayState,
+    spec: &ForwardSpec,
+    table: &OutboxTable,
+    epoch: &Epoch,
+) -> Result<Box<dyn Sink>, SetupError> {
     let sink_ctx = SinkContext {
         pipeline: &spec.name,
         subject_template: spec.subject_template.source(),
@@ -252,11 +267,11 @@ async fn setup(
         stream_table: &table.stream_table,
         outbox_table: &table.table,
         dedup_scope: &epoch.scope,
+        own_database: Some(&ctx.sink_pool),
     };
-    let sink = sink::build(&spec.sink, &sink_ctx)
+    sink::build(&spec.sink, &sink_ctx)
         .await
-        .map_err(|e| SetupError::Retry { transient: e.is_transient(), message: e.to_string() })?;
-    Ok(Started { table, sink, epoch })
+        .map_err(|e| SetupError::Retry { transient: e.is_transient(), message: e.to_string() })
 }
 
 /// The next batch, read ahead: rows with `after < id <= upto`.

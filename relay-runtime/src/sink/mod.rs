@@ -131,6 +131,9 @@ pub struct SinkContext<'a> {
     /// The pipeline's outbox epoch scope (a uuid, `outbox::epoch`): names sink-side dedup
     /// state so that another epoch, database or relay group never suppresses new messages.
     pub dedup_scope: &'a str,
+    /// The instance's pool for sinks that write into the relay's own database (`pg-inbox`),
+    /// so that they count within `--max-db-connections`.
+    pub own_database: Option<&'a crate::catalog::pool::WorkPool>,
 }
 
 /// Builds the sink a pipeline asks for.

@@ -1,5 +1,7 @@
 //! PostgreSQL inbox sink: writes messages into a pg_trickle inbox table (contract §2) in this
-//! database or another one (`postgres_url`).
+//! database or another one (`postgres_url`). Into the relay's own database it borrows from the
+//! instance's sink pool (counted in `--max-db-connections`); into another one it keeps a
+//! connection of its own.
 //!
 //! A batch is one `INSERT … SELECT unnest(…) ON CONFLICT (event_id) DO NOTHING` statement — one
 //! round trip and one transaction per batch — with `event_id` = the dedup key, so a batch
@@ -10,6 +12,7 @@ use serde_json::Value;
 
 use super::options::Options;
 use super::{BuildError, Published, Sink, SinkContext, SinkError};
+use crate::catalog::pool::WorkPool;
 use crate::catalog::{self, redact_url, DbConnection};
 use crate::inbox::{self, InboxError, InboxRow, InboxTable};
 use crate::message::RelayMessage;
@@ -26,6 +29,9 @@ enum EventType {
 pub struct PgInboxSink {
     url: String,
     app_name: String,
+    /// The instance's sink pool when the inbox is in the relay's own database.
+    shared: Option<WorkPool>,
+    /// Else a connection of its own (opened again when it closed).
     conn: Option<DbConnection>,
     insert_sql: String,
     event_type: EventType,
@@ -54,19 +60,31 @@ pub async fn build(
     };
     let aggregate_id_field = o.str(&["aggregate_id_field", "aggregate_id"])?.map(str::to_owned);
     let app_name = format!("pgtrickle-relay {} inbox", ctx.pipeline);
-    let conn = catalog::connect(&url, &app_name, None).await.map_err(|e| BuildError::Unreachable {
+    let unreachable = |e: &dyn std::fmt::Display| BuildError::Unreachable {
         backend: BACKEND,
-        message: format!("cannot connect to {}: {}", redact_url(&url), e),
-    })?;
-    table.ensure(&conn.client, o.bool("create_inbox", false)?).await.map_err(|e| match e {
+        message: format!("cannot connect to {}: {e}", redact_url(&url)),
+    };
+    let shared = ctx.own_database.filter(|_| url == ctx.postgres_url).cloned();
+    let (conn, borrowed) = match &shared {
+        Some(pool) => (None, Some(pool.get().await.map_err(|e| unreachable(&e))?)),
+        None => (Some(catalog::connect(&url, &app_name, None).await.map_err(|e| unreachable(&e))?), None),
+    };
+    let client = match (&conn, &borrowed) {
+        (Some(c), _) => &c.client,
+        (None, Some(w)) => &**w,
+        (None, None) => unreachable!("one of them was just set"),
+    };
+    table.ensure(client, o.bool("create_inbox", false)?).await.map_err(|e| match e {
         InboxError::Retryable(message) => BuildError::Unreachable { backend: BACKEND, message },
         InboxError::Permanent(message) | InboxError::Row(message) => BuildError::Open { backend: BACKEND, message },
     })?;
+    drop(borrowed);
     let insert_sql = table.insert_sql();
     Ok(Box::new(PgInboxSink {
         url,
         app_name,
-        conn: Some(conn),
+        shared,
+        conn,
         insert_sql,
         event_type,
         aggregate_id_field,
@@ -94,7 +112,14 @@ impl Sink for PgInboxSink {
 
     fn publish<'a>(&'a mut self, batch: &'a [RelayMessage]) -> BoxFuture<'a, Result<Published, SinkError>> {
         Box::pin(async move {
-            if self.conn.as_ref().is_none_or(|c| c.closed.is_cancelled()) {
+            let borrowed = match &self.shared {
+                Some(pool) => Some(pool.get().await.map_err(|e| SinkError::Retryable {
+                    backend: BACKEND,
+                    message: format!("cannot connect to {}: {e}", redact_url(&self.url)),
+                })?),
+                None => None,
+            };
+            if borrowed.is_none() && self.conn.as_ref().is_none_or(|c| c.closed.is_cancelled()) {
                 let conn =
                     catalog::connect(&self.url, &self.app_name, None).await.map_err(|e| SinkError::Retryable {
                         backend: BACKEND,
@@ -117,10 +142,12 @@ impl Sink for PgInboxSink {
                     trace_id: None,
                 })
                 .collect();
-            let Some(conn) = &self.conn else {
-                return Err(SinkError::Retryable { backend: BACKEND, message: "not connected".into() });
+            let client = match (&borrowed, &self.conn) {
+                (Some(w), _) => &**w,
+                (None, Some(c)) => &c.client,
+                (None, None) => return Err(SinkError::Retryable { backend: BACKEND, message: "not connected".into() }),
             };
-            let inserted = inbox::write(&conn.client, &self.insert_sql, &rows).await.map_err(|e| match e {
+            let inserted = inbox::write(client, &self.insert_sql, &rows).await.map_err(|e| match e {
                 InboxError::Retryable(message) => SinkError::Retryable { backend: BACKEND, message },
                 InboxError::Permanent(message) | InboxError::Row(message) => {
                     SinkError::Permanent { backend: BACKEND, message }
@@ -132,6 +159,14 @@ impl Sink for PgInboxSink {
 
     fn health(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async move {
+            if let Some(pool) = &self.shared {
+                // The pool opens connections on demand; a borrow is the check.
+                let w = pool.get().await.map_err(|e| SinkError::Retryable {
+                    backend: BACKEND,
+                    message: format!("cannot connect to {}: {e}", redact_url(&self.url)),
+                })?;
+                return w.simple_query("SELECT 1").await.map(|_| ()).map_err(|e| classify(&e));
+            }
             match &self.conn {
                 Some(c) if !c.closed.is_cancelled() => {
                     c.client.simple_query("SELECT 1").await.map(|_| ()).map_err(|e| classify(&e))
