@@ -118,6 +118,8 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Runs a pipeline until cancelled or until its lock session closes.
 pub async fn run_worker(ctx: Arc<RelayState>, row: PipelineRow, link: WorkerLink) {
     let mut st = PipelineStatus::new(&row.name, row.direction, &ctx.worker_id);
+    // Owned from now on (`starting` until it has a connection and its outbox or source).
+    ctx.update(&st);
     let spec = match row.parse() {
         Ok(spec) => spec,
         Err(e) => {
