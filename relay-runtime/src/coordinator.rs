@@ -54,6 +54,14 @@ pub struct Coordinator {
     sequences: HashMap<String, i64>,
 }
 
+/// SQL true while some session of this database holds pipeline `p.name`'s lock of group `$1`
+/// (the two-key advisory lock as `pg_locks` shows it).
+const LOCKED_BY_ANY_SESSION: &str = "EXISTS (SELECT 1 FROM pg_locks
+     WHERE locktype = 'advisory' AND objsubid = 2 AND granted
+       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+       AND classid::int8 = (hashtext($1)::int8 & 4294967295)
+       AND objid::int8 = (hashtext(p.name)::int8 & 4294967295))";
+
 /// How often the coordinator looks at the id sequences of its idle pipelines' outboxes: the
 /// fallback for rows written without a `NOTIFY`, one query for the whole instance.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
@@ -357,13 +365,10 @@ impl Coordinator {
         let free: Vec<String> = conn
             .client
             .query(
-                "SELECT p.name FROM unnest($2::text[]) WITH ORDINALITY AS p(name, i)
-                  WHERE NOT EXISTS (SELECT 1 FROM pg_locks
-                                     WHERE locktype = 'advisory' AND objsubid = 2 AND granted
-                                       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                                       AND classid::int8 = (hashtext($1)::int8 & 4294967295)
-                                       AND objid::int8 = (hashtext(p.name)::int8 & 4294967295))
-                  ORDER BY p.i LIMIT $3",
+                &format!(
+                    "SELECT p.name FROM unnest($2::text[]) WITH ORDINALITY AS p(name, i)
+                      WHERE NOT {LOCKED_BY_ANY_SESSION} ORDER BY p.i LIMIT $3"
+                ),
                 &[&self.ctx.group_id, &names, &(room as i64)],
             )
             .await?
@@ -400,12 +405,7 @@ impl Coordinator {
         let r = conn
             .client
             .query_one(
-                "SELECT count(*) FROM unnest($2::text[]) AS p(name)
-                  WHERE NOT EXISTS (SELECT 1 FROM pg_locks
-                                     WHERE locktype = 'advisory' AND objsubid = 2 AND granted
-                                       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                                       AND classid::int8 = (hashtext($1)::int8 & 4294967295)
-                                       AND objid::int8 = (hashtext(p.name)::int8 & 4294967295))",
+                &format!("SELECT count(*) FROM unnest($2::text[]) AS p(name) WHERE NOT {LOCKED_BY_ANY_SESSION}"),
                 &[&self.ctx.group_id, &names],
             )
             .await;
