@@ -122,13 +122,16 @@ async fn a_second_instance_takes_its_fair_share_and_gives_it_back_when_it_dies()
         (owned_by(&r1) == 2 && owned_by(&r2) == 2).then_some(())
     })
     .await;
-    // Visible in SQL: both instances, each at its fair share; every pipeline has one owner.
-    let rows = c
-        .query("SELECT pipelines, fair_share FROM pgtrickle.relay_instances WHERE relay_group_id = 'fair'", &[])
-        .await
-        .unwrap();
-    assert_eq!(rows.len(), 2);
-    assert!(rows.iter().all(|r| r.get::<_, i32>(0) == 2 && r.get::<_, i32>(1) == 2));
+    // Visible in SQL (written at the end of each instance's discovery): both instances, each at
+    // its fair share; every pipeline has one owner.
+    eventually(Duration::from_secs(5), "relay_instances shows two instances at their share", || async {
+        let rows = c
+            .query("SELECT pipelines, fair_share FROM pgtrickle.relay_instances WHERE relay_group_id = 'fair'", &[])
+            .await
+            .unwrap();
+        (rows.len() == 2 && rows.iter().all(|r| r.get::<_, i32>(0) == 2 && r.get::<_, i32>(1) == 2)).then_some(())
+    })
+    .await;
     for n in names {
         assert!(lock_holder(&c, "fair", n).await.is_some(), "{n} is owned");
     }
