@@ -15,7 +15,9 @@
 //! `SendMessageBatch` of the same bodies, 10 calls in flight, same server), and the reverse
 //! rows `nats_to_inbox`, `kafka_to_inbox`, `redis_to_inbox`, `rabbitmq_to_inbox`, `sqs_to_inbox`
 //! (a backlog drained into an inbox; ceiling: one client inserting the same rows with the relay's
-//! statement, 500 per call).
+//! statement, 500 per call). `many_pipelines` (no ceiling; against targets): 1,000 pipelines ×
+//! 100 rows on one instance with the default 10 database connections: drain time, peak
+//! connections, peak RSS, idle CPU and an idle pipeline's NOTIFY wake-up latency.
 
 // A benchmark harness: a failed unwrap is a failed run with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -975,6 +977,345 @@ async fn bench_diff(rows: i64) {
     let _ = std::fs::remove_file(path);
 }
 
+/// The `many_pipelines` row: outbox tables and pipelines of one relay instance.
+const MANY_PIPELINES: usize = 1_000;
+/// Outbox rows per outbox before the relay starts, and delta rows in each (100 per pipeline).
+const MANY_OUTBOX_ROWS: i64 = 10;
+const MANY_ROWS_PER_OUTBOX_ROW: i64 = 10;
+/// The relay's default `--max-db-connections`.
+const MANY_MAX_DB_CONNECTIONS: i64 = 10;
+const MANY_WAKEUP_SAMPLES: usize = 100;
+const MANY_IDLE_SECONDS: u64 = 30;
+
+/// utime + stime of a process, in seconds (`/proc/<pid>/stat`, fields 14 and 15).
+fn cpu_seconds(pid: u32, ticks_per_sec: f64) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let (utime, stime): (f64, f64) = (fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?);
+    Some((utime + stime) / ticks_per_sec)
+}
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// A sample's value in the relay's `/metrics` text (the first series of that name).
+fn metric(relay: &Relay, name: &str) -> f64 {
+    relay
+        .get("/metrics")
+        .1
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(f64::NAN)
+}
+
+fn newlines(path: &std::path::Path) -> usize {
+    std::fs::read(path).map(|b| b.iter().filter(|&&c| c == b'\n').count()).unwrap_or(0)
+}
+
+/// 1,000 pipelines on one relay instance with the default connection budget: drain time of a
+/// pre-filled backlog, peak connections, peak RSS, idle CPU and the NOTIFY wake-up latency of
+/// an idle pipeline.
+async fn bench_many_pipelines() {
+    let n = MANY_PIPELINES;
+    // The row shares the machine with PostgreSQL (and whatever else runs): note how busy it was.
+    let loadavg = || {
+        std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()))
+            .unwrap_or(-1.0)
+    };
+    let load_at_start = loadavg();
+    let r1 = |x: f64| (x * 10.0).round() / 10.0;
+    let r2 = |x: f64| (x * 100.0).round() / 100.0;
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    assert!(run_cli(&db.url, &["migrate"]).0.success());
+    let dir = std::env::temp_dir().join(format!("pgtrickle-relay-bench-{}-many", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let files: Vec<std::path::PathBuf> = (0..n).map(|i| dir.join(format!("mp{i}.jsonl"))).collect();
+    let outboxes: Vec<String> = (0..n).map(|i| format!("outbox_mp{i}")).collect();
+
+    // Setup in few round trips: pg_trickle's outbox shape (as `enable_outbox` creates it), 100
+    // outboxes per transaction (each holds its new tables' locks until commit).
+    let setup = Instant::now();
+    c.batch_execute(
+        "CREATE TABLE IF NOT EXISTS pgtrickle.pgt_outbox_config (
+             stream_table_oid oid PRIMARY KEY, stream_table_name text NOT NULL,
+             outbox_table_name text NOT NULL UNIQUE, retention_hours int NOT NULL DEFAULT 24,
+             created_at timestamptz NOT NULL DEFAULT now(), last_drained_at timestamptz,
+             last_drained_count bigint NOT NULL DEFAULT 0)",
+    )
+    .await
+    .unwrap();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+        let mut sql = String::new();
+        for &i in chunk {
+            sql.push_str(&format!(
+                r#"CREATE TABLE pgtrickle."outbox_mp{i}" (
+                       id bigserial PRIMARY KEY, pgt_id uuid NOT NULL DEFAULT gen_random_uuid(), refresh_id uuid,
+                       created_at timestamptz NOT NULL DEFAULT now(), inserted_count bigint NOT NULL DEFAULT 0,
+                       deleted_count bigint NOT NULL DEFAULT 0, is_claim_check boolean NOT NULL DEFAULT false, payload jsonb);
+                   CREATE TABLE pgtrickle."outbox_delta_rows_mp{i}" (
+                       outbox_id bigint NOT NULL, row_num bigint NOT NULL,
+                       row_op text NOT NULL CHECK (row_op IN ('INSERT', 'DELETE')), row_data jsonb NOT NULL,
+                       PRIMARY KEY (outbox_id, row_num));
+                   INSERT INTO pgtrickle.pgt_outbox_config (stream_table_oid, stream_table_name, outbox_table_name)
+                   VALUES ({}::int8::text::oid, 'mp{i}', 'outbox_mp{i}');
+                "#,
+                i + 1
+            ));
+        }
+        c.batch_execute(&sql).await.unwrap();
+    }
+    eprintln!("[bench] many_pipelines: {n} outbox tables created after {:.1} s", setup.elapsed().as_secs_f64());
+    // The backlog: MANY_OUTBOX_ROWS outbox rows of MANY_ROWS_PER_OUTBOX_ROW delta rows each, in
+    // every outbox (pg_trickle's inline form), written in one round trip.
+    c.batch_execute(&format!(
+        "DO $$
+         BEGIN
+           FOR i IN 0..{last} LOOP
+             EXECUTE format($f$INSERT INTO pgtrickle.%I (inserted_count, payload)
+               SELECT {per}, (SELECT jsonb_agg(jsonb_build_object(
+                          'order_id', (%s * {outbox_rows} + o) * {per} + r, 'customer_id', (o * 7 + r) %% 1000,
+                          'status', 'shipped', 'total', round(((o + r) %% 10000) / 100.0, 2), 'currency', 'EUR',
+                          'updated_at', '2026-11-27T12:00:00Z', 'note', repeat('x', 64),
+                          '__pgt_row_id', ((%s * {outbox_rows} + o) * {per} + r) * 2654435761, '__pgt_count', 1))
+                        FROM generate_series(1, {per}) r)
+                 FROM generate_series(1, {outbox_rows}) o$f$, 'outbox_mp' || i, i, i);
+           END LOOP;
+         END $$",
+        last = n - 1,
+        per = MANY_ROWS_PER_OUTBOX_ROW,
+        outbox_rows = MANY_OUTBOX_ROWS,
+    ))
+    .await
+    .unwrap();
+    eprintln!("[bench] many_pipelines: outboxes filled after {:.1} s", setup.elapsed().as_secs_f64());
+    c.batch_execute("ANALYZE").await.unwrap();
+    eprintln!("[bench] many_pipelines: analyzed after {:.1} s", setup.elapsed().as_secs_f64());
+    // Every outbox is fresh: its last id is MANY_OUTBOX_ROWS.
+    let last_ids: Vec<i64> = c
+        .query_one(
+            "SELECT array_agg(coalesce(pg_sequence_last_value(to_regclass(format('pgtrickle.%I', 'outbox_mp' || i || '_id_seq'))), 0)::int8)
+               FROM generate_series(0, $1::int8 - 1) i",
+            &[&(n as i64)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(last_ids.iter().all(|&l| l == MANY_OUTBOX_ROWS), "every outbox holds its backlog");
+    // The pipelines, registered and enabled in one round trip.
+    let names: Vec<String> = (0..n).map(|i| format!("mp-{i}")).collect();
+    let configs: Vec<Value> = (0..n)
+        .map(|i| {
+            json!({"stream_table": format!("mp{i}"), "sink_type": "file", "path": files[i].to_str().unwrap(),
+                   "delta_mode": "snapshot"})
+        })
+        .collect();
+    c.batch_execute("BEGIN").await.unwrap();
+    c.execute(
+        "SELECT pgtrickle.set_relay_outbox(p.name, config => p.config) FROM unnest($1::text[], $2::jsonb[]) AS p(name, config)",
+        &[&names, &configs],
+    )
+    .await
+    .unwrap();
+    c.execute("SELECT pgtrickle.enable_relay(p.name) FROM unnest($1::text[]) AS p(name)", &[&names]).await.unwrap();
+    c.batch_execute("COMMIT").await.unwrap();
+    let setup_secs = setup.elapsed().as_secs_f64();
+    eprintln!("[bench] many_pipelines: {n} outboxes and pipelines set up in {setup_secs:.1} s");
+
+    // The relay's connections to this database, every ~100 ms for the whole run.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let peak = Arc::new(Mutex::new((0i64, Vec::<(String, i64)>::new(), 0u64)));
+    let sampler = {
+        let (url, stop, peak) = (db.url.clone(), stop.clone(), peak.clone());
+        tokio::spawn(async move {
+            let c = connect(&url).await;
+            while !stop.load(Ordering::SeqCst) {
+                let rows = c
+                    .query(
+                        "SELECT application_name, count(*) FROM pg_stat_activity
+                          WHERE application_name LIKE 'pgtrickle-relay%' AND datname = current_database()
+                          GROUP BY 1 ORDER BY 1",
+                        &[],
+                    )
+                    .await
+                    .unwrap();
+                let by_name: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+                let total: i64 = by_name.iter().map(|(_, k)| k).sum();
+                {
+                    let mut p = peak.lock().unwrap();
+                    if total > p.0 {
+                        (p.0, p.1) = (total, by_name);
+                    }
+                    p.2 += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+
+    // Drain: from the relay's start until every committed offset reached its outbox's last id.
+    let t0 = Instant::now();
+    // Relay::start polls /readyz with thread sleeps: off the runtime, so the sampler keeps going.
+    let url = db.url.clone();
+    let mut relay = tokio::task::spawn_blocking(move || {
+        // Defaults for an instance (Relay::start's test settings put back): discovery every 5 s.
+        Relay::start(&url, "many", &["--log-level", "warn", "--discovery-interval", "5s"])
+    })
+    .await
+    .unwrap();
+    let ready_secs = t0.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    // Where the drain time goes: when /health showed every pipeline owned, and the progress
+    // every second (stderr).
+    let (mut owned_all_secs, mut owned) = (None, 0);
+    let (mut last_health, mut last_progress) = (Instant::now() - Duration::from_secs(1), Instant::now());
+    loop {
+        let done: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pgtrickle.relay_consumer_offsets WHERE relay_group_id = 'many' AND last_change_id >= $1",
+                &[&MANY_OUTBOX_ROWS],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if owned_all_secs.is_none() && last_health.elapsed() >= Duration::from_millis(200) {
+            last_health = Instant::now();
+            owned = relay.health()["pipelines_owned"].as_u64().unwrap_or(0);
+            if owned == n as u64 {
+                owned_all_secs = Some(t0.elapsed().as_secs_f64());
+            }
+        }
+        if last_progress.elapsed() >= Duration::from_secs(1) {
+            last_progress = Instant::now();
+            eprintln!(
+                "[bench] many_pipelines: {:.1} s: {done} of {n} pipelines drained, {owned} owned (/health)",
+                t0.elapsed().as_secs_f64()
+            );
+        }
+        if done == n as i64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "relay did not drain ({done} of {n} pipelines):\n{}", relay.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drain_secs = t0.elapsed().as_secs_f64();
+    let drain_cpu = cpu_seconds(relay.pid, clock_ticks()).unwrap();
+    let drain_borrows = metric(&relay, "pgtrickle_relay_db_pool_wait_seconds_count");
+    let drain_wait = metric(&relay, "pgtrickle_relay_db_pool_wait_seconds_sum");
+    let expected_lines = (MANY_OUTBOX_ROWS * MANY_ROWS_PER_OUTBOX_ROW) as usize;
+    let short: Vec<usize> = (0..n).filter(|&i| newlines(&files[i]) != expected_lines).collect();
+    assert!(short.is_empty(), "{} files without exactly {expected_lines} lines, e.g. mp{}", short.len(), short[0]);
+    let health = eventually(Duration::from_secs(30), "the instance owns every pipeline", || async {
+        let h = relay.health();
+        (h["pipelines_owned"] == n).then_some(h)
+    })
+    .await;
+    eprintln!("[bench] many_pipelines: drained in {drain_secs:.2} s");
+
+    // Idle: everything owned and relayed; the relay's CPU over MANY_IDLE_SECONDS (and that of
+    // its PostgreSQL backends, for the database side of being idle).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ticks = clock_ticks();
+    let pg_before: HashMap<u32, f64> = c
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'pgtrickle-relay%' AND datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|r| {
+            let pid = r.get::<_, i32>(0) as u32;
+            cpu_seconds(pid, ticks).map(|s| (pid, s))
+        })
+        .collect();
+    let borrows0 = metric(&relay, "pgtrickle_relay_db_pool_wait_seconds_count");
+    let (cpu0, w0) = (cpu_seconds(relay.pid, ticks).unwrap(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(MANY_IDLE_SECONDS)).await;
+    let (cpu1, wall) = (cpu_seconds(relay.pid, ticks).unwrap(), w0.elapsed().as_secs_f64());
+    let idle_borrows = (metric(&relay, "pgtrickle_relay_db_pool_wait_seconds_count") - borrows0) / wall;
+    let pg_cpu: f64 = pg_before.iter().filter_map(|(p, s0)| cpu_seconds(*p, ticks).map(|s1| s1 - s0)).sum();
+    let idle_cpu = (cpu1 - cpu0) / wall * 100.0;
+    let idle_pg_cpu = pg_cpu / wall * 100.0;
+    eprintln!("[bench] many_pipelines: idle CPU {idle_cpu:.2} % (PostgreSQL backends {idle_pg_cpu:.2} %)");
+
+    // Wake-up: one new outbox row (with its NOTIFY, as a refresh writes it) in a random idle
+    // outbox, until the pipeline's file has the new line; a different pipeline every time.
+    let mut order: Vec<usize> = (0..n).collect();
+    fastrand::shuffle(&mut order);
+    let mut wakeups = Vec::with_capacity(MANY_WAKEUP_SAMPLES);
+    for &i in order.iter().take(MANY_WAKEUP_SAMPLES) {
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(50..150))).await;
+        let (outbox, file) = (&outboxes[i], &files[i]);
+        let before = std::fs::metadata(file).unwrap().len();
+        let t = Instant::now();
+        c.execute(
+            &format!(
+                "WITH w AS (INSERT INTO pgtrickle.\"{outbox}\" (inserted_count, payload) VALUES (1, $1) RETURNING id)
+                 SELECT pg_notify('pgtrickle_outbox_new', $2) FROM w"
+            ),
+            &[&json!([{"order_id": i, "status": "woken", "__pgt_row_id": i, "__pgt_count": 1}]), outbox],
+        )
+        .await
+        .unwrap();
+        let deadline = t + Duration::from_secs(60);
+        while std::fs::metadata(file).unwrap().len() == before {
+            assert!(Instant::now() < deadline, "pipeline mp-{i} did not relay its new row:\n{}", relay.stderr());
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        wakeups.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let rss_kb = relay.peak_rss_kb();
+    stop.store(true, Ordering::SeqCst);
+    sampler.await.unwrap();
+    relay.terminate();
+    // Every woken pipeline wrote exactly its one new line.
+    for &i in order.iter().take(MANY_WAKEUP_SAMPLES) {
+        assert_eq!(newlines(&files[i]), expected_lines + 1, "mp{i}: one new line");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    wakeups.sort_by(|a, b| a.total_cmp(b));
+    eprintln!(
+        "[bench] many_pipelines: wake-ups (ms, sorted): {:?}",
+        wakeups.iter().map(|w| r1(*w)).collect::<Vec<_>>()
+    );
+    let pct = |p: f64| (wakeups[((wakeups.len() as f64 - 1.0) * p).round() as usize] * 10.0).round() / 10.0;
+    let (peak_connections, at_peak, samples) = peak.lock().unwrap().clone();
+    emit(json!({
+        "bench": "many_pipelines", "pipelines": n, "rows_per_pipeline": MANY_OUTBOX_ROWS * MANY_ROWS_PER_OUTBOX_ROW,
+        "outbox_rows_per_pipeline": MANY_OUTBOX_ROWS, "setup_seconds": r1(setup_secs),
+        "drain_seconds": (drain_secs * 1000.0).round() / 1000.0,
+        "drain_breakdown_seconds": {"ready": r2(ready_secs), "owned_all": owned_all_secs.map(r2)},
+        "drain_relay_cpu_seconds": r2(drain_cpu),
+        "drain_pool_borrows": drain_borrows, "drain_pool_wait_mean_ms": r2(drain_wait / drain_borrows * 1000.0),
+        "peak_connections": peak_connections,
+        "peak_connections_by_application_name": at_peak.into_iter().map(|(a, k)| (a, json!(k))).collect::<serde_json::Map<String, Value>>(),
+        "connection_samples": samples,
+        "max_db_connections": MANY_MAX_DB_CONNECTIONS,
+        "peak_rss_mb": r1(rss_kb as f64 / 1024.0),
+        "idle_cpu_percent": r2(idle_cpu), "idle_seconds": MANY_IDLE_SECONDS,
+        "idle_pg_backends_cpu_percent": r2(idle_pg_cpu), "idle_pool_borrows_per_sec": r1(idle_borrows),
+        "wakeup_ms": {"p50": pct(0.50), "p99": pct(0.99), "max": pct(1.0), "samples": wakeups.len()},
+        "pipelines_owned": health["pipelines_owned"], "pipelines_unowned": health["pipelines_unowned"],
+        "host": {"cpus": std::thread::available_parallelism().map(|c| c.get()).unwrap_or(0),
+                 "loadavg_1m_at_start": load_at_start, "loadavg_1m_at_end": loadavg()},
+        "targets": {"connections": MANY_MAX_DB_CONNECTIONS, "drain_seconds": 10, "idle_cpu_percent": 1,
+                    "wakeup_p99_ms": 100, "rss_mb": 128},
+        "measured": "drain: relay start to every committed offset at its outbox's last id; connections: pg_stat_activity of this database, application_name pgtrickle-relay%, every 100 ms; idle CPU: utime+stime of the relay over the idle window after the drain, % of one core; wake-up: INSERT + NOTIFY sent to the new line in the pipeline's file (polled every 0.5 ms), 100 distinct random idle pipelines",
+    }));
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let rows: i64 = std::env::var("BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
@@ -1025,5 +1366,8 @@ async fn main() {
     }
     if wants("diff") {
         bench_diff(std::env::var("BENCH_DIFF_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000)).await;
+    }
+    if wants("many_pipelines") {
+        bench_many_pipelines().await;
     }
 }
