@@ -43,8 +43,8 @@ const STATUS_EVERY: Duration = Duration::from_secs(1);
 /// 30 s as stale).
 const IDLE_STATUS_EVERY: Duration = Duration::from_secs(10);
 /// An idle pipeline whose outbox the coordinator watches still looks by itself this often, in
-/// case a wake-up was missed.
-const WATCHED_SAFETY_POLL: Duration = Duration::from_secs(30);
+/// case a wake-up was missed (1,000 idle pipelines: 200 cheap queries a second at most).
+const WATCHED_SAFETY_POLL: Duration = Duration::from_secs(5);
 /// Wait between attempts after a permanent sink failure (the data stays; a config change or
 /// a fixed target lets the pipeline continue).
 const PERMANENT_RETRY: Duration = Duration::from_secs(30);
