@@ -987,6 +987,42 @@ const MANY_MAX_DB_CONNECTIONS: i64 = 10;
 const MANY_WAKEUP_SAMPLES: usize = 100;
 const MANY_IDLE_SECONDS: u64 = 30;
 
+/// A database of its own for a row, dropped afterwards. Not a [`TestDb`]: `scripts/test` drops
+/// every `relay_e2e_*` database when it starts, which would end a run sharing the machine.
+struct BenchDb {
+    name: String,
+    url: String,
+}
+
+impl BenchDb {
+    async fn new(name: &str) -> Self {
+        let admin = connect(&admin_url()).await;
+        // Each on its own: neither may run in a multi-statement string.
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await.unwrap();
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+        let base = admin_url();
+        let (head, tail) = base.rsplit_once('/').expect("PGTRICKLE_TEST_POSTGRES_URL must be a postgres:// URL");
+        let query = tail.find('?').map(|q| &tail[q..]).unwrap_or("");
+        Self { name: name.to_owned(), url: format!("{head}/{name}{query}") }
+    }
+}
+
+impl Drop for BenchDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                if let Ok((c, conn)) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls).await {
+                    tokio::spawn(conn);
+                    let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
 /// utime + stime of a process, in seconds (`/proc/<pid>/stat`, fields 14 and 15).
 fn cpu_seconds(pid: u32, ticks_per_sec: f64) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -1035,8 +1071,8 @@ async fn bench_many_pipelines() {
     let load_at_start = loadavg();
     let r1 = |x: f64| (x * 10.0).round() / 10.0;
     let r2 = |x: f64| (x * 100.0).round() / 100.0;
-    let db = TestDb::new().await;
-    let c = db.client().await;
+    let db = BenchDb::new("pgtrickle_relay_bench_many").await;
+    let c = connect(&db.url).await;
     assert!(run_cli(&db.url, &["migrate"]).0.success());
     let dir = std::env::temp_dir().join(format!("pgtrickle-relay-bench-{}-many", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -1245,9 +1281,15 @@ async fn bench_many_pipelines() {
     tokio::time::sleep(Duration::from_secs(MANY_IDLE_SECONDS)).await;
     let (cpu1, wall) = (cpu_seconds(relay.pid, ticks).unwrap(), w0.elapsed().as_secs_f64());
     let idle_borrows = (metric(&relay, "pgtrickle_relay_db_pool_wait_seconds_count") - borrows0) / wall;
+    // Resident memory now, beside the peak (VmHWM): what idling with every pipeline owned costs.
+    let idle_rss_kb: f64 = std::fs::read_to_string(format!("/proc/{}/status", relay.pid))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()))
+        .unwrap_or(f64::NAN);
     let pg_cpu: f64 = pg_before.iter().filter_map(|(p, s0)| cpu_seconds(*p, ticks).map(|s1| s1 - s0)).sum();
     let idle_cpu = (cpu1 - cpu0) / wall * 100.0;
-    let idle_pg_cpu = pg_cpu / wall * 100.0;
+    let idle_pg_cpu = (pg_cpu / wall * 100.0).max(0.0);
     eprintln!("[bench] many_pipelines: idle CPU {idle_cpu:.2} % (PostgreSQL backends {idle_pg_cpu:.2} %)");
 
     // Wake-up: one new outbox row (with its NOTIFY, as a refresh writes it) in a random idle
@@ -1303,7 +1345,7 @@ async fn bench_many_pipelines() {
         "peak_connections_by_application_name": at_peak.into_iter().map(|(a, k)| (a, json!(k))).collect::<serde_json::Map<String, Value>>(),
         "connection_samples": samples,
         "max_db_connections": MANY_MAX_DB_CONNECTIONS,
-        "peak_rss_mb": r1(rss_kb as f64 / 1024.0),
+        "peak_rss_mb": r1(rss_kb as f64 / 1024.0), "idle_rss_mb": r1(idle_rss_kb / 1024.0),
         "idle_cpu_percent": r2(idle_cpu), "idle_seconds": MANY_IDLE_SECONDS,
         "idle_pg_backends_cpu_percent": r2(idle_pg_cpu), "idle_pool_borrows_per_sec": r1(idle_borrows),
         "wakeup_ms": {"p50": pct(0.50), "p99": pct(0.99), "max": pct(1.0), "samples": wakeups.len()},
