@@ -126,6 +126,8 @@ impl OutboxTable {
     /// Finds the outbox a pipeline refers to. Never derives the name when pg_trickle's catalog
     /// knows it (contract §1.1: read `pgt_outbox_config.outbox_table_name`).
     pub async fn resolve(client: &Client, outbox: &OutboxRef) -> Result<Self, ResolveError> {
+        // pg_trickle's catalog, read once per resolve.
+        let catalog = outbox_config_rows(client).await?;
         let (schema, table, stream_table) = match outbox {
             OutboxRef::Outbox(name) => {
                 let (schema, table) = match name.split_once('.') {
@@ -133,19 +135,18 @@ impl OutboxTable {
                     None => ("pgtrickle".to_owned(), name.clone()),
                 };
                 if table_exists(client, &schema, &table).await? {
-                    let st = catalog_row(client, &table)
-                        .await?
+                    let st = catalog_row(&catalog, &table)
                         .and_then(|r| r.get("stream_table_name").and_then(Value::as_str).map(|s| bare(s).to_owned()))
                         .unwrap_or_else(|| table.strip_prefix("outbox_").unwrap_or(&table).to_owned());
                     (schema, table, st)
                 } else {
                     // The docs' examples pass a stream table name here.
-                    let (t, st) = outbox_for_stream_table(client, name).await?;
+                    let (t, st) = outbox_for_stream_table(&catalog, name);
                     ("pgtrickle".to_owned(), t, st)
                 }
             }
             OutboxRef::StreamTable(st) => {
-                let (t, st) = outbox_for_stream_table(client, st).await?;
+                let (t, st) = outbox_for_stream_table(&catalog, st);
                 ("pgtrickle".to_owned(), t, st)
             }
         };
@@ -157,9 +158,8 @@ impl OutboxTable {
             return Err(ResolveError::NotAnOutbox(format!("{schema}.{table}")));
         }
         let delta = find_delta_table(client, &schema, &table, &stream_table).await?;
-        let registered_at = catalog_row(client, &table)
-            .await?
-            .and_then(|r| r.get("created_at").and_then(Value::as_str).map(str::to_owned));
+        let registered_at =
+            catalog_row(&catalog, &table).and_then(|r| r.get("created_at").and_then(Value::as_str).map(str::to_owned));
         let id_sequence =
             readable_id_sequence(client, &format!("{}.{}", quote_ident(&schema), quote_ident(&table))).await?;
         Ok(Self {
@@ -223,8 +223,8 @@ fn outbox_name_of(row: &Value) -> Option<&str> {
 }
 
 /// pg_trickle's catalog row of an outbox table, if it has one.
-async fn catalog_row(client: &Client, outbox_table: &str) -> Result<Option<Value>, ResolveError> {
-    Ok(outbox_config_rows(client).await?.into_iter().find(|r| outbox_name_of(r).map(bare) == Some(outbox_table)))
+fn catalog_row<'a>(catalog: &'a [Value], outbox_table: &str) -> Option<&'a Value> {
+    catalog.iter().find(|r| outbox_name_of(r).map(bare) == Some(outbox_table))
 }
 
 /// The `id` column's sequence of `qualified`, if any and if this session may read its value.
@@ -240,19 +240,19 @@ async fn readable_id_sequence(client: &Client, qualified: &str) -> Result<Option
 }
 
 /// `(outbox table, bare stream table)` for a stream table name, bare or schema-qualified.
-async fn outbox_for_stream_table(client: &Client, stream_table: &str) -> Result<(String, String), ResolveError> {
+fn outbox_for_stream_table(catalog: &[Value], stream_table: &str) -> (String, String) {
     let st_bare = bare(stream_table).to_owned();
-    for row in outbox_config_rows(client).await? {
+    for row in catalog {
         let Some(name) = row.get("stream_table_name").and_then(Value::as_str) else {
             continue;
         };
         if name == stream_table || bare(name) == st_bare {
-            if let Some(outbox) = outbox_name_of(&row) {
-                return Ok((bare(outbox).to_owned(), st_bare));
+            if let Some(outbox) = outbox_name_of(row) {
+                return (bare(outbox).to_owned(), st_bare);
             }
         }
     }
-    Ok((truncate_chars(&format!("outbox_{st_bare}"), MAX_IDENT), st_bare))
+    (truncate_chars(&format!("outbox_{st_bare}"), MAX_IDENT), st_bare)
 }
 
 async fn find_delta_table(
