@@ -66,6 +66,11 @@ const LOCKED_BY_ANY_SESSION: &str = "EXISTS (SELECT 1 FROM pg_locks
 /// fallback for rows written without a `NOTIFY`, one query for the whole instance.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
+/// How often the coordinator renews the status heartbeat of every owned pipeline, in one
+/// statement (the operator counts a status older than 30 s as stale). Workers write their status
+/// themselves when something changes.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
+
 impl Coordinator {
     pub fn new(ctx: Arc<RelayState>, opts: CoordinatorOptions) -> Self {
         Self { ctx, opts, workers: HashMap::new(), locks: None, sequences: HashMap::new() }
@@ -123,6 +128,8 @@ impl Coordinator {
             tick.tick().await;
             let mut watch = tokio::time::interval(WATCH_EVERY);
             watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
+            heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break 'reconnect,
@@ -133,6 +140,7 @@ impl Coordinator {
                     }
                     _ = tick.tick() => self.discover(&conn).await,
                     _ = watch.tick() => self.watch_outboxes(&conn).await,
+                    _ = heartbeat.tick() => self.heartbeat(&conn).await,
                     Some(n) = rx.recv() => {
                         // Drain what is queued: a burst of changes costs one discovery. Config
                         // changes are applied before outbox wake-ups, so that rows written after
@@ -188,6 +196,31 @@ impl Coordinator {
             }
         }
         self.sequences = now;
+    }
+
+    /// Renews the status heartbeat of every pipeline this instance runs.
+    async fn heartbeat(&self, conn: &DbConnection) {
+        let (names, directions): (Vec<&str>, Vec<&str>) = self
+            .workers
+            .iter()
+            .filter(|(_, w)| !w.handle.is_finished())
+            .map(|((name, direction), _)| (name.as_str(), direction.as_str()))
+            .unzip();
+        if names.is_empty() {
+            return;
+        }
+        if let Err(e) = conn
+            .client
+            .execute(
+                "UPDATE pgtrickle.relay_pipeline_status s SET heartbeat_at = now()
+                   FROM unnest($3::text[], $4::text[]) AS w(name, direction)
+                  WHERE s.relay_group_id = $1 AND s.owner = $2 AND s.name = w.name AND s.direction = w.direction",
+                &[&self.ctx.group_id, &self.ctx.worker_id, &names, &directions],
+            )
+            .await
+        {
+            tracing::debug!(error = %e, "cannot renew the pipelines' status heartbeat");
+        }
     }
 
     fn wake(&self, n: &Notification) {

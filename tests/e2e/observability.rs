@@ -133,3 +133,43 @@ async fn cli_requires_a_postgres_url_and_reports_unreachable_databases() {
     let out = std::process::Command::new(relay_bin()).arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("pgtrickle-relay "));
 }
+
+/// An idle, caught-up pipeline writes nothing itself; the coordinator renews its status row's
+/// heartbeat (for every owned pipeline at once), so the operator does not count it as stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_pipelines_status_heartbeat_keeps_being_renewed() {
+    let (db, c, outbox) = db_with_outbox("quiet").await;
+    c.batch_execute(r#"SELECT pgtrickle.set_relay_outbox('quiet', config => '{"stream_table": "quiet", "sink_type": "stdout"}'::jsonb)"#)
+        .await
+        .unwrap();
+    let relay = Relay::start(&db.url, "default", &[]);
+    let id = write_inline(&c, &outbox, Some(json!([{"n": 1}]))).await;
+    eventually(Duration::from_secs(10), "row committed", || async {
+        (committed_offset(&c, "default", "quiet").await == Some(id)).then_some(())
+    })
+    .await;
+    let heartbeat = || async {
+        let r = c
+            .query_one(
+                "SELECT extract(epoch FROM heartbeat_at)::float8, state, lag_rows FROM pgtrickle.relay_pipeline_status
+                  WHERE name = 'quiet' AND direction = 'forward'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get::<_, f64>(0), r.get::<_, String>(1), r.get::<_, Option<i64>>(2))
+    };
+    // Settled: the last status the worker wrote says caught up.
+    let (first, _, _) = eventually(Duration::from_secs(10), "status caught up", || async {
+        let h = heartbeat().await;
+        (h.2 == Some(0)).then_some(h)
+    })
+    .await;
+    let (later, state, lag) = eventually(Duration::from_secs(15), "heartbeat renewed while idle", || async {
+        let h = heartbeat().await;
+        (h.0 > first).then_some(h)
+    })
+    .await;
+    assert_eq!((state.as_str(), lag), ("running", Some(0)), "{}", relay.stderr());
+    assert!(later - first <= 12.0, "renewed {:.1} s later", later - first);
+}

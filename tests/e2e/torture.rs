@@ -78,3 +78,43 @@ async fn out_of_order_commits_from_many_writers_lose_nothing() {
     assert!(committed.len() >= WRITERS * TX_PER_WRITER / 2);
     let _ = std::fs::remove_file(&path);
 }
+
+/// The coordinator's sequence watch wakes an idle pipeline as soon as an id is taken — before
+/// the writing transaction commits, so the woken pipeline finds nothing yet. The commit itself
+/// moves no sequence and (here) sends no notification: the pipeline must look again while that
+/// writer is open, not only at its minute-long safety poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_committed_after_the_watch_woke_the_pipeline_is_not_left_for_the_safety_poll() {
+    let (db, c, outbox) = db_with_outbox("late_commit").await;
+    let path = temp_path("late_commit.jsonl");
+    c.execute(
+        "SELECT pgtrickle.set_relay_outbox('late_commit', config => $1::jsonb)",
+        &[&json!({"stream_table": "late_commit", "sink_type": "file", "path": path.to_str().unwrap(), "delta_mode": "snapshot"})],
+    )
+    .await
+    .unwrap();
+    let relay = Relay::start(&db.url, "default", &[]);
+    let insert = format!("INSERT INTO pgtrickle.\"{outbox}\" (inserted_count, payload) VALUES (1, $1) RETURNING id");
+    let first: i64 = c.query_one(&insert, &[&json!([{"n": 1}])]).await.unwrap().get(0);
+    eventually(Duration::from_secs(15), "the first row relayed", || async {
+        (committed_offset(&c, "default", "late_commit").await.unwrap_or(0) >= first).then_some(())
+    })
+    .await;
+
+    let mut writer = connect(&db.url).await;
+    let tx = writer.transaction().await.unwrap();
+    let second: i64 = tx.query_one(&insert, &[&json!([{"n": 2}])]).await.unwrap().get(0);
+    // Long enough for the watch (once a second) to see the sequence move and wake the pipeline.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tx.commit().await.unwrap();
+    let committed = std::time::Instant::now();
+    eventually(Duration::from_secs(10), "the late-committed row relayed", || async {
+        (committed_offset(&c, "default", "late_commit").await.unwrap_or(0) >= second).then_some(())
+    })
+    .await;
+    let lines = read_jsonl(&path);
+    let ids: Vec<i64> = lines.iter().map(|m| m["outbox_id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, vec![first, second], "{}", relay.stderr());
+    eprintln!("late-committed row relayed {:.2} s after its commit", committed.elapsed().as_secs_f64());
+    let _ = std::fs::remove_file(&path);
+}

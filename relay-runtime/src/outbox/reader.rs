@@ -120,9 +120,15 @@ impl OutboxReader {
         }
     }
 
-    /// Whether rows wait for open transactions (then only polling shows when they end).
+    /// Whether open transactions hold the outbox for writing (rows wait for them, or may come
+    /// with their commit): then only polling shows when they end.
     pub fn is_pending(&self) -> bool {
         self.pending.is_some()
+    }
+
+    /// The highest id seen in the outbox so far (at first the offset the reader started at).
+    pub fn seen_high(&self) -> i64 {
+        self.seen_high
     }
 
     pub fn table(&self) -> &OutboxTable {
@@ -173,12 +179,14 @@ impl OutboxReader {
             return Err(HorizonError::Changed("the outbox's ids went back"));
         }
         self.seen_high = self.seen_high.max(max_id);
-        if max_id > self.safe {
-            if lockers.is_empty() {
-                self.safe = max_id;
-            } else {
-                self.pending = Some(PendingHorizon { max_id, lockers, since: Instant::now(), warned: false });
-            }
+        if lockers.is_empty() {
+            self.safe = self.safe.max(max_id);
+        } else {
+            // Open writers: rows they commit later may be all there is to come, and their commit
+            // moves no sequence (the id was taken before) and may send no notification. Pending
+            // even when nothing new is visible yet, so that the idle worker polls until they end.
+            self.pending =
+                Some(PendingHorizon { max_id: max_id.max(self.safe), lockers, since: Instant::now(), warned: false });
         }
         Ok(self.safe)
     }

@@ -39,12 +39,10 @@ use crate::state::{PipelineState, PipelineStatus, RelayState};
 const MAX_CHUNK_MESSAGES: usize = 10_000;
 /// Status table and lag refresh period while busy (and the idle sink health check period).
 const STATUS_EVERY: Duration = Duration::from_secs(1);
-/// Status table heartbeat while idle and unchanged (the operator counts a status older than
-/// 30 s as stale).
-const IDLE_STATUS_EVERY: Duration = Duration::from_secs(10);
-/// An idle pipeline whose outbox the coordinator watches still looks by itself this often, in
-/// case a wake-up was missed (1,000 idle pipelines: 200 cheap queries a second at most).
-const WATCHED_SAFETY_POLL: Duration = Duration::from_secs(5);
+/// An idle pipeline whose outbox the coordinator watches (and that no open writer holds) still
+/// looks by itself about this often (jittered, so that 1,000 idle pipelines spread their looks:
+/// about 17 cheap queries a second), in case rows came without moving the id sequence.
+const WATCHED_SAFETY_POLL: Duration = Duration::from_secs(60);
 /// Wait between attempts after a permanent sink failure (the data stays; a config change or
 /// a fixed target lets the pipeline continue).
 const PERMANENT_RETRY: Duration = Duration::from_secs(30);
@@ -367,7 +365,8 @@ impl ForwardRunner<'_> {
     /// back). Checks the sink meanwhile.
     async fn idle(&mut self) -> Option<Stop> {
         let watched = self.link.watched().is_some() && !self.reader.is_pending();
-        let fallback = if watched { WATCHED_SAFETY_POLL.max(self.spec.poll_interval) } else { self.spec.poll_interval };
+        let fallback =
+            if watched { jitter(WATCHED_SAFETY_POLL).max(self.spec.poll_interval) } else { self.spec.poll_interval };
         let deadline = tokio::time::Instant::now() + fallback;
         loop {
             let tick = deadline.min(tokio::time::Instant::now() + STATUS_EVERY);
@@ -714,10 +713,15 @@ impl ForwardRunner<'_> {
         Ok(())
     }
 
+    /// Reads the lag and writes the status, at most once per [`STATUS_EVERY`] — and not at all
+    /// while idle and caught up with nothing to report: the coordinator keeps the status row's
+    /// heartbeat for every owned pipeline in one statement.
     async fn refresh_lag(&mut self) -> Result<(), Stop> {
         let quiet = self.unreported_messages == 0 && self.unreported_errors == 0;
-        let period = if quiet && self.st.lag_rows == Some(0) { IDLE_STATUS_EVERY } else { STATUS_EVERY };
-        if self.last_status.elapsed() < period && quiet {
+        if quiet && self.st.lag_rows == Some(0) && self.reader.seen_high() <= self.offset {
+            return Ok(());
+        }
+        if self.last_status.elapsed() < STATUS_EVERY && quiet {
             return Ok(());
         }
         let client = self.client()?;
