@@ -126,8 +126,14 @@ impl OutboxTable {
     /// Finds the outbox a pipeline refers to. Never derives the name when pg_trickle's catalog
     /// knows it (contract §1.1: read `pgt_outbox_config.outbox_table_name`).
     pub async fn resolve(client: &Client, outbox: &OutboxRef) -> Result<Self, ResolveError> {
-        // pg_trickle's catalog, read once per resolve.
-        let catalog = outbox_config_rows(client).await?;
+        // pg_trickle's catalog rows that can name this outbox, read once per resolve.
+        let names: Vec<&str> = match outbox {
+            OutboxRef::Outbox(name) => {
+                vec![name.split_once('.').map_or(name.as_str(), |(_, t)| t).trim_matches('"'), bare(name)]
+            }
+            OutboxRef::StreamTable(st) => vec![bare(st)],
+        };
+        let catalog = outbox_config_rows(client, &names).await?;
         let (schema, table, stream_table) = match outbox {
             OutboxRef::Outbox(name) => {
                 let (schema, table) = match name.split_once('.') {
@@ -202,16 +208,24 @@ async fn columns_of(client: &Client, schema: &str, table: &str) -> Result<Vec<St
         .collect())
 }
 
-/// Rows of `pgtrickle.pgt_outbox_config` as JSON (its columns differ between pg_trickle
-/// ≤ 0.45 and ≥ 0.46), or nothing when pg_trickle is not installed.
-async fn outbox_config_rows(client: &Client) -> Result<Vec<Value>, ResolveError> {
+/// The rows of `pgtrickle.pgt_outbox_config` whose outbox or stream table has one of the bare
+/// `names`, as JSON (its columns differ between pg_trickle ≤ 0.45 and ≥ 0.46), or nothing when
+/// pg_trickle is not installed. Filtered in SQL (a superset of what [`catalog_row`] and
+/// [`outbox_for_stream_table`] match): 1,000 pipelines starting must not read the whole
+/// catalog 1,000 times.
+async fn outbox_config_rows(client: &Client, names: &[&str]) -> Result<Vec<Value>, ResolveError> {
     let present: bool =
         client.query_one("SELECT to_regclass('pgtrickle.pgt_outbox_config') IS NOT NULL", &[]).await?.get(0);
     if !present {
         return Ok(Vec::new());
     }
     Ok(client
-        .query("SELECT to_jsonb(c) FROM pgtrickle.pgt_outbox_config c", &[])
+        .query(
+            r#"SELECT j FROM (SELECT to_jsonb(c) AS j FROM pgtrickle.pgt_outbox_config c) r
+                WHERE btrim(regexp_replace(coalesce(j->>'outbox_table_name', j->>'tide_outbox_name'), '^.*\.', ''), '"') = ANY($1)
+                   OR btrim(regexp_replace(j->>'stream_table_name', '^.*\.', ''), '"') = ANY($1)"#,
+            &[&names],
+        )
         .await?
         .iter()
         .map(|r| r.get(0))

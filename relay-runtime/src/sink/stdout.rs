@@ -2,7 +2,9 @@
 //! pretty-printed JSON (`format: json`). Logs never go to stdout, so stdout carries only
 //! messages. The file sink appends and fsyncs once per batch before confirming it.
 
-use std::path::PathBuf;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use serde_json::Value;
@@ -20,8 +22,16 @@ pub enum Format {
 
 enum Target {
     Stdout(tokio::io::Stdout),
-    File { path: PathBuf, file: tokio::fs::File },
+    /// Written from the blocking pool with the sink's own buffer (no second copy in a
+    /// `tokio::fs::File` buffer that each of 1,000 idle pipelines would keep).
+    File {
+        path: PathBuf,
+        file: Arc<std::fs::File>,
+    },
 }
+
+/// The encode buffer an idle sink keeps at most; a larger one (a big batch's) is given back.
+const KEPT_BUFFER_BYTES: usize = 16 * 1024;
 
 pub struct StdoutSink {
     target: Target,
@@ -62,36 +72,58 @@ pub async fn build(spec: &SinkSpec) -> Result<Box<dyn Sink>, BuildError> {
     };
     let target = match path {
         Some(path) => {
-            drop_partial_last_line(&path).await.map_err(|e| BuildError::Open {
-                backend: "file",
-                message: format!("cannot repair {}: {e}", path.display()),
-            })?;
-            let file = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await.map_err(|e| {
-                BuildError::Open { backend: "file", message: format!("cannot open {}: {e}", path.display()) }
-            })?;
-            Target::File { path, file }
+            let opened = {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || open_repaired(&path)).await
+            };
+            let file = match opened {
+                Ok(Ok(file)) => file,
+                Ok(Err(e)) => {
+                    return Err(BuildError::Open { backend: "file", message: format!("{}: {e}", path.display()) })
+                }
+                Err(e) => return Err(BuildError::Open { backend: "file", message: e.to_string() }),
+            };
+            Target::File { path, file: Arc::new(file) }
         }
         None => Target::Stdout(tokio::io::stdout()),
     };
-    Ok(Box::new(StdoutSink { target, format, buf: Vec::with_capacity(64 * 1024) }))
+    Ok(Box::new(StdoutSink { target, format, buf: Vec::new() }))
 }
 
-/// A relay killed mid-write can leave a partial last line. That line was never confirmed, so
-/// its messages will be relayed again: cut it off so the file stays valid JSON lines.
-async fn drop_partial_last_line(path: &std::path::Path) -> std::io::Result<()> {
-    let data = match tokio::fs::read(path).await {
-        Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
+/// Opens `path` for appending (created if missing), repaired first: a relay killed mid-write can
+/// leave a partial last line. That line was never confirmed, so its messages will be relayed
+/// again: it is cut off so the file stays valid JSON lines. Reads only the file's tail.
+fn open_repaired(path: &Path) -> Result<std::fs::File, String> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .open(path)
+        .map_err(|e| format!("cannot open: {e}"))?;
+    let repair = |e: std::io::Error| format!("cannot repair a partial last line: {e}");
+    let len = file.metadata().map_err(repair)?.len();
+    let mut end = len;
+    let mut chunk = vec![0u8; 64 * 1024];
+    // The end of the last complete line: scan back from the end, a chunk at a time.
+    let keep = loop {
+        if end == 0 {
+            break 0;
+        }
+        let start = end.saturating_sub(chunk.len() as u64);
+        let part = &mut chunk[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start)).map_err(repair)?;
+        file.read_exact(part).map_err(repair)?;
+        if let Some(i) = part.iter().rposition(|b| *b == b'\n') {
+            break start + i as u64 + 1;
+        }
+        end = start;
     };
-    if data.is_empty() || data.ends_with(b"\n") {
-        return Ok(());
+    if keep < len {
+        tracing::warn!(path = %path.display(), dropped_bytes = len - keep, "removing an unconfirmed partial line left by an interrupted write");
+        file.set_len(keep).map_err(repair)?;
+        file.sync_all().map_err(repair)?;
     }
-    let keep = data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    tracing::warn!(path = %path.display(), dropped_bytes = data.len() - keep, "removing an unconfirmed partial line left by an interrupted write");
-    let file = tokio::fs::OpenOptions::new().write(true).open(path).await?;
-    file.set_len(keep as u64).await?;
-    file.sync_all().await
+    Ok(file)
 }
 
 impl StdoutSink {
@@ -135,15 +167,30 @@ impl Sink for StdoutSink {
                     out.flush().await.map_err(io)?;
                 }
                 Target::File { path, file } => {
-                    let ctx = |e: std::io::Error| SinkError::Retryable {
-                        backend: "file",
-                        message: format!("{}: {e}", path.display()),
+                    let (file, buf) = (file.clone(), std::mem::take(&mut self.buf));
+                    let written = tokio::task::spawn_blocking(move || {
+                        // Durable before the offset moves past these rows.
+                        let r = (&*file).write_all(&buf).and_then(|()| file.sync_data());
+                        (r, buf)
+                    })
+                    .await;
+                    let message = match written {
+                        Ok((r, buf)) => {
+                            self.buf = buf;
+                            r.err().map(|e| e.to_string())
+                        }
+                        Err(e) => Some(e.to_string()),
                     };
-                    file.write_all(&self.buf).await.map_err(ctx)?;
-                    file.flush().await.map_err(ctx)?;
-                    // Durable before the offset moves past these rows.
-                    file.sync_data().await.map_err(ctx)?;
+                    if let Some(e) = message {
+                        return Err(SinkError::Retryable {
+                            backend: "file",
+                            message: format!("{}: {e}", path.display()),
+                        });
+                    }
                 }
+            }
+            if self.buf.capacity() > KEPT_BUFFER_BYTES {
+                self.buf = Vec::new();
             }
             Ok(Published { confirmed: batch.len() as u64, duplicates: 0 })
         })
@@ -154,9 +201,49 @@ impl Sink for StdoutSink {
             let name = self.name();
             match &mut self.target {
                 Target::Stdout(out) => out.flush().await,
-                Target::File { file, .. } => file.sync_all().await,
+                Target::File { file, .. } => {
+                    let file = file.clone();
+                    tokio::task::spawn_blocking(move || file.sync_all()).await.unwrap_or_else(|e| Err(e.into()))
+                }
             }
             .map_err(|e| SinkError::Retryable { backend: name, message: e.to_string() })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repaired(content: &[u8]) -> Vec<u8> {
+        let path =
+            std::env::temp_dir().join(format!("pgtrickle-relay-repair-{}-{}", std::process::id(), fastrand::u64(..)));
+        std::fs::write(&path, content).unwrap();
+        drop(open_repaired(&path).unwrap());
+        let after = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        after
+    }
+
+    #[test]
+    fn a_partial_last_line_is_cut_and_complete_lines_kept() {
+        assert_eq!(repaired(b"{\"a\":1}\n{\"b\":2}\n{\"c\""), b"{\"a\":1}\n{\"b\":2}\n");
+        assert_eq!(repaired(b"{\"a\":1}\n"), b"{\"a\":1}\n");
+        assert_eq!(repaired(b""), b"");
+        assert_eq!(repaired(b"no newline at all"), b"");
+        // The last complete line ends more than one read chunk before the end.
+        let mut long = b"{\"a\":1}\n".to_vec();
+        long.extend(std::iter::repeat_n(b'x', 200 * 1024));
+        assert_eq!(repaired(&long), b"{\"a\":1}\n");
+    }
+
+    #[test]
+    fn a_missing_file_is_created() {
+        let path =
+            std::env::temp_dir().join(format!("pgtrickle-relay-new-{}-{}", std::process::id(), fastrand::u64(..)));
+        let mut f = open_repaired(&path).unwrap();
+        f.write_all(b"x\n").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"x\n");
+        std::fs::remove_file(&path).unwrap();
     }
 }
