@@ -361,6 +361,63 @@ async fn two_instances_two_hundred_pipelines_one_sigkilled_survivor_takes_all() 
 // Setup
 
 /// A database of its own in a private cluster, with the relay catalog installed; its URL.
+/// Fair share at the scale the issue names: three instances, 1,000 pipelines (idle, on real
+/// outboxes) → each owns its third (at most ⌈1000 / 3⌉ = 334, all 1,000 owned), each within its
+/// --max-db-connections, however the three start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_share_a_thousand_pipelines_about_a_third_each() {
+    const PIPELINES: usize = 1_000;
+    const INSTANCES: usize = 3;
+    let pg = PrivatePostgres::start(100);
+    let url = private_db(&pg, "trio").await;
+    let c = connect(&url).await;
+    let started = Instant::now();
+    let stream_tables: Vec<String> = (0..PIPELINES).map(|i| format!("tr{i}")).collect();
+    // A hundred outboxes per transaction (each holds its new tables' locks until it commits).
+    for chunk in stream_tables.chunks(100) {
+        enable_outboxes(&c, chunk).await;
+    }
+    let configs: Vec<(String, Value)> = stream_tables
+        .iter()
+        .map(|st| (format!("tr-{st}"), json!({"stream_table": st, "sink_type": "stdout", "delta_mode": "snapshot"})))
+        .collect();
+    register_all(&c, &configs).await;
+    eprintln!("setup of {PIPELINES} outboxes and pipelines: {:?}", started.elapsed());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = spawn_connection_sampler(url.clone(), stop.clone());
+    let started = Instant::now();
+    let relays: Vec<Relay> = (0..INSTANCES).map(|_| Relay::start(&url, "trio", &[])).collect();
+    let share = PIPELINES.div_ceil(INSTANCES) as u64;
+    let owned = eventually(Duration::from_secs(90), "three instances own a third each", || async {
+        let owned: Vec<u64> = relays.iter().map(|r| r.health()["pipelines_owned"].as_u64().unwrap_or(0)).collect();
+        (owned.iter().sum::<u64>() == PIPELINES as u64 && owned.iter().all(|&n| n <= share)).then_some(owned)
+    })
+    .await;
+    eprintln!("owned {owned:?} after {:?}", started.elapsed());
+    // Every lock held by exactly one of the three lock sessions, and none unowned.
+    let held: i64 = c
+        .query_one(
+            "SELECT count(DISTINCT objid) FROM pg_locks
+              WHERE locktype = 'advisory' AND objsubid = 2 AND granted
+                AND classid::int8 = (hashtext('trio')::int8 & 4294967295)
+                AND pid IN (SELECT pid FROM pg_stat_activity WHERE application_name = 'pgtrickle-relay locks')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(held, PIPELINES as i64, "pipeline locks held");
+    eventually(Duration::from_secs(10), "no instance sees unowned pipelines", || async {
+        relays.iter().all(|r| r.health()["pipelines_unowned"] == 0).then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let peak = sampler.await.unwrap();
+    eprintln!("relay connections: {peak:?}");
+    assert!(peak.max <= 3 * 10, "three instances held {} connections (10 each at most): {peak:?}", peak.max);
+}
+
 async fn private_db(pg: &PrivatePostgres, name: &str) -> String {
     connect(&pg.url()).await.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
     let url = format!("postgres://postgres@127.0.0.1:{}/{name}", pg.port);
