@@ -199,22 +199,22 @@ async fn check_in_transaction(
     table: &OutboxTable,
     lock: (i32, i64),
 ) -> Result<Epoch, CheckError> {
-    let holds: bool = client
-        .query_one(&format!("SELECT {}", pipeline_lock_held(1, 2, 3, 4)), &[&group, &pipeline, &lock.0, &lock.1])
-        .await?
-        .get(0);
-    if !holds {
+    // The fence and the committed offset in one statement.
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT {}, o.last_change_id, coalesce($5::text::timestamptz > o.updated_at, false)
+                   FROM (SELECT 1) one
+                   LEFT JOIN pgtrickle.relay_consumer_offsets o ON o.relay_group_id = $1 AND o.pipeline_id = $2",
+                pipeline_lock_held(1, 2, 3, 4)
+            ),
+            &[&group, &pipeline, &lock.0, &lock.1, &table.registered_at],
+        )
+        .await?;
+    if !row.get::<_, bool>(0) {
         return Err(CheckError::LockLost);
     }
-    let (offset, registered_after_commit): (i64, bool) = client
-        .query_opt(
-            "SELECT last_change_id, coalesce($3::text::timestamptz > updated_at, false)
-               FROM pgtrickle.relay_consumer_offsets WHERE relay_group_id = $1 AND pipeline_id = $2",
-            &[&group, &pipeline, &table.registered_at],
-        )
-        .await?
-        .map(|r| (r.get(0), r.get(1)))
-        .unwrap_or((0, false));
+    let (offset, registered_after_commit): (i64, bool) = (row.get::<_, Option<i64>>(1).unwrap_or(0), row.get(2));
     let stored = load(client, group, pipeline).await?;
     let mut now = observe(client, table, stored.as_ref().and_then(|s| s.anchor_id)).await?;
     now.registered_after_commit = registered_after_commit;
@@ -229,9 +229,6 @@ async fn check_in_transaction(
         table_oid: now.table_oid,
         relfilenode: now.relfilenode,
     };
-    let new_scope = || async {
-        Ok::<String, tokio_postgres::Error>(client.query_one("SELECT gen_random_uuid()::text", &[]).await?.get(0))
-    };
     match (verdict, stored) {
         (Verdict::Same, Some(s)) => {
             epoch.scope = s.scope;
@@ -245,7 +242,7 @@ async fn check_in_transaction(
             }
         }
         (Verdict::Same, None) => {
-            epoch.scope = new_scope().await?;
+            epoch.scope = random_uuid();
             let anchor = client
                 .query_opt(
                     &format!(
@@ -278,7 +275,7 @@ async fn check_in_transaction(
                 .await?;
         }
         (Verdict::Moved, _) => {
-            epoch.scope = new_scope().await?;
+            epoch.scope = random_uuid();
             client
                 .execute(
                     "UPDATE pgtrickle.relay_outbox_epochs
@@ -289,7 +286,7 @@ async fn check_in_transaction(
                 .await?;
         }
         (Verdict::NewEpoch(reason), stored) => {
-            epoch.scope = new_scope().await?;
+            epoch.scope = random_uuid();
             epoch.offset = 0;
             epoch.new_epoch = Some(reason);
             epoch.number = stored.as_ref().map_or(1, |s| s.epoch + 1);
@@ -341,6 +338,15 @@ async fn check_in_transaction(
         }
     }
     Ok(epoch)
+}
+
+/// A random (version 4) UUID, as text.
+fn random_uuid() -> String {
+    let mut bits = fastrand::u128(..);
+    bits = (bits & !(0xf << 76)) | (0x4 << 76); // version 4
+    bits = (bits & !(0x3 << 62)) | (0x2 << 62); // RFC 4122 variant
+    let h = format!("{bits:032x}");
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
 async fn load(client: &Client, group: &str, pipeline: &str) -> Result<Option<Stored>, tokio_postgres::Error> {
@@ -449,6 +455,19 @@ pub async fn describe(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn scopes_are_random_version_4_uuids() {
+        let (a, b) = (super::random_uuid(), super::random_uuid());
+        assert_ne!(a, b);
+        for u in [a, b] {
+            let groups: Vec<usize> = u.split('-').map(str::len).collect();
+            assert_eq!(groups, [8, 4, 4, 4, 12], "{u}");
+            assert!(u.chars().all(|c| c == '-' || c.is_ascii_hexdigit()), "{u}");
+            assert_eq!(&u[14..15], "4", "{u}");
+            assert!("89ab".contains(&u[19..20]), "{u}");
+        }
+    }
+
     use super::*;
 
     fn stored() -> Stored {

@@ -134,29 +134,32 @@ impl OutboxTable {
             OutboxRef::StreamTable(st) => vec![bare(st)],
         };
         let catalog = outbox_config_rows(client, &names).await?;
-        let (schema, table, stream_table) = match outbox {
+        // A table's columns (none: no such table or view) tell whether it exists as well.
+        let (schema, table, stream_table, columns) = match outbox {
             OutboxRef::Outbox(name) => {
                 let (schema, table) = match name.split_once('.') {
                     Some((s, t)) => (s.trim_matches('"').to_owned(), t.trim_matches('"').to_owned()),
                     None => ("pgtrickle".to_owned(), name.clone()),
                 };
-                if table_exists(client, &schema, &table).await? {
+                let columns = columns_of(client, &schema, &table).await?;
+                if !columns.is_empty() {
                     let st = catalog_row(&catalog, &table)
                         .and_then(|r| r.get("stream_table_name").and_then(Value::as_str).map(|s| bare(s).to_owned()))
                         .unwrap_or_else(|| table.strip_prefix("outbox_").unwrap_or(&table).to_owned());
-                    (schema, table, st)
+                    (schema, table, st, columns)
                 } else {
                     // The docs' examples pass a stream table name here.
                     let (t, st) = outbox_for_stream_table(&catalog, name);
-                    ("pgtrickle".to_owned(), t, st)
+                    let columns = columns_of(client, "pgtrickle", &t).await?;
+                    ("pgtrickle".to_owned(), t, st, columns)
                 }
             }
             OutboxRef::StreamTable(st) => {
                 let (t, st) = outbox_for_stream_table(&catalog, st);
-                ("pgtrickle".to_owned(), t, st)
+                let columns = columns_of(client, "pgtrickle", &t).await?;
+                ("pgtrickle".to_owned(), t, st, columns)
             }
         };
-        let columns = columns_of(client, &schema, &table).await?;
         if columns.is_empty() {
             return Err(ResolveError::Missing { schema, table, stream_table });
         }
@@ -183,23 +186,14 @@ impl OutboxTable {
     }
 }
 
-async fn table_exists(client: &Client, schema: &str, table: &str) -> Result<bool, ResolveError> {
-    Ok(client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p', 'v'))",
-            &[&schema, &table],
-        )
-        .await?
-        .get(0))
-}
-
+/// The columns of table or view `schema.table`; none when there is no such table or view.
 async fn columns_of(client: &Client, schema: &str, table: &str) -> Result<Vec<String>, ResolveError> {
     Ok(client
         .query(
             "SELECT a.attname::text FROM pg_attribute a
                JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+              WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p', 'v')
+                AND a.attnum > 0 AND NOT a.attisdropped",
             &[&schema, &table],
         )
         .await?
@@ -214,22 +208,35 @@ async fn columns_of(client: &Client, schema: &str, table: &str) -> Result<Vec<St
 /// [`outbox_for_stream_table`] match): 1,000 pipelines starting must not read the whole
 /// catalog 1,000 times.
 async fn outbox_config_rows(client: &Client, names: &[&str]) -> Result<Vec<Value>, ResolveError> {
-    let present: bool =
-        client.query_one("SELECT to_regclass('pgtrickle.pgt_outbox_config') IS NOT NULL", &[]).await?.get(0);
-    if !present {
-        return Ok(Vec::new());
+    // Once seen, pg_trickle's catalog is taken as present (a pipeline start then costs one
+    // statement less); should it be dropped, the query fails and the next resolve looks again.
+    static PRESENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    use std::sync::atomic::Ordering::Relaxed;
+    if !PRESENT.load(Relaxed) {
+        let present: bool =
+            client.query_one("SELECT to_regclass('pgtrickle.pgt_outbox_config') IS NOT NULL", &[]).await?.get(0);
+        if !present {
+            return Ok(Vec::new());
+        }
+        PRESENT.store(true, Relaxed);
     }
-    Ok(client
+    let rows = client
         .query(
             r#"SELECT j FROM (SELECT to_jsonb(c) AS j FROM pgtrickle.pgt_outbox_config c) r
                 WHERE btrim(regexp_replace(coalesce(j->>'outbox_table_name', j->>'tide_outbox_name'), '^.*\.', ''), '"') = ANY($1)
                    OR btrim(regexp_replace(j->>'stream_table_name', '^.*\.', ''), '"') = ANY($1)"#,
             &[&names],
         )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect())
+        .await;
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+            PRESENT.store(false, Relaxed);
+            return Ok(Vec::new());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 fn outbox_name_of(row: &Value) -> Option<&str> {

@@ -119,9 +119,11 @@ pub async fn run(ctx: Arc<RelayState>, spec: ForwardSpec, link: &WorkerLink, st:
             unreported_messages: 0,
             unreported_errors: 0,
             last_status: Instant::now(),
+            status_due: true,
             prefetched: None,
         };
-        runner.flush_status().await;
+        // Written with the first batch's connection (one borrow less per pipeline start).
+        ctx.update(runner.st);
         let stop = runner.run_loop().await;
         // The last flush, commit and status write need a connection even after a cancel.
         if runner.work.is_none() {
@@ -313,6 +315,8 @@ struct ForwardRunner<'a> {
     unreported_messages: i64,
     unreported_errors: i64,
     last_status: Instant,
+    /// The status changed without being written yet (the pipeline just started).
+    status_due: bool,
     prefetched: Option<Prefetched>,
     /// Diff mode's statements (`delta_mode: diff`).
     diff: Option<SnapshotDiff>,
@@ -729,7 +733,7 @@ impl ForwardRunner<'_> {
     /// while idle and caught up with nothing to report: the coordinator keeps the status row's
     /// heartbeat for every owned pipeline in one statement.
     async fn refresh_lag(&mut self) -> Result<(), Stop> {
-        let quiet = self.unreported_messages == 0 && self.unreported_errors == 0;
+        let quiet = !self.status_due && self.unreported_messages == 0 && self.unreported_errors == 0;
         if quiet && self.st.lag_rows == Some(0) && self.reader.seen_high() <= self.offset {
             return Ok(());
         }
@@ -765,6 +769,7 @@ impl ForwardRunner<'_> {
         }
         self.unreported_messages = 0;
         self.unreported_errors = 0;
+        self.status_due = false;
         self.last_status = Instant::now();
     }
 }
