@@ -100,6 +100,10 @@ pub struct RelayState {
     pub pool: WorkPool,
     /// Connections of the `pg-inbox` sinks writing into this same database.
     pub sink_pool: WorkPool,
+    /// The bounded share of the work pool that long read transactions may hold at once
+    /// (claim-check and diff cursors, paged and published in one transaction): half of it, at
+    /// least one; the rest stays for every other pipeline's batches.
+    pub cursor_share: std::sync::Arc<tokio::sync::Semaphore>,
     /// Enabled pipelines of this group no live instance owns, as of the last discovery, and
     /// how many discoveries in a row saw some (`/health` is degraded after two).
     unowned: std::sync::atomic::AtomicUsize,
@@ -126,6 +130,11 @@ pub struct HealthReport {
     pub pipelines: Vec<PipelineStatus>,
 }
 
+/// How many long cursor transactions a work pool of `work` connections serves at once.
+pub fn cursor_share(work: usize) -> usize {
+    (work / 2).max(1)
+}
+
 impl RelayState {
     pub fn new(
         group_id: &str,
@@ -141,6 +150,9 @@ impl RelayState {
             metrics: Metrics::new()?,
             pool: WorkPool::new(postgres_url, pool_sizes(max_db_connections).0),
             sink_pool: WorkPool::new(postgres_url, pool_sizes(max_db_connections).1),
+            cursor_share: std::sync::Arc::new(tokio::sync::Semaphore::new(cursor_share(
+                pool_sizes(max_db_connections).0,
+            ))),
             unowned: Default::default(),
             unowned_rounds: Default::default(),
             last_refusal_warning: Mutex::new(None),

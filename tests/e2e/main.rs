@@ -5,6 +5,7 @@
 
 mod catalog;
 mod conformance;
+mod cursor_share;
 mod diff;
 mod faults;
 mod forward;

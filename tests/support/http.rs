@@ -36,6 +36,8 @@ pub struct WebhookServer {
     pub script: Script,
     /// Distinct client connections seen (keep-alive keeps this small).
     pub connections: Arc<Mutex<std::collections::BTreeSet<SocketAddr>>>,
+    /// How long each request waits before it is answered (a slow receiver), in milliseconds.
+    pub delay_ms: Arc<std::sync::atomic::AtomicU64>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -44,12 +46,23 @@ impl WebhookServer {
         let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let script: Script = Arc::default();
         let connections: Arc<Mutex<std::collections::BTreeSet<SocketAddr>>> = Arc::default();
-        let (r, s, c) = (requests.clone(), script.clone(), connections.clone());
+        let delay_ms: Arc<std::sync::atomic::AtomicU64> = Arc::default();
+        let (r, s, c, d) = (requests.clone(), script.clone(), connections.clone(), delay_ms.clone());
         let route = warp::any()
             .and(warp::method())
             .and(warp::header::headers_cloned())
             .and(warp::addr::remote())
             .and(warp::body::bytes())
+            .and_then(move |method, headers, remote, body| {
+                let delay = d.load(std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    if delay > 0 {
+                        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                    }
+                    Ok::<_, std::convert::Infallible>((method, headers, remote, body))
+                }
+            })
+            .untuple_one()
             .map(
                 move |method: warp::http::Method,
                       headers: HeaderMap,
@@ -80,7 +93,7 @@ impl WebhookServer {
             let _ = rx.await;
         });
         tokio::spawn(server);
-        Self { addr, requests, script, connections, shutdown: Some(tx) }
+        Self { addr, requests, script, connections, delay_ms, shutdown: Some(tx) }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -477,7 +477,9 @@ impl ForwardRunner<'_> {
         if full {
             // Read the next batch while this one is published, so PostgreSQL and the relay work
             // at the same time. The rows are only used if this batch goes through as planned.
-            let (client, sql, limit) = (client.clone(), self.reader.fetch_statement(), self.spec.batch_size);
+            // The step's connection handle goes with the read-ahead: a claim-check or diff cursor
+            // waiting for its share gives the connection back (see `begin_cursor`).
+            let (client, sql, limit) = (client, self.reader.fetch_statement(), self.spec.batch_size);
             // The fetch goes first so its query is on the wire before this batch's CPU work
             // starts (join! polls in order); the runner yields between outbox rows so the
             // connection task can take in the rows meanwhile.
@@ -488,6 +490,7 @@ impl ForwardRunner<'_> {
                 self.prefetched = Some(Prefetched { after: new_pos, upto: safe, rows });
             }
         } else {
+            drop(client);
             self.relay_rows(rows).await?;
         }
         self.marks.push_back((self.publish_calls, new_pos));
@@ -547,6 +550,36 @@ impl ForwardRunner<'_> {
             self.st.last_error = None;
             self.flush_status().await;
         }
+    }
+
+    /// Opens the read-only transaction of a claim-check or diff cursor, within the instance's
+    /// bounded cursor share ([`RelayState::cursor_share`]): such a transaction holds its
+    /// connection while every page is published. When the share is taken, the pipeline gives
+    /// its connection back while it waits — other pipelines' batches go on — and borrows one
+    /// again. The permit is held until the transaction ends.
+    async fn begin_cursor(&mut self) -> Result<tokio::sync::OwnedSemaphorePermit, Stop> {
+        let share = self.ctx.cursor_share.clone();
+        let permit = match share.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                self.work = None;
+                let waited = Instant::now();
+                let permit = tokio::select! {
+                    p = share.acquire_owned() => p.map_err(|_| Stop::Cancelled)?,
+                    _ = self.link.cancel.cancelled() => return Err(Stop::Cancelled),
+                    _ = self.link.lost.cancelled() => return Err(Stop::Db(LOCK_SESSION_CLOSED.to_owned())),
+                };
+                match borrow(&self.ctx, self.link).await {
+                    Some(w) => self.work = Some(Arc::new(w)),
+                    None if self.link.lost.is_cancelled() => return Err(Stop::Db(LOCK_SESSION_CLOSED.to_owned())),
+                    None => return Err(Stop::Cancelled),
+                }
+                tracing::debug!(pipeline = %self.spec.name, waited_ms = waited.elapsed().as_millis() as u64, "waited for the cursor share");
+                permit
+            }
+        };
+        self.client()?.begin("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+        Ok(permit)
     }
 
     /// Ends a read-only cursor transaction: `CLOSE` and `COMMIT` after success, `ROLLBACK`

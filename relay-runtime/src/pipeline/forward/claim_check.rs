@@ -27,7 +27,7 @@ impl ForwardRunner<'_> {
             return self.dead_letter(row, &err).await;
         };
         let sql = sql.replace("$1", &row.id.to_string());
-        self.client()?.begin("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+        let _share = self.begin_cursor().await?;
         let result = self.page_claim_check(&sql, row.id, row_ref, full_refresh, refresh_id).await;
         self.end_cursor_txn("pgt_relay_claim_check", result).await
     }

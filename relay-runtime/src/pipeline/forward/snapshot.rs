@@ -45,7 +45,7 @@ impl ForwardRunner<'_> {
         let started = std::time::Instant::now();
         let mut emitted = 0usize;
         if emit {
-            self.client()?.begin("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+            let share = self.begin_cursor().await?;
             let streamed = self
                 .stream_changes(
                     &with_literals(&changes, outbox_id, &group, &pipeline),
@@ -56,6 +56,7 @@ impl ForwardRunner<'_> {
                 )
                 .await;
             emitted = self.end_cursor_txn("pgt_relay_diff", streamed).await?;
+            drop(share);
             self.flush_sink().await?;
         }
 
