@@ -148,8 +148,8 @@ impl RelayState {
             postgres_url: postgres_url.to_owned(),
             started: Instant::now(),
             metrics: Metrics::new()?,
-            pool: WorkPool::new(postgres_url, pool_sizes(max_db_connections).0),
-            sink_pool: WorkPool::new(postgres_url, pool_sizes(max_db_connections).1),
+            pool: WorkPool::new(postgres_url, pool_sizes(max_db_connections).0, "pgtrickle-relay work"),
+            sink_pool: WorkPool::new(postgres_url, pool_sizes(max_db_connections).1, "pgtrickle-relay inbox"),
             cursor_share: std::sync::Arc::new(tokio::sync::Semaphore::new(cursor_share(
                 pool_sizes(max_db_connections).0,
             ))),

@@ -361,6 +361,80 @@ async fn two_instances_two_hundred_pipelines_one_sigkilled_survivor_takes_all() 
 // Setup
 
 /// A database of its own in a private cluster, with the relay catalog installed; its URL.
+/// The database refuses the relay's work connections (`53300`: the relay's role is at its
+/// connection limit) while 30 pipelines have rows: the instance makes one connection attempt
+/// per (doubling) interval — not one per pipeline — logs one warning, and once the database
+/// accepts connections again every row lands once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connections_cost_the_database_one_attempt_per_interval_and_lose_nothing() {
+    const PIPELINES: usize = 30;
+    const REFUSED_FOR: Duration = Duration::from_secs(6);
+    let pg = PrivatePostgres::start(60);
+    let admin_url = private_db(&pg, "refused").await;
+    let c = connect(&admin_url).await;
+    // A role of its own, so that its connection limit refuses the relay alone; the catalog
+    // connection and the lock session fit in it, the work pool does not.
+    c.batch_execute(
+        "CREATE ROLE relay LOGIN CONNECTION LIMIT 2;
+         GRANT pg_read_all_data, pg_write_all_data TO relay;",
+    )
+    .await
+    .unwrap();
+    let stream_tables: Vec<String> = (0..PIPELINES).map(|i| format!("rf{i}")).collect();
+    let outboxes = enable_outboxes(&c, &stream_tables).await;
+    let files: Vec<PathBuf> = (0..PIPELINES).map(|i| temp_path(&format!("rf{i}.jsonl"))).collect();
+    let configs: Vec<(String, Value)> = (0..PIPELINES)
+        .map(|i| {
+            (
+                format!("rf-{i}"),
+                json!({"stream_table": stream_tables[i], "sink_type": "file", "path": files[i].to_str().unwrap(),
+                       "delta_mode": "snapshot"}),
+            )
+        })
+        .collect();
+    register_all(&c, &configs).await;
+    for outbox in &outboxes {
+        for o in 0..2 {
+            write_inline(&c, outbox, Some(json!([{"o": o, "outbox": outbox}, {"o": o, "second": true}]))).await;
+        }
+    }
+
+    let refusals = |log: &str| log.matches("too many connections for role \"relay\"").count();
+    let before = refusals(&pg.server_log());
+    let relay_url = admin_url.replacen("postgres://postgres@", "postgres://relay@", 1);
+    let relay = Relay::start(&relay_url, "refused", &["--no-migrate"]);
+    eventually(WAIT, "the instance owns every pipeline", || async {
+        (relay.health()["pipelines_owned"] == PIPELINES).then_some(())
+    })
+    .await;
+    tokio::time::sleep(REFUSED_FOR).await;
+    let attempts = refusals(&pg.server_log()) - before;
+    let warnings = relay
+        .full_stderr()
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("the database refused a work connection"))
+        .count();
+    eprintln!("{attempts} refused connection attempts in {REFUSED_FOR:?}, {warnings} warning(s)");
+    assert!(attempts >= 1, "the work pool was never refused: the test proves nothing\n{}", relay.stderr());
+    // One attempt per doubling interval (250 ms … 10 s, jittered) for the whole instance, a few
+    // at once when the interval ends: about 15 in 6 s — not 30 pipelines × their own retries.
+    assert!(attempts <= 25, "{attempts} connection attempts in {REFUSED_FOR:?} for {PIPELINES} pipelines");
+    assert_eq!(warnings, 1, "one warning per interval for the instance:\n{}", relay.stderr());
+
+    c.batch_execute("ALTER ROLE relay CONNECTION LIMIT -1").await.unwrap();
+    let mut last = HashMap::new();
+    for (i, outbox) in outboxes.iter().enumerate() {
+        last.insert(format!("rf-{i}"), max_id(&c, outbox).await);
+    }
+    wait_offsets(&c, "refused", &last, WAIT).await;
+    for (outbox, file) in outboxes.iter().zip(&files) {
+        let expected = expected_keys(&c, outbox).await;
+        let t = tally(&expected, &file_keys(file));
+        assert!(t.lost == 0 && t.duplicates == 0 && t.unexpected == 0, "{}: {t:?}", file.display());
+        let _ = std::fs::remove_file(file);
+    }
+}
+
 /// Fair share at the scale the issue names: three instances, 1,000 pipelines (idle, on real
 /// outboxes) → each owns its third (at most ⌈1000 / 3⌉ = 334, all 1,000 owned), each within its
 /// --max-db-connections, however the three start.

@@ -72,6 +72,11 @@ impl PrivatePostgres {
         );
     }
 
+    /// What the server logged so far.
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.data.join("server.log")).unwrap_or_default()
+    }
+
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }

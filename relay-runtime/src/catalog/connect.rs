@@ -30,6 +30,10 @@ pub enum ConnectError {
     /// Bad TLS parameters (`sslmode`, certificate files): fixing the URL or files is needed.
     #[error("TLS: {0}")]
     Tls(String),
+    /// Not tried: the database refused the instance's last attempt, and the instance waits
+    /// before it tries again (one attempt per interval for the whole instance).
+    #[error("waiting {}ms before connecting again (the last attempt failed: {last})", .wait.as_millis())]
+    CoolingDown { wait: Duration, last: String },
 }
 
 pub async fn connect(

@@ -30,14 +30,51 @@ pub const MIN_DB_CONNECTIONS: usize = RESERVED_CONNECTIONS + 2;
 /// Opens and checks the pool's connections.
 pub struct WorkManager {
     url: String,
+    /// The connections' `application_name` (unless the URL sets one), so that a DBA can tell
+    /// them from the catalog connection and the lock session in `pg_stat_activity`.
+    app_name: &'static str,
+    cooldown: std::sync::Mutex<Cooldown>,
 }
+
+/// After a failed attempt to open a connection (`53300 too many clients`, `57P03`, an
+/// authentication failure, an unreachable server) the pool makes no other attempt until a
+/// jittered, doubling interval has passed: borrowers waiting meanwhile fail at once without
+/// touching the server, so 1,000 pipelines cost the database one attempt per interval, not
+/// 1,000.
+struct Cooldown {
+    until: Option<Instant>,
+    backoff: Duration,
+    last: String,
+}
+
+const FIRST_COOLDOWN: Duration = Duration::from_millis(250);
+const MAX_COOLDOWN: Duration = Duration::from_secs(10);
 
 impl managed::Manager for WorkManager {
     type Type = DbConnection;
     type Error = ConnectError;
 
     async fn create(&self) -> Result<DbConnection, ConnectError> {
-        connect(&self.url, "pgtrickle-relay", None).await
+        {
+            let c = self.cooldown.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(until) = c.until.filter(|t| *t > Instant::now()) {
+                return Err(ConnectError::CoolingDown { wait: until - Instant::now(), last: c.last.clone() });
+            }
+        }
+        let result = connect(&self.url, self.app_name, None).await;
+        let mut c = self.cooldown.lock().unwrap_or_else(|p| p.into_inner());
+        match &result {
+            Ok(_) => {
+                c.until = None;
+                c.backoff = FIRST_COOLDOWN;
+            }
+            Err(e) => {
+                c.until = Some(Instant::now() + super::connect::jitter(c.backoff));
+                c.backoff = (c.backoff * 2).min(MAX_COOLDOWN);
+                c.last = e.to_string();
+            }
+        }
+        result
     }
 
     async fn recycle(&self, conn: &mut DbConnection, _: &PoolMetrics) -> RecycleResult<ConnectError> {
@@ -71,8 +108,12 @@ impl std::fmt::Debug for WorkPool {
 
 impl WorkPool {
     /// A pool of at most `size` connections to `url`, opened on demand.
-    pub fn new(url: &str, size: usize) -> Self {
-        let manager = WorkManager { url: url.to_owned() };
+    pub fn new(url: &str, size: usize, app_name: &'static str) -> Self {
+        let manager = WorkManager {
+            url: url.to_owned(),
+            app_name,
+            cooldown: std::sync::Mutex::new(Cooldown { until: None, backoff: FIRST_COOLDOWN, last: String::new() }),
+        };
         // Only fails without a runtime for timeouts, and none are set: a wait lasts until a
         // connection is free (backpressure); the queue is first come, first served.
         let pool =
