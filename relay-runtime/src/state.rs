@@ -142,17 +142,16 @@ impl RelayState {
         postgres_url: &str,
         max_db_connections: usize,
     ) -> Result<Self, prometheus::Error> {
+        let (work, sinks) = pool_sizes(max_db_connections);
         Ok(Self {
             group_id: group_id.to_owned(),
             worker_id: worker_id.to_owned(),
             postgres_url: postgres_url.to_owned(),
             started: Instant::now(),
             metrics: Metrics::new()?,
-            pool: WorkPool::new(postgres_url, pool_sizes(max_db_connections).0, "pgtrickle-relay work"),
-            sink_pool: WorkPool::new(postgres_url, pool_sizes(max_db_connections).1, "pgtrickle-relay inbox"),
-            cursor_share: std::sync::Arc::new(tokio::sync::Semaphore::new(cursor_share(
-                pool_sizes(max_db_connections).0,
-            ))),
+            pool: WorkPool::new(postgres_url, work, "pgtrickle-relay work"),
+            sink_pool: WorkPool::new(postgres_url, sinks, "pgtrickle-relay inbox"),
+            cursor_share: std::sync::Arc::new(tokio::sync::Semaphore::new(cursor_share(work))),
             unowned: Default::default(),
             unowned_rounds: Default::default(),
             last_refusal_warning: Mutex::new(None),

@@ -105,6 +105,13 @@ impl PgInboxSink {
     }
 }
 
+impl PgInboxSink {
+    /// The inbox's database cannot be reached (a borrow or a connect failed).
+    fn unreachable(&self, e: &dyn std::fmt::Display) -> SinkError {
+        SinkError::Retryable { backend: BACKEND, message: format!("cannot connect to {}: {e}", redact_url(&self.url)) }
+    }
+}
+
 impl Sink for PgInboxSink {
     fn name(&self) -> &'static str {
         BACKEND
@@ -113,18 +120,11 @@ impl Sink for PgInboxSink {
     fn publish<'a>(&'a mut self, batch: &'a [RelayMessage]) -> BoxFuture<'a, Result<Published, SinkError>> {
         Box::pin(async move {
             let borrowed = match &self.shared {
-                Some(pool) => Some(pool.get().await.map_err(|e| SinkError::Retryable {
-                    backend: BACKEND,
-                    message: format!("cannot connect to {}: {e}", redact_url(&self.url)),
-                })?),
+                Some(pool) => Some(pool.get().await.map_err(|e| self.unreachable(&e))?),
                 None => None,
             };
             if borrowed.is_none() && self.conn.as_ref().is_none_or(|c| c.closed.is_cancelled()) {
-                let conn =
-                    catalog::connect(&self.url, &self.app_name, None).await.map_err(|e| SinkError::Retryable {
-                        backend: BACKEND,
-                        message: format!("cannot connect to {}: {}", redact_url(&self.url), e),
-                    })?;
+                let conn = catalog::connect(&self.url, &self.app_name, None).await.map_err(|e| self.unreachable(&e))?;
                 self.conn = Some(conn);
             }
             let n = batch.len();
@@ -161,10 +161,7 @@ impl Sink for PgInboxSink {
         Box::pin(async move {
             if let Some(pool) = &self.shared {
                 // The pool opens connections on demand; a borrow is the check.
-                let w = pool.get().await.map_err(|e| SinkError::Retryable {
-                    backend: BACKEND,
-                    message: format!("cannot connect to {}: {e}", redact_url(&self.url)),
-                })?;
+                let w = pool.get().await.map_err(|e| self.unreachable(&e))?;
                 return w.simple_query("SELECT 1").await.map(|_| ()).map_err(|e| classify(&e));
             }
             match &self.conn {
@@ -172,14 +169,13 @@ impl Sink for PgInboxSink {
                     c.client.simple_query("SELECT 1").await.map(|_| ()).map_err(|e| classify(&e))
                 }
                 // Reconnected lazily by the next publish; say so meanwhile.
-                _ => {
-                    catalog::connect(&self.url, &self.app_name, None).await.map(|c| self.conn = Some(c)).map_err(|e| {
-                        SinkError::Retryable {
-                            backend: BACKEND,
-                            message: format!("cannot connect to {}: {}", redact_url(&self.url), e),
-                        }
-                    })
-                }
+                _ => match catalog::connect(&self.url, &self.app_name, None).await {
+                    Ok(c) => {
+                        self.conn = Some(c);
+                        Ok(())
+                    }
+                    Err(e) => Err(self.unreachable(&e)),
+                },
             }
         })
     }
