@@ -345,13 +345,11 @@ async fn check_cmd(url: &str) -> anyhow::Result<ExitCode> {
             },
             // The source is not contacted (that would bind a receiver or create consumers).
             Ok(PipelineSpec::Reverse(spec)) => {
-                use crate::pipeline::reverse::{inbox_table, Mapping};
-                match (Mapping::from_options(&spec), inbox_table(&spec)) {
-                    (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
-                    (Ok(_), Ok(table)) => match table.ensure(&conn.client, false).await {
-                        Err(e) => Err(e.to_string()),
-                        Ok(()) => Ok(format!("{} -> {}", spec.source_type, table.qualified())),
-                    },
+                use crate::pipeline::reverse::inbox_table;
+                let table = inbox_table(&spec);
+                match table.ensure(&conn.client, false).await {
+                    Err(e) => Err(e.to_string()),
+                    Ok(()) => Ok(format!("{} -> {}", spec.source_type, table.qualified())),
                 }
             }
         };
@@ -379,7 +377,7 @@ async fn pipelines_cmd(url: &str, group: &str, cmd: PipelinesCommand) -> anyhow:
                 let st = statuses.iter().find(|s| s.name == row.name && s.direction == row.direction);
                 let target = match row.parse() {
                     Ok(PipelineSpec::Forward(f)) => f.sink.kind.as_str().to_owned(),
-                    Ok(PipelineSpec::Reverse(r)) => r.source_type,
+                    Ok(PipelineSpec::Reverse(r)) => r.source_type.to_owned(),
                     Err(_) => "?".to_owned(),
                 };
                 out.push(serde_json::json!({

@@ -168,8 +168,8 @@ async fn replay_one(client: &Client, configs: &[crate::config::PipelineRow], d: 
         PipelineSpec::Reverse(s) => s,
         PipelineSpec::Forward(_) => return Err("not a reverse pipeline".into()),
     };
-    let mapping = Mapping::from_options(&spec).map_err(|e| e.to_string())?;
-    let table = crate::pipeline::reverse::inbox_table(&spec).map_err(|e| e.to_string())?;
+    let mapping = Mapping::of(&spec);
+    let table = crate::pipeline::reverse::inbox_table(&spec);
     let mut headers: Vec<(String, String)> = match &d.headers {
         Some(Value::Object(m)) => {
             m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect()

@@ -4,6 +4,7 @@
 //! relay installs and migrates its catalog itself ([`catalog`]), discovers and owns pipelines
 //! through advisory locks ([`coordinator`]) and runs one worker per owned pipeline ([`pipeline`]).
 
+pub mod backend;
 pub mod catalog;
 pub mod cli;
 pub mod config;

@@ -10,6 +10,7 @@
 //! (`nats_url` → `url`), so every backend reads one option map whatever the shape.
 //! Secret references are resolved before parsing ([`secrets`]).
 
+pub mod keys;
 pub mod redact;
 pub mod secrets;
 
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::backend;
 use crate::message::{DedupKeyFormat, Template};
 
 /// Which catalog table a pipeline comes from.
@@ -112,23 +114,7 @@ impl SinkKind {
             SinkKind::PgInbox => "pg-inbox",
         }
     }
-
-    /// Prefixes of the flat config keys that belong to this backend (`nats_url` → `url`).
-    fn flat_prefixes(self) -> &'static [&'static str] {
-        match self {
-            SinkKind::Stdout | SinkKind::File => &["stdout_", "file_"],
-            SinkKind::Nats => &["nats_"],
-            SinkKind::Webhook => &["webhook_", "http_"],
-            SinkKind::Kafka => &["kafka_"],
-            SinkKind::Redis => &["redis_"],
-            SinkKind::Sqs => &["sqs_"],
-            SinkKind::Rabbitmq => &["rabbitmq_", "amqp_"],
-            SinkKind::PgInbox => &["pg_inbox_", "inbox_"],
-        }
-    }
 }
-
-pub const KNOWN_SINKS: &str = "stdout, file, nats, webhook (http), kafka, redis, sqs, rabbitmq, pg-inbox";
 
 /// Where a forward pipeline reads from, as written by the user; resolved against the database
 /// by [`crate::outbox::OutboxTable::resolve`].
@@ -141,15 +127,29 @@ pub enum OutboxRef {
     Outbox(String),
 }
 
-/// The sink part of a forward pipeline: its kind plus its normalised option map.
-#[derive(Debug, Clone, PartialEq)]
+/// A sink's typed settings ([`crate::backend`]).
+#[derive(Debug, Clone)]
+pub enum SinkConfig {
+    Stdout(backend::file::StdoutSinkConfig),
+    File(backend::file::FileSinkConfig),
+    Nats(backend::nats::NatsSinkConfig),
+    Webhook(backend::webhook::WebhookSinkConfig),
+    Kafka(backend::kafka::KafkaSinkConfig),
+    Redis(backend::redis::RedisSinkConfig),
+    Sqs(backend::sqs::SqsSinkConfig),
+    Rabbitmq(backend::rabbitmq::RabbitmqSinkConfig),
+    PgInbox(backend::pg_inbox::PgInboxSinkConfig),
+}
+
+/// The sink part of a forward pipeline.
+#[derive(Debug, Clone)]
 pub struct SinkSpec {
     pub kind: SinkKind,
-    pub options: Map<String, Value>,
+    pub config: SinkConfig,
 }
 
 /// A fully validated forward (outbox → sink) pipeline.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct ForwardSpec {
     pub name: String,
     pub outbox: OutboxRef,
@@ -188,54 +188,36 @@ pub enum InitialSnapshot {
     Skip,
 }
 
-/// A reverse (source → inbox) pipeline; its backends land with the reverse-mode issue.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ReverseSpec {
-    pub name: String,
-    pub source_type: String,
-    pub inbox_table: String,
-    pub options: Map<String, Value>,
+/// A source's typed settings ([`crate::backend`]).
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    Nats(backend::nats::NatsSourceConfig),
+    Webhook(backend::webhook::WebhookSourceConfig),
+    Kafka(backend::kafka::KafkaSourceConfig),
+    Redis(backend::redis::RedisSourceConfig),
+    Sqs(backend::sqs::SqsSourceConfig),
+    Rabbitmq(backend::rabbitmq::RabbitmqSourceConfig),
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// A fully validated reverse (source → inbox) pipeline.
+#[derive(Debug, Clone)]
+pub struct ReverseSpec {
+    pub name: String,
+    /// The source type's canonical name (`nats`, `webhook`, …).
+    pub source_type: &'static str,
+    pub inbox_table: String,
+    /// The inbox and the message → row mapping.
+    pub keys: keys::ReverseKeys,
+    pub source: SourceConfig,
+}
+
+#[derive(Debug, Clone)]
 pub enum PipelineSpec {
     Forward(ForwardSpec),
     Reverse(ReverseSpec),
 }
 
 const DEFAULT_SUBJECT: &str = "pgtrickle.{stream_table}.{op}";
-
-/// Keys that tune the pipeline rather than its sink, wherever they are written.
-const PIPELINE_LEVEL_KEYS: &[&str] = &[
-    "batch_size",
-    "poll_interval_ms",
-    "key_columns",
-    "keep_internal_columns",
-    "claim_check_page_size",
-    "delta_mode",
-    "initial_snapshot",
-    "dedup_key_format",
-];
-
-/// Keys of the flat forward shape that are pipeline-level, not backend options.
-const FORWARD_PIPELINE_KEYS: &[&str] = &[
-    "stream_table",
-    "outbox_table",
-    "outbox",
-    "source_type",
-    "source",
-    "sink_type",
-    "sink",
-    "batch_size",
-    "poll_interval_ms",
-    "key_columns",
-    "keep_internal_columns",
-    "claim_check_page_size",
-    "group",
-    "delta_mode",
-    "initial_snapshot",
-    "dedup_key_format",
-];
 
 impl PipelineRow {
     /// Resolves secrets and parses the row into a typed spec.
@@ -252,55 +234,6 @@ impl PipelineRow {
     }
 }
 
-fn get_str<'a>(
-    pipeline: &str,
-    obj: &'a Map<String, Value>,
-    key: &str,
-    path: &str,
-) -> Result<Option<&'a str>, ConfigError> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.trim().is_empty() => {
-            Err(ConfigError::new(pipeline, format!("key '{path}': must not be empty")))
-        }
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => {
-            Err(ConfigError::new(pipeline, format!("key '{path}': expected a string, got {}", json_type(other))))
-        }
-    }
-}
-
-fn get_int(
-    pipeline: &str,
-    obj: &Map<String, Value>,
-    key: &str,
-    path: &str,
-    min: i64,
-    max: i64,
-) -> Result<Option<i64>, ConfigError> {
-    let v = match obj.get(key) {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::Number(n)) => n.as_i64(),
-        // Numbers written as strings ("batch_size": "500") are common in hand-written JSON.
-        Some(Value::String(s)) => s.trim().parse::<i64>().ok(),
-        Some(_) => None,
-    };
-    match v {
-        Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
-        _ => Err(ConfigError::new(pipeline, format!("key '{path}': expected an integer between {min} and {max}"))),
-    }
-}
-
-fn get_bool(pipeline: &str, obj: &Map<String, Value>, key: &str, path: &str) -> Result<Option<bool>, ConfigError> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => {
-            Err(ConfigError::new(pipeline, format!("key '{path}': expected true or false, got {}", json_type(other))))
-        }
-    }
-}
-
 fn json_type(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -312,208 +245,323 @@ fn json_type(v: &Value) -> &'static str {
     }
 }
 
-fn parse_forward(name: &str, obj: &Map<String, Value>) -> Result<ForwardSpec, ConfigError> {
-    let source = match obj.get("source") {
+/// The keys of one config sorted into the pipeline's own and its backend's, each under its
+/// primary name, with the path it was written at (for messages) — and every problem found.
+#[derive(Default)]
+struct Sorted {
+    pipeline: Map<String, Value>,
+    backend: Map<String, Value>,
+    paths: std::collections::HashMap<(bool, String), String>,
+    problems: Vec<String>,
+}
+
+impl Sorted {
+    fn put(&mut self, backend: bool, key: String, value: Value, path: String) {
+        self.paths.insert((backend, key.clone()), path);
+        if backend {
+            self.backend.insert(key, value);
+        } else {
+            self.pipeline.insert(key, value);
+        }
+    }
+
+    fn path(&self, backend: bool, key: &str) -> String {
+        self.paths.get(&(backend, key.to_owned())).cloned().unwrap_or_else(|| key.to_owned())
+    }
+
+    /// Checks every value against its rule and every required backend key's presence.
+    fn check(&mut self, dir: &keys::DirectionKeys, ty: &keys::TypeKeys, nested: bool) {
+        for (backend, map, set) in [(false, &self.pipeline, &dir.pipeline), (true, &self.backend, &ty.keys)] {
+            for (k, v) in map {
+                if let Some(rule) = set.get(k) {
+                    if let Err(e) = keys::check_value(&rule.kind, v) {
+                        self.problems.push(format!("key '{}': {e}", self.path(backend, k)));
+                    }
+                }
+            }
+        }
+        for rule in ty.keys.keys.iter().filter(|r| r.required) {
+            if self.backend.get(&rule.name).is_none_or(Value::is_null) {
+                let written = match (nested, ty.prefixes.first()) {
+                    (true, _) | (false, None) => format!("{}.{}", dir.role, rule.name),
+                    (false, Some(p)) => format!("{p}{}", rule.name),
+                };
+                self.problems.push(format!("missing key '{written}' for a {} {}", ty.name, dir.role));
+            }
+        }
+    }
+}
+
+/// An object-valued structural key (`source`, `sink`), or an empty one.
+fn object_at(obj: &Map<String, Value>, key: &str, problems: &mut Vec<String>) -> Map<String, Value> {
+    match obj.get(key) {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(m)) => m.clone(),
         Some(other) => {
-            return Err(ConfigError::new(name, format!("key 'source': expected an object, got {}", json_type(other))))
-        }
-    };
-    if let Some(st) = get_str(name, obj, "source_type", "source_type")? {
-        if st != "outbox" {
-            return Err(ConfigError::new(
-                name,
-                format!("key 'source_type': a forward pipeline reads an outbox, got '{st}'"),
-            ));
+            problems.push(format!("key '{key}': expected an object, got {}", json_type(other)));
+            Map::new()
         }
     }
+}
 
-    // Where to read: explicit outbox table wins, then the seed's stream_table.
-    let outbox = if let Some(o) = get_str(name, &source, "outbox", "source.outbox")? {
-        OutboxRef::Outbox(o.to_owned())
-    } else if let Some(o) = get_str(name, obj, "outbox_table", "outbox_table")? {
-        OutboxRef::Outbox(o.to_owned())
-    } else if let Some(o) = get_str(name, obj, "outbox", "outbox")? {
-        OutboxRef::Outbox(o.to_owned())
-    } else if let Some(st) = get_str(name, obj, "stream_table", "stream_table")? {
-        OutboxRef::StreamTable(st.to_owned())
-    } else if let Some(st) = get_str(name, &source, "stream_table", "source.stream_table")? {
-        OutboxRef::StreamTable(st.to_owned())
-    } else {
-        return Err(ConfigError::new(
-            name,
-            "missing key 'stream_table' (or 'source.outbox'): which outbox should this pipeline read?",
-        ));
-    };
-    let group = match get_str(name, &source, "group", "source.group")? {
-        Some(g) => Some(g.to_owned()),
-        None => get_str(name, obj, "group", "group")?.map(str::to_owned),
-    };
-
-    let (sink_obj, sink_path) = match obj.get("sink") {
-        None | Some(Value::Null) => (Map::new(), "sink_type"),
-        Some(Value::Object(m)) => (m.clone(), "sink.type"),
-        Some(other) => {
-            return Err(ConfigError::new(name, format!("key 'sink': expected an object, got {}", json_type(other))))
+/// A string-valued structural key (`sink_type`, `source.type`).
+fn type_at<'a>(obj: &'a Map<String, Value>, key: &str, path: &str, problems: &mut Vec<String>) -> Option<&'a str> {
+    match obj.get(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.trim().is_empty() => Some(s),
+        Some(Value::String(_)) => {
+            problems.push(format!("key '{path}': must not be empty"));
+            None
         }
-    };
-    let type_str = match get_str(name, &sink_obj, "type", "sink.type")? {
-        Some(t) => t,
-        None => get_str(name, obj, "sink_type", "sink_type")?.ok_or_else(|| {
-            ConfigError::new(name, "missing key 'sink_type' (or 'sink.type'): where should messages go?")
-        })?,
-    };
-    let kind = SinkKind::parse(type_str).ok_or_else(|| {
-        ConfigError::new(name, format!("key '{sink_path}': unknown sink type '{type_str}' (known: {KNOWN_SINKS})"))
-    })?;
+        Some(other) => {
+            problems.push(format!("key '{path}': expected a string, got {}", json_type(other)));
+            None
+        }
+    }
+}
 
-    // Options: flat top-level keys first (prefix stripped), then the nested sink object wins.
-    let mut options = Map::new();
+const STRUCTURAL: &[&str] = &["source_type", "source", "sink_type", "sink"];
+
+/// The backend type a config names, or the problem.
+fn backend_type<'c>(
+    dir: &'c keys::DirectionKeys,
+    written: Option<(&str, &str)>,
+    problems: &mut Vec<String>,
+    missing: &str,
+) -> Option<&'c keys::TypeKeys> {
+    let Some((path, t)) = written else {
+        problems.push(format!("{missing} (known: {})", dir.known_types()));
+        return None;
+    };
+    let found = dir.type_named(t);
+    if found.is_none() {
+        let spellings = dir.types.iter().flat_map(|t| t.spellings.iter().copied());
+        problems.push(format!(
+            "key '{path}': unknown {} type '{t}' (known: {}){}",
+            dir.role,
+            dir.known_types(),
+            keys::did_you_mean(t, spellings)
+        ));
+    }
+    found
+}
+
+/// Sorts the top-level keys of `obj` (a flat config) into pipeline and backend keys.
+fn sort_top(sorted: &mut Sorted, dir: &keys::DirectionKeys, ty: &keys::TypeKeys, obj: &Map<String, Value>) {
     for (k, v) in obj {
-        if FORWARD_PIPELINE_KEYS.contains(&k.as_str()) {
+        if STRUCTURAL.contains(&k.as_str()) {
             continue;
         }
-        let key = kind.flat_prefixes().iter().find_map(|p| k.strip_prefix(p)).unwrap_or(k.as_str());
-        options.insert(key.to_owned(), v.clone());
-    }
-    for (k, v) in &sink_obj {
-        if k != "type" {
-            options.insert(k.clone(), v.clone());
+        if let Some(rule) = dir.pipeline.get(k) {
+            sorted.put(false, rule.name.clone(), v.clone(), k.clone());
+            continue;
         }
-    }
-    // `max_inflight` is accepted for `max_in_flight` (messages awaiting the broker's ack).
-    if let Some(v) = options.remove("max_inflight") {
-        options.entry("max_in_flight").or_insert(v);
-    }
-
-    let template_src = match options.get("subject_template").or_else(|| options.get("subject")) {
-        None | Some(Value::Null) => DEFAULT_SUBJECT.to_owned(),
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(_) => return Err(ConfigError::new(name, "key 'subject_template': expected a non-empty string")),
-    };
-    let subject_template =
-        Template::parse(&template_src).map_err(|e| ConfigError::new(name, format!("key 'subject_template': {e}")))?;
-
-    // Pipeline-level keys may sit at the top (flat form) or, for pg_trickle's positional form
-    // (which only stores `source` and `sink` objects), inside `sink` or `source`.
-    let mut pl = Map::new();
-    for m in [&sink_obj, &source, obj] {
-        for k in PIPELINE_LEVEL_KEYS {
-            if let Some(v) = m.get(*k) {
-                pl.insert((*k).to_owned(), v.clone());
+        let bare = ty.prefixes.iter().find_map(|p| k.strip_prefix(p)).unwrap_or(k);
+        match ty.keys.get(bare) {
+            Some(rule) => sorted.put(true, rule.name.clone(), v.clone(), k.clone()),
+            None => {
+                let prefixed: Vec<String> = match ty.prefixes.first() {
+                    Some(p) => ty.keys.names().map(|n| format!("{p}{n}")).collect(),
+                    None => Vec::new(),
+                };
+                let known = dir.pipeline.names().chain(ty.keys.names()).chain(prefixed.iter().map(String::as_str));
+                sorted.problems.push(format!(
+                    "unknown key '{k}' for a {} {}{}",
+                    ty.name,
+                    dir.role,
+                    keys::did_you_mean(k, known)
+                ));
             }
         }
     }
-    for k in PIPELINE_LEVEL_KEYS {
-        options.remove(*k);
+}
+
+/// Sorts the keys of a nested object (`sink`, `source`) written at `at`: pipeline keys, else
+/// backend keys when `backend_here`, else unknown.
+fn sort_nested(
+    sorted: &mut Sorted,
+    dir: &keys::DirectionKeys,
+    ty: &keys::TypeKeys,
+    at: &str,
+    nested: &Map<String, Value>,
+    backend_here: bool,
+) {
+    for (k, v) in nested {
+        if k == "type" && backend_here {
+            continue;
+        }
+        let path = format!("{at}.{k}");
+        if let Some(rule) = dir.pipeline.get(k) {
+            sorted.put(false, rule.name.clone(), v.clone(), path);
+        } else if let Some(rule) = ty.keys.get(k).filter(|_| backend_here) {
+            sorted.put(true, rule.name.clone(), v.clone(), path);
+        } else {
+            let whose = if backend_here {
+                format!("a {} {}", ty.name, dir.role)
+            } else {
+                format!("'{at}' of a {} pipeline", if dir.role == "sink" { "forward" } else { "reverse" })
+            };
+            let backend_names = ty.keys.names().filter(|_| backend_here);
+            let known = dir.pipeline.names().chain(backend_names);
+            sorted.problems.push(format!("unknown key '{path}' for {whose}{}", keys::did_you_mean(k, known)));
+        }
     }
-    let obj = &pl;
-    let key_columns = match obj.get("key_columns") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => s.split(',').map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect(),
-        Some(Value::Array(items)) => {
-            let mut cols = Vec::with_capacity(items.len());
-            for item in items {
-                match item.as_str() {
-                    Some(c) if !c.is_empty() => cols.push(c.to_owned()),
-                    _ => return Err(ConfigError::new(name, "key 'key_columns': expected an array of column names")),
-                }
-            }
-            cols
-        }
-        Some(_) => return Err(ConfigError::new(name, "key 'key_columns': expected an array of column names")),
-    };
+}
 
-    let batch_size = get_int(name, obj, "batch_size", "batch_size", 1, 100_000)?.unwrap_or(100);
-    let poll_ms = get_int(name, obj, "poll_interval_ms", "poll_interval_ms", 10, 3_600_000)?.unwrap_or(1000);
-    let claim_check_page_size =
-        get_int(name, obj, "claim_check_page_size", "claim_check_page_size", 1, 1_000_000)?.unwrap_or(1000);
-    let keep_internal_columns = get_bool(name, obj, "keep_internal_columns", "keep_internal_columns")?.unwrap_or(false);
-    let delta_mode = match get_str(name, obj, "delta_mode", "delta_mode")? {
-        None | Some("diff") => DeltaMode::Diff,
-        Some("snapshot") => DeltaMode::Snapshot,
-        Some(other) => {
-            return Err(ConfigError::new(name, format!("key 'delta_mode': '{other}' is not one of diff, snapshot")))
-        }
-    };
-    let initial_snapshot = match get_str(name, obj, "initial_snapshot", "initial_snapshot")? {
-        None | Some("emit") => InitialSnapshot::Emit,
-        Some("skip") => InitialSnapshot::Skip,
-        Some(other) => {
-            return Err(ConfigError::new(name, format!("key 'initial_snapshot': '{other}' is not one of emit, skip")))
-        }
-    };
+/// Deserialises a checked key map into its typed struct (the checks above make this succeed;
+/// a failure here is reported like any other problem).
+fn typed<T: serde::de::DeserializeOwned>(pipeline: &str, map: Map<String, Value>) -> Result<T, ConfigError> {
+    serde_json::from_value(Value::Object(map)).map_err(|e| ConfigError::new(pipeline, e.to_string()))
+}
 
-    let dedup_key_format = match get_str(name, obj, "dedup_key_format", "dedup_key_format")? {
-        None => DedupKeyFormat::default(),
-        Some(s) => DedupKeyFormat::parse(s).ok_or_else(|| {
-            ConfigError::new(name, format!("key 'dedup_key_format': '{s}' is not one of row_uid, legacy"))
-        })?,
+fn parse_forward(name: &str, obj: &Map<String, Value>) -> Result<ForwardSpec, ConfigError> {
+    let dir = &keys::CATALOG.forward;
+    let mut problems = Vec::new();
+    let source = object_at(obj, "source", &mut problems);
+    let sink_obj = object_at(obj, "sink", &mut problems);
+    if let Some(st) = type_at(obj, "source_type", "source_type", &mut problems) {
+        if st != "outbox" {
+            problems.push(format!("key 'source_type': a forward pipeline reads an outbox, got '{st}'"));
+        }
+    }
+    let written = match type_at(&sink_obj, "type", "sink.type", &mut problems) {
+        Some(t) => Some(("sink.type", t)),
+        None => type_at(obj, "sink_type", "sink_type", &mut problems).map(|t| ("sink_type", t)),
     };
-
+    let ty = backend_type(
+        dir,
+        written,
+        &mut problems,
+        "missing key 'sink_type' (or 'sink.type'): where should messages go?",
+    );
+    let Some(ty) = ty else {
+        return Err(ConfigError::new(name, problems.join("; ")));
+    };
+    let mut sorted = Sorted { problems, ..Sorted::default() };
+    // Later wins: the flat top level, then `source`, … as the stored shapes nest them; a nested
+    // `sink` key wins over its flat form.
+    sort_top(&mut sorted, dir, ty, obj);
+    let top_pipeline = std::mem::take(&mut sorted.pipeline);
+    sort_nested(&mut sorted, dir, ty, "source", &source, false);
+    sort_nested(&mut sorted, dir, ty, "sink", &sink_obj, true);
+    for (k, v) in top_pipeline {
+        sorted.pipeline.insert(k, v);
+    }
+    sorted.check(dir, ty, obj.contains_key("sink"));
+    let set = |k: &str| sorted.pipeline.get(k).is_some_and(|v| !v.is_null());
+    if !set("outbox_table") && !set("stream_table") {
+        sorted
+            .problems
+            .push("missing key 'stream_table' (or 'source.outbox'): which outbox should this pipeline read?".into());
+    }
+    if !sorted.problems.is_empty() {
+        return Err(ConfigError::new(name, sorted.problems.join("; ")));
+    }
+    let k: keys::ForwardKeys = typed(name, sorted.pipeline)?;
+    let kind = SinkKind::parse(ty.name).ok_or_else(|| ConfigError::new(name, format!("sink '{}'", ty.name)))?;
+    let b = sorted.backend;
+    let config = match kind {
+        SinkKind::Stdout => SinkConfig::Stdout(typed(name, b)?),
+        SinkKind::File => SinkConfig::File(typed(name, b)?),
+        SinkKind::Nats => SinkConfig::Nats(typed(name, b)?),
+        SinkKind::Webhook => SinkConfig::Webhook(typed(name, b)?),
+        SinkKind::Kafka => SinkConfig::Kafka(typed(name, b)?),
+        SinkKind::Redis => SinkConfig::Redis(typed(name, b)?),
+        SinkKind::Sqs => SinkConfig::Sqs(typed(name, b)?),
+        SinkKind::Rabbitmq => SinkConfig::Rabbitmq(typed(name, b)?),
+        SinkKind::PgInbox => SinkConfig::PgInbox(typed(name, b)?),
+    };
+    let outbox = match (&k.outbox_table, &k.stream_table) {
+        (Some(o), _) => OutboxRef::Outbox(o.0.clone()),
+        (None, Some(st)) => OutboxRef::StreamTable(st.0.clone()),
+        (None, None) => return Err(ConfigError::new(name, "missing key 'stream_table'")),
+    };
+    let subject_template = match &k.subject_template {
+        Some(t) => t.0.clone(),
+        None => Template::parse(DEFAULT_SUBJECT).map_err(|e| ConfigError::new(name, e.to_string()))?,
+    };
     Ok(ForwardSpec {
         name: name.to_owned(),
         outbox,
-        group,
-        sink: SinkSpec { kind, options },
+        group: k.group.map(|g| g.0),
+        sink: SinkSpec { kind, config },
         subject_template,
-        batch_size,
-        poll_interval: Duration::from_millis(poll_ms as u64),
-        key_columns,
-        keep_internal_columns,
-        claim_check_page_size,
-        delta_mode,
-        initial_snapshot,
-        dedup_key_format,
+        batch_size: k.batch_size.map_or(100, |n| n.get() as i64),
+        poll_interval: Duration::from_millis(k.poll_interval_ms.map_or(1000, |n| n.get())),
+        key_columns: k.key_columns.map(|l| l.0).unwrap_or_default(),
+        keep_internal_columns: k.keep_internal_columns.is_some_and(|f| f.0),
+        claim_check_page_size: k.claim_check_page_size.map_or(1000, |n| n.get() as i64),
+        delta_mode: match k.delta_mode.map(|c| c.0) {
+            None | Some(keys::DeltaModeChoice::Diff) => DeltaMode::Diff,
+            Some(keys::DeltaModeChoice::Snapshot) => DeltaMode::Snapshot,
+        },
+        initial_snapshot: match k.initial_snapshot.map(|c| c.0) {
+            None | Some(keys::InitialSnapshotChoice::Emit) => InitialSnapshot::Emit,
+            Some(keys::InitialSnapshotChoice::Skip) => InitialSnapshot::Skip,
+        },
+        dedup_key_format: match k.dedup_key_format.map(|c| c.0) {
+            None | Some(keys::DedupKeyFormatChoice::RowUid) => DedupKeyFormat::RowUid,
+            Some(keys::DedupKeyFormatChoice::Legacy) => DedupKeyFormat::Legacy,
+        },
     })
 }
 
 fn parse_reverse(name: &str, obj: &Map<String, Value>) -> Result<ReverseSpec, ConfigError> {
-    let source = match obj.get("source") {
-        None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(m)) => m.clone(),
-        Some(_) => return Err(ConfigError::new(name, "key 'source': expected an object")),
-    };
-    let sink = match obj.get("sink") {
-        None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(m)) => m.clone(),
-        Some(_) => return Err(ConfigError::new(name, "key 'sink': expected an object")),
-    };
-    let source_type = match get_str(name, &source, "type", "source.type")? {
-        Some(t) => t.to_owned(),
-        None => get_str(name, obj, "source_type", "source_type")?
-            .ok_or_else(|| ConfigError::new(name, "missing key 'source_type' (or 'source.type')"))?
-            .to_owned(),
-    };
-    let inbox_table = [
-        get_str(name, &sink, "inbox", "sink.inbox")?,
-        get_str(name, &sink, "inbox_table", "sink.inbox_table")?,
-        get_str(name, obj, "inbox_table", "inbox_table")?,
-        get_str(name, obj, "inbox", "inbox")?,
-    ]
-    .into_iter()
-    .flatten()
-    .next()
-    .ok_or_else(|| {
-        ConfigError::new(name, "missing key 'inbox_table' (or 'sink.inbox'): which inbox should receive messages?")
-    })?
-    .to_owned();
-    // Flat keys lose their backend prefix (`nats_stream` → `stream`); nested `source` keys win.
-    let prefixes = SinkKind::parse(&source_type).map(SinkKind::flat_prefixes).unwrap_or(&[]);
-    let mut options = Map::new();
-    for (k, v) in obj {
-        if !matches!(k.as_str(), "source" | "sink" | "source_type" | "inbox_table" | "inbox") {
-            let key = prefixes.iter().find_map(|p| k.strip_prefix(p)).unwrap_or(k.as_str());
-            options.insert(key.to_owned(), v.clone());
+    let dir = &keys::CATALOG.reverse;
+    let mut problems = Vec::new();
+    let source = object_at(obj, "source", &mut problems);
+    let mut sink = object_at(obj, "sink", &mut problems);
+    let sink_types = [
+        ("sink_type", type_at(obj, "sink_type", "sink_type", &mut problems)),
+        ("sink.type", type_at(&sink, "type", "sink.type", &mut problems)),
+    ];
+    for (path, st) in sink_types {
+        if let Some(st) = st.filter(|st| keys::CATALOG.forward.type_named(st).is_none_or(|t| t.name != "pg-inbox")) {
+            problems.push(format!("key '{path}': a reverse pipeline writes into an inbox ('pg-inbox'), got '{st}'"));
         }
     }
-    for (k, v) in &source {
-        if k != "type" {
-            options.insert(k.clone(), v.clone());
-        }
+    sink.remove("type");
+    let written = match type_at(&source, "type", "source.type", &mut problems) {
+        Some(t) => Some(("source.type", t)),
+        None => type_at(obj, "source_type", "source_type", &mut problems).map(|t| ("source_type", t)),
+    };
+    let ty = backend_type(
+        dir,
+        written,
+        &mut problems,
+        "missing key 'source_type' (or 'source.type'): where do messages come from?",
+    );
+    let Some(ty) = ty else {
+        return Err(ConfigError::new(name, problems.join("; ")));
+    };
+    let mut sorted = Sorted { problems, ..Sorted::default() };
+    // Later wins: the flat top level, then `source`, then `sink` (where pg_trickle's positional
+    // form keeps the inbox).
+    sort_top(&mut sorted, dir, ty, obj);
+    sort_nested(&mut sorted, dir, ty, "source", &source, true);
+    sort_nested(&mut sorted, dir, ty, "sink", &sink, false);
+    sorted.check(dir, ty, obj.contains_key("source"));
+    if sorted.pipeline.get("inbox_table").is_none_or(Value::is_null) {
+        sorted
+            .problems
+            .push("missing key 'inbox_table' (or 'sink.inbox'): which inbox should receive messages?".into());
     }
-    Ok(ReverseSpec { name: name.to_owned(), source_type, inbox_table, options })
+    if !sorted.problems.is_empty() {
+        return Err(ConfigError::new(name, sorted.problems.join("; ")));
+    }
+    let k: keys::ReverseKeys = typed(name, sorted.pipeline)?;
+    let b = sorted.backend;
+    let source = match ty.name {
+        "nats" => SourceConfig::Nats(typed(name, b)?),
+        "webhook" => SourceConfig::Webhook(typed(name, b)?),
+        "kafka" => SourceConfig::Kafka(typed(name, b)?),
+        "redis" => SourceConfig::Redis(typed(name, b)?),
+        "sqs" => SourceConfig::Sqs(typed(name, b)?),
+        "rabbitmq" => SourceConfig::Rabbitmq(typed(name, b)?),
+        other => return Err(ConfigError::new(name, format!("source type '{other}' has no config"))),
+    };
+    let inbox_table = k.inbox_table.as_ref().map(|t| t.0.clone()).unwrap_or_default();
+    Ok(ReverseSpec { name: name.to_owned(), source_type: ty.name, inbox_table, keys: k, source })
 }
 
 #[cfg(test)]

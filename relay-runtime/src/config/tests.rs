@@ -25,8 +25,9 @@ fn seed_flat_shape_parses_with_prefix_stripped_options() {
     .unwrap();
     assert_eq!(f.outbox, OutboxRef::StreamTable("orders_stream".into()));
     assert_eq!(f.sink.kind, SinkKind::Nats);
-    assert_eq!(f.sink.options["url"], "nats://localhost:4222");
-    assert_eq!(f.sink.options["stream"], "pgtrickle");
+    let SinkConfig::Nats(c) = &f.sink.config else { panic!("nats") };
+    assert_eq!(c.connection.url.as_str(), "nats://localhost:4222");
+    assert_eq!(c.stream.as_ref().map(|s| s.as_str()), Some("pgtrickle"));
     assert_eq!(f.subject_template.source(), "pgtrickle.{stream_table}.{op}");
     assert_eq!(f.batch_size, 100);
     assert_eq!(f.poll_interval, Duration::from_millis(1000));
@@ -55,6 +56,7 @@ fn nested_sink_keys_win_over_flat_and_aliases_resolve() {
         "stream_table": "s",
         "sink_type": "http",
         "webhook_url": "http://flat",
+        "webhook_timeout_ms": 5,
         "sink": {"type": "webhook", "url": "http://nested", "subject": "x.{op}"},
         "key_columns": ["id", "region"],
         "batch_size": "500",
@@ -62,7 +64,8 @@ fn nested_sink_keys_win_over_flat_and_aliases_resolve() {
     }))
     .unwrap();
     assert_eq!(f.sink.kind, SinkKind::Webhook);
-    assert_eq!(f.sink.options["url"], "http://nested");
+    let SinkConfig::Webhook(c) = &f.sink.config else { panic!("webhook") };
+    assert_eq!(c.url.as_str(), "http://nested");
     assert_eq!(f.subject_template.source(), "x.{op}");
     assert_eq!(f.key_columns, vec!["id".to_owned(), "region".to_owned()]);
     assert_eq!(f.batch_size, 500);
@@ -106,9 +109,11 @@ fn errors_name_the_pipeline_and_key() {
 #[test]
 fn secrets_resolve_inside_pipeline_config_and_missing_ones_fail() {
     std::env::set_var("PGT_CFG_TEST_TOKEN", "tok-123");
-    let f =
-        forward(json!({"stream_table": "s", "sink_type": "nats", "nats_token": "${env:PGT_CFG_TEST_TOKEN}"})).unwrap();
-    assert_eq!(f.sink.options["token"], "tok-123");
+    let f = forward(json!({"stream_table": "s", "sink_type": "nats", "nats_url": "nats://x",
+                           "nats_token": "${env:PGT_CFG_TEST_TOKEN}"}))
+    .unwrap();
+    let SinkConfig::Nats(c) = &f.sink.config else { panic!("nats") };
+    assert_eq!(c.connection.token.as_ref().map(|t| t.expose()), Some("tok-123"));
     let e = forward(json!({"stream_table": "s", "sink_type": "nats", "nats_token": "${env:PGT_CFG_TEST_UNSET}"}))
         .unwrap_err();
     assert!(e.message.contains("nats_token") && e.message.contains("PGT_CFG_TEST_UNSET"), "{e}");
@@ -119,7 +124,7 @@ fn secrets_resolve_inside_pipeline_config_and_missing_ones_fail() {
 fn reverse_shapes_parse_with_inbox_aliases() {
     let nested = row(
         Direction::Reverse,
-        json!({"source_type": "nats", "source": {"type": "nats", "url": "nats://x"}, "sink_type": "pg-inbox",
+        json!({"source_type": "nats", "source": {"type": "nats", "url": "nats://x", "stream": "commands"}, "sink_type": "pg-inbox",
                "sink": {"inbox": "orders_inbox", "max_retries": 3}}),
     );
     let flat = row(
@@ -133,23 +138,27 @@ fn reverse_shapes_parse_with_inbox_aliases() {
                 assert_eq!(spec.source_type, "nats");
                 assert_eq!(spec.inbox_table, "orders_inbox");
                 // Flat keys lose the backend prefix, like the nested ones are written.
-                assert_eq!(spec.options["url"], "nats://x");
-                assert!(!spec.options.contains_key("nats_url") && !spec.options.contains_key("type"));
+                let SourceConfig::Nats(c) = &spec.source else { panic!("nats") };
+                assert_eq!(c.connection.url.as_str(), "nats://x");
             }
             PipelineSpec::Forward(_) => panic!("expected reverse"),
         }
     }
-    let e = row(Direction::Reverse, json!({"source_type": "nats"})).parse().unwrap_err();
+    let e = row(Direction::Reverse, json!({"source_type": "nats", "nats_url": "nats://x", "nats_stream": "s"}))
+        .parse()
+        .unwrap_err();
     assert!(e.message.contains("inbox_table"), "{e}");
 }
 
 #[test]
 fn max_inflight_is_an_alias_of_max_in_flight() {
-    let f = forward(json!({"stream_table": "t", "sink_type": "nats", "max_inflight": 64})).unwrap();
-    assert_eq!(f.sink.options["max_in_flight"], 64);
-    assert!(!f.sink.options.contains_key("max_inflight"));
-    let nested =
-        forward(json!({"stream_table": "t", "sink": {"type": "kafka", "max_inflight": 8, "max_in_flight": 9}}))
-            .unwrap();
-    assert_eq!(nested.sink.options["max_in_flight"], 9, "the explicit key wins");
+    let f =
+        forward(json!({"stream_table": "t", "sink_type": "nats", "nats_url": "nats://x", "max_inflight": 64})).unwrap();
+    let SinkConfig::Nats(c) = &f.sink.config else { panic!("nats") };
+    assert_eq!(c.max_in_flight.map(|n| n.get()), Some(64));
+    let nested = forward(json!({"stream_table": "t",
+        "sink": {"type": "kafka", "brokers": "k:9092", "max_inflight": 8, "max_in_flight": 9}}))
+    .unwrap();
+    let SinkConfig::Kafka(c) = &nested.sink.config else { panic!("kafka") };
+    assert_eq!(c.max_in_flight.map(|n| n.get()), Some(9), "the later key wins");
 }

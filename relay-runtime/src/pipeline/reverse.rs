@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::{borrow, borrow_to_finish, report, WorkerLink, MAX_BACKOFF, START_RETRY};
+use crate::backend::fields::Text;
 use crate::catalog::connect::jitter;
 use crate::catalog::pool::{pipeline_lock_held, Work};
 use crate::config::ReverseSpec;
 use crate::inbox::{self, InboxError, InboxRow, InboxTable};
 use crate::message::Payload;
-use crate::sink::options::Options;
 use crate::source::{self, Incoming, Outcome, Source, SourceContext};
 use crate::state::{PipelineState, PipelineStatus, RelayState};
 
@@ -37,16 +37,17 @@ pub struct Mapping {
 }
 
 impl Mapping {
-    pub fn from_options(spec: &ReverseSpec) -> Result<Self, crate::sink::BuildError> {
-        let o = Options::new("inbox", &spec.options);
-        Ok(Self {
-            source_name: o.str(&["source_name"])?.unwrap_or(&spec.name).to_owned(),
-            event_id_field: o.str(&["event_id_field", "dedup_key_field"])?.map(str::to_owned),
-            event_type_field: o.str(&["event_type_field"])?.unwrap_or("event_type").to_owned(),
-            default_event_type: o.str(&["event_type", "default_event_type"])?.unwrap_or(&spec.source_type).to_owned(),
-            aggregate_id_field: o.str(&["aggregate_id_field"])?.map(str::to_owned),
-            max_message_bytes: o.u64("max_message_bytes", 1_048_576, 1, 256 * 1_048_576)? as usize,
-        })
+    pub fn of(spec: &ReverseSpec) -> Self {
+        let k = &spec.keys;
+        let text = |t: &Option<Text>| t.as_ref().map(|t| t.0.clone());
+        Self {
+            source_name: text(&k.source_name).unwrap_or_else(|| spec.name.clone()),
+            event_id_field: text(&k.event_id_field),
+            event_type_field: text(&k.event_type_field).unwrap_or_else(|| "event_type".to_owned()),
+            default_event_type: text(&k.event_type).unwrap_or_else(|| spec.source_type.to_owned()),
+            aggregate_id_field: text(&k.aggregate_id_field),
+            max_message_bytes: k.max_message_bytes.map_or(1_048_576, |n| n.get() as usize),
+        }
     }
 
     /// The inbox row of a message, or why it is poison.
@@ -258,13 +259,11 @@ async fn setup(
     client: &Work,
     spec: &ReverseSpec,
 ) -> Result<(Mapping, InboxTable, usize, Box<dyn Source>), (bool, String)> {
-    let bad = |e: crate::sink::BuildError| (false, e.to_string());
-    let mapping = Mapping::from_options(spec).map_err(bad)?;
-    let table = inbox_table(spec).map_err(bad)?;
-    let o = Options::new("inbox", &spec.options);
-    let batch_size = o.u64("batch_size", 1000, 1, 100_000).map_err(bad)? as usize;
+    let mapping = Mapping::of(spec);
+    let table = inbox_table(spec);
+    let batch_size = spec.keys.batch_size.map_or(1000, |n| n.get() as usize);
     table
-        .ensure(&**client, o.bool("create_inbox", false).map_err(bad)?)
+        .ensure(&**client, spec.keys.create_inbox.is_some_and(|f| f.0))
         .await
         .map_err(|e| (e.is_retryable(), e.to_string()))?;
     let source = source::build(spec, &SourceContext { pipeline: &spec.name })
@@ -275,9 +274,8 @@ async fn setup(
 
 /// The inbox table of a reverse pipeline: `inbox_table`, in `schema` (or `inbox_schema`) when
 /// the name is bare.
-pub fn inbox_table(spec: &ReverseSpec) -> Result<InboxTable, crate::sink::BuildError> {
-    let o = Options::new("inbox", &spec.options);
-    Ok(InboxTable::parse(&spec.inbox_table, o.str(&["schema", "inbox_schema"])?))
+pub fn inbox_table(spec: &ReverseSpec) -> InboxTable {
+    InboxTable::parse(&spec.inbox_table, spec.keys.schema.as_ref().map(Text::as_str))
 }
 
 /// Records a failure in the status, reports it (with the counts not reported yet) and waits;

@@ -22,18 +22,15 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
-use super::options::Options;
 use super::{BuildError, Published, Sink, SinkContext, SinkError};
+use crate::backend::fields::Flag;
+use crate::backend::kafka::{scrub, KafkaSinkConfig};
 
 mod deliveries;
 use crate::message::{RelayMessage, Template};
 use deliveries::{Deliveries, Reports};
 
 const BACKEND: &str = "kafka";
-
-/// Settings that may carry secrets: never echoed in errors or logs.
-const SECRET_SETTINGS: &[&str] =
-    &["sasl.password", "ssl.key.password", "ssl.keystore.password", "sasl.oauthbearer.client.secret"];
 
 enum PartitionKey {
     Dedup,
@@ -57,91 +54,44 @@ pub struct KafkaSink {
     body: Vec<u8>,
 }
 
-/// The librdkafka settings of a sink spec: ours first, then the `rdkafka` passthrough map.
-fn client_config(o: &Options<'_>, pipeline: &str) -> Result<ClientConfig, BuildError> {
-    let mut c = base_config(o, pipeline)?;
+/// The librdkafka settings of a sink: ours first, then the `rdkafka` passthrough map.
+fn client_config(cfg: &KafkaSinkConfig, pipeline: &str) -> ClientConfig {
+    let mut c = cfg.client.base_config(pipeline);
+    let flag = |f: Option<Flag>, default: bool| f.map_or(default, |f| f.0).to_string();
+    let int = |n: Option<u64>, default: u64| n.unwrap_or(default).to_string();
     // A metadata lookup must not create the topic with the broker's defaults behind our back.
     c.set("allow.auto.create.topics", "false")
-        .set("enable.idempotence", o.bool("idempotent", true)?.to_string())
-        .set("acks", o.choice("acks", &["all", "1", "0", "-1"], "all")?)
-        .set("compression.type", o.choice("compression", &["none", "gzip", "snappy", "lz4", "zstd"], "lz4")?)
-        .set("linger.ms", o.u64("linger_ms", 5, 0, 900_000)?.to_string())
-        .set("batch.num.messages", o.u64("batch_num_messages", 10_000, 1, 1_000_000)?.to_string())
-        .set("message.timeout.ms", o.u64("delivery_timeout_ms", 30_000, 1_000, 3_600_000)?.to_string())
-        .set("queue.buffering.max.messages", o.u64("queue_max_messages", 100_000, 1, 10_000_000)?.to_string());
-    passthrough(o, &mut c)?;
-    Ok(c)
+        .set("enable.idempotence", flag(cfg.idempotent, true))
+        .set("acks", cfg.acks.map_or("all", |a| a.0.as_str()))
+        .set("compression.type", cfg.compression.map_or("lz4", |a| a.0.as_str()))
+        .set("linger.ms", int(cfg.linger_ms.map(|n| n.get()), 5))
+        .set("batch.num.messages", int(cfg.batch_num_messages.map(|n| n.get()), 10_000))
+        .set("message.timeout.ms", int(cfg.delivery_timeout_ms.map(|n| n.get()), 30_000))
+        .set("queue.buffering.max.messages", int(cfg.queue_max_messages.map(|n| n.get()), 100_000));
+    cfg.client.passthrough(&mut c);
+    c
 }
 
-/// Brokers, client id and security settings, shared by the Kafka sink and source.
-pub fn base_config(o: &Options<'_>, pipeline: &str) -> Result<ClientConfig, BuildError> {
-    let brokers = match o.str_list("brokers")? {
-        Some(b) if !b.is_empty() => b.join(","),
-        _ => o.required_str(&["brokers", "bootstrap_servers"])?.to_owned(),
+pub async fn build(cfg: &KafkaSinkConfig, ctx: &SinkContext<'_>) -> Result<Box<dyn Sink>, BuildError> {
+    let config = client_config(cfg, ctx.pipeline);
+    let topic = match &cfg.topic {
+        Some(t) => t.0.clone(),
+        None => Template::parse("pgtrickle.{stream_table}")
+            .map_err(|e| BuildError::option(BACKEND, "topic", e.to_string()))?,
     };
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers).set("client.id", format!("pgtrickle-relay-{pipeline}"));
-    if let Some(v) = o.str(&["security_protocol"])? {
-        c.set("security.protocol", v);
-    }
-    if let Some(v) = o.str(&["sasl_mechanism", "sasl_mechanisms"])? {
-        c.set("sasl.mechanism", v);
-    }
-    if let Some(v) = o.str(&["sasl_username"])? {
-        c.set("sasl.username", v);
-    }
-    if let Some(v) = o.str(&["sasl_password"])? {
-        c.set("sasl.password", v);
-    }
-    if let Some(v) = o.str(&["tls_ca", "ssl_ca_location"])? {
-        c.set("ssl.ca.location", v);
-    }
-    if let Some(v) = o.str(&["tls_cert", "ssl_certificate_location"])? {
-        c.set("ssl.certificate.location", v);
-    }
-    if let Some(v) = o.str(&["tls_key", "ssl_key_location"])? {
-        c.set("ssl.key.location", v);
-    }
-    Ok(c)
-}
-
-/// The `rdkafka` object, applied last: it can override anything.
-pub fn passthrough(o: &Options<'_>, c: &mut ClientConfig) -> Result<(), BuildError> {
-    for (k, v) in o.string_map("rdkafka")? {
-        c.set(k, v);
-    }
-    Ok(())
-}
-
-/// A librdkafka error with any secret setting's value removed.
-pub fn scrub(message: String, config: &ClientConfig) -> String {
-    SECRET_SETTINGS
-        .iter()
-        .filter_map(|k| config.get(k))
-        .filter(|v| !v.is_empty())
-        .fold(message, |m, v| m.replace(v, "****"))
-}
-
-pub async fn build(
-    options: &serde_json::Map<String, serde_json::Value>,
-    ctx: &SinkContext<'_>,
-) -> Result<Box<dyn Sink>, BuildError> {
-    let o = Options::new(BACKEND, options);
-    let config = client_config(&o, ctx.pipeline)?;
-    let topic = o.template(&["topic", "topic_template"], "pgtrickle.{stream_table}")?;
-    let key = match (o.str(&["key_field"])?, o.str(&["key_template"])?) {
-        (Some(f), _) => PartitionKey::Field(f.to_owned()),
-        (None, Some(t)) => PartitionKey::Template(o.template(&["key_template"], t)?),
+    let key = match (&cfg.key_field, &cfg.key_template) {
+        (Some(f), _) => PartitionKey::Field(f.0.clone()),
+        (None, Some(t)) => PartitionKey::Template(t.0.clone()),
         (None, None) => PartitionKey::Dedup,
     };
-    let deliveries = Arc::new(Deliveries::new(o.u64("max_in_flight", 50_000, 1, 1_000_000)? as usize));
+    let deliveries = Arc::new(Deliveries::new(cfg.max_in_flight.map_or(50_000, |n| n.get() as usize)));
     let producer: ThreadedProducer<Reports> =
         config.create_with_context(Reports(deliveries.clone())).map_err(|e| BuildError::Option {
             backend: BACKEND,
             key: "rdkafka".into(),
             message: scrub(format!("invalid producer setting: {e}"), &config),
         })?;
-    let timeout = o.millis("connect_timeout_ms", 10_000)?;
+    let timeout = cfg.connect_timeout_ms.map_or(Duration::from_secs(10), |n| n.millis());
     let sink = KafkaSink {
         producer: Arc::new(producer),
         config: config.clone(),
@@ -160,14 +110,14 @@ pub async fn build(
         Ok(true) => {}
         Ok(false) => {
             let name = fixed.unwrap_or_default();
-            if !o.bool("create_topic", false)? {
+            if !cfg.create_topic.is_some_and(|f| f.0) {
                 return Err(BuildError::Open {
                     backend: BACKEND,
                     message: format!("Kafka topic '{name}' does not exist; create it or set \"create_topic\": true"),
                 });
             }
-            let partitions = o.u64("partitions", 3, 1, 100_000)? as i32;
-            let replication = o.u64("replication_factor", 1, 1, 100)? as i32;
+            let partitions = cfg.partitions.map_or(3, |n| n.get() as i32);
+            let replication = cfg.replication_factor.map_or(1, |n| n.get() as i32);
             create_topic(&config, &name, partitions, replication).await?;
         }
         Err(message) => return Err(BuildError::Unreachable { backend: BACKEND, message: scrub(message, &config) }),

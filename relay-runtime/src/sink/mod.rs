@@ -9,7 +9,6 @@
 pub mod kafka;
 #[cfg(feature = "nats")]
 pub mod nats;
-pub mod options;
 #[cfg(feature = "pg-inbox")]
 pub mod pg_inbox;
 #[cfg(feature = "rabbitmq")]
@@ -27,7 +26,7 @@ pub mod window;
 
 use futures::future::BoxFuture;
 
-use crate::config::{SinkKind, SinkSpec};
+use crate::config::{SinkConfig, SinkKind, SinkSpec};
 use crate::message::RelayMessage;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -95,28 +94,7 @@ pub struct Published {
     pub duplicates: u64,
 }
 
-/// Why a sink could not be built from its spec.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum BuildError {
-    #[error("sink type '{0}' is not compiled into this binary; rebuild with `--features {0}`")]
-    NotCompiled(&'static str),
-    #[error("sink type '{0}' is not available in this version of pgtrickle-relay yet (available: stdout, file, nats, webhook, pg-inbox, redis, kafka, rabbitmq, sqs)")]
-    NotYetAvailable(&'static str),
-    #[error("{backend}: key '{key}': {message}")]
-    Option { backend: &'static str, key: String, message: String },
-    #[error("{backend}: {message}")]
-    Open { backend: &'static str, message: String },
-    /// The target could not be reached; retried with backoff, the pipeline is `degraded`.
-    #[error("{backend}: {message}")]
-    Unreachable { backend: &'static str, message: String },
-}
-
-impl BuildError {
-    /// Whether waiting (not a config change) can fix this.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, BuildError::Unreachable { .. })
-    }
-}
+pub use crate::backend::BuildError;
 
 /// What a sink may need to know about its pipeline.
 #[derive(Debug, Clone, Copy)]
@@ -139,47 +117,29 @@ pub struct SinkContext<'a> {
 /// Builds the sink a pipeline asks for.
 pub async fn build(spec: &SinkSpec, ctx: &SinkContext<'_>) -> Result<Box<dyn Sink>, BuildError> {
     let _ = ctx; // unused when only stdout is compiled in
-    match spec.kind {
+    match &spec.config {
         #[cfg(feature = "nats")]
-        SinkKind::Nats => nats::build(&spec.options, ctx).await,
+        SinkConfig::Nats(c) => nats::build(c, ctx).await,
         #[cfg(feature = "pg-inbox")]
-        SinkKind::PgInbox => pg_inbox::build(&spec.options, ctx).await,
+        SinkConfig::PgInbox(c) => pg_inbox::build(c, ctx).await,
         #[cfg(feature = "webhook")]
-        SinkKind::Webhook => webhook::build(&spec.options, ctx).await,
+        SinkConfig::Webhook(c) => webhook::build(c, ctx).await,
         #[cfg(feature = "redis")]
-        SinkKind::Redis => redis::build(&spec.options, ctx).await,
+        SinkConfig::Redis(c) => redis::build(c, ctx).await,
         #[cfg(feature = "kafka")]
-        SinkKind::Kafka => kafka::build(&spec.options, ctx).await,
+        SinkConfig::Kafka(c) => kafka::build(c, ctx).await,
         #[cfg(feature = "rabbitmq")]
-        SinkKind::Rabbitmq => rabbitmq::build(&spec.options, ctx).await,
+        SinkConfig::Rabbitmq(c) => rabbitmq::build(c, ctx).await,
         #[cfg(feature = "sqs")]
-        SinkKind::Sqs => sqs::build(&spec.options, ctx).await,
+        SinkConfig::Sqs(c) => sqs::build(c, ctx).await,
         #[cfg(feature = "stdout")]
-        SinkKind::Stdout | SinkKind::File => stdout::build(spec).await,
-        #[cfg(not(feature = "stdout"))]
-        SinkKind::Stdout | SinkKind::File => Err(BuildError::NotCompiled("stdout")),
+        SinkConfig::Stdout(_) | SinkConfig::File(_) => stdout::build(&spec.config).await,
         // Reached only for backends left out of this build.
         #[allow(unreachable_patterns)]
-        other => {
-            let compiled = match other {
-                SinkKind::Nats => cfg!(feature = "nats"),
-                SinkKind::Webhook => cfg!(feature = "webhook"),
-                SinkKind::Kafka => cfg!(feature = "kafka"),
-                SinkKind::Redis => cfg!(feature = "redis"),
-                SinkKind::Sqs => cfg!(feature = "sqs"),
-                SinkKind::Rabbitmq => cfg!(feature = "rabbitmq"),
-                SinkKind::PgInbox => cfg!(feature = "pg-inbox"),
-                SinkKind::Stdout | SinkKind::File => true,
-            };
-            let feature = match other {
-                SinkKind::PgInbox => "pg-inbox",
-                k => k.as_str(),
-            };
-            if compiled {
-                Err(BuildError::NotYetAvailable(feature))
-            } else {
-                Err(BuildError::NotCompiled(feature))
-            }
-        }
+        _ => Err(BuildError::NotCompiled(match spec.kind {
+            SinkKind::PgInbox => "pg-inbox",
+            SinkKind::Stdout | SinkKind::File => "stdout",
+            k => k.as_str(),
+        })),
     }
 }

@@ -6,7 +6,6 @@
 //! `Nats-Msg-Id` = its dedup key, so a batch published again after a crash or a retry is
 //! dropped by JetStream's duplicate window instead of being stored twice.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::header::HeaderMap;
@@ -14,10 +13,9 @@ use async_nats::jetstream::context::{CreateStreamErrorKind, GetStreamErrorKind, 
 use async_nats::jetstream::{self, stream};
 use futures::future::BoxFuture;
 
-use super::options::Options;
 use super::window::AckWindow;
 use super::{BuildError, Published, Sink, SinkContext, SinkError};
-use crate::catalog::redact_url;
+use crate::backend::nats::NatsSinkConfig;
 use crate::message::RelayMessage;
 
 const BACKEND: &str = "nats";
@@ -30,73 +28,22 @@ pub struct NatsSink {
     window: AckWindow,
 }
 
-pub async fn build(
-    options: &serde_json::Map<String, serde_json::Value>,
-    ctx: &SinkContext<'_>,
-) -> Result<Box<dyn Sink>, BuildError> {
-    let o = Options::new(BACKEND, options);
-    let window = o.u64("max_in_flight", 1024, 1, 65_536)? as usize;
-    let ack_timeout = o.millis("ack_timeout_ms", 10_000)?;
-    let client = connect(&o, format!("pgtrickle-relay {}", ctx.pipeline)).await?;
+pub async fn build(cfg: &NatsSinkConfig, ctx: &SinkContext<'_>) -> Result<Box<dyn Sink>, BuildError> {
+    let window = cfg.max_in_flight.map_or(1024, |n| n.get() as usize);
+    let ack_timeout = cfg.ack_timeout_ms.map_or(Duration::from_secs(10), |n| n.millis());
+    let client = cfg.connection.connect(format!("pgtrickle-relay {}", ctx.pipeline)).await?;
     let js = jetstream::ContextBuilder::new().timeout(ack_timeout).max_ack_inflight(window).build(client.clone());
 
-    if let Some(name) = o.str(&["stream"])? {
-        ensure_stream(&js, &o, name, ctx).await?;
+    if let Some(name) = &cfg.stream {
+        ensure_stream(&js, cfg, name.as_str(), ctx).await?;
     }
     Ok(Box::new(NatsSink { client, js, window: AckWindow::new(window) }))
-}
-
-/// Connects with the connection keys shared by the NATS sink and source: `url`, `user` +
-/// `password`, `token`, `nkey`, `credentials_file`, `tls_ca`, `tls_cert` + `tls_key`,
-/// `tls_required`, `connect_timeout_ms`.
-pub async fn connect(o: &Options<'_>, name: String) -> Result<async_nats::Client, BuildError> {
-    let url = o.required_str(&["url", "servers"])?;
-    let mut connect =
-        async_nats::ConnectOptions::new().name(name).connection_timeout(o.millis("connect_timeout_ms", 5_000)?);
-    if let Some(path) = o.str(&["credentials_file", "creds"])? {
-        connect = connect.credentials_file(path).await.map_err(|e| BuildError::Option {
-            backend: BACKEND,
-            key: "credentials_file".into(),
-            message: format!("cannot read {path}: {e}"),
-        })?;
-    }
-    if let Some(user) = o.str(&["user", "username"])? {
-        connect = connect.user_and_password(user.to_owned(), o.str(&["password"])?.unwrap_or_default().to_owned());
-    }
-    if let Some(token) = o.str(&["token"])? {
-        connect = connect.token(token.to_owned());
-    }
-    if let Some(seed) = o.str(&["nkey", "nkey_seed"])? {
-        connect = connect.nkey(seed.to_owned());
-    }
-    if let Some(ca) = o.str(&["tls_ca", "tls_ca_file"])? {
-        connect = connect.add_root_certificates(PathBuf::from(ca)).require_tls(true);
-    }
-    match (o.str(&["tls_cert", "tls_cert_file"])?, o.str(&["tls_key", "tls_key_file"])?) {
-        (Some(cert), Some(key)) => connect = connect.add_client_certificate(cert.into(), key.into()),
-        (None, None) => {}
-        _ => {
-            return Err(BuildError::Option {
-                backend: BACKEND,
-                key: "tls_cert".into(),
-                message: "tls_cert and tls_key go together".into(),
-            })
-        }
-    }
-    if o.bool("tls_required", false)? {
-        connect = connect.require_tls(true);
-    }
-    let client = connect.connect(url).await.map_err(|e| BuildError::Unreachable {
-        backend: BACKEND,
-        message: format!("cannot connect to {}: {e}", redact_url(url)),
-    })?;
-    Ok(client)
 }
 
 /// Checks that the configured stream exists, or creates it when `create_stream` is true.
 async fn ensure_stream(
     js: &jetstream::Context,
-    o: &Options<'_>,
+    cfg: &NatsSinkConfig,
     name: &str,
     ctx: &SinkContext<'_>,
 ) -> Result<(), BuildError> {
@@ -110,7 +57,7 @@ async fn ensure_stream(
                     message: format!("cannot look up stream '{name}': {e}"),
                 });
             }
-            if !o.bool("create_stream", false)? {
+            if !cfg.create_stream.is_some_and(|f| f.0) {
                 return Err(BuildError::Open {
                     backend: BACKEND,
                     message: format!(
@@ -119,11 +66,14 @@ async fn ensure_stream(
                     ),
                 });
             }
-            let subjects = o.str_list("stream_subjects")?.unwrap_or_else(|| vec![subject_filter(ctx.subject_template)]);
+            let subjects = cfg
+                .stream_subjects
+                .as_ref()
+                .map_or_else(|| vec![subject_filter(ctx.subject_template)], |l| l.0.clone());
             let config = stream::Config {
                 name: name.to_owned(),
                 subjects: subjects.clone(),
-                duplicate_window: Duration::from_secs(o.u64("duplicate_window_seconds", 120, 1, 86_400 * 7)?),
+                duplicate_window: Duration::from_secs(cfg.duplicate_window_seconds.map_or(120, |n| n.get())),
                 ..Default::default()
             };
             match js.create_stream(config).await {

@@ -8,10 +8,10 @@
 //! written again after a crash adds nothing; the rows it skipped are reported as duplicates.
 
 use futures::future::BoxFuture;
-use serde_json::Value;
 
-use super::options::Options;
 use super::{BuildError, Published, Sink, SinkContext, SinkError};
+use crate::backend::fields::Text;
+use crate::backend::pg_inbox::{InboxEventType, PgInboxSinkConfig};
 use crate::catalog::pool::WorkPool;
 use crate::catalog::{self, redact_url, DbConnection};
 use crate::inbox::{self, InboxError, InboxRow, InboxTable};
@@ -39,26 +39,14 @@ pub struct PgInboxSink {
     source: String,
 }
 
-pub async fn build(
-    options: &serde_json::Map<String, Value>,
-    ctx: &SinkContext<'_>,
-) -> Result<Box<dyn Sink>, BuildError> {
-    let o = Options::new(BACKEND, options);
-    let url = o.str(&["postgres_url", "url"])?.unwrap_or(ctx.postgres_url).to_owned();
-    let table = o.required_str(&["inbox_table", "inbox", "table"])?;
-    let table = InboxTable::parse(table, o.str(&["schema"])?);
-    let event_type = match o.str(&["event_type"])? {
-        None | Some("subject") => EventType::Subject,
-        Some("op") => EventType::Op,
-        Some(other) => {
-            return Err(BuildError::Option {
-                backend: BACKEND,
-                key: "event_type".into(),
-                message: format!("'{other}' is not one of subject, op"),
-            })
-        }
+pub async fn build(cfg: &PgInboxSinkConfig, ctx: &SinkContext<'_>) -> Result<Box<dyn Sink>, BuildError> {
+    let url = cfg.postgres_url.as_ref().map_or(ctx.postgres_url, Text::as_str).to_owned();
+    let table = InboxTable::parse(cfg.inbox_table.as_str(), cfg.schema.as_ref().map(Text::as_str));
+    let event_type = match cfg.event_type.map(|c| c.0) {
+        None | Some(InboxEventType::Subject) => EventType::Subject,
+        Some(InboxEventType::Op) => EventType::Op,
     };
-    let aggregate_id_field = o.str(&["aggregate_id_field", "aggregate_id"])?.map(str::to_owned);
+    let aggregate_id_field = cfg.aggregate_id_field.as_ref().map(|f| f.0.clone());
     let app_name = format!("pgtrickle-relay {} inbox", ctx.pipeline);
     let unreachable = |e: &dyn std::fmt::Display| BuildError::Unreachable {
         backend: BACKEND,
@@ -74,7 +62,7 @@ pub async fn build(
         (None, Some(w)) => &**w,
         (None, None) => unreachable!("one of them was just set"),
     };
-    table.ensure(client, o.bool("create_inbox", false)?).await.map_err(|e| match e {
+    table.ensure(client, cfg.create_inbox.is_some_and(|f| f.0)).await.map_err(|e| match e {
         InboxError::Retryable(message) => BuildError::Unreachable { backend: BACKEND, message },
         InboxError::Permanent(message) | InboxError::Row(message) => BuildError::Open { backend: BACKEND, message },
     })?;

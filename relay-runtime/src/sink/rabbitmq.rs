@@ -12,9 +12,9 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareO
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 
-use super::options::Options;
 use super::window::AckWindow;
 use super::{BuildError, Published, Sink, SinkContext, SinkError};
+use crate::backend::rabbitmq::RabbitmqSinkConfig;
 use crate::catalog::redact_url;
 use crate::message::{RelayMessage, Template};
 
@@ -47,21 +47,18 @@ fn exchange_kind(kind: &str) -> ExchangeKind {
     }
 }
 
-pub async fn build(
-    options: &serde_json::Map<String, serde_json::Value>,
-    ctx: &SinkContext<'_>,
-) -> Result<Box<dyn Sink>, BuildError> {
-    let o = Options::new(BACKEND, options);
-    let url = o.required_str(&["url"])?.to_owned();
+pub async fn build(cfg: &RabbitmqSinkConfig, ctx: &SinkContext<'_>) -> Result<Box<dyn Sink>, BuildError> {
+    let url = cfg.url.0.clone();
     if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-        return Err(o.error("url", format!("expected amqp:// or amqps://, got '{}'", redact_url(&url))));
+        return Err(BuildError::option(
+            BACKEND,
+            "url",
+            format!("expected amqp:// or amqps://, got '{}'", redact_url(&url)),
+        ));
     }
-    let exchange = o.str(&["exchange"])?.unwrap_or("pgtrickle").to_owned();
-    let kind = o.choice("exchange_type", &["topic", "direct", "fanout", "headers"], "topic")?;
-    let routing_key = match o.str(&["routing_key_template", "routing_key"])? {
-        Some(_) => Some(o.template(&["routing_key_template", "routing_key"], "")?),
-        None => None,
-    };
+    let exchange = cfg.exchange.as_ref().map_or_else(|| "pgtrickle".to_owned(), |x| x.0.clone());
+    let kind = cfg.exchange_type.map_or("topic", |t| t.0.as_str());
+    let routing_key = cfg.routing_key_template.as_ref().map(|t| t.0.clone());
     let mut sink = RabbitSink {
         url,
         pipeline: ctx.pipeline.to_owned(),
@@ -69,16 +66,16 @@ pub async fn build(
         channel: None,
         exchange,
         routing_key,
-        mandatory: o.bool("mandatory", true)?,
+        mandatory: cfg.mandatory.is_none_or(|f| f.0),
         stream_table: ctx.stream_table.to_owned(),
         outbox_table: ctx.outbox_table.to_owned(),
-        window: AckWindow::new(o.u64("max_in_flight", 1024, 1, 65_535)? as usize),
+        window: AckWindow::new(cfg.max_in_flight.map_or(1024, |n| n.get() as usize)),
     };
     let channel =
         sink.channel().await.map_err(|e| BuildError::Unreachable { backend: BACKEND, message: e.to_string() })?;
     // The default exchange ("") cannot be declared; it always exists.
-    if o.bool("declare_exchange", true)? && !sink.exchange.is_empty() {
-        let opts = ExchangeDeclareOptions { durable: o.bool("durable", true)?, ..Default::default() };
+    if cfg.declare_exchange.is_none_or(|f| f.0) && !sink.exchange.is_empty() {
+        let opts = ExchangeDeclareOptions { durable: cfg.durable.is_none_or(|f| f.0), ..Default::default() };
         channel
             .exchange_declare(ShortString::from(sink.exchange.as_str()), exchange_kind(kind), opts, FieldTable::default())
             .await

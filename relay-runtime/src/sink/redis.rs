@@ -19,8 +19,8 @@ use std::collections::{HashMap, VecDeque};
 
 use futures::future::BoxFuture;
 
-use super::options::Options;
 use super::{BuildError, Published, Sink, SinkContext, SinkError};
+use crate::backend::redis::RedisSinkConfig;
 use crate::catalog::redact_url;
 use crate::message::{RelayMessage, Template};
 
@@ -108,19 +108,18 @@ fn unreachable(url: &str, e: &redis::RedisError) -> SinkError {
     SinkError::Retryable { backend: BACKEND, message: format!("{}: {e}", redact_url(url)) }
 }
 
-pub async fn build(
-    options: &serde_json::Map<String, serde_json::Value>,
-    ctx: &SinkContext<'_>,
-) -> Result<Box<dyn Sink>, BuildError> {
-    let o = Options::new(BACKEND, options);
-    let url = o.required_str(&["url"])?.to_owned();
-    let stream_key = Template::parse(o.str(&["stream_key", "stream"])?.unwrap_or("pgtrickle.{stream_table}"))
-        .map_err(|e| BuildError::Option { backend: BACKEND, key: "stream_key".into(), message: e.to_string() })?;
-    let maxlen = match o.u64("maxlen", 0, 0, u64::MAX >> 1)? {
+pub async fn build(cfg: &RedisSinkConfig, ctx: &SinkContext<'_>) -> Result<Box<dyn Sink>, BuildError> {
+    let url = cfg.connection.url.0.clone();
+    let stream_key = match &cfg.stream_key {
+        Some(t) => t.0.clone(),
+        None => Template::parse("pgtrickle.{stream_table}")
+            .map_err(|e| BuildError::option(BACKEND, "stream_key", e.to_string()))?,
+    };
+    let maxlen = match cfg.maxlen.map_or(0, |n| n.get()) {
         0 => String::new(),
         n => n.to_string(),
     };
-    let client = client(&o, &url)?;
+    let client = cfg.connection.client()?;
     let mut sink = RedisSink {
         client,
         url: url.clone(),
@@ -131,7 +130,7 @@ pub async fn build(
         stream_table: ctx.stream_table.to_owned(),
         outbox_table: ctx.outbox_table.to_owned(),
         maxlen,
-        dedup: o.bool("dedup", true)?,
+        dedup: cfg.dedup.is_none_or(|f| f.0),
         inflight: VecDeque::new(),
         last_sent: HashMap::new(),
     };
@@ -139,31 +138,6 @@ pub async fn build(
         .await
         .map_err(|e| BuildError::Unreachable { backend: BACKEND, message: format!("cannot connect to Redis: {e}") })?;
     Ok(Box::new(sink))
-}
-
-/// A client for `url`; `rediss://` is TLS, verified against the system's roots or `tls_ca` (a PEM
-/// file), with `tls_cert` + `tls_key` for client certificates. Shared with the Redis source.
-pub fn client(o: &Options<'_>, url: &str) -> Result<redis::Client, BuildError> {
-    let read = |key: &str| -> Result<Option<Vec<u8>>, BuildError> {
-        match o.str(&[key])? {
-            None => Ok(None),
-            Some(path) => std::fs::read(path).map(Some).map_err(|e| o.error(key, format!("cannot read {path}: {e}"))),
-        }
-    };
-    let not_a_url = |e: redis::RedisError| o.error("url", format!("not a Redis URL ({}): {e}", redact_url(url)));
-    let ca = read("tls_ca")?;
-    let client_tls = match (read("tls_cert")?, read("tls_key")?) {
-        (Some(client_cert), Some(client_key)) => Some(redis::ClientTlsConfig { client_cert, client_key }),
-        (None, None) => None,
-        _ => return Err(o.error("tls_cert", "tls_cert and tls_key go together")),
-    };
-    if ca.is_none() && client_tls.is_none() {
-        return redis::Client::open(url).map_err(not_a_url);
-    }
-    if !url.starts_with("rediss://") {
-        return Err(o.error("tls_ca", "TLS settings need a rediss:// URL"));
-    }
-    redis::Client::build_with_tls(url, redis::TlsCertificates { client_tls, root_cert: ca }).map_err(not_a_url)
 }
 
 impl RedisSink {

@@ -11,15 +11,14 @@
 
 use std::time::Duration;
 
-use aws_sdk_sqs::config::{Credentials, Region};
-use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata};
-use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::error::DisplayErrorContext;
+use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use sha2::{Digest, Sha256};
 
-use super::options::Options;
 use super::{BuildError, Published, Sink, SinkContext, SinkError};
+use crate::backend::sqs::{check_queue, SqsSinkConfig};
 use crate::message::{RelayMessage, Template};
 
 const BACKEND: &str = "sqs";
@@ -39,80 +38,32 @@ pub struct SqsSink {
     calls_in_flight: usize,
 }
 
-pub async fn build(
-    options: &serde_json::Map<String, serde_json::Value>,
-    ctx: &SinkContext<'_>,
-) -> Result<Box<dyn Sink>, BuildError> {
-    let o = Options::new(BACKEND, options);
-    let (client, queue_url) = client(&o).await?;
+pub async fn build(cfg: &SqsSinkConfig, ctx: &SinkContext<'_>) -> Result<Box<dyn Sink>, BuildError> {
+    let (client, queue_url) = cfg.client.client().await?;
     let fifo = queue_url.ends_with(".fifo");
     let default_inflight = if fifo { 1 } else { 10 };
     let sink = SqsSink {
         client,
         fifo,
-        group: o.template(&["message_group_id", "message_group_id_template"], "{stream_table}")?,
+        group: match &cfg.message_group_id {
+            Some(t) => t.0.clone(),
+            None => Template::parse("{stream_table}")
+                .map_err(|e| BuildError::option(BACKEND, "message_group_id", e.to_string()))?,
+        },
         stream_table: ctx.stream_table.to_owned(),
         outbox_table: ctx.outbox_table.to_owned(),
-        calls_in_flight: o.u64("max_in_flight", default_inflight, 1, 100)? as usize,
+        calls_in_flight: cfg.max_in_flight.map_or(default_inflight, |n| n.get() as usize),
         queue_url,
     };
     if sink.fifo && sink.calls_in_flight > 1 {
-        return Err(o.error("max_in_flight", "a FIFO queue takes one SendMessageBatch at a time (ordering)"));
+        return Err(BuildError::option(
+            BACKEND,
+            "max_in_flight",
+            "a FIFO queue takes one SendMessageBatch at a time (ordering)",
+        ));
     }
     check_queue(&sink.client, &sink.queue_url).await?;
     Ok(Box::new(sink))
-}
-
-/// The client and queue URL of a sink or source spec: `queue_url`, `region`, `endpoint_url`,
-/// `access_key_id` + `secret_access_key` (+ `session_token`), else the AWS default chain.
-pub async fn client(o: &Options<'_>) -> Result<(aws_sdk_sqs::Client, String), BuildError> {
-    let queue_url = o.required_str(&["queue_url"])?.to_owned();
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-    if let Some(region) = o.str(&["region"])? {
-        loader = loader.region(Region::new(region.to_owned()));
-    }
-    if let Some(endpoint) = o.str(&["endpoint_url", "endpoint"])? {
-        loader = loader.endpoint_url(endpoint);
-    }
-    match (o.str(&["access_key_id"])?, o.str(&["secret_access_key"])?) {
-        (Some(id), Some(secret)) => {
-            let token = o.str(&["session_token"])?.map(str::to_owned);
-            loader = loader.credentials_provider(Credentials::new(id, secret, token, None, "pgtrickle-relay config"));
-        }
-        (None, None) => {} // the AWS default chain: environment, profile, web identity, instance role
-        _ => return Err(o.error("access_key_id", "access_key_id and secret_access_key go together")),
-    }
-    let config = loader.load().await;
-    if config.region().is_none() {
-        return Err(o.error("region", "no AWS region: set \"region\" (or AWS_REGION for the relay)"));
-    }
-    Ok((aws_sdk_sqs::Client::new(&config), queue_url))
-}
-
-/// Checks that the queue exists (and that the credentials may see it).
-pub async fn check_queue(client: &aws_sdk_sqs::Client, queue_url: &str) -> Result<(), BuildError> {
-    let r =
-        client.get_queue_attributes().queue_url(queue_url).attribute_names(QueueAttributeName::QueueArn).send().await;
-    match r {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            let code = e.code().unwrap_or_default().to_owned();
-            let text = DisplayErrorContext(&e).to_string();
-            if code.contains("NonExistentQueue") || code.contains("QueueDoesNotExist") {
-                Err(BuildError::Open {
-                    backend: BACKEND,
-                    message: format!("SQS queue {queue_url} does not exist; create it"),
-                })
-            } else if e.as_service_error().is_some() {
-                Err(BuildError::Open { backend: BACKEND, message: format!("cannot use SQS queue {queue_url}: {text}") })
-            } else {
-                Err(BuildError::Unreachable {
-                    backend: BACKEND,
-                    message: format!("cannot reach SQS for {queue_url}: {text}"),
-                })
-            }
-        }
-    }
 }
 
 /// A FIFO deduplication id: the dedup key, or its SHA-256 when longer than SQS's 128 characters.

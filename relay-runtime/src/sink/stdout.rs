@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 use super::{BuildError, Published, Sink, SinkError};
-use crate::config::{SinkKind, SinkSpec};
+use crate::backend::fields::Text;
+use crate::config::SinkConfig;
 use crate::message::RelayMessage;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,37 +39,14 @@ pub struct StdoutSink {
     buf: Vec<u8>,
 }
 
-pub async fn build(spec: &SinkSpec) -> Result<Box<dyn Sink>, BuildError> {
-    let backend = if spec.kind == SinkKind::File { "file" } else { "stdout" };
-    let format = match spec.options.get("format") {
-        None | Some(Value::Null) => Format::JsonLines,
-        Some(Value::String(s)) => match s.as_str() {
-            "jsonl" | "json_lines" | "ndjson" => Format::JsonLines,
-            "json" | "pretty" | "json_pretty" => Format::Pretty,
-            other => {
-                return Err(BuildError::Option {
-                    backend,
-                    key: "format".into(),
-                    message: format!("unknown format '{other}' (use jsonl or json)"),
-                })
-            }
-        },
-        Some(_) => {
-            return Err(BuildError::Option { backend, key: "format".into(), message: "expected a string".into() })
-        }
+pub async fn build(config: &SinkConfig) -> Result<Box<dyn Sink>, BuildError> {
+    let (format, path) = match config {
+        SinkConfig::Stdout(c) => (c.format, c.path.as_ref().map(Text::as_str)),
+        SinkConfig::File(c) => (c.format, Some(c.path.as_str())),
+        _ => return Err(BuildError::option("stdout", "type", "not a stdout or file sink")),
     };
-    let path = ["path", "output", "file"].iter().find_map(|k| spec.options.get(*k)).and_then(Value::as_str);
-    let path = match (spec.kind, path) {
-        (_, Some(p)) if p != "-" && p != "stdout" => Some(PathBuf::from(p)),
-        (SinkKind::File, _) => {
-            return Err(BuildError::Option {
-                backend,
-                key: "path".into(),
-                message: "the file sink needs a 'path' to append to".into(),
-            })
-        }
-        _ => None,
-    };
+    let format = if format.is_some_and(|f| f.0.pretty()) { Format::Pretty } else { Format::JsonLines };
+    let path = path.filter(|p| *p != "-" && *p != "stdout").map(PathBuf::from);
     let target = match path {
         Some(path) => {
             let opened = {

@@ -19,8 +19,9 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AF
 use reqwest::{Method, StatusCode};
 use sha2::Sha256;
 
-use super::options::Options;
 use super::{BuildError, Published, Sink, SinkContext, SinkError};
+use crate::backend::fields::Text;
+use crate::backend::webhook::{Method as HttpMethod, WebhookSinkConfig};
 use crate::catalog::redact_url;
 use crate::message::RelayMessage;
 
@@ -45,65 +46,53 @@ fn opt_err(key: &str, message: impl Into<String>) -> BuildError {
     BuildError::Option { backend: BACKEND, key: key.to_owned(), message: message.into() }
 }
 
-pub async fn build(
-    options: &serde_json::Map<String, serde_json::Value>,
-    _ctx: &SinkContext<'_>,
-) -> Result<Box<dyn Sink>, BuildError> {
-    let o = Options::new(BACKEND, options);
-    let url = o.required_str(&["url", "endpoint"])?.to_owned();
+pub async fn build(cfg: &WebhookSinkConfig, _ctx: &SinkContext<'_>) -> Result<Box<dyn Sink>, BuildError> {
+    let url = cfg.url.0.clone();
     let parsed = reqwest::Url::parse(&url).map_err(|e| opt_err("url", format!("not a URL: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(opt_err("url", "must be an http:// or https:// URL"));
     }
-    let method = match o.str(&["method"])?.unwrap_or("POST").to_ascii_uppercase().as_str() {
-        "POST" => Method::POST,
-        "PUT" => Method::PUT,
-        "PATCH" => Method::PATCH,
-        other => return Err(opt_err("method", format!("'{other}' is not one of POST, PUT, PATCH"))),
+    let method = match cfg.method.map(|m| m.0) {
+        None | Some(HttpMethod::Post) => Method::POST,
+        Some(HttpMethod::Put) => Method::PUT,
+        Some(HttpMethod::Patch) => Method::PATCH,
     };
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(USER_AGENT, HeaderValue::from_static(concat!("pgtrickle-relay/", env!("CARGO_PKG_VERSION"))));
-    match options.get("headers") {
-        None | Some(serde_json::Value::Null) => {}
-        Some(serde_json::Value::Object(map)) => {
-            for (k, v) in map {
-                let name = HeaderName::from_bytes(k.as_bytes())
-                    .map_err(|_| opt_err("headers", format!("'{k}' is not a header name")))?;
-                let value = v
-                    .as_str()
-                    .and_then(|s| HeaderValue::from_str(s).ok())
-                    .ok_or_else(|| opt_err("headers", format!("value of '{k}' must be a string without newlines")))?;
-                headers.insert(name, value);
-            }
-        }
-        Some(_) => return Err(opt_err("headers", "expected an object of header names to strings")),
+    for (k, v) in cfg.headers.iter().flat_map(|h| &h.0) {
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| opt_err("headers", format!("'{k}' is not a header name")))?;
+        let value = HeaderValue::from_str(v)
+            .map_err(|_| opt_err("headers", format!("value of '{k}' must be a string without newlines")))?;
+        headers.insert(name, value);
     }
-    let timeout = o.millis("timeout_ms", 10_000)?;
+    let timeout = cfg.timeout_ms.map_or(Duration::from_secs(10), |n| n.millis());
     let mut builder = reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true);
-    if let Some(ca) = o.str(&["tls_ca", "tls_ca_file"])? {
+    if let Some(ca) = &cfg.tls_ca {
+        let ca = ca.as_str();
         let pem = std::fs::read(ca).map_err(|e| opt_err("tls_ca", format!("cannot read {ca}: {e}")))?;
         let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| opt_err("tls_ca", format!("{ca}: {e}")))?;
         builder = builder.add_root_certificate(cert);
     }
     let client = builder.build().map_err(|e| BuildError::Open { backend: BACKEND, message: e.to_string() })?;
     let signature_header =
-        HeaderName::from_bytes(o.str(&["signature_header"])?.unwrap_or("X-Pgtrickle-Signature").as_bytes())
+        HeaderName::from_bytes(cfg.signature_header.as_ref().map_or("X-Pgtrickle-Signature", Text::as_str).as_bytes())
             .map_err(|_| opt_err("signature_header", "not a header name"))?;
     Ok(Box::new(WebhookSink {
         client,
         url,
         method,
         headers,
-        batch_mode: o.bool("batch_mode", true)?,
-        max_batch: o.u64("max_batch_messages", 100, 1, 100_000)? as usize,
-        in_flight: o.u64("max_in_flight", 1, 1, 1024)? as usize,
-        retries: o.u64("max_retries", 3, 0, 100)? as u32,
-        signing_secret: o.str(&["signing_secret", "hmac_secret"])?.map(|s| s.as_bytes().to_vec()),
+        batch_mode: cfg.batch_mode.is_none_or(|f| f.0),
+        max_batch: cfg.max_batch_messages.map_or(100, |n| n.get() as usize),
+        in_flight: cfg.max_in_flight.map_or(1, |n| n.get() as usize),
+        retries: cfg.max_retries.map_or(3, |n| n.get() as u32),
+        signing_secret: cfg.signing_secret.as_ref().map(|s| s.expose().as_bytes().to_vec()),
         signature_header,
     }))
 }

@@ -20,9 +20,9 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{Incoming, Outcome, Source, SourceContext, SourceError};
-use crate::sink::kafka::{base_config, passthrough, scrub};
-use crate::sink::options::Options;
-use crate::sink::BuildError;
+use crate::backend::fields::Text;
+use crate::backend::kafka::{scrub, KafkaSourceConfig};
+use crate::backend::BuildError;
 
 const BACKEND: &str = "kafka";
 
@@ -55,23 +55,19 @@ fn retryable(message: String) -> SourceError {
     SourceError::Retryable { backend: BACKEND, message }
 }
 
-pub async fn build(
-    options: &serde_json::Map<String, serde_json::Value>,
-    ctx: &SourceContext<'_>,
-) -> Result<Box<dyn Source>, BuildError> {
-    let o = Options::new(BACKEND, options);
-    let topics = match o.str_list("topics")? {
-        Some(t) if !t.is_empty() => t,
-        _ => vec![o.required_str(&["topic", "topics"])?.to_owned()],
-    };
-    let mut config = base_config(&o, ctx.pipeline)?;
+pub async fn build(cfg: &KafkaSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn Source>, BuildError> {
+    let topics = cfg.topic.0.clone();
+    if topics.is_empty() {
+        return Err(BuildError::option(BACKEND, "topic", "names no topic"));
+    }
+    let mut config = cfg.client.base_config(ctx.pipeline);
     config
-        .set("group.id", o.str(&["group_id", "group"])?.unwrap_or(ctx.pipeline))
+        .set("group.id", cfg.group_id.as_ref().map_or(ctx.pipeline, Text::as_str))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", o.choice("auto_offset_reset", &["earliest", "latest"], "earliest")?)
-        .set("session.timeout.ms", o.u64("session_timeout_ms", 10_000, 1_000, 3_600_000)?.to_string());
-    passthrough(&o, &mut config)?;
+        .set("auto.offset.reset", cfg.auto_offset_reset.map_or("earliest", |c| c.0.as_str()))
+        .set("session.timeout.ms", cfg.session_timeout_ms.map_or(10_000, |n| n.get()).to_string());
+    cfg.client.passthrough(&mut config);
     let consumer: StreamConsumer<RebalanceGuard> =
         config.create_with_context(RebalanceGuard::default()).map_err(|e| BuildError::Option {
             backend: BACKEND,

@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use crate::config::ReverseSpec;
-use crate::sink::BuildError;
+use crate::backend::BuildError;
+use crate::config::{ReverseSpec, SourceConfig};
 
 /// One message as received.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,34 +103,21 @@ pub struct SourceContext<'a> {
 /// Builds the source a reverse pipeline asks for.
 pub async fn build(spec: &ReverseSpec, ctx: &SourceContext<'_>) -> Result<Box<dyn Source>, BuildError> {
     let _ = ctx;
-    match spec.source_type.as_str() {
+    match &spec.source {
         #[cfg(feature = "nats")]
-        "nats" => nats::build(&spec.options, ctx).await,
+        SourceConfig::Nats(c) => nats::build(c, ctx).await,
         #[cfg(feature = "webhook")]
-        "webhook" | "http" => webhook::build(&spec.options, ctx).await,
+        SourceConfig::Webhook(c) => webhook::build(c, ctx).await,
         #[cfg(feature = "redis")]
-        "redis" => redis::build(&spec.options, ctx).await,
+        SourceConfig::Redis(c) => redis::build(c, ctx).await,
         #[cfg(feature = "rabbitmq")]
-        "rabbitmq" => rabbitmq::build(&spec.options, ctx).await,
+        SourceConfig::Rabbitmq(c) => rabbitmq::build(c, ctx).await,
         #[cfg(feature = "kafka")]
-        "kafka" => kafka::build(&spec.options, ctx).await,
-        #[cfg(not(feature = "kafka"))]
-        "kafka" => Err(BuildError::NotCompiled("kafka")),
-        #[cfg(not(feature = "rabbitmq"))]
-        "rabbitmq" => Err(BuildError::NotCompiled("rabbitmq")),
-        #[cfg(not(feature = "redis"))]
-        "redis" => Err(BuildError::NotCompiled("redis")),
-        #[cfg(not(feature = "nats"))]
-        "nats" => Err(BuildError::NotCompiled("nats")),
-        #[cfg(not(feature = "webhook"))]
-        "webhook" | "http" => Err(BuildError::NotCompiled("webhook")),
+        SourceConfig::Kafka(c) => kafka::build(c, ctx).await,
         #[cfg(feature = "sqs")]
-        "sqs" => sqs::build(&spec.options, ctx).await,
-        #[cfg(not(feature = "sqs"))]
-        "sqs" => Err(BuildError::NotCompiled("sqs")),
-        other => Err(BuildError::Open {
-            backend: "source",
-            message: format!("unknown source type '{other}' (expected nats, webhook, kafka, redis, sqs, rabbitmq)"),
-        }),
+        SourceConfig::Sqs(c) => sqs::build(c, ctx).await,
+        // Reached only for backends left out of this build.
+        #[allow(unreachable_patterns)]
+        _ => Err(BuildError::NotCompiled(spec.source_type)),
     }
 }

@@ -13,8 +13,9 @@ use futures::future::BoxFuture;
 use futures::StreamExt;
 
 use super::{Incoming, Outcome, Source, SourceContext, SourceError};
-use crate::sink::options::Options;
-use crate::sink::BuildError;
+use crate::backend::fields::Text;
+use crate::backend::nats::{DeliverPolicy as Policy, NatsSourceConfig};
+use crate::backend::BuildError;
 
 const BACKEND: &str = "nats";
 
@@ -29,31 +30,27 @@ fn retryable(message: String) -> SourceError {
     SourceError::Retryable { backend: BACKEND, message }
 }
 
-pub async fn build(
-    options: &serde_json::Map<String, serde_json::Value>,
-    ctx: &SourceContext<'_>,
-) -> Result<Box<dyn Source>, BuildError> {
-    let o = Options::new(BACKEND, options);
-    let stream_name = o.required_str(&["stream"])?.to_owned();
-    let durable = o.str(&["consumer", "durable_name", "durable"])?.unwrap_or(ctx.pipeline).to_owned();
-    let filter = o.str(&["subject", "filter_subject"])?.map(str::to_owned);
-    let deliver_policy = match o.choice("deliver_policy", &["all", "new", "last"], "all")? {
-        "new" => DeliverPolicy::New,
-        "last" => DeliverPolicy::Last,
-        _ => DeliverPolicy::All,
+pub async fn build(cfg: &NatsSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn Source>, BuildError> {
+    let stream_name = cfg.stream.0.clone();
+    let durable = cfg.consumer.as_ref().map_or(ctx.pipeline, Text::as_str).to_owned();
+    let filter = cfg.subject.as_ref().map(|s| s.0.clone());
+    let deliver_policy = match cfg.deliver_policy.map(|c| c.0) {
+        Some(Policy::New) => DeliverPolicy::New,
+        Some(Policy::Last) => DeliverPolicy::Last,
+        None | Some(Policy::All) => DeliverPolicy::All,
     };
-    let ack_wait = Duration::from_secs(o.u64("ack_wait_seconds", 30, 1, 86_400)?);
-    let max_deliver = match o.u64("max_deliver", 0, 0, 1_000_000)? {
+    let ack_wait = Duration::from_secs(cfg.ack_wait_seconds.map_or(30, |n| n.get()));
+    let max_deliver = match cfg.max_deliver.map_or(0, |n| n.get()) {
         0 => -1,
         n => n as i64,
     };
-    let client = crate::sink::nats::connect(&o, format!("pgtrickle-relay {} (source)", ctx.pipeline)).await?;
+    let client = cfg.connection.connect(format!("pgtrickle-relay {} (source)", ctx.pipeline)).await?;
     let js = jetstream::new(client.clone());
     let stream = match js.get_stream(&stream_name).await {
         Ok(s) => s,
         Err(e) if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
         {
-            if !o.bool("create_stream", true)? {
+            if !cfg.create_stream.is_none_or(|f| f.0) {
                 return Err(BuildError::Open {
                     backend: BACKEND,
                     message: format!(
@@ -61,8 +58,8 @@ pub async fn build(
                     ),
                 });
             }
-            let subjects = match o.str_list("stream_subjects")? {
-                Some(s) => s,
+            let subjects = match &cfg.stream_subjects {
+                Some(s) => s.0.clone(),
                 None => vec![filter.clone().unwrap_or_else(|| format!("{stream_name}.>"))],
             };
             let config = stream::Config { name: stream_name.clone(), subjects: subjects.clone(), ..Default::default() };
@@ -93,7 +90,7 @@ pub async fn build(
         ack_policy: AckPolicy::Explicit,
         ack_wait,
         max_deliver,
-        max_ack_pending: o.u64("max_ack_pending", 20_000, 1, 1_000_000)? as i64,
+        max_ack_pending: cfg.max_ack_pending.map_or(20_000, |n| n.get() as i64),
         ..Default::default()
     };
     let consumer = stream.get_or_create_consumer(&durable, config).await.map_err(|e| BuildError::Open {

@@ -19,9 +19,10 @@ use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 use sha2::{Digest, Sha256};
 
 use super::{Incoming, Outcome, Source, SourceContext, SourceError};
+use crate::backend::fields::Text;
+use crate::backend::rabbitmq::RabbitmqSourceConfig;
+use crate::backend::BuildError;
 use crate::catalog::redact_url;
-use crate::sink::options::Options;
-use crate::sink::BuildError;
 
 const BACKEND: &str = "rabbitmq";
 
@@ -44,26 +45,24 @@ fn retryable(message: String) -> SourceError {
     SourceError::Retryable { backend: BACKEND, message }
 }
 
-pub async fn build(
-    options: &serde_json::Map<String, serde_json::Value>,
-    ctx: &SourceContext<'_>,
-) -> Result<Box<dyn Source>, BuildError> {
-    let o = Options::new(BACKEND, options);
-    let url = o.required_str(&["url"])?.to_owned();
+pub async fn build(cfg: &RabbitmqSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn Source>, BuildError> {
+    let url = cfg.url.0.clone();
     if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-        return Err(o.error("url", format!("expected amqp:// or amqps://, got '{}'", redact_url(&url))));
+        return Err(BuildError::option(
+            BACKEND,
+            "url",
+            format!("expected amqp:// or amqps://, got '{}'", redact_url(&url)),
+        ));
     }
-    let binding = match (o.str(&["exchange"])?, o.str(&["routing_key", "binding_key"])?) {
-        (Some(x), key) => Some((x.to_owned(), key.unwrap_or("#").to_owned())),
-        (None, _) => None,
-    };
+    let binding =
+        cfg.exchange.as_ref().map(|x| (x.0.clone(), cfg.routing_key.as_ref().map_or("#", Text::as_str).to_owned()));
     let mut source = RabbitSource {
         url,
-        queue: o.required_str(&["queue"])?.to_owned(),
-        tag: o.str(&["consumer_tag"])?.unwrap_or(ctx.pipeline).to_owned(),
-        prefetch: o.u64("prefetch_count", 4000, 1, 65_535)? as u16,
-        declare: o.bool("declare_queue", true)?,
-        durable: o.bool("durable", true)?,
+        queue: cfg.queue.0.clone(),
+        tag: cfg.consumer_tag.as_ref().map_or(ctx.pipeline, Text::as_str).to_owned(),
+        prefetch: cfg.prefetch_count.map_or(4000, |n| n.get() as u16),
+        declare: cfg.declare_queue.is_none_or(|f| f.0),
+        durable: cfg.durable.is_none_or(|f| f.0),
         binding,
         conn: None,
         channel: None,

@@ -14,9 +14,10 @@ use futures::future::BoxFuture;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 
 use super::{Incoming, Outcome, Source, SourceContext, SourceError};
+use crate::backend::fields::Text;
+use crate::backend::redis::RedisSourceConfig;
+use crate::backend::BuildError;
 use crate::catalog::redact_url;
-use crate::sink::options::Options;
-use crate::sink::BuildError;
 
 const BACKEND: &str = "redis";
 /// How often pending entries of other (possibly dead) consumers are looked at.
@@ -40,26 +41,22 @@ fn retryable(url: &str, e: &redis::RedisError) -> SourceError {
     SourceError::Retryable { backend: BACKEND, message: format!("{}: {e}", redact_url(url)) }
 }
 
-pub async fn build(
-    options: &serde_json::Map<String, serde_json::Value>,
-    ctx: &SourceContext<'_>,
-) -> Result<Box<dyn Source>, BuildError> {
-    let o = Options::new(BACKEND, options);
-    let url = o.required_str(&["url"])?.to_owned();
-    let client = crate::sink::redis::client(&o, &url)?;
+pub async fn build(cfg: &RedisSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn Source>, BuildError> {
+    let url = cfg.connection.url.0.clone();
+    let client = cfg.connection.client()?;
     let mut source = RedisSource {
         client,
         conn: None,
-        key: o.required_str(&["stream_key", "stream"])?.to_owned(),
-        group: o.str(&["group_name", "group"])?.unwrap_or("pgtrickle-relay").to_owned(),
-        consumer: o.str(&["consumer_name", "consumer"])?.unwrap_or(ctx.pipeline).to_owned(),
-        claim_idle_ms: o.u64("claim_idle_ms", 60_000, 1, 86_400_000)?,
+        key: cfg.stream_key.0.clone(),
+        group: cfg.group_name.as_ref().map_or("pgtrickle-relay", Text::as_str).to_owned(),
+        consumer: cfg.consumer_name.as_ref().map_or(ctx.pipeline, Text::as_str).to_owned(),
+        claim_idle_ms: cfg.claim_idle_ms.map_or(60_000, |n| n.get()),
         recover: true,
         last_claim: None,
         pending: Vec::new(),
         url,
     };
-    let start = o.str(&["start_id"])?.unwrap_or("0").to_owned();
+    let start = cfg.start_id.as_ref().map_or("0", Text::as_str).to_owned();
     let mut conn = source
         .connection()
         .await

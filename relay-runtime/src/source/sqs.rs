@@ -16,8 +16,8 @@ use aws_sdk_sqs::types::{
 use futures::future::BoxFuture;
 
 use super::{Incoming, Outcome, Source, SourceContext, SourceError};
-use crate::sink::options::Options;
-use crate::sink::BuildError;
+use crate::backend::sqs::{check_queue, SqsSourceConfig};
+use crate::backend::BuildError;
 
 const BACKEND: &str = "sqs";
 
@@ -33,18 +33,14 @@ fn retryable(message: String) -> SourceError {
     SourceError::Retryable { backend: BACKEND, message }
 }
 
-pub async fn build(
-    options: &serde_json::Map<String, serde_json::Value>,
-    ctx: &SourceContext<'_>,
-) -> Result<Box<dyn Source>, BuildError> {
+pub async fn build(cfg: &SqsSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn Source>, BuildError> {
     let _ = ctx;
-    let o = Options::new(BACKEND, options);
-    let (client, queue_url) = crate::sink::sqs::client(&o).await?;
-    crate::sink::sqs::check_queue(&client, &queue_url).await?;
+    let (client, queue_url) = cfg.client.client().await?;
+    check_queue(&client, &queue_url).await?;
     Ok(Box::new(SqsSource {
         client,
         queue_url,
-        visibility_timeout: o.u64("visibility_timeout", 30, 1, 43_200)? as i32,
+        visibility_timeout: cfg.visibility_timeout.map_or(30, |n| n.get() as i32),
         pending: Vec::new(),
     }))
 }

@@ -22,8 +22,9 @@ use warp::http::{HeaderMap, Method, StatusCode};
 use warp::Filter;
 
 use super::{Incoming, Outcome, Source, SourceContext, SourceError};
-use crate::sink::options::Options;
-use crate::sink::BuildError;
+use crate::backend::fields::Text;
+use crate::backend::webhook::WebhookSourceConfig;
+use crate::backend::BuildError;
 
 const BACKEND: &str = "webhook";
 /// Requests waiting for the runner; beyond this, senders get 503 and retry.
@@ -53,40 +54,37 @@ pub struct WebhookSource {
     pub addr: SocketAddr,
 }
 
-pub async fn build(
-    options: &serde_json::Map<String, serde_json::Value>,
-    ctx: &SourceContext<'_>,
-) -> Result<Box<dyn Source>, BuildError> {
-    let o = Options::new(BACKEND, options);
-    let bind = o.str(&["bind", "listen_addr", "listen"])?.unwrap_or("0.0.0.0:8080");
-    let addr: SocketAddr = bind.parse().map_err(|e| o.error("bind", format!("'{bind}' is not host:port ({e})")))?;
-    let mut path = o.str(&["path"])?.unwrap_or("/").to_owned();
+pub async fn build(cfg: &WebhookSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn Source>, BuildError> {
+    let err = |key: &str, m: String| BuildError::option(BACKEND, key, m);
+    let bind = cfg.bind.as_ref().map_or("0.0.0.0:8080", Text::as_str);
+    let addr: SocketAddr = bind.parse().map_err(|e| err("bind", format!("'{bind}' is not host:port ({e})")))?;
+    let mut path = cfg.path.as_ref().map_or("/", Text::as_str).to_owned();
     if !path.starts_with('/') {
         path.insert(0, '/');
     }
-    let auth_header = match (o.str(&["auth_header"])?, o.str(&["auth_value"])?) {
-        (Some(h), Some(v)) => Some((h.to_owned(), v.to_owned())),
+    let auth_header = match (&cfg.auth_header, &cfg.auth_value) {
+        (Some(h), Some(v)) => Some((h.0.clone(), v.expose().to_owned())),
         (None, None) => None,
-        _ => return Err(o.error("auth_header", "auth_header and auth_value go together")),
+        _ => return Err(err("auth_header", "auth_header and auth_value go together".into())),
     };
     let checks = std::sync::Arc::new(Checks {
         path,
-        bearer: o.str(&["auth_token", "bearer_token", "token"])?.map(str::to_owned),
+        bearer: cfg.auth_token.as_ref().map(|t| t.expose().to_owned()),
         auth_header,
-        signing_secret: o.str(&["signing_secret", "hmac_secret"])?.map(|s| s.as_bytes().to_vec()),
-        signature_header: o.str(&["signature_header"])?.unwrap_or("X-Pgtrickle-Signature").to_owned(),
-        max_body: o.u64("max_body_bytes", 1_048_576, 1, 256 * 1_048_576)? as usize,
+        signing_secret: cfg.signing_secret.as_ref().map(|s| s.expose().as_bytes().to_vec()),
+        signature_header: cfg.signature_header.as_ref().map_or("X-Pgtrickle-Signature", Text::as_str).to_owned(),
+        max_body: cfg.max_body_bytes.map_or(1_048_576, |n| n.get() as usize),
     });
     // HTTPS when a certificate and key (PEM files) are given.
-    let tls = match (o.str(&["tls_cert"])?, o.str(&["tls_key"])?) {
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
         (Some(cert), Some(key)) => {
-            for (k, path) in [("tls_cert", cert), ("tls_key", key)] {
-                std::fs::metadata(path).map_err(|e| o.error(k, format!("cannot read {path}: {e}")))?;
+            for (k, path) in [("tls_cert", cert.as_str()), ("tls_key", key.as_str())] {
+                std::fs::metadata(path).map_err(|e| err(k, format!("cannot read {path}: {e}")))?;
             }
-            Some((cert.to_owned(), key.to_owned()))
+            Some((cert.0.clone(), key.0.clone()))
         }
         (None, None) => None,
-        _ => return Err(o.error("tls_cert", "tls_cert and tls_key go together")),
+        _ => return Err(err("tls_cert", "tls_cert and tls_key go together".into())),
     };
     let (tx, rx) = mpsc::channel(QUEUE);
     let shutdown = CancellationToken::new();
