@@ -83,6 +83,10 @@ pub enum Command {
     Migrate,
     /// Validate every pipeline in the catalog; exit 1 if any is invalid
     Check,
+    /// Print the JSON Schema (draft 2020-12) of pipeline configs: every key of every sink and
+    /// source type (no database needed)
+    #[command(name = "config-schema")]
+    ConfigSchema,
     /// Inspect and manage pipelines
     #[command(subcommand)]
     Pipelines(PipelinesCommand),
@@ -172,6 +176,18 @@ pub fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> ExitCode {
+    if let Some(Command::ConfigSchema) = cli.command {
+        match serde_json::to_string_pretty(&crate::config::keys::CATALOG.json_schema()) {
+            Ok(text) => {
+                println!("{text}");
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let url = match postgres_url(&cli.global) {
         Ok(url) => url,
         Err(msg) => {
@@ -183,6 +199,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
         None | Some(Command::Run) => return run(&cli.global, &cli.run, url, CancellationToken::new()).await,
         Some(Command::Migrate) => migrate_cmd(&url).await,
         Some(Command::Check) => check_cmd(&url).await,
+        Some(Command::ConfigSchema) => Ok(ExitCode::SUCCESS),
         Some(Command::Pipelines(cmd)) => pipelines_cmd(&url, &cli.global.relay_group_id, cmd).await,
         Some(Command::Dlq(cmd)) => match connect_once(&url).await {
             Ok(conn) => crate::dlq::run(&conn.client, &cli.global.relay_group_id, cmd).await,

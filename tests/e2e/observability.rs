@@ -12,13 +12,29 @@ async fn bad_pipelines_are_reported_alone_and_healthy_ones_keep_running() {
     let (db, c, outbox) = db_with_outbox("good").await;
     c.batch_execute(
         r#"SELECT pgtrickle.set_relay_outbox('good', config => '{"stream_table": "good", "sink_type": "stdout"}'::jsonb);
-           SELECT pgtrickle.set_relay_outbox('bad-sink', config => '{"stream_table": "good", "sink_type": "carrier-pigeon"}'::jsonb);
-           SELECT pgtrickle.set_relay_outbox('no-table', config => '{"stream_table": "does_not_exist", "sink_type": "stdout"}'::jsonb);
-           SELECT pgtrickle.set_relay_outbox('secret-nats', config => '{"stream_table": "good", "sink_type": "kafka", "kafka_sasl_password": "hunter2-secret"}'::jsonb);
-           INSERT INTO pgtrickle.relay_outbox_config (name, enabled, config) VALUES ('not-an-object', true, '[1, 2]');"#,
+           SELECT pgtrickle.set_relay_outbox('no-table', config => '{"stream_table": "does_not_exist", "sink_type": "stdout"}'::jsonb);"#,
     )
     .await
     .unwrap();
+    // Configs the SQL call now refuses, stored as they could have been before it checked them.
+    let bad = [
+        ("bad-sink", r#"{"stream_table": "good", "sink_type": "carrier-pigeon"}"#),
+        ("secret-nats", r#"{"stream_table": "good", "sink_type": "kafka", "kafka_sasl_password": "hunter2-secret"}"#),
+        ("not-an-object", "[1, 2]"),
+        ("typo", r#"{"stream_table": "good", "sink_type": "stdout", "formatt": "json"}"#),
+    ];
+    for (name, config) in bad {
+        let refused = c
+            .execute("SELECT pgtrickle.set_relay_outbox($1, config => $2::text::jsonb)", &[&name, &config])
+            .await
+            .expect_err("the SQL call refuses it");
+        assert!(refused
+            .as_db_error()
+            .unwrap()
+            .message()
+            .starts_with(&format!("relay.invalid_config: pipeline '{name}': ")));
+        store_unchecked(&c, "relay_outbox_config", name, config).await;
+    }
     let relay = Relay::start(&db.url, "default", &[]);
     let id = write_inline(&c, &outbox, Some(json!([{"ok": true}]))).await;
     let msgs = relay.wait_for_messages(1, Duration::from_secs(10)).await;
@@ -29,13 +45,13 @@ async fn bad_pipelines_are_reported_alone_and_healthy_ones_keep_running() {
     })
     .await;
 
-    let health = eventually(Duration::from_secs(10), "all five pipelines in /health", || async {
+    let health = eventually(Duration::from_secs(10), "all six pipelines in /health", || async {
         let h = relay.health();
-        (h["pipelines"].as_array().unwrap().len() == 5).then_some(h)
+        (h["pipelines"].as_array().unwrap().len() == 6).then_some(h)
     })
     .await;
     assert_eq!(health["status"], "degraded");
-    assert_eq!(health["pipelines_owned"], 5);
+    assert_eq!(health["pipelines_owned"], 6);
     assert!(health["uptime_seconds"].is_u64());
     let by_name =
         |n: &str| -> Value { health["pipelines"].as_array().unwrap().iter().find(|p| p["name"] == n).unwrap().clone() };
@@ -45,6 +61,9 @@ async fn bad_pipelines_are_reported_alone_and_healthy_ones_keep_running() {
     assert!(by_name("no-table")["last_error"].as_str().unwrap().contains("outbox_does_not_exist does not exist"));
     assert!(by_name("not-an-object")["last_error"].as_str().unwrap().contains("JSON object"));
     assert!(by_name("secret-nats")["last_error"].as_str().unwrap().contains("kafka"));
+    let typo = "unknown key 'formatt' for a stdout sink; did you mean 'format'?";
+    assert_eq!(by_name("typo")["state"], "failed");
+    assert!(by_name("typo")["last_error"].as_str().unwrap().contains(typo), "{health}");
 
     // The same errors are in the status table for operators and the Kubernetes operator.
     let rows = c
@@ -52,7 +71,7 @@ async fn bad_pipelines_are_reported_alone_and_healthy_ones_keep_running() {
         .await
         .unwrap();
     let failed: Vec<String> = rows.iter().filter(|r| r.get::<_, String>(1) == "failed").map(|r| r.get(0)).collect();
-    assert_eq!(failed, vec!["bad-sink", "no-table", "not-an-object", "secret-nats"]);
+    assert_eq!(failed, vec!["bad-sink", "no-table", "not-an-object", "secret-nats", "typo"]);
 
     let (code, metrics) = eventually(Duration::from_secs(10), "lag and batch metrics", || async {
         let (code, m) = relay.get("/metrics");
@@ -74,7 +93,11 @@ async fn bad_pipelines_are_reported_alone_and_healthy_ones_keep_running() {
         metrics.contains(r#"pgtrickle_relay_pipeline_healthy{direction="forward",pipeline="good"} 1"#),
         "{metrics}"
     );
-    assert!(metrics.contains("pgtrickle_relay_pipelines_owned 5"), "{metrics}");
+    assert!(metrics.contains("pgtrickle_relay_pipelines_owned 6"), "{metrics}");
+    assert!(
+        metrics.contains(r#"pgtrickle_relay_pipeline_healthy{direction="forward",pipeline="typo"} 0"#),
+        "{metrics}"
+    );
     assert!(metrics.contains("pgtrickle_relay_batch_duration_seconds_bucket"), "{metrics}");
     assert!(metrics.contains(r#"pgtrickle_relay_lag_rows{pipeline="good"} 0"#), "{metrics}");
     assert_eq!(relay.get("/livez").0, 200);
@@ -85,7 +108,8 @@ async fn bad_pipelines_are_reported_alone_and_healthy_ones_keep_running() {
     assert!(!status.success());
     assert!(out.contains("ok     good"), "{out}");
     assert!(out.contains("ERROR  bad-sink") && out.contains("carrier-pigeon"), "{out}");
-    assert!(out.contains("5 pipeline(s) checked, 4 invalid"), "{out}");
+    assert!(out.contains(&format!("ERROR  typo (forward, enabled): pipeline 'typo': {typo}")), "{out}");
+    assert!(out.contains("6 pipeline(s) checked, 5 invalid"), "{out}");
 
     // `pipelines list --json` shows state and errors; `show` redacts the secret.
     let (status, out, err) = run_cli(&db.url, &["pipelines", "list", "--json"]);

@@ -65,3 +65,36 @@ async fn routing_keys_headers_and_unroutable_messages_held_back() {
     assert_eq!(got[0].body["payload"], json!({"id": 2}));
     assert!(rabbit.drain(&inserts).await.is_empty(), "nothing new for the insert queue");
 }
+
+/// `"exchange": ""` is RabbitMQ's default exchange: the routing key names the queue, and every
+/// message lands in it (the relay used to refuse the empty name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_exchange_publishes_straight_to_a_queue() {
+    let rabbit = Rabbit::connect().await;
+    let queue = rabbit.name("direct");
+    let mut args = lapin::types::FieldTable::default();
+    args.insert("x-expires".into(), lapin::types::AMQPValue::LongInt(600_000));
+    rabbit
+        .channel()
+        .queue_declare(queue.as_str().into(), lapin::options::QueueDeclareOptions::default(), args)
+        .await
+        .unwrap();
+    rabbit.forget_queue_later(&queue);
+
+    let (db, c, outbox) = db_with_outbox("orders").await;
+    let config = json!({"stream_table": "orders", "sink": {"type": "rabbitmq", "url": amqp_url(), "exchange": "",
+                        "routing_key": queue}});
+    c.execute("SELECT pgtrickle.set_relay_outbox('to-queue', config => $1::jsonb)", &[&config]).await.unwrap();
+    let _relay = Relay::start(&db.url, "default", &[]);
+    let rows: Vec<serde_json::Value> = (1..=50).map(|i| json!({"id": i, "__pgt_row_id": i})).collect();
+    let id = write_inline(&c, &outbox, Some(json!(rows))).await;
+    eventually(Duration::from_secs(10), "the snapshot committed", || async {
+        (committed_offset(&c, "default", "to-queue").await == Some(id)).then_some(())
+    })
+    .await;
+    let got = rabbit.drain(&queue).await;
+    assert_eq!(got.len(), 50, "every message in the queue");
+    let ids: std::collections::BTreeSet<u64> = got.iter().map(|m| m.body["payload"]["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, (1..=50).collect());
+    assert!(got.iter().all(|m| m.routing_key == queue));
+}

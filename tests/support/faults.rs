@@ -12,7 +12,7 @@ use tokio_postgres::Client;
 
 use crate::nats::NatsServer;
 use crate::private_pg::PrivatePostgres;
-use crate::{connect, create_inbox_table, db_with_outbox, enable_outbox, lock_holder, run_cli, Relay};
+use crate::{connect, create_inbox_table, db_with_outbox, enable_outbox, lock_holder, run_cli, store_unchecked, Relay};
 
 /// How hard each scenario pushes.
 #[derive(Debug, Clone)]
@@ -557,13 +557,16 @@ pub async fn malformed_beside_healthy(scale: &Scale) -> Value {
     for i in 0..3 {
         register(&c, &format!("healthy-{i}"), nats_config(&nats, "mixed", &format!("healthy.{i}.{{op}}"))).await;
     }
-    register(&c, "bad-sink-type", json!({"stream_table": "mixed", "sink_type": "carrier-pigeon"})).await;
-    register(
+    // Configs the SQL functions refuse, stored as they could have been before they checked them.
+    store_unchecked(
         &c,
-        "bad-batch-size",
-        json!({"stream_table": "mixed", "sink_type": "nats", "nats_url": nats.url(), "batch_size": "lots"}),
+        "relay_outbox_config",
+        "bad-sink-type",
+        r#"{"stream_table": "mixed", "sink_type": "carrier-pigeon"}"#,
     )
     .await;
+    let bad_batch = json!({"stream_table": "mixed", "sink_type": "nats", "nats_url": nats.url(), "batch_size": "lots"});
+    store_unchecked(&c, "relay_outbox_config", "bad-batch-size", &bad_batch.to_string()).await;
     register(&c, "missing-outbox", json!({"stream_table": "no_such_table", "sink_type": "stdout"})).await;
     register(
         &c,
@@ -572,12 +575,7 @@ pub async fn malformed_beside_healthy(scale: &Scale) -> Value {
     )
     .await;
     // Written behind the SQL functions' back: not even a JSON object.
-    c.execute(
-        "INSERT INTO pgtrickle.relay_outbox_config (name, enabled, config) VALUES ('not-an-object', true, '\"oops\"')",
-        &[],
-    )
-    .await
-    .unwrap();
+    store_unchecked(&c, "relay_outbox_config", "not-an-object", r#""oops""#).await;
     let relay = Relay::start(&db.url, "default", &[]);
     let rows = scale.rows / 4;
     let per = scale.per_refresh.min(rows.max(1));

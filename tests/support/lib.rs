@@ -163,6 +163,23 @@ pub async fn db_with_outbox(stream_table: &str) -> (TestDb, Client, String) {
     (db, c, outbox)
 }
 
+/// Stores a pipeline config as one written before the relay checked configs at the SQL call
+/// (or with its triggers disabled): nothing checks it. `table` is `relay_outbox_config` or
+/// `relay_inbox_config`.
+pub async fn store_unchecked(client: &Client, table: &str, name: &str, config: &str) {
+    let trigger = table.replace("_config", "_config_validate");
+    client
+        .batch_execute(&format!(
+            "BEGIN;
+             ALTER TABLE pgtrickle.{table} DISABLE TRIGGER {trigger};
+             INSERT INTO pgtrickle.{table} (name, enabled, config) VALUES ('{name}', true, '{config}');
+             ALTER TABLE pgtrickle.{table} ENABLE TRIGGER {trigger};
+             COMMIT;"
+        ))
+        .await
+        .unwrap();
+}
+
 /// An inbox table of pg_trickle's `create_inbox` shape, `qualified` = `schema.table`.
 pub async fn create_inbox_table(client: &Client, qualified: &str) {
     client

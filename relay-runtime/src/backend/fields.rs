@@ -251,23 +251,23 @@ pub struct TemplateText(pub Template);
 
 pub const TEMPLATE_VARIABLES: &[&str] = &["stream_table", "outbox_table", "op", "outbox_id", "refresh_id"];
 
-/// The first `{word}` of `source` that looks like a misspelt variable, with the variable meant.
+/// The first `{word}` of `source` (`word` of ASCII letters, digits and `_`) that looks like a
+/// misspelt variable, with the variable meant.
 pub fn misspelt_variable(source: &str) -> Option<(String, &'static str)> {
-    let mut rest = source;
-    while let Some(open) = rest.find('{') {
-        let after = &rest[open + 1..];
-        let Some(close) = after.find('}') else { break };
-        let word = &after[..close];
-        if !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            let lower = word.to_ascii_lowercase();
-            if !TEMPLATE_VARIABLES.contains(&word) {
-                if let Some(v) = TEMPLATE_VARIABLES.iter().find(|v| lower == **v || strsim::levenshtein(&lower, v) <= 2)
-                {
-                    return Some((word.to_owned(), v));
-                }
-            }
+    let bytes = source.as_bytes();
+    for (open, _) in source.match_indices('{') {
+        let len = bytes[open + 1..].iter().take_while(|b| b.is_ascii_alphanumeric() || **b == b'_').count();
+        if len == 0 || bytes.get(open + 1 + len) != Some(&b'}') {
+            continue;
         }
-        rest = &after[close..];
+        let word = &source[open + 1..open + 1 + len];
+        if TEMPLATE_VARIABLES.contains(&word) {
+            continue;
+        }
+        let lower = word.to_ascii_lowercase();
+        if let Some(v) = TEMPLATE_VARIABLES.iter().find(|v| strsim::levenshtein(&lower, v) <= 2) {
+            return Some((word.to_owned(), v));
+        }
     }
     None
 }

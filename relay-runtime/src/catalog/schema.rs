@@ -10,7 +10,7 @@
 use tokio_postgres::Client;
 
 /// Bumped whenever a migration is appended to [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// Advisory key serialising concurrent migrations (any constant distinct from pipeline locks,
 /// which use the two-int4 form).
@@ -104,6 +104,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "outbox epochs (recreated outboxes, reused ids)",
         steps: &[Step::Sql("outbox epochs", include_str!("sql/v4_outbox_epochs.sql"))],
     },
+    Migration {
+        version: 5,
+        description: "pipeline configs checked where they are written (key catalog, validation trigger)",
+        steps: &[Step::Sql("config validation", include_str!("sql/v5_config_validation.sql"))],
+    },
 ];
 
 /// Installs or upgrades the catalog; returns the version now installed.
@@ -176,7 +181,24 @@ pub async fn migrate(client: &mut Client) -> Result<i32, SchemaError> {
         tx.commit().await.map_err(wrap(m.version, "commit"))?;
         tracing::info!(version = m.version, description = m.description, "relay catalog migrated");
     }
+    store_key_catalog(client).await.map_err(wrap(SCHEMA_VERSION, "key catalog"))?;
     installed_version(client).await
+}
+
+/// Stores this relay's key catalog for the SQL-side validation of pipeline configs (when it
+/// differs from the stored one: a relay of another version wrote it, or none did).
+async fn store_key_catalog(client: &Client) -> Result<(), tokio_postgres::Error> {
+    let catalog = crate::config::keys::CATALOG.to_sql_json();
+    client
+        .execute(
+            "INSERT INTO pgtrickle.relay_config_keys AS k (id, catalog, relay_version) VALUES (true, $1, $2)
+             ON CONFLICT (id) DO UPDATE SET catalog = EXCLUDED.catalog, relay_version = EXCLUDED.relay_version,
+                                            updated_at = now()
+             WHERE k.catalog IS DISTINCT FROM EXCLUDED.catalog",
+            &[&catalog, &env!("CARGO_PKG_VERSION")],
+        )
+        .await
+        .map(drop)
 }
 
 /// The catalog version installed in the database (0 when none).

@@ -333,9 +333,14 @@ fn without_null(prop: &Value) -> Value {
     v
 }
 
-/// A value as it may be quoted in an error (never a secret's).
+/// A value as it may be quoted in an error (never a secret's): strings, booleans and integers
+/// as written (up to 60 characters), anything else by its type — the SQL side quotes alike.
 fn shown(v: &Value) -> String {
-    let s = v.to_string();
+    let s = match v {
+        Value::String(_) | Value::Bool(_) => v.to_string(),
+        Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
+        other => return json_type(other).to_owned(),
+    };
     if s.chars().count() > 60 {
         format!("{}…", s.chars().take(60).collect::<String>())
     } else {
@@ -413,7 +418,8 @@ pub fn check_value(kind: &Kind, v: &Value) -> Result<(), String> {
     }
 }
 
-/// The known key nearest to `key`, if one is near enough to be a typo.
+/// The known key nearest to `key`, if one is near enough to be a typo (ties: the shorter, then
+/// the first in byte order — `pgtrickle.relay_config_nearest` decides the same way).
 pub fn nearest<'a>(key: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let lower = key.to_ascii_lowercase();
     let limit = (key.chars().count() / 3).max(2);
@@ -421,7 +427,7 @@ pub fn nearest<'a>(key: &str, known: impl IntoIterator<Item = &'a str>) -> Optio
         .into_iter()
         .map(|k| (strsim::levenshtein(&lower, k), k))
         .filter(|(d, _)| *d <= limit)
-        .min_by_key(|(d, k)| (*d, k.len()))
+        .min_by_key(|(d, k)| (*d, k.len(), *k))
         .map(|(_, k)| k)
 }
 
@@ -501,15 +507,29 @@ impl Catalog {
     /// "prefixes", "keys": {key: rule}}]}, "reverse": …, "template_variables": […]}` where a
     /// rule is `{"kind", "min", "max", "choices", "required", "aliases"}`.
     pub fn to_sql_json(&self) -> Value {
+        let index = |set: &KeySet| {
+            let mut m = Map::new();
+            for r in &set.keys {
+                for n in std::iter::once(&r.name).chain(&r.aliases) {
+                    m.insert(n.clone(), json!(r.name));
+                }
+            }
+            Value::Object(m)
+        };
         let dir = |d: &DirectionKeys| {
             json!({
                 "role": d.role,
+                "known_types": d.known_types(),
+                "spellings": d.types.iter().flat_map(|t| t.spellings.iter().copied()).collect::<Vec<_>>(),
                 "pipeline": rules_json(&d.pipeline),
+                "pipeline_index": index(&d.pipeline),
                 "types": d.types.iter().map(|t| json!({
                     "name": t.name,
                     "spellings": t.spellings,
                     "prefixes": t.prefixes,
                     "keys": rules_json(&t.keys),
+                    "index": index(&t.keys),
+                    "flat_names": t.prefixes.first().map(|p| t.keys.names().map(|n| format!("{p}{n}")).collect::<Vec<_>>()).unwrap_or_default(),
                 })).collect::<Vec<_>>(),
             })
         };
@@ -524,3 +544,7 @@ impl Catalog {
 #[cfg(test)]
 #[path = "keys_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "keys_sql_tests.rs"]
+mod sql_tests;

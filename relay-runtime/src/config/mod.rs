@@ -12,6 +12,7 @@
 
 pub mod keys;
 pub mod redact;
+pub mod schema_doc;
 pub mod secrets;
 
 use std::time::Duration;
@@ -61,12 +62,20 @@ pub struct PipelineRow {
 #[error("pipeline '{pipeline}': {message}")]
 pub struct ConfigError {
     pub pipeline: String,
+    /// Every problem, joined by "; ".
     pub message: String,
+    /// Every problem found, one per key at fault.
+    pub problems: Vec<String>,
 }
 
 impl ConfigError {
     fn new(pipeline: &str, message: impl Into<String>) -> Self {
-        Self { pipeline: pipeline.to_owned(), message: message.into() }
+        let message = message.into();
+        Self { pipeline: pipeline.to_owned(), problems: vec![message.clone()], message }
+    }
+
+    fn all(pipeline: &str, problems: Vec<String>) -> Self {
+        Self { pipeline: pipeline.to_owned(), message: problems.join("; "), problems }
     }
 }
 
@@ -253,10 +262,15 @@ struct Sorted {
     backend: Map<String, Value>,
     paths: std::collections::HashMap<(bool, String), String>,
     problems: Vec<String>,
+    /// Whether a backend key sorted later replaces one sorted before (a pipeline key always does).
+    backend_overwrites: bool,
 }
 
 impl Sorted {
     fn put(&mut self, backend: bool, key: String, value: Value, path: String) {
+        if backend && !self.backend_overwrites && self.backend.contains_key(&key) {
+            return;
+        }
         self.paths.insert((backend, key.clone()), path);
         if backend {
             self.backend.insert(key, value);
@@ -435,18 +449,15 @@ fn parse_forward(name: &str, obj: &Map<String, Value>) -> Result<ForwardSpec, Co
         "missing key 'sink_type' (or 'sink.type'): where should messages go?",
     );
     let Some(ty) = ty else {
-        return Err(ConfigError::new(name, problems.join("; ")));
+        return Err(ConfigError::all(name, problems));
     };
-    let mut sorted = Sorted { problems, ..Sorted::default() };
-    // Later wins: the flat top level, then `source`, … as the stored shapes nest them; a nested
-    // `sink` key wins over its flat form.
-    sort_top(&mut sorted, dir, ty, obj);
-    let top_pipeline = std::mem::take(&mut sorted.pipeline);
+    let mut sorted = Sorted { problems, backend_overwrites: true, ..Sorted::default() };
+    // A pipeline key at the top wins over one in `source` or `sink`; a backend key in `sink`
+    // wins over its flat form at the top.
     sort_nested(&mut sorted, dir, ty, "source", &source, false);
     sort_nested(&mut sorted, dir, ty, "sink", &sink_obj, true);
-    for (k, v) in top_pipeline {
-        sorted.pipeline.insert(k, v);
-    }
+    sorted.backend_overwrites = false;
+    sort_top(&mut sorted, dir, ty, obj);
     sorted.check(dir, ty, obj.contains_key("sink"));
     let set = |k: &str| sorted.pipeline.get(k).is_some_and(|v| !v.is_null());
     if !set("outbox_table") && !set("stream_table") {
@@ -455,7 +466,7 @@ fn parse_forward(name: &str, obj: &Map<String, Value>) -> Result<ForwardSpec, Co
             .push("missing key 'stream_table' (or 'source.outbox'): which outbox should this pipeline read?".into());
     }
     if !sorted.problems.is_empty() {
-        return Err(ConfigError::new(name, sorted.problems.join("; ")));
+        return Err(ConfigError::all(name, sorted.problems));
     }
     let k: keys::ForwardKeys = typed(name, sorted.pipeline)?;
     let kind = SinkKind::parse(ty.name).ok_or_else(|| ConfigError::new(name, format!("sink '{}'", ty.name)))?;
@@ -532,9 +543,9 @@ fn parse_reverse(name: &str, obj: &Map<String, Value>) -> Result<ReverseSpec, Co
         "missing key 'source_type' (or 'source.type'): where do messages come from?",
     );
     let Some(ty) = ty else {
-        return Err(ConfigError::new(name, problems.join("; ")));
+        return Err(ConfigError::all(name, problems));
     };
-    let mut sorted = Sorted { problems, ..Sorted::default() };
+    let mut sorted = Sorted { problems, backend_overwrites: true, ..Sorted::default() };
     // Later wins: the flat top level, then `source`, then `sink` (where pg_trickle's positional
     // form keeps the inbox).
     sort_top(&mut sorted, dir, ty, obj);
@@ -547,7 +558,7 @@ fn parse_reverse(name: &str, obj: &Map<String, Value>) -> Result<ReverseSpec, Co
             .push("missing key 'inbox_table' (or 'sink.inbox'): which inbox should receive messages?".into());
     }
     if !sorted.problems.is_empty() {
-        return Err(ConfigError::new(name, sorted.problems.join("; ")));
+        return Err(ConfigError::all(name, sorted.problems));
     }
     let k: keys::ReverseKeys = typed(name, sorted.pipeline)?;
     let b = sorted.backend;
@@ -564,5 +575,7 @@ fn parse_reverse(name: &str, obj: &Map<String, Value>) -> Result<ReverseSpec, Co
     Ok(ReverseSpec { name: name.to_owned(), source_type: ty.name, inbox_table, keys: k, source })
 }
 
+#[cfg(test)]
+mod docs_tests;
 #[cfg(test)]
 mod tests;

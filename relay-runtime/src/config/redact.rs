@@ -4,8 +4,9 @@ use serde_json::Value;
 
 use crate::catalog::redact_url;
 
-/// Key names (or suffixes) whose values are secrets.
-const SECRET_KEYS: &[&str] = &[
+/// Name parts that make a key the catalog does not know (written before configs were checked)
+/// look like a secret.
+const SECRET_LOOKING: &[&str] = &[
     "password",
     "passwd",
     "secret",
@@ -23,9 +24,18 @@ const SECRET_KEYS: &[&str] = &[
     "secret_key",
 ];
 
+/// A key whose value is a secret: one typed as a secret in any backend's config
+/// ([`crate::backend::fields::Secret`]), or — for a key no backend knows — one whose name looks
+/// like a secret's.
 fn is_secret_key(key: &str) -> bool {
+    if super::keys::SECRET_KEYS.contains(key) {
+        return true;
+    }
+    if super::keys::ALL_KEYS.contains(key) {
+        return false;
+    }
     let k = key.to_ascii_lowercase();
-    SECRET_KEYS.iter().any(|s| k == *s || k.ends_with(&format!("_{s}")))
+    SECRET_LOOKING.iter().any(|s| k == *s || k.ends_with(&format!("_{s}")))
 }
 
 /// A copy of `value` with secret-looking keys replaced by `"***"` and passwords in URLs hidden.
@@ -92,5 +102,10 @@ mod tests {
         assert_eq!(r["sink"]["headers"]["X-Team"], "data");
         assert_eq!(r["stream_table"], "orders");
         assert!(!r.to_string().contains("hunter2"));
+        // Known by type, whatever the name: the webhook receiver's `auth_value`, an alias.
+        let r = redact_config(&json!({"source": {"auth_value": "v1", "hmac_secret": "v2", "bearer_token": "v3"},
+                                      "old_private_key": "v4", "stream": "not-secret"}));
+        assert!(!["v1", "v2", "v3", "v4"].iter().any(|v| r.to_string().contains(v)), "{r}");
+        assert_eq!(r["stream"], "not-secret");
     }
 }
