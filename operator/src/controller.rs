@@ -183,7 +183,7 @@ fn error_policy(group: Arc<RelayGroup>, error: &Error, ctx: Arc<Context>) -> Act
         })
         .unwrap_or(1);
     let secs = 2u64.saturating_pow(attempt.min(9)).min(300);
-    Action::requeue(relay_runtime::catalog::connect::jitter(Duration::from_secs(secs)))
+    Action::requeue(relay_runtime::backoff::jitter(Duration::from_secs(secs)))
 }
 
 /// Reads the PostgreSQL URL from the group's Secret.

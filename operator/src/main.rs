@@ -13,7 +13,7 @@ use relay_operator::controller::{self, Context};
 use relay_operator::leader::{self, LeaderConfig};
 use relay_operator::metrics::{self, Metrics};
 use relay_operator::mirror::MirrorTiming;
-use relay_runtime::cli::{parse_duration, shutdown_requested};
+use relay_runtime::runner::{parse_duration, shutdown_requested};
 use relay_runtime::telemetry::{self, LogFormat};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};

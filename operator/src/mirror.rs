@@ -154,7 +154,7 @@ impl Mirror {
                     self.sync_failed(msg).await;
                     tokio::select! {
                         () = cancel.cancelled() => return,
-                        () = tokio::time::sleep(catalog::connect::jitter(delay)) => {}
+                        () = tokio::time::sleep(relay_runtime::backoff::jitter(delay)) => {}
                     }
                     delay = (delay * 2).min(Duration::from_secs(30));
                     continue;

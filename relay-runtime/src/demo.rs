@@ -15,7 +15,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{self, schema};
-use crate::cli::{GlobalArgs, RunArgs};
+use crate::runner::{GlobalArgs, RunArgs};
 
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
@@ -100,7 +100,7 @@ pub async fn run(g: &GlobalArgs, r: &RunArgs, url: String, args: DemoArgs) -> Ex
     let stop = CancellationToken::new();
     let relay = {
         let (g, r, url, stop) = (g.clone(), r.clone(), url.clone(), stop.clone());
-        tokio::spawn(async move { crate::cli::run(&g, &r, url, stop).await })
+        tokio::spawn(async move { crate::runner::run(&g, &r, url, stop).await })
     };
     match write_and_wait(&url, &stop).await {
         Ok(last) => {

@@ -18,8 +18,7 @@ use crate::inbox;
 use crate::pipeline::reverse::Mapping;
 use crate::source::Incoming;
 
-/// The pseudo-header that keeps a message's subject (topic, routing key) in its dead letter.
-pub const SUBJECT_HEADER: &str = "Pgtrickle-Subject";
+use crate::catalog::dead_letters::SUBJECT_HEADER;
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {

@@ -5,6 +5,7 @@
 //! through advisory locks ([`coordinator`]) and runs one worker per owned pipeline ([`pipeline`]).
 
 pub mod backend;
+pub mod backoff;
 pub mod catalog;
 pub mod cli;
 pub mod config;
@@ -17,10 +18,14 @@ pub mod message;
 pub mod metrics;
 pub mod outbox;
 pub mod pipeline;
+pub mod redact;
+pub mod runner;
 pub mod sink;
 pub mod source;
 pub mod state;
 pub mod telemetry;
 
+#[cfg(test)]
+mod layering;
 #[cfg(test)]
 mod proptests;

@@ -21,11 +21,11 @@ async fn migrate_is_idempotent_and_safe_to_race() {
     for h in handles {
         let (status, out, err) = h.join().unwrap();
         assert!(status.success(), "{out}{err}");
-        assert!(out.contains("relay catalog installed (version 4)"), "{out}");
+        assert!(out.contains("relay catalog installed (version 5)"), "{out}");
     }
     let c = db.client().await;
     let versions: i64 = c.query_one("SELECT count(*) FROM pgtrickle.relay_schema_version", &[]).await.unwrap().get(0);
-    assert_eq!(versions, 4, "each migration recorded once");
+    assert_eq!(versions, 5, "each migration recorded once");
     for f in [
         "pgtrickle.set_relay_outbox(text,text,text,jsonb,integer,boolean)",
         "pgtrickle.set_relay_inbox(text,text,jsonb,integer,text,boolean,integer,boolean)",

@@ -231,7 +231,7 @@ async fn sql_pipelines_are_mirrored_within_two_seconds() {
 
     // A reverse pipeline with the same SQL name gets its own object.
     c.batch_execute(
-        r#"SELECT pgtrickle.set_relay_inbox('orders-to-nats', config => '{"source_type": "nats", "inbox_table": "orders_inbox", "nats_stream": "ORDERS"}'::jsonb)"#,
+        r#"SELECT pgtrickle.set_relay_inbox('orders-to-nats', config => '{"source_type": "nats", "inbox_table": "orders_inbox", "nats_url": "nats://127.0.0.1:4222", "nats_stream": "ORDERS"}'::jsonb)"#,
     )
     .await
     .unwrap();
@@ -244,7 +244,7 @@ async fn sql_pipelines_are_mirrored_within_two_seconds() {
     // Change: the spec follows.
     let t = Instant::now();
     c.batch_execute(
-        r#"SELECT pgtrickle.set_relay_outbox('orders-to-nats', config => '{"stream_table": "orders", "sink_type": "nats", "subject_template": "shop.v2.{op}"}'::jsonb)"#,
+        r#"SELECT pgtrickle.set_relay_outbox('orders-to-nats', config => '{"stream_table": "orders", "sink_type": "nats", "nats_url": "nats://nats:4222", "subject_template": "shop.v2.{op}"}'::jsonb)"#,
     )
     .await
     .unwrap();

@@ -143,7 +143,7 @@ impl NatsConnection {
         let url = self.url.as_str();
         connect.connect(url).await.map_err(|e| BuildError::Unreachable {
             backend: BACKEND,
-            message: format!("cannot connect to {}: {e}", crate::catalog::redact_url(url)),
+            message: format!("cannot connect to {}: {e}", crate::redact::redact_url(url)),
         })
     }
 }

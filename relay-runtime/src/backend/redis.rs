@@ -75,7 +75,7 @@ impl RedisConnection {
         };
         let url = self.url.as_str();
         let not_a_url =
-            |e: ::redis::RedisError| err("url", format!("not a Redis URL ({}): {e}", crate::catalog::redact_url(url)));
+            |e: ::redis::RedisError| err("url", format!("not a Redis URL ({}): {e}", crate::redact::redact_url(url)));
         let ca = read("tls_ca", &self.tls_ca)?;
         let client_tls = match (read("tls_cert", &self.tls_cert)?, read("tls_key", &self.tls_key)?) {
             (Some(client_cert), Some(client_key)) => Some(::redis::ClientTlsConfig { client_cert, client_key }),

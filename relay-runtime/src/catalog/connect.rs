@@ -8,6 +8,9 @@ use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
+use crate::redact::redact_url;
+
 /// A notification received on a LISTEN connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notification {
@@ -97,7 +100,7 @@ where
     DbConnection { client, closed }
 }
 
-/// Connects, retrying with jittered exponential backoff (100 ms doubling to 30 s) until it
+/// Connects, retrying with jittered exponential backoff (100 ms doubling to 5 s) until it
 /// succeeds or `cancel` fires. Each failure is logged with the redacted URL.
 pub async fn connect_with_retry(
     url: &str,
@@ -105,19 +108,18 @@ pub async fn connect_with_retry(
     notifications: Option<mpsc::UnboundedSender<Notification>>,
     cancel: &CancellationToken,
 ) -> Option<DbConnection> {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), crate::backoff::MAX);
     let mut attempt = 1u32;
     loop {
         match connect(url, app_name, notifications.clone()).await {
             Ok(c) => return Some(c),
             Err(e) => {
-                let sleep = jitter(delay);
+                let sleep = backoff.next_wait();
                 tracing::warn!(url = %redact_url(url), attempt, retry_in_ms = sleep.as_millis() as u64, error = %e, "cannot connect to PostgreSQL");
                 tokio::select! {
                     _ = cancel.cancelled() => return None,
                     _ = tokio::time::sleep(sleep) => {}
                 }
-                delay = (delay * 2).min(crate::pipeline::MAX_BACKOFF);
                 attempt += 1;
             }
         }
@@ -152,86 +154,6 @@ pub fn error_text(e: &tokio_postgres::Error) -> String {
                 cause = c.source();
             }
             s
-        }
-    }
-}
-
-/// ±20 % jitter so that many relays do not retry in lock step.
-pub fn jitter(d: Duration) -> Duration {
-    let factor = 0.8 + fastrand::f64() * 0.4;
-    d.mul_f64(factor)
-}
-
-/// Hides the password of a `postgres://user:pass@host/db` URL or a `password=…` key/value
-/// string, so connection strings can be logged.
-pub fn redact_url(url: &str) -> String {
-    if let Some(scheme_end) = url.find("://") {
-        let (scheme, rest) = url.split_at(scheme_end + 3);
-        let auth_end = rest.find('@');
-        let mut out = String::from(scheme);
-        let mut tail = rest;
-        if let Some(at) = auth_end {
-            // Only the authority part (before the first '/') can hold credentials.
-            let slash = rest.find('/').unwrap_or(rest.len());
-            if at < slash {
-                let userinfo = &rest[..at];
-                match userinfo.find(':') {
-                    Some(colon) => {
-                        out.push_str(&userinfo[..colon]);
-                        out.push_str(":***");
-                    }
-                    None => out.push_str(userinfo),
-                }
-                out.push('@');
-                tail = &rest[at + 1..];
-            }
-        }
-        out.push_str(&redact_query_password(tail));
-        return out;
-    }
-    // key=value form
-    url.split_whitespace()
-        .map(|kv| match kv.split_once('=') {
-            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-            _ => kv.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn redact_query_password(s: &str) -> String {
-    let Some(q) = s.find('?') else {
-        return s.to_owned();
-    };
-    let (head, query) = s.split_at(q + 1);
-    let parts: Vec<String> = query
-        .split('&')
-        .map(|kv| match kv.split_once('=') {
-            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-            _ => kv.to_owned(),
-        })
-        .collect();
-    format!("{head}{}", parts.join("&"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redacts_passwords_in_every_form() {
-        assert_eq!(redact_url("postgres://relay:s3cret@db:5432/app"), "postgres://relay:***@db:5432/app");
-        assert_eq!(redact_url("postgres://relay@db/app"), "postgres://relay@db/app");
-        assert_eq!(redact_url("postgresql://db/app?user=a&password=s3cret"), "postgresql://db/app?user=a&password=***");
-        assert_eq!(redact_url("host=db user=a password=s3cret dbname=x"), "host=db user=a password=*** dbname=x");
-        assert!(!redact_url("postgres://u:p%40ss@h/d").contains("p%40ss"));
-    }
-
-    #[test]
-    fn jitter_stays_within_twenty_percent() {
-        for _ in 0..1000 {
-            let j = jitter(Duration::from_millis(1000)).as_millis();
-            assert!((800..=1200).contains(&j), "{j}");
         }
     }
 }

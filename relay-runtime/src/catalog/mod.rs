@@ -1,6 +1,7 @@
 //! The relay's SQL catalog: connections, schema migrations, pipeline loading, offsets, status.
 
 pub mod connect;
+pub mod dead_letters;
 pub mod offsets;
 pub mod pipelines;
 pub mod pool;
@@ -10,4 +11,5 @@ pub mod status;
 pub mod test_db;
 pub mod tls;
 
-pub use connect::{connect, connect_with_retry, redact_url, DbConnection};
+pub use crate::redact::redact_url;
+pub use connect::{connect, connect_with_retry, DbConnection};

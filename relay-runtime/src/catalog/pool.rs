@@ -19,6 +19,7 @@ use deadpool::managed::{self, Metrics as PoolMetrics, Object, RecycleError, Recy
 use tokio_postgres::Client;
 
 use super::connect::{connect, ConnectError, DbConnection};
+use crate::backoff::Backoff;
 
 /// Connections an instance keeps for itself besides the pool: the catalog (LISTEN) connection
 /// and the lock session.
@@ -43,7 +44,7 @@ pub struct WorkManager {
 /// 1,000.
 struct Cooldown {
     until: Option<Instant>,
-    backoff: Duration,
+    backoff: Backoff,
     last: String,
 }
 
@@ -66,11 +67,10 @@ impl managed::Manager for WorkManager {
         match &result {
             Ok(_) => {
                 c.until = None;
-                c.backoff = FIRST_COOLDOWN;
+                c.backoff.reset();
             }
             Err(e) => {
-                c.until = Some(Instant::now() + super::connect::jitter(c.backoff));
-                c.backoff = (c.backoff * 2).min(MAX_COOLDOWN);
+                c.until = Some(Instant::now() + c.backoff.next_wait());
                 c.last = e.to_string();
             }
         }
@@ -112,7 +112,11 @@ impl WorkPool {
         let manager = WorkManager {
             url: url.to_owned(),
             app_name,
-            cooldown: std::sync::Mutex::new(Cooldown { until: None, backoff: FIRST_COOLDOWN, last: String::new() }),
+            cooldown: std::sync::Mutex::new(Cooldown {
+                until: None,
+                backoff: Backoff::new(FIRST_COOLDOWN, MAX_COOLDOWN),
+                last: String::new(),
+            }),
         };
         // Only fails without a runtime for timeouts, and none are set: a wait lasts until a
         // connection is free (backpressure); the queue is first come, first served.

@@ -1,10 +1,82 @@
 //! `pgtrickle.relay_pipeline_status`: what each owned pipeline is doing, written by its worker
 //! (and by the coordinator for pipelines that cannot start), read by the CLI and the operator.
 
+use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::config::Direction;
-use crate::state::PipelineStatus;
+
+/// Lifecycle of an owned pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PipelineState {
+    /// Lock acquired, resolving the outbox and building the sink.
+    Starting,
+    /// Relaying (or caught up and waiting for new rows).
+    Running,
+    /// Running but the last attempt failed; retrying by itself.
+    Degraded,
+    /// Cannot run until its config (or the database) changes; the error says why.
+    Failed,
+    /// Released (disabled, deleted, or the relay is shutting down).
+    Stopped,
+}
+
+impl PipelineState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PipelineState::Starting => "starting",
+            PipelineState::Running => "running",
+            PipelineState::Degraded => "degraded",
+            PipelineState::Failed => "failed",
+            PipelineState::Stopped => "stopped",
+        }
+    }
+}
+
+/// What one owned pipeline reports. Never holds config values (they may carry secrets).
+#[derive(Debug, Clone, Serialize)]
+pub struct PipelineStatus {
+    pub name: String,
+    pub direction: Direction,
+    pub state: PipelineState,
+    pub owner: Option<String>,
+    pub sink: Option<String>,
+    pub committed_offset: Option<i64>,
+    pub lag_rows: Option<i64>,
+    pub lag_seconds: Option<f64>,
+    pub messages_total: i64,
+    pub errors_total: i64,
+    pub last_error: Option<String>,
+    /// Forward: the outbox epoch (1 for the first outbox, +1 each time it was recreated).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbox_epoch: Option<i32>,
+}
+
+impl Serialize for Direction {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl PipelineStatus {
+    pub fn new(name: &str, direction: Direction, owner: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            direction,
+            state: PipelineState::Starting,
+            owner: Some(owner.to_owned()),
+            sink: None,
+            committed_offset: None,
+            lag_rows: None,
+            lag_seconds: None,
+            messages_total: 0,
+            errors_total: 0,
+            last_error: None,
+            outbox_epoch: None,
+        }
+    }
+}
 
 /// Writes a pipeline's status row. Counters are added as deltas since the last write, so the
 /// table keeps totals across restarts and owners.

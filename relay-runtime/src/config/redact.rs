@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::catalog::redact_url;
+use crate::redact::redact_url;
 
 /// Name parts that make a key the catalog does not know (written before configs were checked)
 /// look like a secret.

@@ -21,10 +21,12 @@ use std::time::{Duration, Instant};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
-use super::{borrow, report, WorkerLink, MAX_BACKOFF, START_RETRY};
+use super::{borrow, report, WorkerLink, START_RETRY};
+use crate::backoff::{jitter, Backoff};
+use crate::catalog::dead_letters::{self, DeadLetter};
+use crate::catalog::offsets;
 use crate::catalog::pool::Work;
-use crate::catalog::{connect::jitter, offsets};
-use crate::config::{DeltaMode, ForwardSpec};
+use crate::config::{DeltaMode, Direction, ForwardSpec};
 use crate::message::outbox_row_ref;
 use crate::message::RelayMessage;
 use crate::outbox::decode::{build_messages, decode, summary_message, Decoded, Delta, MessageContext};
@@ -114,7 +116,7 @@ pub async fn run(ctx: Arc<RelayState>, spec: ForwardSpec, link: &WorkerLink, st:
             marks: VecDeque::new(),
             publish_calls: 0,
             confirmed_calls: 0,
-            delay: Duration::from_millis(100),
+            backoff: Backoff::new(Duration::from_millis(100), crate::backoff::MAX),
             last_health: Instant::now(),
             unreported_messages: 0,
             unreported_errors: 0,
@@ -176,7 +178,7 @@ struct Started {
 /// when the worker must stop (cancelled, or its lock is gone). The sink is built holding no
 /// database connection (a broker may take its time to answer).
 async fn start(ctx: &RelayState, spec: &ForwardSpec, link: &WorkerLink, st: &mut PipelineStatus) -> Option<Started> {
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = Backoff::new(Duration::from_secs(1), crate::backoff::MAX);
     loop {
         let work = borrow(ctx, link).await?;
         let prepared = prepare(ctx, spec, &work, link.lock.fence()).await;
@@ -198,13 +200,7 @@ async fn start(ctx: &RelayState, spec: &ForwardSpec, link: &WorkerLink, st: &mut
         let (message, transient) = e;
         // A target that is down makes the pipeline degraded and retried with backoff; anything
         // else needs a change and is retried slowly (or when its outbox is written to).
-        let wait = if transient {
-            let w = jitter(backoff);
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-            w
-        } else {
-            START_RETRY
-        };
+        let wait = if transient { backoff.next_wait() } else { START_RETRY };
         tracing::error!(pipeline = %spec.name, error = %message, retry_in_ms = wait.as_millis() as u64, "cannot start forward pipeline");
         st.state = if transient { PipelineState::Degraded } else { PipelineState::Failed };
         st.errors_total += 1;
@@ -309,7 +305,7 @@ struct ForwardRunner<'a> {
     /// Publish calls whose messages are all confirmed.
     confirmed_calls: u64,
     /// Backoff for consecutive sink failures.
-    delay: Duration,
+    backoff: Backoff,
     last_health: Instant,
     labels: [String; 2],
     unreported_messages: i64,
@@ -434,13 +430,7 @@ impl ForwardRunner<'_> {
         self.ctx.metrics.publish_errors.with_label_values(&[p, d, e.kind()]).inc();
         self.st.errors_total += 1;
         self.unreported_errors += 1;
-        let wait = if e.is_retryable() {
-            let w = jitter(self.delay);
-            self.delay = (self.delay * 2).min(MAX_BACKOFF);
-            w
-        } else {
-            PERMANENT_RETRY
-        };
+        let wait = if e.is_retryable() { self.backoff.next_wait() } else { PERMANENT_RETRY };
         tracing::warn!(pipeline = %self.spec.name, error = %e, retry_in_ms = wait.as_millis() as u64, offset = self.offset, "publish failed; relaying again from the committed offset");
         self.st.state = if e.is_retryable() { PipelineState::Degraded } else { PipelineState::Failed };
         self.st.last_error = Some(e.to_string());
@@ -543,7 +533,7 @@ impl ForwardRunner<'_> {
 
     /// The sink confirmed messages: a degraded pipeline is running again, backoff restarts.
     async fn recovered(&mut self) {
-        self.delay = Duration::from_millis(100);
+        self.backoff.reset();
         if self.st.state != PipelineState::Running {
             tracing::info!(pipeline = %self.spec.name, "sink recovered");
             self.st.state = PipelineState::Running;
@@ -717,17 +707,17 @@ impl ForwardRunner<'_> {
         // `<outbox>:<id>:<pgt_id or epoch scope>`: never the same for another outbox's row.
         let source_ref =
             format!("{}:{}:{}", self.reader.table().table, row.id, row.uid.as_deref().unwrap_or(&self.scope));
-        let payload = row.payload.as_ref().map(|p| p.as_bytes().to_vec());
         let headers = serde_json::json!({"outbox_id": row.id, "pgt_id": row.uid, "is_claim_check": row.is_claim_check, "refresh_id": row.refresh_id});
-        self.client()?
-            .execute(
-                "INSERT INTO pgtrickle.relay_dead_letters (relay_group_id, direction, pipeline, source_ref, payload, headers, error)
-                 SELECT $1, 'forward', $2, $3, $4, $5, $6
-                  WHERE NOT EXISTS (SELECT 1 FROM pgtrickle.relay_dead_letters
-                                     WHERE relay_group_id = $1 AND pipeline = $2 AND source_ref = $3 AND replayed_at IS NULL)",
-                &[&self.ctx.group_id, &self.spec.name, &source_ref, &payload, &headers, &error],
-            )
-            .await?;
+        let letter = DeadLetter {
+            group: &self.ctx.group_id,
+            direction: Direction::Forward,
+            pipeline: &self.spec.name,
+            source_ref: &source_ref,
+            payload: row.payload.as_ref().map(|p| p.as_bytes()),
+            headers: &headers,
+            error,
+        };
+        dead_letters::keep(&**self.client()?, &letter).await?;
         tracing::error!(pipeline = %self.spec.name, outbox_row = %source_ref, error, "outbox row cannot be decoded; kept in pgtrickle.relay_dead_letters");
         let [p, d] = self.labels();
         self.ctx.metrics.dead_letters.with_label_values(&[p, d]).inc();

@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::connect::jitter;
+use crate::backoff::Backoff;
 use crate::catalog::pool::{LockSession, Work};
 use crate::catalog::status;
 use crate::config::{PipelineRow, PipelineSpec};
@@ -81,7 +81,7 @@ pub async fn borrow_to_finish(ctx: &RelayState, link: &WorkerLink) -> Option<Wor
 }
 
 async fn borrow_until(ctx: &RelayState, link: &WorkerLink, cancel: &CancellationToken) -> Option<Work> {
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = Backoff::new(Duration::from_millis(250), crate::backoff::MAX);
     loop {
         let got = tokio::select! {
             _ = cancel.cancelled() => return None,
@@ -99,9 +99,8 @@ async fn borrow_until(ctx: &RelayState, link: &WorkerLink, cancel: &Cancellation
                 tokio::select! {
                     _ = cancel.cancelled() => return None,
                     _ = link.lost.cancelled() => return None,
-                    _ = tokio::time::sleep(jitter(backoff)) => {}
+                    _ = tokio::time::sleep(backoff.next_wait()) => {}
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
@@ -110,10 +109,6 @@ async fn borrow_until(ctx: &RelayState, link: &WorkerLink, cancel: &Cancellation
 /// How long a worker that cannot start waits before trying again by itself (a config change
 /// or a notification restarts it sooner).
 pub const START_RETRY: Duration = Duration::from_secs(10);
-
-/// The cap of the jittered exponential backoff after retryable failures: a broker or database
-/// that comes back is used again within about this long (measured by the fault suite).
-pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Runs a pipeline until cancelled or until its lock session closes.
 pub async fn run_worker(ctx: Arc<RelayState>, row: PipelineRow, link: WorkerLink) {

@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{borrow, borrow_to_finish, report, WorkerLink, MAX_BACKOFF, START_RETRY};
+use super::{borrow, borrow_to_finish, report, WorkerLink, START_RETRY};
 use crate::backend::fields::Text;
-use crate::catalog::connect::jitter;
+use crate::backoff::Backoff;
+use crate::catalog::dead_letters::{self, DeadLetter};
 use crate::catalog::pool::{pipeline_lock_held, Work};
-use crate::config::ReverseSpec;
+use crate::config::{Direction, ReverseSpec};
 use crate::inbox::{self, InboxError, InboxRow, InboxTable};
 use crate::message::Payload;
 use crate::source::{self, Incoming, Outcome, Source, SourceContext};
@@ -110,7 +111,7 @@ async fn report_now(ctx: &RelayState, link: &WorkerLink, st: &PipelineStatus, me
 
 /// Runs a reverse pipeline until cancelled or until its lock session closes.
 pub async fn run(ctx: Arc<RelayState>, spec: ReverseSpec, link: &WorkerLink, st: &mut PipelineStatus) {
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = Backoff::new(Duration::from_secs(1), crate::backoff::MAX);
     let (mapping, table, batch_size, mut source) = loop {
         let Some(work) = borrow(&ctx, link).await else { return };
         let attempt = setup(&work, &spec).await;
@@ -118,13 +119,7 @@ pub async fn run(ctx: Arc<RelayState>, spec: ReverseSpec, link: &WorkerLink, st:
         match attempt {
             Ok(ok) => break ok,
             Err((transient, message)) => {
-                let wait = if transient {
-                    let w = jitter(backoff);
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    w
-                } else {
-                    START_RETRY
-                };
+                let wait = if transient { backoff.next_wait() } else { START_RETRY };
                 tracing::error!(pipeline = %spec.name, error = %message, retry_in_ms = wait.as_millis() as u64, "cannot start reverse pipeline");
                 st.state = if transient { PipelineState::Degraded } else { PipelineState::Failed };
                 st.errors_total += 1;
@@ -144,7 +139,7 @@ pub async fn run(ctx: Arc<RelayState>, spec: ReverseSpec, link: &WorkerLink, st:
     report_now(&ctx, link, st, 0, 0).await;
     let insert_sql = table.insert_sql();
     let labels = [spec.name.as_str(), "reverse"];
-    let mut delay = Duration::from_millis(100);
+    let mut delay = Backoff::new(Duration::from_millis(100), crate::backoff::MAX);
     let (mut unreported, mut unreported_errors, mut last_status) = (0i64, 0i64, Instant::now());
     loop {
         let received = tokio::select! {
@@ -156,8 +151,7 @@ pub async fn run(ctx: Arc<RelayState>, spec: ReverseSpec, link: &WorkerLink, st:
             Ok(b) => b,
             Err(e) => {
                 ctx.metrics.source_errors.with_label_values(&[labels[0], labels[1], e.kind()]).inc();
-                let wait = jitter(delay);
-                delay = (delay * 2).min(MAX_BACKOFF);
+                let wait = delay.next_wait();
                 tracing::warn!(pipeline = %spec.name, error = %e, retry_in_ms = wait.as_millis() as u64, "receive failed");
                 let pending = (unreported, unreported_errors);
                 (unreported, unreported_errors) = (0, 0);
@@ -205,7 +199,7 @@ pub async fn run(ctx: Arc<RelayState>, spec: ReverseSpec, link: &WorkerLink, st:
                 ctx.metrics.batch_duration.with_label_values(&labels).observe(started.elapsed().as_secs_f64());
                 st.messages_total += n as i64;
                 unreported += n as i64;
-                delay = Duration::from_millis(100);
+                delay.reset();
                 if st.state != PipelineState::Running {
                     st.state = PipelineState::Running;
                     if dead == 0 {
@@ -229,13 +223,7 @@ pub async fn run(ctx: Arc<RelayState>, spec: ReverseSpec, link: &WorkerLink, st:
                 if link.lost.is_cancelled() {
                     break;
                 }
-                let wait = if e.is_retryable() {
-                    let w = jitter(delay);
-                    delay = (delay * 2).min(MAX_BACKOFF);
-                    w
-                } else {
-                    START_RETRY
-                };
+                let wait = if e.is_retryable() { delay.next_wait() } else { START_RETRY };
                 tracing::warn!(pipeline = %spec.name, error = %e, retry_in_ms = wait.as_millis() as u64, "inbox write failed; the batch goes back to the source");
                 let state = if e.is_retryable() { PipelineState::Degraded } else { PipelineState::Failed };
                 let pending = (unreported, unreported_errors);
@@ -356,21 +344,20 @@ async fn store(
             let mut headers: serde_json::Map<String, Value> =
                 m.headers.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
             if let Some(subject) = &m.subject {
-                headers.insert(crate::dlq::SUBJECT_HEADER.to_owned(), Value::String(subject.clone()));
+                headers.insert(dead_letters::SUBJECT_HEADER.to_owned(), Value::String(subject.clone()));
             }
             let headers = Value::Object(headers);
             let source_ref = m.id.clone().unwrap_or_else(|| m.coordinate.clone());
-            client
-                .execute(
-                    // A poison message redelivered (the relay died before acking) is kept once.
-                    "INSERT INTO pgtrickle.relay_dead_letters (relay_group_id, direction, pipeline, source_ref, payload, headers, error)
-                     SELECT $1, 'reverse', $2, $3, $4, $5, $6
-                      WHERE NOT EXISTS (SELECT 1 FROM pgtrickle.relay_dead_letters
-                                         WHERE relay_group_id = $1 AND pipeline = $2 AND source_ref = $3 AND replayed_at IS NULL)",
-                    &[&group, &pipeline, &source_ref, &m.body, &headers, error],
-                )
-                .await
-                .map_err(pg)?;
+            let letter = DeadLetter {
+                group,
+                direction: Direction::Reverse,
+                pipeline,
+                source_ref: &source_ref,
+                payload: Some(&m.body),
+                headers: &headers,
+                error,
+            };
+            dead_letters::keep(&**client, &letter).await.map_err(pg)?;
             tracing::error!(pipeline, message = %source_ref, error = %error, "poison message kept in pgtrickle.relay_dead_letters");
             outcomes[*i] = Outcome::DeadLettered(error.clone());
         }

@@ -13,9 +13,10 @@ use super::{BuildError, Published, Sink, SinkContext, SinkError};
 use crate::backend::fields::Text;
 use crate::backend::pg_inbox::{InboxEventType, PgInboxSinkConfig};
 use crate::catalog::pool::WorkPool;
-use crate::catalog::{self, redact_url, DbConnection};
+use crate::catalog::{self, DbConnection};
 use crate::inbox::{self, InboxError, InboxRow, InboxTable};
 use crate::message::RelayMessage;
+use crate::redact::redact_url;
 
 const BACKEND: &str = "pg-inbox";
 

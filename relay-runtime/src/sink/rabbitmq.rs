@@ -15,8 +15,8 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use super::window::AckWindow;
 use super::{BuildError, Published, Sink, SinkContext, SinkError};
 use crate::backend::rabbitmq::RabbitmqSinkConfig;
-use crate::catalog::redact_url;
 use crate::message::{RelayMessage, Template};
+use crate::redact::redact_url;
 
 const BACKEND: &str = "rabbitmq";
 

@@ -21,8 +21,8 @@ use futures::future::BoxFuture;
 
 use super::{BuildError, Published, Sink, SinkContext, SinkError};
 use crate::backend::redis::RedisSinkConfig;
-use crate::catalog::redact_url;
 use crate::message::{RelayMessage, Template};
+use crate::redact::redact_url;
 
 const BACKEND: &str = "redis";
 /// Entries per script call: long enough to amortise the call, short enough not to block Redis.

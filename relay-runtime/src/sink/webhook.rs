@@ -22,8 +22,9 @@ use sha2::Sha256;
 use super::{BuildError, Published, Sink, SinkContext, SinkError};
 use crate::backend::fields::Text;
 use crate::backend::webhook::{Method as HttpMethod, WebhookSinkConfig};
-use crate::catalog::redact_url;
+use crate::backoff::Backoff;
 use crate::message::RelayMessage;
+use crate::redact::redact_url;
 
 const BACKEND: &str = "webhook";
 /// Longest `Retry-After` honoured inside one publish; longer waits go back to the runner.
@@ -157,6 +158,7 @@ impl WebhookSink {
             headers.insert(self.signature_header.clone(), value(&sig));
         }
         let mut attempt = 0;
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_millis(6400));
         loop {
             let sent = self
                 .client
@@ -185,7 +187,7 @@ impl WebhookSink {
                 Err(e) => (format!("request to {} failed: {e}", redact_url(&self.url)), None),
             };
             attempt += 1;
-            let wait = retry_after.unwrap_or_else(|| Duration::from_millis(100 * 2u64.pow(attempt.min(6))));
+            let wait = retry_after.unwrap_or_else(|| backoff.next_wait());
             if attempt > self.retries || wait > MAX_RETRY_AFTER {
                 return Err(SinkError::Retryable { backend: BACKEND, message: error });
             }

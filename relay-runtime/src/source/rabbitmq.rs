@@ -22,7 +22,7 @@ use super::{Incoming, Outcome, Source, SourceContext, SourceError};
 use crate::backend::fields::Text;
 use crate::backend::rabbitmq::RabbitmqSourceConfig;
 use crate::backend::BuildError;
-use crate::catalog::redact_url;
+use crate::redact::redact_url;
 
 const BACKEND: &str = "rabbitmq";
 

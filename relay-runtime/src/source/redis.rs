@@ -17,7 +17,7 @@ use super::{Incoming, Outcome, Source, SourceContext, SourceError};
 use crate::backend::fields::Text;
 use crate::backend::redis::RedisSourceConfig;
 use crate::backend::BuildError;
-use crate::catalog::redact_url;
+use crate::redact::redact_url;
 
 const BACKEND: &str = "redis";
 /// How often pending entries of other (possibly dead) consumers are looked at.

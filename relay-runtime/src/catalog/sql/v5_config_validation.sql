@@ -398,3 +398,31 @@ DROP TRIGGER IF EXISTS relay_inbox_config_validate ON pgtrickle.relay_inbox_conf
 CREATE TRIGGER relay_inbox_config_validate
     BEFORE INSERT OR UPDATE OF config ON pgtrickle.relay_inbox_config
     FOR EACH ROW EXECUTE FUNCTION pgtrickle.relay_config_validate();
+
+-- The seed call forms leave every check to the trigger, which names the pipeline and the key
+-- (they used to check a few keys themselves, with messages that named neither).
+CREATE OR REPLACE FUNCTION pgtrickle.set_relay_outbox(p_name text, config jsonb, enabled boolean DEFAULT true)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pgtrickle, pg_catalog, pg_temp AS $fn$
+BEGIN
+    IF p_name IS NULL OR p_name = '' THEN
+        RAISE EXCEPTION 'relay.invalid_config: pipeline name must not be empty';
+    END IF;
+    INSERT INTO pgtrickle.relay_outbox_config AS c (name, enabled, config)
+    VALUES (p_name, coalesce($3, true), coalesce($2, 'null'::jsonb))
+    ON CONFLICT (name) DO UPDATE SET enabled = EXCLUDED.enabled, config = EXCLUDED.config;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION pgtrickle.set_relay_inbox(p_name text, config jsonb, enabled boolean DEFAULT true)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pgtrickle, pg_catalog, pg_temp AS $fn$
+BEGIN
+    IF p_name IS NULL OR p_name = '' THEN
+        RAISE EXCEPTION 'relay.invalid_config: pipeline name must not be empty';
+    END IF;
+    INSERT INTO pgtrickle.relay_inbox_config AS c (name, enabled, config)
+    VALUES (p_name, coalesce($3, true), coalesce($2, 'null'::jsonb))
+    ON CONFLICT (name) DO UPDATE SET enabled = EXCLUDED.enabled, config = EXCLUDED.config;
+END
+$fn$;
