@@ -348,7 +348,8 @@ fn shown(v: &Value) -> String {
     }
 }
 
-fn json_type(v: &Value) -> &'static str {
+/// How a JSON value's type is named in messages ("a string", "an object").
+pub fn json_type(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -21,6 +21,7 @@ use serde_json::{Map, Value};
 
 use crate::backend;
 use crate::message::{DedupKeyFormat, Template};
+use keys::json_type;
 
 /// Which catalog table a pipeline comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -240,17 +241,6 @@ impl PipelineRow {
             Direction::Forward => parse_forward(&self.name, &obj).map(PipelineSpec::Forward),
             Direction::Reverse => parse_reverse(&self.name, &obj).map(PipelineSpec::Reverse),
         }
-    }
-}
-
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

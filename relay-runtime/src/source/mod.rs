@@ -103,7 +103,8 @@ pub struct SourceContext<'a> {
 /// Builds the source a reverse pipeline asks for.
 pub async fn build(spec: &ReverseSpec, ctx: &SourceContext<'_>) -> Result<Box<dyn Source>, BuildError> {
     let _ = ctx;
-    match &spec.source {
+    let source: &SourceConfig = &spec.source;
+    match source {
         #[cfg(feature = "nats")]
         SourceConfig::Nats(c) => nats::build(c, ctx).await,
         #[cfg(feature = "webhook")]
