@@ -91,7 +91,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             "the RelayGroup/RelayPipeline CRDs are not installed in this cluster: `kubectl apply -k deploy/` (or `kubectl apply -k crds/`)"
         ),
         Err(kube::Error::Api(s)) if s.code == 403 => anyhow::bail!(
-            "not allowed to list RelayGroups{}: {} (apply deploy/rbac.yaml, or check --namespace)",
+            "not allowed to list RelayGroups{}: {} (apply deploy/base/rbac.yaml, or check --namespace)",
             cli.namespace.as_deref().map(|n| format!(" in namespace {n}")).unwrap_or_default(),
             s.message
         ),

@@ -92,7 +92,7 @@ kube_answers() {
 
 # Exports KUBECONFIG for a cluster that answers: the caller's, else a private etcd + kube-apiserver
 # (secure port 6443 unless KUBE_PORT says otherwise; state under $PGTRICKLE_RELAY_STATE/kube) with
-# RBAC enforced, so the operator's own permissions (deploy/rbac.yaml) are tested; the tests' admin
+# RBAC enforced, so the operator's own permissions (deploy/base/rbac.yaml) are tested; the tests' admin
 # token is in system:masters.
 ensure_kube() {
   ensure_kubectl

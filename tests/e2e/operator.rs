@@ -512,7 +512,7 @@ async fn install_manifests_and_example_are_accepted_by_the_api_server() {
     }
     // The namespace for real (harmless), everything else as a server-side dry run: validated by
     // the API server (schemas, RBAC objects) without installing a second operator.
-    kubectl(&["apply", "-f", deploy.join("namespace.yaml").to_str().unwrap()]);
+    kubectl(&["apply", "-f", deploy.join("base/namespace.yaml").to_str().unwrap()]);
     kubectl(&["apply", "--dry-run=server", "-k", deploy.to_str().unwrap()]);
     let out = kubectl(&["-n", &ns.name, "apply", "--dry-run=server", "-k", deploy.join("examples").to_str().unwrap()]);
     assert!(out.contains("relaygroup.relay.pgtrickle.io/orders created"), "{out}");
@@ -544,8 +544,8 @@ async fn the_operator_works_with_only_the_permissions_deploy_grants_it() {
     let (client, ns, _db, c) = setup().await;
     let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
     // The operator's ServiceAccount and roles exactly as `kubectl apply -k deploy/` installs them.
-    kubectl(&["apply", "-f", deploy.join("namespace.yaml").to_str().unwrap()]);
-    kubectl(&["apply", "-n", "pgtrickle-relay-system", "-f", deploy.join("rbac.yaml").to_str().unwrap()]);
+    kubectl(&["apply", "-f", deploy.join("base/namespace.yaml").to_str().unwrap()]);
+    kubectl(&["apply", "-n", "pgtrickle-relay-system", "-f", deploy.join("base/rbac.yaml").to_str().unwrap()]);
     let token =
         kubectl(&["-n", "pgtrickle-relay-system", "create", "token", "pgtrickle-relay-operator", "--duration=1h"]);
     let config = relay_e2e::kube_env::kubeconfig_with_token(token.trim(), &ns.name);
@@ -560,7 +560,7 @@ async fn the_operator_works_with_only_the_permissions_deploy_grants_it() {
     // This test means something only where RBAC is enforced (scripts/test's server enforces it).
     assert!(
         !can_i("list", "secrets"),
-        "the cluster does not enforce RBAC (or deploy/rbac.yaml grants listing Secrets)"
+        "the cluster does not enforce RBAC (or deploy/base/rbac.yaml grants listing Secrets)"
     );
     assert!(!can_i("create", "pods"));
     assert!(can_i("get", "secrets") && can_i("create", "relaypipelines.relay.pgtrickle.io"));
