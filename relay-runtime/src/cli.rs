@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::catalog::{self, pipelines, schema, status};
 use crate::config::redact::redact_config;
 use crate::config::{secrets, Direction, PipelineSpec};
+use crate::error::report;
 use crate::outbox::OutboxTable;
 use crate::runner::{run, GlobalArgs, RunArgs};
 use crate::telemetry;
@@ -198,9 +199,9 @@ async fn check_cmd(url: &str) -> anyhow::Result<ExitCode> {
                 .await
                 {
                     Ok(_) => Ok(format!("{} -> {}", t.qualified(), spec.sink.kind.as_str())),
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err(report(&e)),
                 },
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(report(&e)),
             },
             // The source is not contacted (that would bind a receiver or create consumers).
             Ok(PipelineSpec::Reverse(spec)) => {

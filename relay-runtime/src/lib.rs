@@ -12,6 +12,7 @@ pub mod config;
 pub mod coordinator;
 pub mod demo;
 pub mod dlq;
+pub mod error;
 pub mod http;
 pub mod inbox;
 pub mod message;

@@ -141,9 +141,8 @@ impl NatsConnection {
             connect = connect.require_tls(true);
         }
         let url = self.url.as_str();
-        connect.connect(url).await.map_err(|e| BuildError::Unreachable {
-            backend: BACKEND,
-            message: format!("cannot connect to {}: {e}", crate::redact::redact_url(url)),
+        connect.connect(url).await.map_err(|e| {
+            BuildError::unreachable(BACKEND, format!("cannot connect to {}", crate::redact::redact_url(url))).because(e)
         })
     }
 }

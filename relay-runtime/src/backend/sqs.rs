@@ -114,17 +114,11 @@ pub async fn check_queue(client: &aws_sdk_sqs::Client, queue_url: &str) -> Resul
             let code = e.code().unwrap_or_default().to_owned();
             let text = DisplayErrorContext(&e).to_string();
             if code.contains("NonExistentQueue") || code.contains("QueueDoesNotExist") {
-                Err(BuildError::Open {
-                    backend: "sqs",
-                    message: format!("SQS queue {queue_url} does not exist; create it"),
-                })
+                Err(BuildError::open("sqs", format!("SQS queue {queue_url} does not exist; create it")))
             } else if e.as_service_error().is_some() {
-                Err(BuildError::Open { backend: "sqs", message: format!("cannot use SQS queue {queue_url}: {text}") })
+                Err(BuildError::open("sqs", format!("cannot use SQS queue {queue_url}: {text}")))
             } else {
-                Err(BuildError::Unreachable {
-                    backend: "sqs",
-                    message: format!("cannot reach SQS for {queue_url}: {text}"),
-                })
+                Err(BuildError::unreachable("sqs", format!("cannot reach SQS for {queue_url}: {text}")))
             }
         }
     }

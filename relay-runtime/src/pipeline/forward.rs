@@ -27,6 +27,7 @@ use crate::catalog::dead_letters::{self, DeadLetter};
 use crate::catalog::offsets;
 use crate::catalog::pool::Work;
 use crate::config::{DeltaMode, Direction, ForwardSpec};
+use crate::error::report as report_error;
 use crate::message::outbox_row_ref;
 use crate::message::RelayMessage;
 use crate::outbox::decode::{build_messages, decode, summary_message, Decoded, Delta, MessageContext};
@@ -136,7 +137,7 @@ pub async fn run(ctx: Arc<RelayState>, spec: ForwardSpec, link: &WorkerLink, st:
             // cannot take the commit; its epoch ends anyway).
             match runner.flush_and_commit().await {
                 Err(Stop::Rewind(e)) => {
-                    tracing::warn!(pipeline = %runner.spec.name, error = %e, "in-flight messages not confirmed at stop; they will be relayed again")
+                    tracing::warn!(pipeline = %runner.spec.name, error = %report_error(&e), "in-flight messages not confirmed at stop; they will be relayed again")
                 }
                 Err(Stop::Db(e)) => {
                     tracing::debug!(pipeline = %runner.spec.name, error = %e, "in-flight batch not committed")
@@ -145,7 +146,7 @@ pub async fn run(ctx: Arc<RelayState>, spec: ForwardSpec, link: &WorkerLink, st:
             }
         }
         if let Err(e) = runner.sink.close().await {
-            tracing::warn!(pipeline = %runner.spec.name, error = %e, "sink did not close cleanly");
+            tracing::warn!(pipeline = %runner.spec.name, error = %report_error(&e), "sink did not close cleanly");
         }
         runner.flush_status().await;
         match stop {
@@ -160,7 +161,7 @@ pub async fn run(ctx: Arc<RelayState>, spec: ForwardSpec, link: &WorkerLink, st:
                 tracing::warn!(pipeline = %runner.spec.name, error = %e, "forward pipeline lost its database connection; another discovery will resume it")
             }
             Stop::Rewind(e) => {
-                tracing::warn!(pipeline = %runner.spec.name, error = %e, "forward pipeline stopped after a sink error")
+                tracing::warn!(pipeline = %runner.spec.name, error = %report_error(&e), "forward pipeline stopped after a sink error")
             }
         }
         return;
@@ -271,7 +272,7 @@ async fn build_sink(
     };
     sink::build(&spec.sink, &sink_ctx)
         .await
-        .map_err(|e| SetupError::Retry { transient: e.is_transient(), message: e.to_string() })
+        .map_err(|e| SetupError::Retry { transient: e.is_transient(), message: report_error(&e) })
 }
 
 /// The next batch, read ahead: rows with `after < id <= upto`.
@@ -410,9 +411,9 @@ impl ForwardRunner<'_> {
                 self.flush_status().await;
             }
             Err(e) if self.st.state == PipelineState::Running => {
-                tracing::warn!(pipeline = %self.spec.name, error = %e, "sink unhealthy while idle");
+                tracing::warn!(pipeline = %self.spec.name, error = %report_error(&e), "sink unhealthy while idle");
                 self.st.state = PipelineState::Degraded;
-                self.st.last_error = Some(e.to_string());
+                self.st.last_error = Some(report_error(&e));
                 self.flush_status().await;
             }
             _ => {}
@@ -431,9 +432,9 @@ impl ForwardRunner<'_> {
         self.st.errors_total += 1;
         self.unreported_errors += 1;
         let wait = if e.is_retryable() { self.backoff.next_wait() } else { PERMANENT_RETRY };
-        tracing::warn!(pipeline = %self.spec.name, error = %e, retry_in_ms = wait.as_millis() as u64, offset = self.offset, "publish failed; relaying again from the committed offset");
+        tracing::warn!(pipeline = %self.spec.name, error = %report_error(&e), retry_in_ms = wait.as_millis() as u64, offset = self.offset, "publish failed; relaying again from the committed offset");
         self.st.state = if e.is_retryable() { PipelineState::Degraded } else { PipelineState::Failed };
-        self.st.last_error = Some(e.to_string());
+        self.st.last_error = Some(report_error(&e));
         self.flush_status().await;
         self.work = None;
         tokio::select! {

@@ -18,6 +18,7 @@ use crate::backoff::Backoff;
 use crate::catalog::dead_letters::{self, DeadLetter};
 use crate::catalog::pool::{pipeline_lock_held, Work};
 use crate::config::{Direction, ReverseSpec};
+use crate::error::report as report_error;
 use crate::inbox::{self, InboxError, InboxRow, InboxTable};
 use crate::message::Payload;
 use crate::source::{self, Incoming, Outcome, Source, SourceContext};
@@ -152,10 +153,10 @@ pub async fn run(ctx: Arc<RelayState>, spec: ReverseSpec, link: &WorkerLink, st:
             Err(e) => {
                 ctx.metrics.source_errors.with_label_values(&[labels[0], labels[1], e.kind()]).inc();
                 let wait = delay.next_wait();
-                tracing::warn!(pipeline = %spec.name, error = %e, retry_in_ms = wait.as_millis() as u64, "receive failed");
+                tracing::warn!(pipeline = %spec.name, error = %report_error(&e), retry_in_ms = wait.as_millis() as u64, "receive failed");
                 let pending = (unreported, unreported_errors);
                 (unreported, unreported_errors) = (0, 0);
-                if !fail_and_wait(&ctx, link, st, PipelineState::Degraded, e.to_string(), pending, wait).await {
+                if !fail_and_wait(&ctx, link, st, PipelineState::Degraded, report_error(&e), pending, wait).await {
                     break;
                 }
                 continue;
@@ -181,7 +182,7 @@ pub async fn run(ctx: Arc<RelayState>, spec: ReverseSpec, link: &WorkerLink, st:
             Ok(outcomes) => {
                 if let Err(e) = source.ack(&outcomes).await {
                     // Stored already: a redelivery is absorbed by the event ids.
-                    tracing::warn!(pipeline = %spec.name, error = %e, "acknowledging a stored batch failed; its messages may be delivered again (and skipped as duplicates)");
+                    tracing::warn!(pipeline = %spec.name, error = %report_error(&e), "acknowledging a stored batch failed; its messages may be delivered again (and skipped as duplicates)");
                 }
                 let n = outcomes.len() as u64;
                 let dups = outcomes.iter().filter(|o| **o == Outcome::Duplicate).count() as u64;
@@ -256,7 +257,7 @@ async fn setup(
         .map_err(|e| (e.is_retryable(), e.to_string()))?;
     let source = source::build(spec, &SourceContext { pipeline: &spec.name })
         .await
-        .map_err(|e| (e.is_transient(), e.to_string()))?;
+        .map_err(|e| (e.is_transient(), report_error(&e)))?;
     Ok((mapping, table, batch_size, source))
 }
 

@@ -85,12 +85,9 @@ pub async fn build(cfg: &KafkaSinkConfig, ctx: &SinkContext<'_>) -> Result<Box<d
         (None, None) => PartitionKey::Dedup,
     };
     let deliveries = Arc::new(Deliveries::new(cfg.max_in_flight.map_or(50_000, |n| n.get() as usize)));
-    let producer: ThreadedProducer<Reports> =
-        config.create_with_context(Reports(deliveries.clone())).map_err(|e| BuildError::Option {
-            backend: BACKEND,
-            key: "rdkafka".into(),
-            message: scrub(format!("invalid producer setting: {e}"), &config),
-        })?;
+    let producer: ThreadedProducer<Reports> = config.create_with_context(Reports(deliveries.clone())).map_err(|e| {
+        BuildError::option(BACKEND, "rdkafka", scrub(format!("invalid producer setting: {e}"), &config))
+    })?;
     let timeout = cfg.connect_timeout_ms.map_or(Duration::from_secs(10), |n| n.millis());
     let sink = KafkaSink {
         producer: Arc::new(producer),
@@ -111,22 +108,22 @@ pub async fn build(cfg: &KafkaSinkConfig, ctx: &SinkContext<'_>) -> Result<Box<d
         Ok(false) => {
             let name = fixed.unwrap_or_default();
             if !cfg.create_topic.is_some_and(|f| f.0) {
-                return Err(BuildError::Open {
-                    backend: BACKEND,
-                    message: format!("Kafka topic '{name}' does not exist; create it or set \"create_topic\": true"),
-                });
+                return Err(BuildError::open(
+                    BACKEND,
+                    format!("Kafka topic '{name}' does not exist; create it or set \"create_topic\": true"),
+                ));
             }
             let partitions = cfg.partitions.map_or(3, |n| n.get() as i32);
             let replication = cfg.replication_factor.map_or(1, |n| n.get() as i32);
             create_topic(&config, &name, partitions, replication).await?;
         }
-        Err(message) => return Err(BuildError::Unreachable { backend: BACKEND, message: scrub(message, &config) }),
+        Err(message) => return Err(BuildError::unreachable(BACKEND, scrub(message, &config))),
     }
     Ok(Box::new(sink))
 }
 
 async fn create_topic(config: &ClientConfig, name: &str, partitions: i32, replication: i32) -> Result<(), BuildError> {
-    let open = |message: String| BuildError::Open { backend: BACKEND, message: scrub(message, config) };
+    let open = |message: String| BuildError::open(BACKEND, scrub(message, config));
     let admin: AdminClient<DefaultClientContext> =
         config.create().map_err(|e| open(format!("cannot create an admin client: {e}")))?;
     let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
@@ -149,20 +146,19 @@ async fn create_topic(config: &ClientConfig, name: &str, partitions: i32, replic
 fn classify(e: &KafkaError, topic: &str) -> SinkError {
     let code = e.rdkafka_error_code();
     match code {
-        Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => SinkError::Permanent {
-            backend: BACKEND,
-            message: format!(
-                "Kafka topic '{topic}' does not exist; create it (or set \"create_topic\" for a fixed topic)"
-            ),
-        },
-        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize) => SinkError::Permanent {
-            backend: BACKEND,
-            message: format!("a message to '{topic}' is larger than the broker accepts (message.max.bytes): {e}"),
-        },
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => SinkError::permanent(
+            BACKEND,
+            format!("Kafka topic '{topic}' does not exist; create it (or set \"create_topic\" for a fixed topic)"),
+        ),
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize) => SinkError::permanent(
+            BACKEND,
+            format!("a message to '{topic}' is larger than the broker accepts (message.max.bytes)"),
+        )
+        .because(e.clone()),
         Some(RDKafkaErrorCode::TopicAuthorizationFailed | RDKafkaErrorCode::InvalidTopic) => {
-            SinkError::Permanent { backend: BACKEND, message: format!("cannot write to topic '{topic}': {e}") }
+            SinkError::permanent(BACKEND, format!("cannot write to topic '{topic}'")).because(e.clone())
         }
-        _ => SinkError::Retryable { backend: BACKEND, message: format!("delivery to '{topic}' failed: {e}") },
+        _ => SinkError::retryable(BACKEND, format!("delivery to '{topic}' failed")).because(e.clone()),
     }
 }
 
@@ -313,9 +309,7 @@ impl Sink for KafkaSink {
 
     fn health(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
         let lookup = self.topic_exists(None);
-        Box::pin(async move {
-            lookup.await.map(|_| ()).map_err(|message| SinkError::Retryable { backend: BACKEND, message })
-        })
+        Box::pin(async move { lookup.await.map(|_| ()).map_err(|message| SinkError::retryable(BACKEND, message)) })
     }
 
     fn close(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
@@ -324,8 +318,8 @@ impl Sink for KafkaSink {
             let timeout = self.timeout;
             tokio::task::spawn_blocking(move || producer.flush(timeout))
                 .await
-                .map_err(|e| SinkError::Retryable { backend: BACKEND, message: format!("flush failed: {e}") })?
-                .map_err(|e| SinkError::Retryable { backend: BACKEND, message: format!("flush failed: {e}") })
+                .map_err(|e| SinkError::retryable(BACKEND, "flush failed").because(e))?
+                .map_err(|e| SinkError::retryable(BACKEND, "flush failed").because(e))
         })
     }
 }

@@ -27,17 +27,57 @@ pub mod window;
 use futures::future::BoxFuture;
 
 use crate::config::{SinkConfig, SinkKind, SinkSpec};
+use crate::error::Cause;
 use crate::message::RelayMessage;
 
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+/// What the backend's library reported is kept as the `source()` (written out by
+/// [`crate::error::report`]).
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SinkError {
     #[error("{backend}: {message} (will retry)")]
-    Retryable { backend: &'static str, message: String },
+    Retryable {
+        backend: &'static str,
+        message: String,
+        #[source]
+        cause: Option<Cause>,
+    },
     #[error("{backend}: {message}")]
-    Permanent { backend: &'static str, message: String },
+    Permanent {
+        backend: &'static str,
+        message: String,
+        #[source]
+        cause: Option<Cause>,
+    },
 }
 
 impl SinkError {
+    /// Retrying can help (the target is down, busy, or answered with a transient error).
+    pub fn retryable(backend: &'static str, message: impl Into<String>) -> Self {
+        SinkError::Retryable { backend, message: message.into(), cause: None }
+    }
+
+    /// The pipeline needs a change first.
+    pub fn permanent(backend: &'static str, message: impl Into<String>) -> Self {
+        SinkError::Permanent { backend, message: message.into(), cause: None }
+    }
+
+    /// What the library reported, with its type (`downcast_ref`).
+    pub fn cause(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        match self {
+            SinkError::Retryable { cause, .. } | SinkError::Permanent { cause, .. } => cause.as_deref(),
+        }
+    }
+
+    /// The same error, with what the library reported as its cause.
+    pub fn because(mut self, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        match &mut self {
+            SinkError::Retryable { cause, .. } | SinkError::Permanent { cause, .. } => {
+                *cause = Some(std::sync::Arc::new(e))
+            }
+        }
+        self
+    }
+
     pub fn is_retryable(&self) -> bool {
         matches!(self, SinkError::Retryable { .. })
     }

@@ -52,19 +52,13 @@ async fn ensure_stream(
         Err(e) => {
             let missing = matches!(e.kind(), GetStreamErrorKind::JetStream(ref j) if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND);
             if !missing {
-                return Err(BuildError::Unreachable {
-                    backend: BACKEND,
-                    message: format!("cannot look up stream '{name}': {e}"),
-                });
+                return Err(BuildError::unreachable(BACKEND, format!("cannot look up stream '{name}'")).because(e));
             }
             if !cfg.create_stream.is_some_and(|f| f.0) {
-                return Err(BuildError::Open {
-                    backend: BACKEND,
-                    message: format!(
+                return Err(BuildError::open(BACKEND, format!(
                         "JetStream stream '{name}' does not exist; create it (subjects covering '{}') or set \"create_stream\": true",
                         ctx.subject_template
-                    ),
-                });
+                    )));
             }
             let subjects = cfg
                 .stream_subjects
@@ -85,10 +79,10 @@ async fn ensure_stream(
                 Err(e) if matches!(e.kind(), CreateStreamErrorKind::JetStream(ref j) if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NAME_EXIST) => {
                     Ok(())
                 }
-                Err(e) => Err(BuildError::Open {
-                    backend: BACKEND,
-                    message: format!("cannot create stream '{name}' with subjects {subjects:?}: {e}"),
-                }),
+                Err(e) => {
+                    Err(BuildError::open(BACKEND, format!("cannot create stream '{name}' with subjects {subjects:?}"))
+                        .because(e))
+                }
             }
         }
     }
@@ -102,14 +96,11 @@ pub fn subject_filter(template: &str) -> String {
 
 fn classify(e: &async_nats::jetstream::context::PublishError, subject: &str) -> SinkError {
     match e.kind() {
-        PublishErrorKind::StreamNotFound => SinkError::Permanent {
-            backend: BACKEND,
-            message: format!("no JetStream stream captures subject '{subject}'; create one whose subjects include it, or set \"nats_stream\" and \"create_stream\": true"),
-        },
+        PublishErrorKind::StreamNotFound => SinkError::permanent(BACKEND, format!("no JetStream stream captures subject '{subject}'; create one whose subjects include it, or set \"nats_stream\" and \"create_stream\": true")),
         PublishErrorKind::WrongLastMessageId | PublishErrorKind::WrongLastSequence => {
-            SinkError::Permanent { backend: BACKEND, message: format!("publish to '{subject}' rejected: {e}") }
+            SinkError::permanent(BACKEND, format!("publish to '{subject}' rejected: {e}"))
         }
-        _ => SinkError::Retryable { backend: BACKEND, message: format!("publish to '{subject}' failed: {e}") },
+        _ => SinkError::retryable(BACKEND, format!("publish to '{subject}' failed: {e}")),
     }
 }
 
@@ -146,9 +137,8 @@ impl Sink for NatsSink {
                     .await
                     .map_err(|e| classify(&e, &m.subject))?;
                 let ack = Box::pin(async move {
-                    ack.await.map(|a| a.duplicate).map_err(|e| SinkError::Retryable {
-                        backend: BACKEND,
-                        message: format!("JetStream did not acknowledge a message: {e}"),
+                    ack.await.map(|a| a.duplicate).map_err(|e| {
+                        SinkError::retryable(BACKEND, "JetStream did not acknowledge a message").because(e)
                     })
                 });
                 self.window.push(call, ack, &mut done).await?;
@@ -175,19 +165,14 @@ impl Sink for NatsSink {
         Box::pin(async move {
             match self.client.connection_state() {
                 async_nats::connection::State::Connected => Ok(()),
-                state => {
-                    Err(SinkError::Retryable { backend: BACKEND, message: format!("not connected to NATS ({state})") })
-                }
+                state => Err(SinkError::retryable(BACKEND, format!("not connected to NATS ({state})"))),
             }
         })
     }
 
     fn close(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async move {
-            self.client
-                .flush()
-                .await
-                .map_err(|e| SinkError::Retryable { backend: BACKEND, message: format!("flush failed: {e}") })
+            self.client.flush().await.map_err(|e| SinkError::retryable(BACKEND, "flush failed").because(e))
         })
     }
 }

@@ -49,9 +49,8 @@ pub async fn build(cfg: &PgInboxSinkConfig, ctx: &SinkContext<'_>) -> Result<Box
     };
     let aggregate_id_field = cfg.aggregate_id_field.as_ref().map(|f| f.0.clone());
     let app_name = format!("pgtrickle-relay {} inbox", ctx.pipeline);
-    let unreachable = |e: &dyn std::fmt::Display| BuildError::Unreachable {
-        backend: BACKEND,
-        message: format!("cannot connect to {}: {e}", redact_url(&url)),
+    let unreachable = |e: &dyn std::fmt::Display| {
+        BuildError::unreachable(BACKEND, format!("cannot connect to {}: {e}", redact_url(&url)))
     };
     let shared = ctx.own_database.filter(|_| url == ctx.postgres_url).cloned();
     let (conn, borrowed) = match &shared {
@@ -64,8 +63,8 @@ pub async fn build(cfg: &PgInboxSinkConfig, ctx: &SinkContext<'_>) -> Result<Box
         (None, None) => unreachable!("one of them was just set"),
     };
     table.ensure(client, cfg.create_inbox.is_some_and(|f| f.0)).await.map_err(|e| match e {
-        InboxError::Retryable(message) => BuildError::Unreachable { backend: BACKEND, message },
-        InboxError::Permanent(message) | InboxError::Row(message) => BuildError::Open { backend: BACKEND, message },
+        InboxError::Retryable(message) => BuildError::unreachable(BACKEND, message),
+        InboxError::Permanent(message) | InboxError::Row(message) => BuildError::open(BACKEND, message),
     })?;
     drop(borrowed);
     let insert_sql = table.insert_sql();
@@ -83,8 +82,8 @@ pub async fn build(cfg: &PgInboxSinkConfig, ctx: &SinkContext<'_>) -> Result<Box
 
 fn classify(e: &tokio_postgres::Error) -> SinkError {
     match InboxError::from_pg(e) {
-        InboxError::Retryable(message) => SinkError::Retryable { backend: BACKEND, message },
-        InboxError::Permanent(message) | InboxError::Row(message) => SinkError::Permanent { backend: BACKEND, message },
+        InboxError::Retryable(message) => SinkError::retryable(BACKEND, message),
+        InboxError::Permanent(message) | InboxError::Row(message) => SinkError::permanent(BACKEND, message),
     }
 }
 
@@ -97,7 +96,7 @@ impl PgInboxSink {
 impl PgInboxSink {
     /// The inbox's database cannot be reached (a borrow or a connect failed).
     fn unreachable(&self, e: &dyn std::fmt::Display) -> SinkError {
-        SinkError::Retryable { backend: BACKEND, message: format!("cannot connect to {}: {e}", redact_url(&self.url)) }
+        SinkError::retryable(BACKEND, format!("cannot connect to {}: {e}", redact_url(&self.url)))
     }
 }
 
@@ -134,13 +133,11 @@ impl Sink for PgInboxSink {
             let client = match (&borrowed, &self.conn) {
                 (Some(w), _) => &**w,
                 (None, Some(c)) => &c.client,
-                (None, None) => return Err(SinkError::Retryable { backend: BACKEND, message: "not connected".into() }),
+                (None, None) => return Err(SinkError::retryable(BACKEND, "not connected")),
             };
             let inserted = inbox::write(client, &self.insert_sql, &rows).await.map_err(|e| match e {
-                InboxError::Retryable(message) => SinkError::Retryable { backend: BACKEND, message },
-                InboxError::Permanent(message) | InboxError::Row(message) => {
-                    SinkError::Permanent { backend: BACKEND, message }
-                }
+                InboxError::Retryable(message) => SinkError::retryable(BACKEND, message),
+                InboxError::Permanent(message) | InboxError::Row(message) => SinkError::permanent(BACKEND, message),
             })?;
             Ok(Published { confirmed: n as u64, duplicates: (n - inserted.len().min(n)) as u64 })
         })

@@ -15,6 +15,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use super::window::AckWindow;
 use super::{BuildError, Published, Sink, SinkContext, SinkError};
 use crate::backend::rabbitmq::RabbitmqSinkConfig;
+use crate::error::report;
 use crate::message::{RelayMessage, Template};
 use crate::redact::redact_url;
 
@@ -34,7 +35,7 @@ pub struct RabbitSink {
 }
 
 fn retryable(message: String) -> SinkError {
-    SinkError::Retryable { backend: BACKEND, message }
+    SinkError::retryable(BACKEND, message)
 }
 
 fn exchange_kind(kind: &str) -> ExchangeKind {
@@ -71,21 +72,17 @@ pub async fn build(cfg: &RabbitmqSinkConfig, ctx: &SinkContext<'_>) -> Result<Bo
         outbox_table: ctx.outbox_table.to_owned(),
         window: AckWindow::new(cfg.max_in_flight.map_or(1024, |n| n.get() as usize)),
     };
-    let channel =
-        sink.channel().await.map_err(|e| BuildError::Unreachable { backend: BACKEND, message: e.to_string() })?;
+    let channel = sink.channel().await.map_err(|e| BuildError::unreachable(BACKEND, report(&e)))?;
     // The default exchange ("") cannot be declared; it always exists.
     if cfg.declare_exchange.is_none_or(|f| f.0) && !sink.exchange.is_empty() {
         let opts = ExchangeDeclareOptions { durable: cfg.durable.is_none_or(|f| f.0), ..Default::default() };
         channel
             .exchange_declare(ShortString::from(sink.exchange.as_str()), exchange_kind(kind), opts, FieldTable::default())
             .await
-            .map_err(|e| BuildError::Open {
-                backend: BACKEND,
-                message: format!(
+            .map_err(|e| BuildError::open(BACKEND, format!(
                     "cannot declare {kind} exchange '{}' ({e}); an existing exchange of another type or durability needs \"exchange_type\"/\"durable\" to match, or \"declare_exchange\": false",
                     sink.exchange
-                ),
-            })?;
+                )))?;
     } else if !sink.exchange.is_empty() {
         let passive = ExchangeDeclareOptions { passive: true, ..Default::default() };
         channel
@@ -96,12 +93,14 @@ pub async fn build(cfg: &RabbitmqSinkConfig, ctx: &SinkContext<'_>) -> Result<Bo
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| BuildError::Open {
-                backend: BACKEND,
-                message: format!(
-                    "exchange '{}' does not exist ({e}); declare it or set \"declare_exchange\": true",
-                    sink.exchange
-                ),
+            .map_err(|e| {
+                BuildError::open(
+                    BACKEND,
+                    format!(
+                        "exchange '{}' does not exist ({e}); declare it or set \"declare_exchange\": true",
+                        sink.exchange
+                    ),
+                )
             })?;
     }
     Ok(Box::new(sink))
@@ -188,13 +187,10 @@ impl Sink for RabbitSink {
                 let ack = Box::pin(async move {
                     match confirm.await {
                         Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => Ok(false),
-                        Ok(Confirmation::Ack(Some(returned))) => Err(SinkError::Permanent {
-                            backend: BACKEND,
-                            message: format!(
+                        Ok(Confirmation::Ack(Some(returned))) => Err(SinkError::permanent(BACKEND, format!(
                                 "no queue is bound to exchange '{exchange}' for routing key '{key}' ({} {}); bind one, or set \"mandatory\": false to let the broker drop such messages",
                                 returned.reply_code, returned.reply_text
-                            ),
-                        }),
+                            ))),
                         Ok(Confirmation::Nack(_)) => {
                             Err(retryable(format!("the broker refused a message for exchange '{exchange}' (nack)")))
                         }

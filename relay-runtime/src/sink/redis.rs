@@ -105,7 +105,7 @@ struct InFlight {
 }
 
 fn unreachable(url: &str, e: &redis::RedisError) -> SinkError {
-    SinkError::Retryable { backend: BACKEND, message: format!("{}: {e}", redact_url(url)) }
+    SinkError::retryable(BACKEND, format!("{}: {e}", redact_url(url)))
 }
 
 pub async fn build(cfg: &RedisSinkConfig, ctx: &SinkContext<'_>) -> Result<Box<dyn Sink>, BuildError> {
@@ -134,9 +134,7 @@ pub async fn build(cfg: &RedisSinkConfig, ctx: &SinkContext<'_>) -> Result<Box<d
         inflight: VecDeque::new(),
         last_sent: HashMap::new(),
     };
-    sink.connection()
-        .await
-        .map_err(|e| BuildError::Unreachable { backend: BACKEND, message: format!("cannot connect to Redis: {e}") })?;
+    sink.connection().await.map_err(|e| BuildError::unreachable(BACKEND, "cannot connect to Redis").because(e))?;
     Ok(Box::new(sink))
 }
 
@@ -173,14 +171,11 @@ impl RedisSink {
                 self.conn = None;
                 let message = e.to_string();
                 Err(if message.contains("PGTRICKLE_GAP") {
-                    SinkError::Retryable {
-                        backend: BACKEND,
-                        message: "a batch sent before this one failed; resending from it".into(),
-                    }
+                    SinkError::retryable(BACKEND, "a batch sent before this one failed; resending from it")
                 } else if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
                     && !message.contains("NOSCRIPT")
                 {
-                    SinkError::Permanent { backend: BACKEND, message: format!("Redis rejected a write: {e}") }
+                    SinkError::permanent(BACKEND, "Redis rejected a write").because(e)
                 } else {
                     unreachable(&self.url, &e)
                 })

@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use super::{BuildError, Published, Sink, SinkContext, SinkError};
 use crate::backend::sqs::{check_queue, SqsSinkConfig};
+use crate::error::report;
 use crate::message::{RelayMessage, Template};
 
 const BACKEND: &str = "sqs";
@@ -80,7 +81,7 @@ fn attribute(value: &str) -> Result<MessageAttributeValue, SinkError> {
         .data_type("String")
         .string_value(value)
         .build()
-        .map_err(|e| SinkError::Permanent { backend: BACKEND, message: format!("cannot build an attribute: {e}") })
+        .map_err(|e| SinkError::permanent(BACKEND, "cannot build an attribute").because(e))
 }
 
 impl SqsSink {
@@ -95,13 +96,10 @@ impl SqsSink {
         ];
         let size = body.len() + attrs.iter().map(|(k, v)| k.len() + "String".len() + v.len()).sum::<usize>();
         if size > MAX_MESSAGE_BYTES {
-            return Err(SinkError::Permanent {
-                backend: BACKEND,
-                message: format!(
+            return Err(SinkError::permanent(BACKEND, format!(
                     "message {} is {size} bytes, over SQS's limit of {MAX_MESSAGE_BYTES} (256 KiB); shrink the row or relay this stream table to another sink",
                     m.dedup_key
-                ),
-            });
+                )));
         }
         let mut e = SendMessageBatchRequestEntry::builder().id(index.to_string()).message_body(body);
         for (k, v) in attrs {
@@ -112,8 +110,7 @@ impl SqsSink {
                 .message_group_id(self.group.render(&m.vars(&self.stream_table, &self.outbox_table)))
                 .message_deduplication_id(deduplication_id(&m.dedup_key));
         }
-        e.build()
-            .map_err(|e| SinkError::Permanent { backend: BACKEND, message: format!("cannot build a message: {e}") })
+        e.build().map_err(|e| SinkError::permanent(BACKEND, "cannot build a message").because(e))
     }
 }
 
@@ -133,14 +130,11 @@ async fn send_call(
                 |e| {
                     let text = DisplayErrorContext(&e).to_string();
                     match e.as_service_error() {
-                        Some(s) if s.is_batch_request_too_long() => SinkError::Permanent {
-                            backend: BACKEND,
-                            message: format!("a SendMessageBatch to {queue_url} is over SQS's 256 KiB limit: {text}"),
-                        },
-                        _ => SinkError::Retryable {
-                            backend: BACKEND,
-                            message: format!("SendMessageBatch to {queue_url} failed: {text}"),
-                        },
+                        Some(s) if s.is_batch_request_too_long() => SinkError::permanent(
+                            BACKEND,
+                            format!("a SendMessageBatch to {queue_url} is over SQS's 256 KiB limit: {text}"),
+                        ),
+                        _ => SinkError::retryable(BACKEND, format!("SendMessageBatch to {queue_url} failed: {text}")),
                     }
                 },
             )?;
@@ -149,10 +143,10 @@ async fn send_call(
         }
         if let Some(f) = out.failed().iter().find(|f| f.sender_fault()) {
             let key = f.id().parse::<usize>().ok().and_then(|i| keys.get(i)).map_or("?", String::as_str);
-            return Err(SinkError::Permanent {
-                backend: BACKEND,
-                message: format!("SQS rejected message {key}: {} {}", f.code(), f.message().unwrap_or_default()),
-            });
+            return Err(SinkError::permanent(
+                BACKEND,
+                format!("SQS rejected message {key}: {} {}", f.code(), f.message().unwrap_or_default()),
+            ));
         }
         let failed: std::collections::HashSet<&str> = out.failed().iter().map(|f| f.id()).collect();
         tracing::debug!(queue = %queue_url, failed = failed.len(), attempt, "SendMessageBatch entries failed; sending those again");
@@ -160,10 +154,10 @@ async fn send_call(
         tokio::time::sleep(delay).await;
         delay *= 2;
     }
-    Err(SinkError::Retryable {
-        backend: BACKEND,
-        message: format!("{} entries of a SendMessageBatch to {queue_url} kept failing", entries.len()),
-    })
+    Err(SinkError::retryable(
+        BACKEND,
+        format!("{} entries of a SendMessageBatch to {queue_url} kept failing", entries.len()),
+    ))
 }
 
 impl Sink for SqsSink {
@@ -194,9 +188,7 @@ impl Sink for SqsSink {
 
     fn health(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async move {
-            check_queue(&self.client, &self.queue_url)
-                .await
-                .map_err(|e| SinkError::Retryable { backend: BACKEND, message: e.to_string() })
+            check_queue(&self.client, &self.queue_url).await.map_err(|e| SinkError::retryable(BACKEND, report(&e)))
         })
     }
 

@@ -55,10 +55,8 @@ pub async fn build(config: &SinkConfig) -> Result<Box<dyn Sink>, BuildError> {
             };
             let file = match opened {
                 Ok(Ok(file)) => file,
-                Ok(Err(e)) => {
-                    return Err(BuildError::Open { backend: "file", message: format!("{}: {e}", path.display()) })
-                }
-                Err(e) => return Err(BuildError::Open { backend: "file", message: e.to_string() }),
+                Ok(Err(e)) => return Err(BuildError::open("file", format!("{}: {e}", path.display()))),
+                Err(e) => return Err(BuildError::open("file", e.to_string())),
             };
             Target::File { path, file: Arc::new(file) }
         }
@@ -115,10 +113,7 @@ impl StdoutSink {
                 // Through a value, so the row text is indented like the rest.
                 Format::Pretty => serde_json::to_value(m).and_then(|v| serde_json::to_writer_pretty(&mut self.buf, &v)),
             };
-            r.map_err(|e| SinkError::Permanent {
-                backend: self.name(),
-                message: format!("cannot encode message: {e}"),
-            })?;
+            r.map_err(|e| SinkError::permanent(self.name(), "cannot encode message").because(e))?;
             self.buf.push(b'\n');
         }
         Ok(())
@@ -137,7 +132,7 @@ impl Sink for StdoutSink {
         Box::pin(async move {
             self.encode(batch)?;
             let name = self.name();
-            let io = |e: std::io::Error| SinkError::Retryable { backend: name, message: e.to_string() };
+            let io = |e: std::io::Error| SinkError::retryable(name, e.to_string());
             match &mut self.target {
                 Target::Stdout(out) => {
                     out.write_all(&self.buf).await.map_err(io)?;
@@ -159,10 +154,7 @@ impl Sink for StdoutSink {
                         Err(e) => Some(e.to_string()),
                     };
                     if let Some(e) = message {
-                        return Err(SinkError::Retryable {
-                            backend: "file",
-                            message: format!("{}: {e}", path.display()),
-                        });
+                        return Err(SinkError::retryable("file", format!("{}: {e}", path.display())));
                     }
                 }
             }
@@ -183,7 +175,7 @@ impl Sink for StdoutSink {
                     tokio::task::spawn_blocking(move || file.sync_all()).await.unwrap_or_else(|e| Err(e.into()))
                 }
             }
-            .map_err(|e| SinkError::Retryable { backend: name, message: e.to_string() })
+            .map_err(|e| SinkError::retryable(name, e.to_string()))
         })
     }
 }

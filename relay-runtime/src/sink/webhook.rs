@@ -44,7 +44,7 @@ pub struct WebhookSink {
 }
 
 fn opt_err(key: &str, message: impl Into<String>) -> BuildError {
-    BuildError::Option { backend: BACKEND, key: key.to_owned(), message: message.into() }
+    BuildError::option(BACKEND, key, message)
 }
 
 pub async fn build(cfg: &WebhookSinkConfig, _ctx: &SinkContext<'_>) -> Result<Box<dyn Sink>, BuildError> {
@@ -80,7 +80,7 @@ pub async fn build(cfg: &WebhookSinkConfig, _ctx: &SinkContext<'_>) -> Result<Bo
         let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| opt_err("tls_ca", format!("{ca}: {e}")))?;
         builder = builder.add_root_certificate(cert);
     }
-    let client = builder.build().map_err(|e| BuildError::Open { backend: BACKEND, message: e.to_string() })?;
+    let client = builder.build().map_err(|e| BuildError::open(BACKEND, e.to_string()))?;
     let signature_header =
         HeaderName::from_bytes(cfg.signature_header.as_ref().map_or("X-Pgtrickle-Signature", Text::as_str).as_bytes())
             .map_err(|_| opt_err("signature_header", "not a header name"))?;
@@ -180,7 +180,7 @@ impl WebhookSink {
                     let body: String = resp.text().await.unwrap_or_default().chars().take(200).collect();
                     let message = format!("{} answered {status}: {body}", redact_url(&self.url));
                     if !retryable_status(status) {
-                        return Err(SinkError::Permanent { backend: BACKEND, message });
+                        return Err(SinkError::permanent(BACKEND, message));
                     }
                     (message, retry_after)
                 }
@@ -189,7 +189,7 @@ impl WebhookSink {
             attempt += 1;
             let wait = retry_after.unwrap_or_else(|| backoff.next_wait());
             if attempt > self.retries || wait > MAX_RETRY_AFTER {
-                return Err(SinkError::Retryable { backend: BACKEND, message: error });
+                return Err(SinkError::retryable(BACKEND, error));
             }
             tracing::debug!(error = %error, attempt, wait_ms = wait.as_millis() as u64, "webhook request will be retried");
             tokio::time::sleep(wait).await;

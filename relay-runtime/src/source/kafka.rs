@@ -52,7 +52,7 @@ pub struct KafkaSource {
 }
 
 fn retryable(message: String) -> SourceError {
-    SourceError::Retryable { backend: BACKEND, message }
+    SourceError::retryable(BACKEND, message)
 }
 
 pub async fn build(cfg: &KafkaSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn Source>, BuildError> {
@@ -69,16 +69,13 @@ pub async fn build(cfg: &KafkaSourceConfig, ctx: &SourceContext<'_>) -> Result<B
         .set("session.timeout.ms", cfg.session_timeout_ms.map_or(10_000, |n| n.get()).to_string());
     cfg.client.passthrough(&mut config);
     let consumer: StreamConsumer<RebalanceGuard> =
-        config.create_with_context(RebalanceGuard::default()).map_err(|e| BuildError::Option {
-            backend: BACKEND,
-            key: "rdkafka".into(),
-            message: scrub(format!("invalid consumer setting: {e}"), &config),
+        config.create_with_context(RebalanceGuard::default()).map_err(|e| {
+            BuildError::option(BACKEND, "rdkafka", scrub(format!("invalid consumer setting: {e}"), &config))
         })?;
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&names).map_err(|e| BuildError::Open {
-        backend: BACKEND,
-        message: scrub(format!("cannot subscribe to {topics:?}: {e}"), &config),
-    })?;
+    consumer
+        .subscribe(&names)
+        .map_err(|e| BuildError::open(BACKEND, scrub(format!("cannot subscribe to {topics:?}: {e}"), &config)))?;
     Ok(Box::new(KafkaSource {
         consumer: Arc::new(consumer),
         pending: BTreeMap::new(),

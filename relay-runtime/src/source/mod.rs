@@ -24,6 +24,7 @@ use futures::future::BoxFuture;
 
 use crate::backend::BuildError;
 use crate::config::{ReverseSpec, SourceConfig};
+use crate::error::Cause;
 
 /// One message as received.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,15 +55,54 @@ pub enum Outcome {
     DeadLettered(String),
 }
 
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+/// What the backend's library reported is kept as the `source()` (written out by
+/// [`crate::error::report`]).
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SourceError {
     #[error("{backend}: {message} (will retry)")]
-    Retryable { backend: &'static str, message: String },
+    Retryable {
+        backend: &'static str,
+        message: String,
+        #[source]
+        cause: Option<Cause>,
+    },
     #[error("{backend}: {message}")]
-    Permanent { backend: &'static str, message: String },
+    Permanent {
+        backend: &'static str,
+        message: String,
+        #[source]
+        cause: Option<Cause>,
+    },
 }
 
 impl SourceError {
+    /// Retrying can help (the target is down, busy, or answered with a transient error).
+    pub fn retryable(backend: &'static str, message: impl Into<String>) -> Self {
+        SourceError::Retryable { backend, message: message.into(), cause: None }
+    }
+
+    /// The pipeline needs a change first.
+    pub fn permanent(backend: &'static str, message: impl Into<String>) -> Self {
+        SourceError::Permanent { backend, message: message.into(), cause: None }
+    }
+
+    /// What the library reported, with its type (`downcast_ref`).
+    pub fn cause(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        match self {
+            SourceError::Retryable { cause, .. } | SourceError::Permanent { cause, .. } => cause.as_deref(),
+        }
+    }
+
+    /// The same error, with what the library reported as its cause.
+    pub fn because(mut self, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        match &mut self {
+            SourceError::Retryable { cause, .. } | SourceError::Permanent { cause, .. } => {
+                *cause = Some(std::sync::Arc::new(e))
+            }
+        }
+        self
+    }
+
     pub fn is_retryable(&self) -> bool {
         matches!(self, SourceError::Retryable { .. })
     }

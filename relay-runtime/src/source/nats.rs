@@ -27,7 +27,7 @@ pub struct NatsSource {
 }
 
 fn retryable(message: String) -> SourceError {
-    SourceError::Retryable { backend: BACKEND, message }
+    SourceError::retryable(BACKEND, message)
 }
 
 pub async fn build(cfg: &NatsSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn Source>, BuildError> {
@@ -51,12 +51,12 @@ pub async fn build(cfg: &NatsSourceConfig, ctx: &SourceContext<'_>) -> Result<Bo
         Err(e) if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
         {
             if !cfg.create_stream.is_none_or(|f| f.0) {
-                return Err(BuildError::Open {
-                    backend: BACKEND,
-                    message: format!(
+                return Err(BuildError::open(
+                    BACKEND,
+                    format!(
                         "JetStream stream '{stream_name}' does not exist; create it or set \"create_stream\": true"
                     ),
-                });
+                ));
             }
             let subjects = match &cfg.stream_subjects {
                 Some(s) => s.0.clone(),
@@ -70,17 +70,17 @@ pub async fn build(cfg: &NatsSourceConfig, ctx: &SourceContext<'_>) -> Result<Bo
                     s
                 }
                 // Another relay created it meanwhile.
-                Err(_) => js.get_stream(&stream_name).await.map_err(|e| BuildError::Open {
-                    backend: BACKEND,
-                    message: format!("cannot create stream '{stream_name}' with subjects {subjects:?}: {e}"),
+                Err(_) => js.get_stream(&stream_name).await.map_err(|e| {
+                    BuildError::open(
+                        BACKEND,
+                        format!("cannot create stream '{stream_name}' with subjects {subjects:?}"),
+                    )
+                    .because(e)
                 })?,
             }
         }
         Err(e) => {
-            return Err(BuildError::Unreachable {
-                backend: BACKEND,
-                message: format!("cannot look up stream '{stream_name}': {e}"),
-            })
+            return Err(BuildError::unreachable(BACKEND, format!("cannot look up stream '{stream_name}'")).because(e))
         }
     };
     let config = pull::Config {
@@ -93,9 +93,9 @@ pub async fn build(cfg: &NatsSourceConfig, ctx: &SourceContext<'_>) -> Result<Bo
         max_ack_pending: cfg.max_ack_pending.map_or(20_000, |n| n.get() as i64),
         ..Default::default()
     };
-    let consumer = stream.get_or_create_consumer(&durable, config).await.map_err(|e| BuildError::Open {
-        backend: BACKEND,
-        message: format!("cannot create durable consumer '{durable}' on stream '{stream_name}': {e}"),
+    let consumer = stream.get_or_create_consumer(&durable, config).await.map_err(|e| {
+        BuildError::open(BACKEND, format!("cannot create durable consumer '{durable}' on stream '{stream_name}'"))
+            .because(e)
     })?;
     Ok(Box::new(NatsSource { client, stream: stream_name, consumer, pending: Vec::new() }))
 }

@@ -42,7 +42,7 @@ pub struct RabbitSource {
 }
 
 fn retryable(message: String) -> SourceError {
-    SourceError::Retryable { backend: BACKEND, message }
+    SourceError::retryable(BACKEND, message)
 }
 
 pub async fn build(cfg: &RabbitmqSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn Source>, BuildError> {
@@ -70,8 +70,8 @@ pub async fn build(cfg: &RabbitmqSourceConfig, ctx: &SourceContext<'_>) -> Resul
         last_tag: None,
     };
     source.consume().await.map_err(|e| match e {
-        SourceError::Retryable { message, .. } => BuildError::Unreachable { backend: BACKEND, message },
-        SourceError::Permanent { message, .. } => BuildError::Open { backend: BACKEND, message },
+        SourceError::Retryable { message, cause, .. } => BuildError::Unreachable { backend: BACKEND, message, cause },
+        SourceError::Permanent { message, cause, .. } => BuildError::Open { backend: BACKEND, message, cause },
     })?;
     Ok(Box::new(source))
 }
@@ -95,10 +95,7 @@ impl RabbitSource {
         let ch = conn.create_channel().await.map_err(|e| retryable(format!("cannot open a channel: {e}")))?;
         if self.declare {
             let opts = QueueDeclareOptions { durable: self.durable, ..Default::default() };
-            ch.queue_declare(self.queue.as_str().into(), opts, FieldTable::default()).await.map_err(|e| SourceError::Permanent {
-                backend: BACKEND,
-                message: format!("cannot declare queue '{}' ({e}); an existing queue with other settings needs \"durable\" to match, or \"declare_queue\": false", self.queue),
-            })?;
+            ch.queue_declare(self.queue.as_str().into(), opts, FieldTable::default()).await.map_err(|e| SourceError::permanent(BACKEND, format!("cannot declare queue '{}' ({e}); an existing queue with other settings needs \"durable\" to match, or \"declare_queue\": false", self.queue)))?;
         }
         if let Some((exchange, key)) = &self.binding {
             ch.queue_bind(
@@ -109,9 +106,12 @@ impl RabbitSource {
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| SourceError::Permanent {
-                backend: BACKEND,
-                message: format!("cannot bind queue '{}' to exchange '{exchange}' with '{key}': {e}", self.queue),
+            .map_err(|e| {
+                SourceError::permanent(
+                    BACKEND,
+                    format!("cannot bind queue '{}' to exchange '{exchange}' with '{key}'", self.queue),
+                )
+                .because(e)
             })?;
         }
         ch.basic_qos(self.prefetch, BasicQosOptions::default())
@@ -125,9 +125,8 @@ impl RabbitSource {
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| SourceError::Permanent {
-                backend: BACKEND,
-                message: format!("cannot consume from queue '{}': {e}", self.queue),
+            .map_err(|e| {
+                SourceError::permanent(BACKEND, format!("cannot consume from queue '{}'", self.queue)).because(e)
             })?;
         self.channel = Some(ch);
         self.consumer = Some(consumer);

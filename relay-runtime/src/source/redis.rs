@@ -38,7 +38,7 @@ pub struct RedisSource {
 }
 
 fn retryable(url: &str, e: &redis::RedisError) -> SourceError {
-    SourceError::Retryable { backend: BACKEND, message: format!("{}: {e}", redact_url(url)) }
+    SourceError::retryable(BACKEND, format!("{}: {e}", redact_url(url)))
 }
 
 pub async fn build(cfg: &RedisSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn Source>, BuildError> {
@@ -60,7 +60,7 @@ pub async fn build(cfg: &RedisSourceConfig, ctx: &SourceContext<'_>) -> Result<B
     let mut conn = source
         .connection()
         .await
-        .map_err(|e| BuildError::Unreachable { backend: BACKEND, message: format!("cannot connect to Redis: {e}") })?;
+        .map_err(|e| BuildError::unreachable(BACKEND, "cannot connect to Redis").because(e))?;
     let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(&source.key)
@@ -73,10 +73,11 @@ pub async fn build(cfg: &RedisSourceConfig, ctx: &SourceContext<'_>) -> Result<B
         Ok(()) => tracing::info!(stream = %source.key, group = %source.group, start, "created Redis consumer group"),
         Err(e) if e.to_string().contains("BUSYGROUP") => {}
         Err(e) => {
-            return Err(BuildError::Open {
-                backend: BACKEND,
-                message: format!("cannot create consumer group '{}' on '{}': {e}", source.group, source.key),
-            })
+            return Err(BuildError::open(
+                BACKEND,
+                format!("cannot create consumer group '{}' on '{}'", source.group, source.key),
+            )
+            .because(e))
         }
     }
     Ok(Box::new(source))

@@ -30,7 +30,7 @@ pub struct SqsSource {
 }
 
 fn retryable(message: String) -> SourceError {
-    SourceError::Retryable { backend: BACKEND, message }
+    SourceError::retryable(BACKEND, message)
 }
 
 pub async fn build(cfg: &SqsSourceConfig, ctx: &SourceContext<'_>) -> Result<Box<dyn Source>, BuildError> {

@@ -99,9 +99,11 @@ pub async fn build(cfg: &WebhookSourceConfig, ctx: &SourceContext<'_>) -> Result
             async move { handle(&checks, &tx, method, path.as_str(), &headers, body).await }
         });
     let stop = shutdown.clone();
-    let cannot_listen = |e: warp::Error| BuildError::Open {
-        backend: BACKEND,
-        message: format!("cannot listen on {addr}: {e}; check \"bind\" (and \"tls_cert\"/\"tls_key\")"),
+    let cannot_listen = |e: warp::Error| {
+        BuildError::open(
+            BACKEND,
+            format!("cannot listen on {addr}: {e}; check \"bind\" (and \"tls_cert\"/\"tls_key\")"),
+        )
     };
     let bound = match tls {
         Some((cert, key)) => {
@@ -269,9 +271,7 @@ impl Source for WebhookSource {
             let mut out = Vec::new();
             let first = match tokio::time::timeout(wait, self.rx.recv()).await {
                 Ok(Some(r)) => r,
-                Ok(None) => {
-                    return Err(SourceError::Permanent { backend: BACKEND, message: "the receiver stopped".into() })
-                }
+                Ok(None) => return Err(SourceError::permanent(BACKEND, "the receiver stopped")),
                 Err(_) => return Ok(out),
             };
             let mut next = Some(first);

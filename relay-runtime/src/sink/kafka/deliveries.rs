@@ -269,7 +269,7 @@ mod tests {
         d.sending(c);
         d.sending(c);
         d.seal(c);
-        d.report(c, Some(SinkError::Retryable { backend: "kafka", message: "broker down".into() }));
+        d.report(c, Some(SinkError::retryable("kafka", "broker down")));
         let err = d.flush().await.unwrap_err();
         assert!(err.to_string().contains("broker down"));
         // After a reset the late report of the forgotten call changes nothing.
