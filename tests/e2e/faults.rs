@@ -1,6 +1,7 @@
 //! The fault-injection suite at CI scale (`scripts/faults` runs the same scenarios at full scale
 //! and prints their JSON summary): every scenario counts at the destination.
 
+use relay_e2e::fault_targets::{sigkill_owner_to, Backend};
 use relay_e2e::faults::{self, Scale};
 use serde_json::Value;
 
@@ -77,4 +78,44 @@ async fn malformed_pipelines_beside_healthy_ones_only_fail_themselves() {
     failed_with("not-an-object", "object");
     assert_eq!(p["unreachable-broker"]["state"], "degraded", "{v:#}");
     assert_eq!(v["health_status"], "degraded", "{v:#}");
+}
+
+/// SIGKILL the owner of a pipeline towards each backend: nothing lost; no duplicate where the
+/// target deduplicates; elsewhere every copy carries its original's dedup id.
+async fn sigkill_towards(backend: Backend) {
+    let v = sigkill_owner_to(backend, &Scale::ci()).await;
+    eprintln!("{v}");
+    assert_eq!(v["lost"], 0, "rows lost at {}: {v:#}", backend.name());
+    assert_eq!(v["unexpected"], 0, "messages without a known dedup id at {}: {v:#}", backend.name());
+    assert!(v["rows"].as_u64().unwrap_or(0) > 0, "nothing was streamed: {v:#}");
+    if backend.deduplicates() {
+        assert_eq!(v["duplicates"], 0, "{} deduplicates, yet: {v:#}", backend.name());
+    }
+    let worst = v["failover_ms"]["max"].as_u64().unwrap();
+    assert!(worst <= 1500, "failover took {worst} ms: {v:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_of_the_owner_towards_kafka_loses_nothing() {
+    sigkill_towards(Backend::Kafka).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_of_the_owner_towards_redis_loses_and_doubles_nothing() {
+    sigkill_towards(Backend::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_of_the_owner_towards_sqs_fifo_loses_and_doubles_nothing() {
+    sigkill_towards(Backend::Sqs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_of_the_owner_towards_rabbitmq_loses_nothing() {
+    sigkill_towards(Backend::Rabbitmq).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_of_the_owner_towards_a_webhook_loses_nothing() {
+    sigkill_towards(Backend::Webhook).await;
 }

@@ -62,7 +62,7 @@ impl Scale {
         }
     }
 
-    fn refreshes(&self) -> usize {
+    pub fn refreshes(&self) -> usize {
         self.rows.div_ceil(self.per_refresh)
     }
 }
@@ -140,7 +140,7 @@ pub fn tally(expected: &HashSet<String>, ids: &[String]) -> (usize, usize, usize
 }
 
 /// Waits until `count()` reaches `n` (or `timeout`); returns how long it took.
-async fn until_count<F, Fut>(n: usize, timeout: Duration, mut count: F) -> Duration
+pub async fn until_count<F, Fut>(n: usize, timeout: Duration, mut count: F) -> Duration
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = usize>,
@@ -158,13 +158,13 @@ async fn nats_tally(nats: &NatsServer, stream: &str, expected: &HashSet<String>)
     json!({"stored": ids.len(), "lost": lost, "duplicates": duplicates, "unexpected": unexpected})
 }
 
-fn stats(ms: &[u128]) -> Value {
+pub fn stats(ms: &[u128]) -> Value {
     let max = ms.iter().max().copied().unwrap_or(0);
     let mean = if ms.is_empty() { 0 } else { ms.iter().sum::<u128>() / ms.len() as u128 };
     json!({"max": max, "mean": mean, "each": ms})
 }
 
-async fn register(c: &Client, name: &str, config: Value) {
+pub async fn register(c: &Client, name: &str, config: Value) {
     c.execute("SELECT pgtrickle.set_relay_outbox($1, config => $2::jsonb)", &[&name, &config]).await.unwrap();
 }
 
@@ -187,7 +187,7 @@ async fn owner_pid(c: &Client, pipeline: &str) -> Option<u32> {
 
 /// SIGKILLs the relay owning `pipeline` `scale.kills` times, spread over the stream, restarting
 /// it each time; returns how long each takeover (the lock held by another session) took.
-async fn kill_owner_repeatedly(
+pub async fn kill_owner_repeatedly(
     c: &Client,
     url: &str,
     relays: &mut [Relay],
@@ -198,15 +198,36 @@ async fn kill_owner_repeatedly(
     let mut failovers = Vec::new();
     for _ in 0..scale.kills {
         tokio::time::sleep(gap).await;
-        // The current owner, from the status row its worker writes.
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // The current owner, from the status row its worker writes (with its first batch).
+        let deadline = Instant::now() + Duration::from_secs(30);
         let idx = loop {
             if let Some(pid) = owner_pid(c, pipeline).await {
                 if let Some(i) = relays.iter().position(|r| r.pid == pid) {
                     break i;
                 }
             }
-            assert!(Instant::now() < deadline, "no live owner of {pipeline}");
+            if Instant::now() > deadline {
+                let status: Vec<String> = c
+                    .query(
+                        "SELECT state || ' (' || coalesce(owner, '?') || '): ' || coalesce(last_error, '')
+                           FROM pgtrickle.relay_pipeline_status WHERE name = $1",
+                        &[&pipeline],
+                    )
+                    .await
+                    .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+                    .unwrap_or_default();
+                let pids: Vec<u32> = relays.iter().map(|r| r.pid).collect();
+                let logs: Vec<String> = relays
+                    .iter()
+                    .map(|r| {
+                        format!("{}\nhealth: {}", r.stderr(), r.try_get("/health").map(|h| h.1).unwrap_or_default())
+                    })
+                    .collect();
+                panic!(
+                    "no live owner of {pipeline} among the relays {pids:?}: status {status:?}\n{}",
+                    logs.join("\n---\n")
+                );
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         let old_backend = lock_holder(c, "default", pipeline).await;

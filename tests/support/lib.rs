@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio_postgres::{Client, NoTls};
 
+pub mod cluster;
+pub mod fault_targets;
 pub mod faults;
 pub mod http;
 pub mod kafka;
@@ -446,11 +448,13 @@ where
     }
 }
 
-/// Backend pid holding the pipeline's advisory lock, if any (contract §4.5 key).
+/// Backend pid holding the pipeline's advisory lock in this database, if any (contract §4.5 key;
+/// advisory locks are per database, `pg_locks` shows every database's).
 pub async fn lock_holder(client: &Client, group: &str, pipeline: &str) -> Option<i32> {
     client
         .query_opt(
             "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 AND granted
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
                AND classid::int8 = (hashtext($1)::int8 & 4294967295) AND objid::int8 = (hashtext($2)::int8 & 4294967295)",
             &[&group, &pipeline],
         )

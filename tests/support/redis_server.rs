@@ -156,7 +156,9 @@ impl RedisServer {
 
     /// Every entry of a stream as (id, field map), in stream order.
     pub async fn entries(&self, key: &str) -> Vec<(String, std::collections::HashMap<String, String>)> {
-        let mut conn = self.client().get_multiplexed_async_connection().await.unwrap();
+        // A long stream is a large reply: more than the client's default 500 ms on a busy machine.
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60)));
+        let mut conn = self.client().get_multiplexed_async_connection_with_config(&config).await.unwrap();
         let raw: Vec<(String, Vec<(String, String)>)> =
             redis::cmd("XRANGE").arg(key).arg("-").arg("+").query_async(&mut conn).await.unwrap();
         raw.into_iter().map(|(id, fields)| (id, fields.into_iter().collect())).collect()

@@ -67,6 +67,25 @@ impl SqsServer {
         req.send().await.unwrap().queue_url().unwrap().to_owned()
     }
 
+    /// How many messages the queue holds, visible or not (SQS's approximate count; moto's is
+    /// exact).
+    pub async fn approximate_count(&self, queue_url: &str) -> usize {
+        let r = self
+            .client()
+            .get_queue_attributes()
+            .queue_url(queue_url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .unwrap();
+        let attrs = r.attributes().cloned().unwrap_or_default();
+        [QueueAttributeName::ApproximateNumberOfMessages, QueueAttributeName::ApproximateNumberOfMessagesNotVisible]
+            .iter()
+            .filter_map(|k| attrs.get(k).and_then(|v| v.parse::<usize>().ok()))
+            .sum()
+    }
+
     /// Receives and deletes every message now in the queue, in the order SQS hands them out.
     pub async fn drain(&self, queue_url: &str) -> Vec<Received> {
         self.receive(queue_url, true).await

@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use super::{BuildError, Published, Sink, SinkContext, SinkError};
 use crate::backend::sqs::{check_queue, SqsSinkConfig};
+use crate::backoff::Backoff;
 use crate::error::report;
 use crate::message::{RelayMessage, Template};
 
@@ -123,7 +124,7 @@ async fn send_call(
     keys: Vec<String>,
 ) -> Result<u64, SinkError> {
     let total = entries.len() as u64;
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(1600));
     for attempt in 1..=ENTRY_ATTEMPTS {
         let out =
             client.send_message_batch().queue_url(&queue_url).set_entries(Some(entries.clone())).send().await.map_err(
@@ -151,8 +152,7 @@ async fn send_call(
         let failed: std::collections::HashSet<&str> = out.failed().iter().map(|f| f.id()).collect();
         tracing::debug!(queue = %queue_url, failed = failed.len(), attempt, "SendMessageBatch entries failed; sending those again");
         entries.retain(|e| failed.contains(e.id()));
-        tokio::time::sleep(delay).await;
-        delay *= 2;
+        tokio::time::sleep(backoff.next_wait()).await;
     }
     Err(SinkError::retryable(
         BACKEND,
