@@ -63,25 +63,7 @@ ensure_cluster_binaries() {
   done
   rm -rf "$work"
   mkdir -p "$work/apt/lists/partial" "$work/apt/archives/partial" "$work/apt/cache" "$KUBE_BIN_DIR"
-  local uri key
-  uri=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-  key=$(awk '/^Signed-By:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-  if [ -z "$uri" ]; then
-    uri=$(awk '$1 == "deb" && $0 ~ /bookworm/ { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit } }' /etc/apt/sources.list 2>/dev/null || true)
-  fi
-  [ -n "$uri" ] || { clog "no Debian mirror found in the machine's apt sources"; return 1; }
-  if [ -n "$key" ]; then
-    echo "deb-src [signed-by=$key] $uri bookworm main" > "$work/apt/sources.list"
-  else
-    echo "deb-src $uri bookworm main" > "$work/apt/sources.list"
-  fi
-  cat > "$work/apt/apt.conf" <<CONF
-Dir::Etc::SourceList "$work/apt/sources.list";
-Dir::Etc::SourceParts "/nonexistent";
-Dir::State::Lists "$work/apt/lists";
-Dir::Cache "$work/apt/cache";
-Dir::Cache::archives "$work/apt/archives";
-CONF
+  kube_source_apt_config "$work" || return 1
   clog "building ${missing[*]:-} pause from Debian's kubernetes $KUBE_GIT_VERSION source (once; cached in $KUBE_BIN_DIR)"
   (
     set -e

@@ -17,25 +17,12 @@ ensure_kubectl() {
   command -v kubectl >/dev/null 2>&1 || apt_install kubernetes-client
 }
 
-ensure_kube_apiserver_binary() {
-  if [ -x "$KUBE_APISERVER_BIN" ]; then
-    return 0
-  fi
-  local pkgs=()
-  command -v go >/dev/null 2>&1 || pkgs+=(golang-go)
-  command -v etcd >/dev/null 2>&1 || pkgs+=(etcd-server etcd-client)
-  command -v rsync >/dev/null 2>&1 || pkgs+=(rsync)
-  command -v openssl >/dev/null 2>&1 || pkgs+=(openssl)
-  [ -d /usr/share/gocode/src/github.com/modern-go/reflect2 ] || pkgs+=(golang-github-modern-go-reflect2-dev)
-  [ -d /usr/share/gocode/src/github.com/json-iterator/go ] || pkgs+=(golang-github-json-iterator-go-dev)
-  [ "${#pkgs[@]}" = 0 ] || apt_install "${pkgs[@]}"
-
-  local work="$KUBE_CACHE/build"
-  rm -rf "$work"
-  mkdir -p "$work/apt/lists/partial" "$work/apt/archives/partial" "$KUBE_CACHE/bin"
-  # A private apt configuration with one deb-src line, built from the machine's own Debian source
-  # (its URIs and key), so the system's apt sources are left untouched.
-  local uri key
+# A private apt configuration under "$1/apt" with one deb-src line, built from the machine's own
+# Debian source (its URIs and key), so the system's apt sources are left untouched. Shared with
+# scripts/lib/cluster.sh.
+kube_source_apt_config() {
+  local work=$1 uri key
+  mkdir -p "$work/apt/lists/partial" "$work/apt/archives/partial" "$work/apt/cache"
   uri=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
   key=$(awk '/^Signed-By:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
   if [ -z "$uri" ]; then
@@ -54,6 +41,25 @@ Dir::State::Lists "$work/apt/lists";
 Dir::Cache "$work/apt/cache";
 Dir::Cache::archives "$work/apt/archives";
 CONF
+}
+
+ensure_kube_apiserver_binary() {
+  if [ -x "$KUBE_APISERVER_BIN" ]; then
+    return 0
+  fi
+  local pkgs=()
+  command -v go >/dev/null 2>&1 || pkgs+=(golang-go)
+  command -v etcd >/dev/null 2>&1 || pkgs+=(etcd-server etcd-client)
+  command -v rsync >/dev/null 2>&1 || pkgs+=(rsync)
+  command -v openssl >/dev/null 2>&1 || pkgs+=(openssl)
+  [ -d /usr/share/gocode/src/github.com/modern-go/reflect2 ] || pkgs+=(golang-github-modern-go-reflect2-dev)
+  [ -d /usr/share/gocode/src/github.com/json-iterator/go ] || pkgs+=(golang-github-json-iterator-go-dev)
+  [ "${#pkgs[@]}" = 0 ] || apt_install "${pkgs[@]}"
+
+  local work="$KUBE_CACHE/build"
+  rm -rf "$work"
+  mkdir -p "$work/apt/lists/partial" "$work/apt/archives/partial" "$KUBE_CACHE/bin"
+  kube_source_apt_config "$work" || return 1
   mkdir -p "$work/apt/cache"
   log "building kube-apiserver $KUBE_GIT_VERSION from Debian's kubernetes source (once; cached in $KUBE_CACHE)"
   (

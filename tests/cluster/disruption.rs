@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
-use relay_e2e::cluster::{eventually_every, pod_database_url, Scenario, PIPELINE};
+use relay_e2e::cluster::{pod_database_url, Scenario, PIPELINE};
+use relay_e2e::eventually_every;
 use relay_e2e::lock_holder;
 use serde_json::json;
 

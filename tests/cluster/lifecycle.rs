@@ -9,7 +9,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams};
 use pgtrickle_relay_crds::{RelayGroup, RelayPipeline, LABEL_RELAY_GROUP};
-use relay_e2e::cluster::{eventually_every, operator_permission_denials, Scenario};
+use relay_e2e::cluster::{operator_permission_denials, Scenario};
+use relay_e2e::eventually_every;
 use relay_e2e::kube_env::kubectl;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

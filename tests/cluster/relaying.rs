@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube::api::DeleteParams;
-use relay_e2e::cluster::{eventually_every, Scenario};
+use relay_e2e::cluster::Scenario;
+use relay_e2e::eventually_every;
 use relay_e2e::http_get;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 
 use crate::nats::NatsServer;
-use crate::{connect, db_with_outbox, row_refs, TestDb};
+use crate::{connect, db_with_outbox, eventually_every, row_refs, TestDb};
 
 /// Where `deploy/` installs the operator.
 pub const OPERATOR_NAMESPACE: &str = "pgtrickle-relay-system";
@@ -392,22 +392,6 @@ pub async fn write_rows(c: &tokio_postgres::Client, outbox: &str, n: i64) {
     .await
     .unwrap();
     c.execute("SELECT pg_notify('pgtrickle_outbox_new', $1)", &[&outbox]).await.unwrap();
-}
-
-/// [`crate::eventually`] with a polling interval: API and broker round trips are not free.
-pub async fn eventually_every<T, F, Fut>(timeout: Duration, every: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
-        tokio::time::sleep(every).await;
-    }
 }
 
 /// Prints what the cluster shows about a group when its test fails: objects, events, the relay

@@ -433,7 +433,16 @@ fn dechunk(body: &str) -> String {
 }
 
 /// Polls `f` until it returns `Some`, failing the test after `timeout`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    eventually_every(timeout, Duration::from_millis(10), what, f).await
+}
+
+/// [`eventually`] with a polling interval (API and broker round trips are not free).
+pub async fn eventually_every<T, F, Fut>(timeout: Duration, every: Duration, what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -444,7 +453,7 @@ where
             return v;
         }
         assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
