@@ -95,20 +95,22 @@ pub enum SinkKind {
 }
 
 impl SinkKind {
-    /// Accepts the type strings used by pg_trickle's functions and by the user docs.
+    const ALL: [SinkKind; 9] = [
+        SinkKind::Stdout,
+        SinkKind::File,
+        SinkKind::Nats,
+        SinkKind::Webhook,
+        SinkKind::Kafka,
+        SinkKind::Redis,
+        SinkKind::Sqs,
+        SinkKind::Rabbitmq,
+        SinkKind::PgInbox,
+    ];
+
+    /// Accepts every spelling of a sink type the key catalog knows (`http`, `jetstream`, …).
     pub fn parse(s: &str) -> Option<Self> {
-        Some(match s.to_ascii_lowercase().as_str() {
-            "stdout" => SinkKind::Stdout,
-            "file" => SinkKind::File,
-            "nats" | "jetstream" => SinkKind::Nats,
-            "webhook" | "http" => SinkKind::Webhook,
-            "kafka" => SinkKind::Kafka,
-            "redis" => SinkKind::Redis,
-            "sqs" => SinkKind::Sqs,
-            "rabbitmq" | "amqp" => SinkKind::Rabbitmq,
-            "pg-inbox" | "pg_inbox" | "inbox" => SinkKind::PgInbox,
-            _ => return None,
-        })
+        let name = keys::CATALOG.forward.type_named(s)?.name;
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
     }
 
     pub fn as_str(self) -> &'static str {
