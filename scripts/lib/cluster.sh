@@ -62,38 +62,19 @@ ensure_cluster_binaries() {
     [ -x "$KUBE_BIN_DIR/$c" ] || missing+=("$c")
   done
   rm -rf "$work"
-  mkdir -p "$work/apt/lists/partial" "$work/apt/archives/partial" "$work/apt/cache" "$KUBE_BIN_DIR"
+  mkdir -p "$KUBE_BIN_DIR"
   kube_source_apt_config "$work" || return 1
   clog "building ${missing[*]:-} pause from Debian's kubernetes $KUBE_GIT_VERSION source (once; cached in $KUBE_BIN_DIR)"
   (
     set -e
-    cd "$work"
-    export APT_CONFIG="$work/apt/apt.conf"
-    apt-get update -qq >/dev/null
-    apt-get source -qq --download-only "kubernetes=$KUBE_SRC_VERSION" >/dev/null
-    mkdir -p gopath/src/k8s.io tree
-    tar -xzf kubernetes_1.20.5+really1.20.2.orig.tar.gz -C tree --strip-components=1
-    for lib in modern-go/reflect2 json-iterator/go; do
-      rm -rf "tree/vendor/github.com/$lib"
-      mkdir -p "tree/vendor/github.com/$lib"
-      find "/usr/share/gocode/src/github.com/$lib" -maxdepth 1 -name '*.go' ! -name '*_test.go' \
-        -exec cp {} "tree/vendor/github.com/$lib/" \;
-    done
+    kube_source_tree "$work" "$KUBE_CACHE/gocache"
     # The sandbox ("pause") program: static, so its image needs nothing else.
-    gcc -Os -Wall -Werror -static -DVERSION="v3.4.1-pgtrickle-relay" -o "$KUBE_BIN_DIR/pause.tmp" tree/build/pause/linux/pause.c
+    gcc -Os -Wall -Werror -static -DVERSION="v3.4.1-pgtrickle-relay" -o "$KUBE_BIN_DIR/pause.tmp" build/pause/linux/pause.c
     strip "$KUBE_BIN_DIR/pause.tmp"
     mv "$KUBE_BIN_DIR/pause.tmp" "$KUBE_BIN_DIR/pause"
-    ln -s "$work/tree" gopath/src/k8s.io/kubernetes
-    cd gopath/src/k8s.io/kubernetes
-    export GOPATH="$work/gopath" GOCACHE="$KUBE_CACHE/gocache" GO111MODULE=off GOPROXY=off GOFLAGS=
-    nice -n 19 make gen_openapi >"$work/gen_openapi.log" 2>&1
-    ld="-s -w"
-    for p in k8s.io/kubernetes/vendor/k8s.io/component-base/version k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version; do
-      ld="$ld -X $p.gitVersion=$KUBE_GIT_VERSION -X $p.gitMajor=1 -X $p.gitMinor=20"
-    done
     for c in "${missing[@]}"; do
       clog "go build ./cmd/$c"
-      CGO_ENABLED=0 nice -n 19 go build -p 2 -tags selinux,notest -ldflags "$ld" -o "$KUBE_BIN_DIR/$c.tmp" "./cmd/$c"
+      CGO_ENABLED=0 nice -n 19 go build -p 2 -tags selinux,notest -ldflags "$KUBE_LDFLAGS" -o "$KUBE_BIN_DIR/$c.tmp" "./cmd/$c"
       mv "$KUBE_BIN_DIR/$c.tmp" "$KUBE_BIN_DIR/$c"
     done
   ) || { clog "Kubernetes build failed (work tree kept in $work)"; return 1; }

@@ -43,6 +43,35 @@ Dir::Cache::archives "$work/apt/archives";
 CONF
 }
 
+# Run in a subshell with `set -e`, after kube_source_apt_config WORK: downloads Debian's kubernetes
+# source into WORK, prepares it for a GOPATH build (GOCACHE: $2), cds into it and sets
+# KUBE_LDFLAGS (the version stamps). Shared by kube-apiserver's build and scripts/lib/cluster.sh.
+kube_source_tree() {
+  local work=$1 p
+  cd "$work"
+  export APT_CONFIG="$work/apt/apt.conf"
+  apt-get update -qq >/dev/null
+  apt-get source -qq --download-only "kubernetes=$KUBE_SRC_VERSION" >/dev/null
+  mkdir -p gopath/src/k8s.io tree
+  tar -xzf kubernetes_1.20.5+really1.20.2.orig.tar.gz -C tree --strip-components=1
+  # Go >= 1.18 crashes 1.20's vendored reflect2 1.0.1 / json-iterator 1.1.10 on the first custom
+  # resource: use Debian's 1.0.2 / 1.1.12 sources instead.
+  for lib in modern-go/reflect2 json-iterator/go; do
+    rm -rf "tree/vendor/github.com/$lib"
+    mkdir -p "tree/vendor/github.com/$lib"
+    find "/usr/share/gocode/src/github.com/$lib" -maxdepth 1 -name '*.go' ! -name '*_test.go' \
+      -exec cp {} "tree/vendor/github.com/$lib/" \;
+  done
+  ln -s "$work/tree" gopath/src/k8s.io/kubernetes
+  cd gopath/src/k8s.io/kubernetes
+  export GOPATH="$work/gopath" GOCACHE="$2" GO111MODULE=off GOPROXY=off GOFLAGS=
+  nice -n 19 make gen_openapi >"$work/gen_openapi.log" 2>&1
+  KUBE_LDFLAGS="-s -w"
+  for p in k8s.io/kubernetes/vendor/k8s.io/component-base/version k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version; do
+    KUBE_LDFLAGS="$KUBE_LDFLAGS -X $p.gitVersion=$KUBE_GIT_VERSION -X $p.gitMajor=1 -X $p.gitMinor=20"
+  done
+}
+
 ensure_kube_apiserver_binary() {
   if [ -x "$KUBE_APISERVER_BIN" ]; then
     return 0
@@ -58,35 +87,13 @@ ensure_kube_apiserver_binary() {
 
   local work="$KUBE_CACHE/build"
   rm -rf "$work"
-  mkdir -p "$work/apt/lists/partial" "$work/apt/archives/partial" "$KUBE_CACHE/bin"
+  mkdir -p "$KUBE_CACHE/bin"
   kube_source_apt_config "$work" || return 1
-  mkdir -p "$work/apt/cache"
   log "building kube-apiserver $KUBE_GIT_VERSION from Debian's kubernetes source (once; cached in $KUBE_CACHE)"
   (
     set -e
-    cd "$work"
-    export APT_CONFIG="$work/apt/apt.conf"
-    apt-get update -qq >/dev/null
-    apt-get source -qq --download-only "kubernetes=$KUBE_SRC_VERSION" >/dev/null
-    mkdir -p gopath/src/k8s.io tree
-    tar -xzf kubernetes_1.20.5+really1.20.2.orig.tar.gz -C tree --strip-components=1
-    # Go >= 1.18 crashes 1.20's vendored reflect2 1.0.1 / json-iterator 1.1.10 on the first custom
-    # resource: use Debian's 1.0.2 / 1.1.12 sources instead.
-    for lib in modern-go/reflect2 json-iterator/go; do
-      rm -rf "tree/vendor/github.com/$lib"
-      mkdir -p "tree/vendor/github.com/$lib"
-      find "/usr/share/gocode/src/github.com/$lib" -maxdepth 1 -name '*.go' ! -name '*_test.go' \
-        -exec cp {} "tree/vendor/github.com/$lib/" \;
-    done
-    ln -s "$work/tree" gopath/src/k8s.io/kubernetes
-    cd gopath/src/k8s.io/kubernetes
-    export GOPATH="$work/gopath" GOCACHE="$work/gocache" GO111MODULE=off GOPROXY=off GOFLAGS=
-    make gen_openapi >/dev/null 2>&1
-    local_ld="-s -w"
-    for p in k8s.io/kubernetes/vendor/k8s.io/component-base/version k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version; do
-      local_ld="$local_ld -X $p.gitVersion=$KUBE_GIT_VERSION -X $p.gitMajor=1 -X $p.gitMinor=20"
-    done
-    CGO_ENABLED=0 go build -p 2 -tags selinux,notest -ldflags "$local_ld" -o "$KUBE_APISERVER_BIN.tmp" ./cmd/kube-apiserver
+    kube_source_tree "$work" "$work/gocache"
+    CGO_ENABLED=0 go build -p 2 -tags selinux,notest -ldflags "$KUBE_LDFLAGS" -o "$KUBE_APISERVER_BIN.tmp" ./cmd/kube-apiserver
     mv "$KUBE_APISERVER_BIN.tmp" "$KUBE_APISERVER_BIN"
   ) || { log "kube-apiserver build failed (work tree kept in $work)"; return 1; }
   rm -rf "$work"
