@@ -9,13 +9,14 @@
 //! else `kafka:<topic>:<partition>:<offset>`.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -26,13 +27,23 @@ use crate::backend::BuildError;
 
 const BACKEND: &str = "kafka";
 
-/// Counts revocations, so a batch knows whether its partitions may have moved.
+/// Counts revocations, so a batch knows whether its partitions may have moved; notes when
+/// librdkafka reports every broker down (a consumer then only waits, which would look like an
+/// idle topic).
 #[derive(Default)]
 pub struct RebalanceGuard {
     revocations: AtomicU64,
+    brokers_down: AtomicBool,
 }
 
-impl ClientContext for RebalanceGuard {}
+impl ClientContext for RebalanceGuard {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::AllBrokersDown)) {
+            self.brokers_down.store(true, Ordering::SeqCst);
+        }
+        tracing::warn!(%error, reason, "librdkafka reported an error");
+    }
+}
 
 impl ConsumerContext for RebalanceGuard {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -112,6 +123,18 @@ impl Source for KafkaSource {
     fn receive(&mut self, max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<Incoming>, SourceError>> {
         Box::pin(async move {
             self.pending.clear();
+            if self.consumer.context().brokers_down.load(Ordering::SeqCst) {
+                // Down until a broker answers again: one metadata request per receive.
+                let consumer = Arc::clone(&self.consumer);
+                let probe = wait.clamp(Duration::from_millis(200), Duration::from_secs(2));
+                let answered = tokio::task::spawn_blocking(move || consumer.fetch_metadata(None, probe))
+                    .await
+                    .map_err(|e| retryable(format!("broker probe failed: {e}")))?;
+                if let Err(e) = answered {
+                    return Err(retryable(format!("no Kafka broker reachable ({e})")));
+                }
+                self.consumer.context().brokers_down.store(false, Ordering::SeqCst);
+            }
             self.revocations_at_receive = self.consumer.context().revocations.load(Ordering::SeqCst);
             let mut out = Vec::new();
             let deadline = tokio::time::Instant::now() + wait;

@@ -107,6 +107,13 @@ impl Source for NatsSource {
 
     fn receive(&mut self, max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<Incoming>, SourceError>> {
         Box::pin(async move {
+            // While the client reconnects a fetch only times out, which would look like an idle
+            // stream: say that the server is gone, so the pipeline shows `degraded`.
+            let state = self.client.connection_state();
+            if state != async_nats::connection::State::Connected {
+                tokio::time::sleep(wait.min(Duration::from_millis(500))).await;
+                return Err(retryable(format!("not connected to NATS ({state}); stream '{}'", self.stream)));
+            }
             let mut batch = self
                 .consumer
                 .fetch()
