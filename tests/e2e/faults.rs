@@ -1,7 +1,8 @@
 //! The fault-injection suite at CI scale (`scripts/faults` runs the same scenarios at full scale
 //! and prints their JSON summary): every scenario counts at the destination.
 
-use relay_e2e::fault_targets::{sigkill_owner_to, Backend};
+use relay_e2e::fault_sources::{broker_restart_from, postgres_restart_from, sigkill_owner_from};
+use relay_e2e::fault_targets::{broker_restart_to, sigkill_owner_to, Backend};
 use relay_e2e::faults::{self, Scale};
 use serde_json::Value;
 
@@ -18,14 +19,6 @@ async fn sigkill_of_the_owner_repeatedly_loses_and_doubles_nothing() {
     no_loss_no_duplicates(&v);
     assert_eq!(v["inbox"]["lost"], 0, "{v:#}");
     // Failover within the discovery interval (500 ms) + 1 s.
-    let worst = v["failover_ms"]["max"].as_u64().unwrap();
-    assert!(worst <= 1500, "failover took {worst} ms: {v:#}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sigkill_of_a_reverse_pipelines_owner_lands_every_message_once() {
-    let v = faults::sigkill_owner_reverse(&Scale::ci()).await;
-    no_loss_no_duplicates(&v);
     let worst = v["failover_ms"]["max"].as_u64().unwrap();
     assert!(worst <= 1500, "failover took {worst} ms: {v:#}");
 }
@@ -118,4 +111,88 @@ async fn sigkill_of_the_owner_towards_rabbitmq_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_of_the_owner_towards_a_webhook_loses_nothing() {
     sigkill_towards(Backend::Webhook).await;
+}
+
+/// Takes the broker of a pipeline towards each backend away and brings it back: nothing lost;
+/// no duplicate where the target deduplicates; the pipeline runs again by itself.
+async fn broker_restart_towards(backend: Backend) {
+    let v = broker_restart_to(backend, &Scale::ci()).await;
+    eprintln!("{v}");
+    assert_eq!(v["lost"], 0, "rows lost at {}: {v:#}", backend.name());
+    assert_eq!(v["unexpected"], 0, "messages without a known dedup id at {}: {v:#}", backend.name());
+    assert!(v["rows"].as_u64().unwrap_or(0) > 0, "nothing was streamed: {v:#}");
+    if backend.deduplicates() {
+        assert_eq!(v["duplicates"], 0, "{} deduplicates, yet: {v:#}", backend.name());
+    }
+    assert_eq!(v["state_after"], "running", "{v:#}");
+}
+
+macro_rules! broker_restart_tests {
+    ($($name:ident => $backend:expr),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            broker_restart_towards($backend).await;
+        }
+    )*};
+}
+
+broker_restart_tests! {
+    a_nats_restart_under_a_forward_pipeline_loses_and_doubles_nothing => Backend::Nats,
+    a_kafka_outage_under_a_forward_pipeline_loses_nothing => Backend::Kafka,
+    a_redis_restart_under_a_forward_pipeline_loses_and_doubles_nothing => Backend::Redis,
+    an_sqs_outage_under_a_forward_pipeline_loses_and_doubles_nothing => Backend::Sqs,
+    rabbitmq_connections_closed_under_a_forward_pipeline_lose_nothing => Backend::Rabbitmq,
+    a_webhook_outage_under_a_forward_pipeline_loses_nothing => Backend::Webhook,
+    an_inbox_database_crash_under_a_forward_pipeline_loses_and_doubles_nothing => Backend::PgInbox,
+}
+
+/// A reverse scenario's count: every message once in the inbox.
+fn every_message_once_in_the_inbox(v: &serde_json::Value) {
+    eprintln!("{v}");
+    assert!(v["messages"].as_u64().unwrap_or(0) > 0, "nothing was published: {v:#}");
+    assert_eq!(v["lost"], 0, "messages lost: {v:#}");
+    assert_eq!(v["duplicates"], 0, "inbox rows doubled: {v:#}");
+    assert_eq!(v["dead_letters"], 0, "{v:#}");
+}
+
+macro_rules! reverse_tests {
+    ($scenario:ident: $($name:ident => $backend:expr),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            let v = $scenario($backend, &Scale::ci()).await;
+            every_message_once_in_the_inbox(&v);
+            if let Some(state) = v.get("state_after") {
+                assert_eq!(state, "running", "{v:#}");
+            }
+            if let Some(worst) = v["failover_ms"]["max"].as_u64() {
+                assert!(worst <= 1500, "failover took {worst} ms: {v:#}");
+            }
+        }
+    )*};
+}
+
+reverse_tests! { sigkill_owner_from:
+    sigkill_of_the_owner_of_a_nats_inbox_pipeline_lands_every_message_once => Backend::Nats,
+    sigkill_of_the_owner_of_a_kafka_inbox_pipeline_lands_every_message_once => Backend::Kafka,
+    sigkill_of_the_owner_of_a_redis_inbox_pipeline_lands_every_message_once => Backend::Redis,
+    sigkill_of_the_owner_of_an_sqs_inbox_pipeline_lands_every_message_once => Backend::Sqs,
+    sigkill_of_the_owner_of_a_rabbitmq_inbox_pipeline_lands_every_message_once => Backend::Rabbitmq,
+    sigkill_of_the_owner_of_a_webhook_receiver_lands_every_event_once => Backend::Webhook,
+}
+
+reverse_tests! { broker_restart_from:
+    a_nats_restart_under_an_inbox_pipeline_lands_every_message_once => Backend::Nats,
+    a_kafka_outage_under_an_inbox_pipeline_lands_every_message_once => Backend::Kafka,
+    a_redis_restart_under_an_inbox_pipeline_lands_every_message_once => Backend::Redis,
+    an_sqs_outage_under_an_inbox_pipeline_lands_every_message_once => Backend::Sqs,
+    rabbitmq_connections_closed_under_an_inbox_pipeline_land_every_message_once => Backend::Rabbitmq,
+}
+
+reverse_tests! { postgres_restart_from:
+    a_postgres_crash_under_a_nats_inbox_pipeline_lands_every_message_once => Backend::Nats,
+    a_postgres_crash_under_a_kafka_inbox_pipeline_lands_every_message_once => Backend::Kafka,
+    a_postgres_crash_under_a_redis_inbox_pipeline_lands_every_message_once => Backend::Redis,
+    a_postgres_crash_under_an_sqs_inbox_pipeline_lands_every_message_once => Backend::Sqs,
+    a_postgres_crash_under_a_rabbitmq_inbox_pipeline_lands_every_message_once => Backend::Rabbitmq,
+    a_postgres_crash_under_a_webhook_receiver_lands_every_event_once => Backend::Webhook,
 }

@@ -6,6 +6,7 @@
 
 use std::process::ExitCode;
 
+use relay_e2e::fault_sources::{self, SOURCES};
 use relay_e2e::fault_targets::{self, Backend};
 use relay_e2e::faults::{self, Scale};
 use serde_json::{json, Value};
@@ -47,18 +48,29 @@ async fn main() -> ExitCode {
             }
         };
     }
-    scenario!("sigkill_owner", faults::sigkill_owner);
-    if wanted("sigkill_owner") {
-        for backend in &backends {
-            eprintln!("== sigkill_owner → {} ({} scale)", backend.name(), scale.name);
-            let v = fault_targets::sigkill_owner_to(*backend, &scale).await;
-            println!("{v}");
-            results.push(v);
-        }
+    // Per backend: `sigkill_owner` and `broker_restart` towards every target, and from every
+    // source into an inbox together with `postgres_restart`.
+    macro_rules! per_backend {
+        ($name:literal, $direction:literal, $backends:expr, $f:path) => {
+            if wanted($name) {
+                for backend in $backends.iter().filter(|b| backends.contains(b)) {
+                    eprintln!("== {} {} {} ({} scale)", $name, $direction, backend.name(), scale.name);
+                    let v = $f(*backend, &scale).await;
+                    println!("{v}");
+                    results.push(v);
+                }
+            }
+        };
     }
-    scenario!("sigkill_owner_reverse", faults::sigkill_owner_reverse);
+    scenario!("sigkill_owner", faults::sigkill_owner);
+    per_backend!("sigkill_owner", "→", Backend::ALL, fault_targets::sigkill_owner_to);
+    per_backend!("sigkill_owner", "←", SOURCES, fault_sources::sigkill_owner_from);
     scenario!("broker_outage", faults::broker_outage);
+    per_backend!("broker_restart", "→", Backend::ALL, fault_targets::broker_restart_to);
+    // The webhook source has no broker of its own: the relay is the receiver.
+    per_backend!("broker_restart", "←", SOURCES[..5], fault_sources::broker_restart_from);
     scenario!("postgres_restart", faults::postgres_restart);
+    per_backend!("postgres_restart", "←", SOURCES, fault_sources::postgres_restart_from);
     scenario!("config_churn", faults::config_churn);
     scenario!("concurrent_writers", faults::concurrent_writers);
     scenario!("malformed_beside_healthy", faults::malformed_beside_healthy);

@@ -25,14 +25,19 @@ pub struct Scale {
     /// How long the writer spreads the rows over.
     pub stream: Duration,
     pub kills: usize,
+    /// Rows (forward) or messages (reverse) of each per-backend scenario.
+    pub backend_rows: usize,
     pub broker_outage: Duration,
+    /// How long a per-backend `broker_restart` keeps the broker away.
+    pub restart_outage: Duration,
     pub pg_down: Duration,
     pub writers: usize,
     pub tx_per_writer: usize,
 }
 
 impl Scale {
-    /// The numbers: 200,000 rows, 10 kills, a 30 s broker outage, 1,000 writers.
+    /// The issues' numbers: 200,000 rows, 10 kills, a 30 s broker outage, 1,000 writers; per
+    /// backend 100,000 rows or messages and a 20 s outage.
     pub fn full() -> Self {
         Self {
             name: "full",
@@ -40,7 +45,9 @@ impl Scale {
             per_refresh: 500,
             stream: Duration::from_secs(30),
             kills: 10,
+            backend_rows: 100_000,
             broker_outage: Duration::from_secs(30),
+            restart_outage: Duration::from_secs(20),
             pg_down: Duration::from_secs(5),
             writers: 1000,
             tx_per_writer: 5,
@@ -55,7 +62,9 @@ impl Scale {
             per_refresh: 200,
             stream: Duration::from_secs(8),
             kills: 3,
+            backend_rows: 10_000,
             broker_outage: Duration::from_secs(4),
+            restart_outage: Duration::from_secs(4),
             pg_down: Duration::from_secs(2),
             writers: 150,
             tx_per_writer: 4,
@@ -294,67 +303,6 @@ pub async fn sigkill_owner(scale: &Scale) -> Value {
         "inbox": {"stored": ids.len(), "lost": lost_i, "duplicates": dup_i, "unexpected": unexpected_i},
         "failover_ms": stats(&failovers),
         "drained_after_writer_ms": drained_ms,
-    })
-}
-
-/// (a') The reverse direction: a NATS JetStream stream into an inbox while the owning relay is
-/// SIGKILLed `kills` times (second instance running). Messages a dead owner had pulled but not
-/// acked come back after the consumer's ack wait (5 s here); the inbox's `ON CONFLICT` keeps one
-/// copy of anything stored twice.
-pub async fn sigkill_owner_reverse(scale: &Scale) -> Value {
-    let nats = NatsServer::start();
-    nats.create_stream("REV", &["rev.>"]).await;
-    let db = crate::TestDb::new().await;
-    assert!(run_cli(&db.url, &["migrate"]).0.success());
-    let c = db.client().await;
-    create_inbox_table(&c, "public.rev_inbox").await;
-    let config = json!({"source_type": "nats", "nats_url": nats.url(), "nats_stream": "REV", "nats_consumer": "rev",
-                        "inbox_table": "public.rev_inbox", "ack_wait_seconds": 5});
-    c.execute("SELECT pgtrickle.set_relay_inbox('rev', config => $1::jsonb)", &[&config]).await.unwrap();
-    let mut relays = vec![Relay::start(&db.url, "default", &[]), Relay::start(&db.url, "default", &[])];
-    let n = scale.rows;
-    let js = nats.jetstream().await;
-    let stream = scale.stream;
-    let publisher = tokio::spawn(async move {
-        let started = Instant::now();
-        let chunk = 500;
-        let mut i = 0;
-        while i < n {
-            let mut acks = Vec::with_capacity(chunk);
-            for k in i..(i + chunk).min(n) {
-                let body = serde_json::to_vec(&json!({"k": k})).unwrap();
-                acks.push(js.publish("rev.cmd", body.into()).await.unwrap());
-            }
-            for a in acks {
-                a.await.unwrap();
-            }
-            i += chunk;
-            let due = stream.mul_f64(i as f64 / n as f64);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                tokio::time::sleep(wait).await;
-            }
-        }
-    });
-    let failovers = kill_owner_repeatedly(&c, &db.url, &mut relays, "rev", scale).await;
-    publisher.await.unwrap();
-    let published = Instant::now();
-    until_count(n, Duration::from_secs(180), || async {
-        c.query_one("SELECT count(DISTINCT payload->>'k') FROM public.rev_inbox", &[])
-            .await
-            .map(|r| r.get::<_, i64>(0) as usize)
-            .unwrap_or(0)
-    })
-    .await;
-    let drained_ms = published.elapsed().as_millis();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let row = c.query_one("SELECT count(*), count(DISTINCT payload->>'k') FROM public.rev_inbox", &[]).await.unwrap();
-    let (stored, unique) = (row.get::<_, i64>(0) as usize, row.get::<_, i64>(1) as usize);
-    drop(relays);
-    json!({
-        "scenario": "sigkill_owner_reverse",
-        "rows": n, "instances": 2, "kills": scale.kills, "ack_wait_seconds": 5,
-        "lost": n.saturating_sub(unique), "duplicates": stored - unique, "inbox_rows": stored,
-        "failover_ms": stats(&failovers), "drained_after_publisher_ms": drained_ms,
     })
 }
 

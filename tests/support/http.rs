@@ -38,16 +38,36 @@ pub struct WebhookServer {
     pub connections: Arc<Mutex<std::collections::BTreeSet<SocketAddr>>>,
     /// How long each request waits before it is answered (a slow receiver), in milliseconds.
     pub delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// While set, every request is answered 503 with this `Retry-After` (seconds).
+    pub unavailable: Arc<Mutex<Option<u64>>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl WebhookServer {
     pub async fn start() -> Self {
-        let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
-        let script: Script = Arc::default();
-        let connections: Arc<Mutex<std::collections::BTreeSet<SocketAddr>>> = Arc::default();
-        let delay_ms: Arc<std::sync::atomic::AtomicU64> = Arc::default();
-        let (r, s, c, d) = (requests.clone(), script.clone(), connections.clone(), delay_ms.clone());
+        let mut server = Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            requests: Arc::default(),
+            script: Arc::default(),
+            connections: Arc::default(),
+            delay_ms: Arc::default(),
+            unavailable: Arc::default(),
+            shutdown: None,
+        };
+        server.serve().await;
+        server
+    }
+
+    /// Serves on `self.addr` (port 0 the first time: any free one), recording into the shared
+    /// state, so that a stopped server starts again where it was.
+    async fn serve(&mut self) {
+        let (r, s, c, d, u) = (
+            self.requests.clone(),
+            self.script.clone(),
+            self.connections.clone(),
+            self.delay_ms.clone(),
+            self.unavailable.clone(),
+        );
         let route = warp::any()
             .and(warp::method())
             .and(warp::header::headers_cloned())
@@ -71,7 +91,11 @@ impl WebhookServer {
                     if let Some(a) = remote {
                         c.lock().unwrap().insert(a);
                     }
-                    let (status, retry_after) = s.lock().unwrap().pop_front().unwrap_or((200, None));
+                    let unavailable = *u.lock().unwrap();
+                    let (status, retry_after) = match unavailable {
+                        Some(secs) => (503, Some(secs)),
+                        None => s.lock().unwrap().pop_front().unwrap_or((200, None)),
+                    };
                     r.lock().unwrap().push(Recorded {
                         method: method.to_string(),
                         headers: headers
@@ -88,12 +112,54 @@ impl WebhookServer {
                     reply.body(format!("status {status}")).unwrap()
                 },
             );
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let (addr, server) = warp::serve(route).bind_with_graceful_shutdown(([127, 0, 0, 1], 0), async {
-            let _ = rx.await;
-        });
-        tokio::spawn(server);
-        Self { addr, requests, script, connections, delay_ms, shutdown: Some(tx) }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            match warp::serve(route.clone()).try_bind_with_graceful_shutdown(self.addr, async {
+                let _ = rx.await;
+            }) {
+                Ok((addr, server)) => {
+                    tokio::spawn(server);
+                    self.addr = addr;
+                    self.shutdown = Some(tx);
+                    return;
+                }
+                // The port of a server just stopped may take a moment to be free again.
+                Err(e) => {
+                    assert!(std::time::Instant::now() < deadline, "cannot listen on {} again: {e}", self.addr);
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// An outage as a receiver has them: `unavailable` answering 503 with `Retry-After: 1`,
+    /// then `dropping` where every connection is accepted and closed without an answer; then
+    /// it answers again, on the same port.
+    pub async fn outage(&mut self, unavailable: std::time::Duration, dropping: std::time::Duration) {
+        *self.unavailable.lock().unwrap() = Some(1);
+        tokio::time::sleep(unavailable).await;
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let listener = loop {
+            match tokio::net::TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(e) => {
+                    assert!(std::time::Instant::now() < deadline, "cannot take over {}: {e}", self.addr);
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+        };
+        let until = tokio::time::Instant::now() + dropping;
+        while let Ok(Ok((conn, _))) = tokio::time::timeout_at(until, listener.accept()).await {
+            let _ = conn.set_zero_linger();
+            drop(conn);
+        }
+        drop(listener);
+        *self.unavailable.lock().unwrap() = None;
+        self.serve().await;
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -46,10 +46,17 @@ pub struct Record {
 
 impl KafkaBroker {
     pub fn start() -> Self {
+        Self::start_advertising(None)
+    }
+
+    /// Tells clients to connect to `advertised` (a port of 127.0.0.1 that forwards here, such
+    /// as a [`crate::gate::Gate`]) instead of its own listener.
+    pub fn start_advertising(advertised: Option<u16>) -> Self {
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = format!("tcp://127.0.0.1:{}", advertised.unwrap_or(port));
         let child = Command::new(tansu_bin())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised])
             .args(["--storage-engine", "memory://tansu/"])
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())

@@ -18,8 +18,10 @@ use serde_json::Value;
 use tokio_postgres::{Client, NoTls};
 
 pub mod cluster;
+pub mod fault_sources;
 pub mod fault_targets;
 pub mod faults;
+pub mod gate;
 pub mod http;
 pub mod kafka;
 pub mod kube_env;

@@ -194,3 +194,24 @@ impl Rabbit {
         out
     }
 }
+
+/// Closes every connection of the machine's broker named `pgtrickle-relay <pipeline>` (the
+/// name the relay gives its connections) with `rabbitmqctl close_connection`, as an operator
+/// closing them would; returns how many it closed.
+pub fn close_relay_connections(pipeline: &str) -> usize {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["list_connections", "-q", "--no-table-headers", "pid", "client_properties"])
+        .output()
+        .expect("rabbitmqctl not found: scripts/test installs rabbitmq-server");
+    let wanted = format!("\"pgtrickle-relay {pipeline}\"");
+    let mut closed = 0;
+    for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(&wanted)) {
+        let Some(pid) = line.split_whitespace().next() else { continue };
+        let ok = std::process::Command::new("rabbitmqctl")
+            .args(["close_connection", pid, "fault suite: broker_restart"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        closed += usize::from(ok);
+    }
+    closed
+}

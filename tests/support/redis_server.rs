@@ -1,4 +1,5 @@
-//! A private `redis-server` per test (free port, nothing persisted).
+//! A private `redis-server` per test (free port; nothing persisted, or an append-only file
+//! written on every command for a server that is killed and restarted).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -10,6 +11,10 @@ pub struct RedisServer {
     pub port: u16,
     /// The CA certificate (PEM path) of a TLS-only server.
     pub tls_ca: Option<String>,
+    /// How it was started, to start it again.
+    args: Vec<String>,
+    /// The data directory of a durable server (removed on drop).
+    dir: Option<std::path::PathBuf>,
 }
 
 /// A private CA and a server certificate for 127.0.0.1 (openssl), in a fresh directory.
@@ -104,6 +109,10 @@ impl RedisServer {
                 &certs.path("ca.crt"),
                 "--tls-auth-clients",
                 "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
             ],
         );
         server.tls_ca = Some(certs.path("ca.crt"));
@@ -112,17 +121,38 @@ impl RedisServer {
 
     pub fn start() -> Self {
         let port = free_port();
-        Self::spawn(port, &["--port", &port.to_string()])
+        Self::spawn(port, &["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+    }
+
+    /// A server that keeps every acknowledged write across a SIGKILL: an append-only file
+    /// fsynced on every command, in a private directory.
+    pub fn start_durable() -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("pgtrickle-relay-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.to_str().unwrap();
+        let mut server = Self::spawn(
+            port,
+            &["--port", &port.to_string(), "--dir", d, "--save", "", "--appendonly", "yes", "--appendfsync", "always"],
+        );
+        server.dir = Some(dir);
+        server
     }
 
     fn spawn(port: u16, args: &[&str]) -> Self {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let child = Self::run(port, &args);
+        Self { child, port, tls_ca: None, args, dir: None }
+    }
+
+    fn run(port: u16, args: &[String]) -> Child {
         let bin = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
             .expect("redis-server not found: install it (scripts/test does: apt-get install redis-server)");
         let child = Command::new(bin)
             .args(args)
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--bind", "127.0.0.1"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -132,7 +162,19 @@ impl RedisServer {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self { child, port, tls_ca: None }
+        child
+    }
+
+    /// SIGKILL: gone at once, connections reset, nothing flushed on the way out.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port (and, when durable, its append-only file).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Self::run(self.port, &self.args);
     }
 
     pub fn url(&self) -> String {
@@ -169,5 +211,8 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
