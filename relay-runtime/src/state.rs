@@ -108,13 +108,12 @@ impl RelayState {
         self.catalog_connected.store(ok, Ordering::SeqCst);
     }
 
-    /// Records a pipeline's status and mirrors it into the health gauges.
+    /// Records a pipeline's status and mirrors it into the health, state and owner gauges.
     pub fn update(&self, status: &PipelineStatus) {
         let healthy = matches!(status.state, PipelineState::Running | PipelineState::Starting);
-        self.metrics
-            .pipeline_healthy
-            .with_label_values(&[&status.name, status.direction.as_str()])
-            .set(i64::from(healthy));
+        let direction = status.direction.as_str();
+        self.metrics.pipeline_healthy.with_label_values(&[&status.name, direction]).set(i64::from(healthy));
+        self.metrics.set_pipeline_state(&status.name, direction, status.state, status.owner.as_deref());
         let mut map = self.lock();
         map.insert((status.name.clone(), status.direction), status.clone());
         self.metrics.pipelines_owned.set(map.len() as i64);
@@ -124,7 +123,7 @@ impl RelayState {
         let mut map = self.lock();
         map.remove(&(name.to_owned(), direction));
         self.metrics.pipelines_owned.set(map.len() as i64);
-        self.metrics.forget_pipeline(name, direction.as_str());
+        self.metrics.forget_pipeline(name, direction.as_str(), &self.worker_id);
     }
 
     /// What the last discovery saw: `unowned` enabled pipelines of the group have no owner.

@@ -1,5 +1,6 @@
 //! Logging setup: `tracing` to stderr (stdout belongs to the stdout sink), text or JSON.
 //! `RUST_LOG`, when set, takes precedence over `--log-level` (as in the upstream relay).
+//! Text is coloured only on a terminal: a file, a pipe or a log shipper gets plain lines.
 
 use tracing_subscriber::EnvFilter;
 
@@ -19,6 +20,6 @@ pub fn init(format: LogFormat, level: &str) {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init(),
     };
 }

@@ -162,3 +162,13 @@ ensure_moto_server() {
   hash -r
   command -v moto_server >/dev/null 2>&1 || { log "moto_server not on PATH after install"; return 1; }
 }
+
+# scripts/test-monitoring runs its own Prometheus (free port, private storage) and promtool;
+# only Debian's package is needed (the service it may start is not used), and PyYAML for the
+# system python3 that reads the PrometheusRule.
+ensure_prometheus() {
+  if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+    apt_install prometheus
+  fi
+  /usr/bin/python3 -c 'import yaml' 2>/dev/null || apt_install python3 python3-yaml
+}

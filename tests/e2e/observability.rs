@@ -100,6 +100,38 @@ async fn bad_pipelines_are_reported_alone_and_healthy_ones_keep_running() {
     );
     assert!(metrics.contains("pgtrickle_relay_batch_duration_seconds_bucket"), "{metrics}");
     assert!(metrics.contains(r#"pgtrickle_relay_lag_rows{pipeline="good"} 0"#), "{metrics}");
+    // Each pipeline's state (one-hot), its owner and why it could not start.
+    let state = |p: &str, s: &str, v: u8| {
+        format!(r#"pgtrickle_relay_pipeline_state{{direction="forward",pipeline="{p}",state="{s}"}} {v}"#)
+    };
+    for expected in [
+        state("good", "running", 1),
+        state("good", "failed", 0),
+        state("bad-sink", "failed", 1),
+        state("bad-sink", "running", 0),
+        state("no-table", "failed", 1),
+    ] {
+        assert!(metrics.contains(&expected), "{expected}: {metrics}");
+    }
+    let owner = health["worker_id"].as_str().unwrap();
+    assert!(
+        metrics.contains(&format!(
+            r#"pgtrickle_relay_pipeline_owner_info{{direction="forward",owner="{owner}",pipeline="good"}} 1"#
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"pgtrickle_relay_start_errors_total{direction="forward",error_kind="permanent",pipeline="no-table"}"#
+        ),
+        "{metrics}"
+    );
+    // The stdout sink confirmed the message: one broker-ack latency observed.
+    assert!(
+        metrics.contains(r#"pgtrickle_relay_broker_ack_duration_seconds_count{backend="stdout",pipeline="good"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("process_resident_memory_bytes"), "{metrics}");
     assert_eq!(relay.get("/livez").0, 200);
     assert_eq!(relay.get("/readyz").0, 200);
 
@@ -195,4 +227,84 @@ async fn an_idle_pipelines_status_heartbeat_keeps_being_renewed() {
     .await;
     assert_eq!((state.as_str(), lag), ("running", Some(0)), "{}", relay.stderr());
     assert!(later - first <= 12.0, "renewed {:.1} s later", later - first);
+}
+
+/// The relay's stderr, run with `args` and stderr a pipe, once it has printed `until` (then it
+/// is killed).
+fn piped_stderr(args: &[&str], until: &str) -> String {
+    let mut child = std::process::Command::new(relay_bin())
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = std::io::Read::read(&mut err, &mut buf) {
+            if tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut out = Vec::new();
+    while !String::from_utf8_lossy(&out).contains(until) {
+        assert!(std::time::Instant::now() < deadline, "no '{until}' on stderr: {}", String::from_utf8_lossy(&out));
+        if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(100)) {
+            out.extend(chunk);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    String::from_utf8(out).unwrap()
+}
+
+/// Logs written to a pipe or a file carry no ANSI colour escapes (log shippers and `grep` choke
+/// on them); a terminal still gets colours; `--log-format json` stays one JSON object a line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_have_colour_escapes_only_on_a_terminal() {
+    // A database that refuses the connection: the relay logs at once, at INFO and WARN.
+    let unreachable = format!("postgres://relay@127.0.0.1:{}/x", free_port());
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let args = ["--postgres-url", &unreachable, "--metrics-addr", &metrics_addr, "run"];
+    let until = "cannot connect to PostgreSQL";
+
+    let text = piped_stderr(&args, until);
+    assert!(text.contains("INFO") && text.contains("pgtrickle-relay starting"), "{text}");
+    assert!(!text.contains("\x1b["), "escape codes in piped logs: {text:?}");
+
+    let json_args = [&args[..4], &["--log-format", "json", "run"]].concat();
+    let json = piped_stderr(&json_args, until);
+    assert!(!json.contains('\x1b'), "escape codes in JSON logs: {json:?}");
+    for line in json.lines().filter(|l| !l.is_empty()) {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+    }
+
+    // On a terminal (a pseudo-terminal from util-linux `script`), the same logs are coloured.
+    let command = format!("timeout 3 {} {}", relay_bin().display(), args.join(" "));
+    let tty = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("util-linux `script` runs a command on a pseudo-terminal");
+    let tty = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.contains("pgtrickle-relay starting") && tty.contains("\x1b["), "no colours on a terminal: {tty:?}");
+
+    // A relay whose stderr is a file (as the other tests start it), relaying a row.
+    let (db, c, outbox) = db_with_outbox("plain_logs").await;
+    c.batch_execute(r#"SELECT pgtrickle.set_relay_outbox('plain-logs', config => '{"stream_table": "plain_logs", "sink_type": "stdout"}'::jsonb)"#)
+        .await
+        .unwrap();
+    let relay = Relay::start(&db.url, "default", &[]);
+    write_inline(&c, &outbox, Some(json!([{"n": 1}]))).await;
+    relay.wait_for_messages(1, Duration::from_secs(10)).await;
+    let log = relay.full_stderr();
+    assert!(log.contains("forward pipeline started"), "{log}");
+    assert!(!log.contains('\x1b'), "escape codes in the log file: {log:?}");
 }

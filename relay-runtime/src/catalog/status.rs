@@ -23,6 +23,14 @@ pub enum PipelineState {
 }
 
 impl PipelineState {
+    pub const ALL: [PipelineState; 5] = [
+        PipelineState::Starting,
+        PipelineState::Running,
+        PipelineState::Degraded,
+        PipelineState::Failed,
+        PipelineState::Stopped,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             PipelineState::Starting => "starting",

@@ -117,6 +117,7 @@ pub async fn run(ctx: Arc<RelayState>, spec: ForwardSpec, link: &WorkerLink, st:
             marks: VecDeque::new(),
             publish_calls: 0,
             confirmed_calls: 0,
+            sent_at: VecDeque::new(),
             backoff: Backoff::new(Duration::from_millis(100), crate::backoff::MAX),
             last_health: Instant::now(),
             unreported_messages: 0,
@@ -203,6 +204,8 @@ async fn start(ctx: &RelayState, spec: &ForwardSpec, link: &WorkerLink, st: &mut
         // else needs a change and is retried slowly (or when its outbox is written to).
         let wait = if transient { backoff.next_wait() } else { START_RETRY };
         tracing::error!(pipeline = %spec.name, error = %message, retry_in_ms = wait.as_millis() as u64, "cannot start forward pipeline");
+        let kind = if transient { "retryable" } else { "permanent" };
+        ctx.metrics.start_errors.with_label_values(&[&spec.name, "forward", kind]).inc();
         st.state = if transient { PipelineState::Degraded } else { PipelineState::Failed };
         st.errors_total += 1;
         st.last_error = Some(message);
@@ -305,6 +308,8 @@ struct ForwardRunner<'a> {
     publish_calls: u64,
     /// Publish calls whose messages are all confirmed.
     confirmed_calls: u64,
+    /// When each unconfirmed publish call was handed to the sink (for the broker-ack latency).
+    sent_at: VecDeque<(u64, Instant)>,
     /// Backoff for consecutive sink failures.
     backoff: Backoff,
     last_health: Instant,
@@ -425,6 +430,7 @@ impl ForwardRunner<'_> {
     async fn sink_failed(&mut self, e: crate::sink::SinkError) -> Option<Stop> {
         self.sink.reset();
         self.marks.clear();
+        self.sent_at.clear();
         self.prefetched = None;
         self.read_pos = self.offset;
         let [p, d] = self.labels();
@@ -435,7 +441,15 @@ impl ForwardRunner<'_> {
         tracing::warn!(pipeline = %self.spec.name, error = %report_error(&e), retry_in_ms = wait.as_millis() as u64, offset = self.offset, "publish failed; relaying again from the committed offset");
         self.st.state = if e.is_retryable() { PipelineState::Degraded } else { PipelineState::Failed };
         self.st.last_error = Some(report_error(&e));
-        self.flush_status().await;
+        // The lag grows while the target fails: refresh it with the status (the lag alerts
+        // watch it), on the batch's connection.
+        if self.work.is_some() {
+            if let Err(stop) = self.refresh_lag().await {
+                return Some(stop);
+            }
+        } else {
+            self.flush_status().await;
+        }
         self.work = None;
         tokio::select! {
             _ = self.link.cancel.cancelled() => Some(Stop::Cancelled),
@@ -526,6 +540,7 @@ impl ForwardRunner<'_> {
         let done = self.sink.flush().await.map_err(Stop::Rewind)?;
         self.confirmed(done);
         self.confirmed_calls = self.publish_calls;
+        self.observe_acks();
         if done.confirmed > 0 {
             self.recovered().await;
         }
@@ -677,12 +692,14 @@ impl ForwardRunner<'_> {
         }
         self.ctx.metrics.messages_consumed.with_label_values(&self.labels()).inc_by(msgs.len() as u64);
         let call = self.publish_calls;
+        self.sent_at.push_back((call, Instant::now()));
         match self.sink.publish(msgs).await {
             Ok(done) => {
                 self.publish_calls += 1;
                 // A pipelined sink confirmed the earlier calls; any other, this one too.
                 self.confirmed_calls = if self.sink.pipelined() { call } else { call + 1 };
                 self.confirmed(done);
+                self.observe_acks();
                 // A pipelined sink's `Ok` says only that this call was sent: the pipeline counts
                 // as recovered (and the backoff restarts) once something was confirmed.
                 if done.confirmed > 0 || !self.sink.pipelined() {
@@ -691,6 +708,20 @@ impl ForwardRunner<'_> {
                 Ok(())
             }
             Err(e) => Err(Stop::Rewind(e)),
+        }
+    }
+
+    /// Records the broker-ack latency of every publish call confirmed by now. A pipelined
+    /// sink's confirmation is seen at its next `publish` or `flush`, so the latency is the
+    /// relay's view of it: never shorter than the target's.
+    fn observe_acks(&mut self) {
+        let histogram = self.ctx.metrics.broker_ack.with_label_values(&[&self.spec.name, self.sink.name()]);
+        while let Some(&(call, at)) = self.sent_at.front() {
+            if call >= self.confirmed_calls {
+                break;
+            }
+            histogram.observe(at.elapsed().as_secs_f64());
+            self.sent_at.pop_front();
         }
     }
 
@@ -718,10 +749,11 @@ impl ForwardRunner<'_> {
             headers: &headers,
             error,
         };
-        dead_letters::keep(&**self.client()?, &letter).await?;
+        let kept = dead_letters::keep(&**self.client()?, &letter).await?;
         tracing::error!(pipeline = %self.spec.name, outbox_row = %source_ref, error, "outbox row cannot be decoded; kept in pgtrickle.relay_dead_letters");
         let [p, d] = self.labels();
-        self.ctx.metrics.dead_letters.with_label_values(&[p, d]).inc();
+        // A row read again after a rewind is kept once, and counted once.
+        self.ctx.metrics.dead_letters.with_label_values(&[p, d]).inc_by(kept);
         self.ctx.metrics.source_errors.with_label_values(&[p, d, "decode"]).inc();
         self.st.errors_total += 1;
         self.unreported_errors += 1;

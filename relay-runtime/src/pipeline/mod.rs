@@ -114,11 +114,13 @@ pub const START_RETRY: Duration = Duration::from_secs(10);
 pub async fn run_worker(ctx: Arc<RelayState>, row: PipelineRow, link: WorkerLink) {
     let mut st = PipelineStatus::new(&row.name, row.direction, &ctx.worker_id);
     // Owned from now on (`starting` until it has a connection and its outbox or source).
+    ctx.metrics.init_pipeline(&row.name, row.direction.as_str());
     ctx.update(&st);
     let spec = match row.parse() {
         Ok(spec) => spec,
         Err(e) => {
             tracing::error!(pipeline = %row.name, direction = row.direction.as_str(), error = %e, "invalid pipeline config; the pipeline is not started until its config changes");
+            ctx.metrics.start_errors.with_label_values(&[&row.name, row.direction.as_str(), "permanent"]).inc();
             st.state = PipelineState::Failed;
             st.last_error = Some(e.to_string());
             st.errors_total = 1;

@@ -122,6 +122,8 @@ pub async fn run(ctx: Arc<RelayState>, spec: ReverseSpec, link: &WorkerLink, st:
             Err((transient, message)) => {
                 let wait = if transient { backoff.next_wait() } else { START_RETRY };
                 tracing::error!(pipeline = %spec.name, error = %message, retry_in_ms = wait.as_millis() as u64, "cannot start reverse pipeline");
+                let kind = if transient { "retryable" } else { "permanent" };
+                ctx.metrics.start_errors.with_label_values(&[&spec.name, "reverse", kind]).inc();
                 st.state = if transient { PipelineState::Degraded } else { PipelineState::Failed };
                 st.errors_total += 1;
                 st.last_error = Some(message);
@@ -188,6 +190,8 @@ pub async fn run(ctx: Arc<RelayState>, spec: ReverseSpec, link: &WorkerLink, st:
                 let dups = outcomes.iter().filter(|o| **o == Outcome::Duplicate).count() as u64;
                 let dead = outcomes.iter().filter(|o| matches!(o, Outcome::DeadLettered(_))).count() as u64;
                 ctx.metrics.messages_consumed.with_label_values(&labels).inc_by(n);
+                // Published: in the inbox now, written by this batch or already there.
+                ctx.metrics.messages_published.with_label_values(&labels).inc_by(n - dead);
                 ctx.metrics.dedup_skipped.with_label_values(&[labels[0]]).inc_by(dups);
                 if dead > 0 {
                     ctx.metrics.dead_letters.with_label_values(&labels).inc_by(dead);
