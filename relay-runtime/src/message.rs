@@ -3,6 +3,8 @@
 mod payload;
 pub(crate) mod scan;
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use serde_json::Value;
 
@@ -46,6 +48,40 @@ pub struct RelayMessage {
     pub refresh_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub before: Option<Payload>,
+    /// The W3C trace context of the outbox row's relay span ([`traceparent`]): in a header
+    /// where the target has headers, a field where it has not. Shared by the row's messages.
+    #[serde(skip)]
+    pub traceparent: Arc<str>,
+}
+
+/// The W3C `traceparent` of an outbox row's relay span: `00-<trace id>-<span id>-01`, both
+/// derived from the row's reference (SHA-256), so a row relayed again carries the same
+/// context and every message of the row shares it.
+pub fn traceparent(row_ref: &str) -> Arc<str> {
+    use sha2::Digest;
+    use std::fmt::Write;
+    let digest = sha2::Sha256::digest(format!("pgtrickle-relay trace {row_ref}").as_bytes());
+    let mut ids = [0u8; 24];
+    ids.copy_from_slice(&digest[..24]);
+    // All-zero ids are invalid; a digest makes them vanishingly rare, and never here.
+    ids[0] |= 1;
+    ids[16] |= 1;
+    let mut out = String::with_capacity(55);
+    out.push_str("00-");
+    for b in &ids[..16] {
+        let _ = write!(out, "{b:02x}");
+    }
+    out.push('-');
+    for b in &ids[16..] {
+        let _ = write!(out, "{b:02x}");
+    }
+    out.push_str("-01");
+    out.into()
+}
+
+/// The trace id (32 hex digits) of a `traceparent`.
+pub fn trace_id(traceparent: &str) -> &str {
+    traceparent.get(3..35).unwrap_or("")
 }
 
 impl RelayMessage {
@@ -337,6 +373,19 @@ mod tests {
     }
 
     #[test]
+    fn traceparent_is_w3c_stable_per_row_and_distinct_between_rows() {
+        let a = traceparent("outbox_orders:10");
+        assert_eq!(a, traceparent("outbox_orders:10"), "the same row gives the same context");
+        assert_ne!(a, traceparent("outbox_orders:11"));
+        let parts: Vec<&str> = a.split('-').collect();
+        assert_eq!((parts.len(), parts[0], parts[3]), (4, "00", "01"), "{a}");
+        assert_eq!((parts[1].len(), parts[2].len()), (32, 16), "{a}");
+        assert!(a.bytes().all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{a}");
+        assert_ne!(parts[1], "0".repeat(32));
+        assert_eq!(trace_id(&a), parts[1]);
+    }
+
+    #[test]
     fn dedup_key_format_and_wire_json() {
         let uid = "0b8f4e1c-3f61-4f0e-9a35-6d1c2b7e9a10";
         let row = |format, uid| outbox_row_ref(format, "outbox_orders", 10, uid, "scope");
@@ -352,6 +401,7 @@ mod tests {
             outbox_id: Some(10),
             refresh_id: None,
             before: None,
+            traceparent: traceparent("outbox_orders:10"),
         };
         let v = serde_json::to_value(&m).unwrap();
         assert_eq!(

@@ -308,3 +308,92 @@ async fn logs_have_colour_escapes_only_on_a_terminal() {
     assert!(log.contains("forward pipeline started"), "{log}");
     assert!(!log.contains('\x1b'), "escape codes in the log file: {log:?}");
 }
+
+/// Every forward message carries its outbox row's W3C trace context — a NATS header, a field of
+/// a stdout line, the trace id of a pg inbox row — and a reverse source keeps an incoming
+/// `traceparent`'s trace id in the inbox: one trace from the outbox row to the inbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_context_goes_from_the_outbox_row_through_nats_into_an_inbox() {
+    let nats = relay_e2e::nats::NatsServer::start();
+    nats.create_stream("TRACED", &["traced.>"]).await;
+    let (db, c, outbox) = db_with_outbox("traced").await;
+    create_inbox_table(&c, "public.direct_inbox").await;
+    create_inbox_table(&c, "public.traced_inbox").await;
+    let forward = [
+        (
+            "to-nats",
+            json!({"stream_table": "traced", "sink_type": "nats", "nats_url": nats.url(), "subject_template": "traced.{op}"}),
+        ),
+        ("to-stdout", json!({"stream_table": "traced", "sink_type": "stdout"})),
+        ("to-inbox", json!({"stream_table": "traced", "sink_type": "pg-inbox", "inbox_table": "public.direct_inbox"})),
+    ];
+    for (name, mut config) in forward {
+        // One message per row written (not a diff between the rows as snapshots).
+        config["delta_mode"] = json!("snapshot");
+        c.execute("SELECT pgtrickle.set_relay_outbox($1, config => $2::jsonb)", &[&name, &config]).await.unwrap();
+    }
+    let back = json!({"source_type": "nats", "nats_url": nats.url(), "nats_stream": "TRACED", "inbox_table": "public.traced_inbox"});
+    c.execute("SELECT pgtrickle.set_relay_inbox('back-in', config => $1::jsonb)", &[&back]).await.unwrap();
+    let relay = Relay::start(&db.url, "default", &[]);
+    write_inline(&c, &outbox, Some(json!([{"id": 1}, {"id": 2}, {"id": 3}]))).await;
+    write_inline(&c, &outbox, Some(json!([{"id": 4}, {"id": 5}]))).await;
+
+    let lines = relay.wait_for_messages(5, Duration::from_secs(15)).await;
+    let stored = eventually(Duration::from_secs(15), "5 messages in JetStream", || async {
+        let m = nats.stream_messages("TRACED").await;
+        (m.len() == 5).then_some(m)
+    })
+    .await;
+    let well_formed = |t: &str| {
+        let parts: Vec<&str> = t.split('-').collect();
+        parts.len() == 4
+            && parts[0] == "00"
+            && parts[1].len() == 32
+            && parts[2].len() == 16
+            && parts[3] == "01"
+            && t.bytes().all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && parts[1] != "0".repeat(32)
+    };
+    let mut by_key = std::collections::BTreeMap::new();
+    for m in &stored {
+        let tp = m.traceparent.clone().expect("a traceparent header on every NATS message");
+        assert!(well_formed(&tp), "{tp}");
+        by_key.insert(m.msg_id.clone().unwrap(), tp);
+    }
+    // One span per outbox row: its messages share it, the next row has its own.
+    let row_of = |key: &str| key.rsplit_once(':').unwrap().0.to_owned();
+    let rows: std::collections::BTreeMap<String, std::collections::BTreeSet<&String>> =
+        by_key.iter().fold(Default::default(), |mut acc, (k, tp)| {
+            acc.entry(row_of(k)).or_default().insert(tp);
+            acc
+        });
+    assert_eq!(rows.len(), 2, "{by_key:#?}");
+    assert!(rows.values().all(|tps| tps.len() == 1), "{by_key:#?}");
+    let traces: std::collections::BTreeSet<_> = rows.values().flatten().collect();
+    assert_eq!(traces.len(), 2, "each outbox row has its own trace: {by_key:#?}");
+    // A stdout line has no headers: the same context is its last field.
+    for line in &lines {
+        let key = line["dedup_key"].as_str().unwrap();
+        assert_eq!(line["traceparent"].as_str(), Some(by_key[key].as_str()), "{line}");
+    }
+    // The pg inbox sink and the NATS source into an inbox both keep the trace id.
+    let trace_ids = |table: &'static str| {
+        let c = &c;
+        async move {
+            eventually(Duration::from_secs(15), "5 inbox rows", || async move {
+                let rows =
+                    c.query(&format!("SELECT event_id, trace_id FROM {table} ORDER BY event_id"), &[]).await.unwrap();
+                (rows.len() == 5).then(|| {
+                    rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, Option<String>>(1))).collect::<Vec<_>>()
+                })
+            })
+            .await
+        }
+    };
+    for table in ["public.direct_inbox", "public.traced_inbox"] {
+        for (event_id, trace_id) in trace_ids(table).await {
+            let expected = by_key[&event_id].split('-').nth(1).unwrap().to_owned();
+            assert_eq!(trace_id, Some(expected), "{table}: {event_id}");
+        }
+    }
+}

@@ -106,6 +106,7 @@ impl NatsServer {
                     msg_id: m.headers.get(async_nats::header::NATS_MESSAGE_ID).map(|v| v.as_str().to_owned()),
                     op_header: header("Pgtrickle-Op"),
                     full_refresh_header: header("Pgtrickle-Full-Refresh"),
+                    traceparent: header("traceparent"),
                     body: serde_json::from_slice(&m.payload).unwrap(),
                 });
             }
@@ -164,6 +165,7 @@ pub struct StoredMessage {
     pub msg_id: Option<String>,
     pub op_header: Option<String>,
     pub full_refresh_header: Option<String>,
+    pub traceparent: Option<String>,
     pub body: Value,
 }
 

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use crate::message::{dedup_key, scan, split_rows, Op, Payload, RelayMessage, Template, TemplateVars};
+use crate::message::{dedup_key, scan, split_rows, traceparent, Op, Payload, RelayMessage, Template, TemplateVars};
 
 /// What one outbox header row holds. Rows are JSON texts (cleaned of `__pgt_*` keys unless
 /// asked to keep them), not parsed values.
@@ -178,6 +178,7 @@ pub fn build_messages(ctx: &MessageContext<'_>, delta: Delta<'_>, out: &mut Vec<
     let Delta { outbox_id, row_ref, inserted, deleted, full_refresh, refresh_id, first_index, first_deleted_index } =
         delta;
     let deleted_base = first_deleted_index.unwrap_or(first_index + inserted.len());
+    let trace = traceparent(row_ref);
     let mut deleted: Vec<Option<Payload>> = deleted.into_iter().map(Some).collect();
 
     // Index the deleted rows by key so pairing is linear, not quadratic.
@@ -210,6 +211,7 @@ pub fn build_messages(ctx: &MessageContext<'_>, delta: Delta<'_>, out: &mut Vec<
             outbox_id: Some(outbox_id),
             refresh_id: refresh_id.map(str::to_owned),
             before,
+            traceparent: trace.clone(),
         });
     }
     for (i, row) in deleted.into_iter().enumerate() {
@@ -223,6 +225,7 @@ pub fn build_messages(ctx: &MessageContext<'_>, delta: Delta<'_>, out: &mut Vec<
             outbox_id: Some(outbox_id),
             refresh_id: refresh_id.map(str::to_owned),
             before: None,
+            traceparent: trace.clone(),
         });
     }
 }
@@ -264,6 +267,7 @@ pub fn diff_message(
         outbox_id: Some(outbox_id),
         refresh_id: refresh_id.map(str::to_owned),
         before,
+        traceparent: traceparent(row_ref),
     }
 }
 
@@ -286,6 +290,7 @@ pub fn summary_message(ctx: &MessageContext<'_>, outbox_id: i64, row_ref: &str, 
         outbox_id: Some(outbox_id),
         refresh_id,
         before: None,
+        traceparent: traceparent(row_ref),
     }
 }
 

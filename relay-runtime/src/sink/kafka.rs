@@ -199,11 +199,12 @@ impl KafkaSink {
 
 fn headers(m: &RelayMessage) -> OwnedHeaders {
     let outbox_id = m.outbox_id.map(|i| i.to_string());
-    let mut h = OwnedHeaders::new_with_capacity(5)
+    let mut h = OwnedHeaders::new_with_capacity(6)
         .insert(Header { key: "pgtrickle-op", value: Some(m.op.as_str()) })
         .insert(Header { key: "pgtrickle-dedup-key", value: Some(m.dedup_key.as_str()) })
         .insert(Header { key: "pgtrickle-full-refresh", value: Some(if m.is_full_refresh { "true" } else { "false" }) })
-        .insert(Header { key: "content-type", value: Some("application/json") });
+        .insert(Header { key: "content-type", value: Some("application/json") })
+        .insert(Header { key: "traceparent", value: Some(&*m.traceparent) });
     if let Some(id) = &outbox_id {
         h = h.insert(Header { key: "pgtrickle-outbox-id", value: Some(id.as_str()) });
     }

@@ -116,6 +116,7 @@ impl NatsSink {
             h.insert("Pgtrickle-Outbox-Id", id.to_string().as_str());
         }
         h.insert("Content-Type", "application/json");
+        h.insert("traceparent", &*m.traceparent);
         h
     }
 }

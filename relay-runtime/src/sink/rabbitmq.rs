@@ -145,6 +145,7 @@ fn properties(m: &RelayMessage) -> BasicProperties {
     headers.insert("pgtrickle-op".into(), AMQPValue::LongString(m.op.as_str().into()));
     headers.insert("pgtrickle-dedup-key".into(), AMQPValue::LongString(m.dedup_key.as_str().into()));
     headers.insert("pgtrickle-full-refresh".into(), AMQPValue::Boolean(m.is_full_refresh));
+    headers.insert("traceparent".into(), AMQPValue::LongString((&*m.traceparent).into()));
     if let Some(id) = m.outbox_id {
         headers.insert("pgtrickle-outbox-id".into(), AMQPValue::LongLongInt(id));
     }

@@ -220,7 +220,7 @@ impl Sink for RedisSink {
                     .arg(expected);
                 for m in &batch[start..end] {
                     let (outbox_id, index) = position(m);
-                    let nf = if m.before.is_some() { 12 } else { 10 };
+                    let nf = if m.before.is_some() { 14 } else { 12 };
                     cmd.arg(outbox_id)
                         .arg(index)
                         .arg(nf)
@@ -233,7 +233,9 @@ impl Sink for RedisSink {
                         .arg("payload")
                         .arg(m.payload.to_string())
                         .arg("outbox_id")
-                        .arg(m.outbox_id.unwrap_or(0));
+                        .arg(m.outbox_id.unwrap_or(0))
+                        .arg("traceparent")
+                        .arg(&*m.traceparent);
                     if let Some(before) = &m.before {
                         cmd.arg("before").arg(before.to_string());
                     }

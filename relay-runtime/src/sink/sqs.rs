@@ -94,6 +94,7 @@ impl SqsSink {
             ("pgtrickle-dedup-key", m.dedup_key.as_str()),
             ("pgtrickle-outbox-id", outbox_id.as_str()),
             ("pgtrickle-full-refresh", if m.is_full_refresh { "true" } else { "false" }),
+            ("traceparent", &*m.traceparent),
         ];
         let size = body.len() + attrs.iter().map(|(k, v)| k.len() + "String".len() + v.len()).sum::<usize>();
         if size > MAX_MESSAGE_BYTES {

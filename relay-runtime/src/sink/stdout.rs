@@ -106,12 +106,20 @@ impl StdoutSink {
         self.buf.clear();
         for m in batch {
             let r = match self.format {
+                // The message with its trace context as a last field (a line has no headers).
                 Format::JsonLines => {
                     m.write_json(&mut self.buf);
+                    self.buf.pop();
+                    self.buf.extend_from_slice(b",\"traceparent\":\"");
+                    self.buf.extend_from_slice(m.traceparent.as_bytes());
+                    self.buf.extend_from_slice(b"\"}");
                     Ok(())
                 }
                 // Through a value, so the row text is indented like the rest.
-                Format::Pretty => serde_json::to_value(m).and_then(|v| serde_json::to_writer_pretty(&mut self.buf, &v)),
+                Format::Pretty => serde_json::to_value(m).and_then(|mut v| {
+                    v["traceparent"] = serde_json::Value::from(&*m.traceparent);
+                    serde_json::to_writer_pretty(&mut self.buf, &v)
+                }),
             };
             r.map_err(|e| SinkError::permanent(self.name(), "cannot encode message").because(e))?;
             self.buf.push(b'\n');

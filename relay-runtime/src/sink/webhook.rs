@@ -102,6 +102,8 @@ pub async fn build(cfg: &WebhookSinkConfig, _ctx: &SinkContext<'_>) -> Result<Bo
 struct Request {
     body: Vec<u8>,
     idempotency_key: String,
+    /// The first message's trace context (a batch carries its first outbox row's).
+    traceparent: std::sync::Arc<str>,
     op: Option<&'static str>,
     full_refresh: bool,
 }
@@ -116,6 +118,7 @@ impl WebhookSink {
                     Ok(Request {
                         body: crate::message::json_array(chunk),
                         idempotency_key: if chunk.len() == 1 { first.clone() } else { format!("{first}..{last}") },
+                        traceparent: chunk[0].traceparent.clone(),
                         op: None,
                         full_refresh: false,
                     })
@@ -128,6 +131,7 @@ impl WebhookSink {
                     Ok(Request {
                         body: m.to_json(),
                         idempotency_key: m.dedup_key.clone(),
+                        traceparent: m.traceparent.clone(),
                         op: Some(m.op.as_str()),
                         full_refresh: m.is_full_refresh,
                     })
@@ -148,6 +152,7 @@ impl WebhookSink {
         let mut headers = self.headers.clone();
         let value = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
         headers.insert(HeaderName::from_static("idempotency-key"), value(&req.idempotency_key));
+        headers.insert(HeaderName::from_static("traceparent"), value(&req.traceparent));
         if let Some(op) = req.op {
             headers.insert(HeaderName::from_static("pgtrickle-op"), value(op));
         }
