@@ -17,6 +17,7 @@ pub mod http;
 pub mod inbox;
 pub mod message;
 pub mod metrics;
+pub mod otel;
 pub mod outbox;
 pub mod pipeline;
 pub mod redact;

@@ -52,6 +52,10 @@ pub struct RunArgs {
     #[arg(long, env = "PGTRICKLE_RELAY_MAX_DB_CONNECTIONS", default_value_t = 10, global = true,
           value_parser = clap::value_parser!(u16).range(catalog::pool::MIN_DB_CONNECTIONS as i64..))]
     pub max_db_connections: u16,
+    /// Send the relay's spans (one per outbox row published, with the ids of the messages'
+    /// `traceparent`) to this OTLP/HTTP endpoint, e.g. http://otel-collector:4318 (off by default)
+    #[arg(long, env = "PGTRICKLE_RELAY_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// `5s`, `500ms`, `2m`, or a bare number of seconds.
@@ -80,13 +84,23 @@ pub async fn run(g: &GlobalArgs, r: &RunArgs, url: String, stop: CancellationTok
     let shutdown = stop;
     spawn_signal_handler(shutdown.clone());
     let worker_id = default_worker_id();
-    let state = match RelayState::new(&g.relay_group_id, &worker_id, &url, usize::from(r.max_db_connections)) {
-        Ok(s) => Arc::new(s),
+    let mut state = match RelayState::new(&g.relay_group_id, &worker_id, &url, usize::from(r.max_db_connections)) {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("error: cannot register metrics: {e}");
             return ExitCode::FAILURE;
         }
     };
+    if let Some(endpoint) = r.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
+        match crate::otel::Spans::otlp(endpoint, &worker_id, &g.relay_group_id) {
+            Ok(spans) => state.spans = spans,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let state = Arc::new(state);
     let (addr, server) = match crate::http::serve(state.clone(), g.metrics_addr, shutdown.clone()) {
         Ok(ok) => ok,
         Err(e) => {
@@ -114,6 +128,7 @@ pub async fn run(g: &GlobalArgs, r: &RunArgs, url: String, stop: CancellationTok
         }
     }
     drop(conn);
+    let spans = state.clone();
     let coordinator = Coordinator::new(
         state,
         CoordinatorOptions {
@@ -125,6 +140,8 @@ pub async fn run(g: &GlobalArgs, r: &RunArgs, url: String, stop: CancellationTok
     let clean = coordinator.run(shutdown.clone()).await;
     shutdown.cancel();
     let _ = server.await;
+    // The batch processor's thread blocks while it sends what is left.
+    let _ = tokio::task::spawn_blocking(move || spans.spans.shutdown()).await;
     if clean {
         tracing::info!("pgtrickle-relay stopped");
         ExitCode::SUCCESS

@@ -25,6 +25,8 @@ pub struct RelayState {
     pub postgres_url: String,
     pub started: Instant,
     pub metrics: Metrics,
+    /// The OTLP span exporter (`--otlp-endpoint`; disabled by default).
+    pub spans: crate::otel::Spans,
     /// The work connections every pipeline borrows from (`--max-db-connections` bounds them
     /// with the catalog connection and the lock session).
     pub pool: WorkPool,
@@ -79,6 +81,7 @@ impl RelayState {
             postgres_url: postgres_url.to_owned(),
             started: Instant::now(),
             metrics: Metrics::new()?,
+            spans: crate::otel::Spans::disabled(),
             pool: WorkPool::new(postgres_url, work, "pgtrickle-relay work"),
             sink_pool: WorkPool::new(postgres_url, sinks, "pgtrickle-relay inbox"),
             cursor_share: std::sync::Arc::new(tokio::sync::Semaphore::new(cursor_share(work))),

@@ -397,3 +397,58 @@ async fn trace_context_goes_from_the_outbox_row_through_nats_into_an_inbox() {
         }
     }
 }
+
+/// `--otlp-endpoint`: the relay sends its spans (OTLP/HTTP JSON) to a real HTTP receiver, one
+/// per outbox row published, with the trace and span ids of the `traceparent` its messages carry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_go_to_the_otlp_endpoint_with_the_ids_the_messages_carry() {
+    let collector = relay_e2e::http::WebhookServer::start().await;
+    let (db, c, outbox) = db_with_outbox("spanned").await;
+    let config = json!({"stream_table": "spanned", "sink_type": "stdout", "delta_mode": "snapshot"});
+    c.execute("SELECT pgtrickle.set_relay_outbox('spanned', config => $1::jsonb)", &[&config]).await.unwrap();
+    let endpoint = format!("http://{}", collector.addr);
+    let relay = Relay::start_with_env(
+        &db.url,
+        "default",
+        &["--otlp-endpoint", &endpoint],
+        &[("OTEL_BSP_SCHEDULE_DELAY", "200")],
+    );
+    write_inline(&c, &outbox, Some(json!([{"id": 1}, {"id": 2}]))).await;
+    write_inline(&c, &outbox, Some(json!([{"id": 3}]))).await;
+    let lines = relay.wait_for_messages(3, Duration::from_secs(15)).await;
+    let carried: std::collections::BTreeSet<String> =
+        lines.iter().map(|l| l["traceparent"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(carried.len(), 2, "one context per outbox row: {lines:?}");
+    let exported = eventually(Duration::from_secs(15), "spans of both outbox rows at the collector", || {
+        let spans: Vec<Value> = collector
+            .accepted()
+            .iter()
+            .filter(|r| r.method == "POST")
+            .flat_map(|r| {
+                let body = r.json();
+                body["resourceSpans"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|rs| rs["scopeSpans"].as_array().cloned().unwrap_or_default())
+                    .flat_map(|ss| ss["spans"].as_array().cloned().unwrap_or_default())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let found: std::collections::BTreeSet<String> = spans
+            .iter()
+            .map(|s| format!("00-{}-{}-01", s["traceId"].as_str().unwrap_or(""), s["spanId"].as_str().unwrap_or("")))
+            .collect();
+        let complete = carried.is_subset(&found);
+        async move { complete.then_some(spans) }
+    })
+    .await;
+    let request = collector.accepted().into_iter().find(|r| r.method == "POST").unwrap();
+    assert_eq!(request.header("content-type"), Some("application/json"));
+    let span = &exported[0];
+    assert_eq!(span["name"], "spanned publish", "{span:#}");
+    let attribute =
+        |key: &str| span["attributes"].as_array().unwrap().iter().find(|a| a["key"] == key).map(|a| a["value"].clone());
+    assert_eq!(attribute("pgtrickle.pipeline"), Some(json!({"stringValue": "spanned"})), "{span:#}");
+    assert_eq!(attribute("messaging.system"), Some(json!({"stringValue": "stdout"})), "{span:#}");
+}

@@ -16,7 +16,7 @@ mod snapshot;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
@@ -30,6 +30,7 @@ use crate::config::{DeltaMode, Direction, ForwardSpec};
 use crate::error::report as report_error;
 use crate::message::outbox_row_ref;
 use crate::message::RelayMessage;
+use crate::otel::RowSpan;
 use crate::outbox::decode::{build_messages, decode, summary_message, Decoded, Delta, MessageContext};
 use crate::outbox::diff::{SnapshotDiff, SnapshotSource};
 use crate::outbox::epoch::{self, Epoch};
@@ -308,8 +309,9 @@ struct ForwardRunner<'a> {
     publish_calls: u64,
     /// Publish calls whose messages are all confirmed.
     confirmed_calls: u64,
-    /// When each unconfirmed publish call was handed to the sink (for the broker-ack latency).
-    sent_at: VecDeque<(u64, Instant)>,
+    /// When each unconfirmed publish call was handed to the sink (for the broker-ack latency),
+    /// and its outbox rows when spans are exported.
+    sent_at: VecDeque<Sent>,
     /// Backoff for consecutive sink failures.
     backoff: Backoff,
     last_health: Instant,
@@ -692,7 +694,8 @@ impl ForwardRunner<'_> {
         }
         self.ctx.metrics.messages_consumed.with_label_values(&self.labels()).inc_by(msgs.len() as u64);
         let call = self.publish_calls;
-        self.sent_at.push_back((call, Instant::now()));
+        let rows = if self.ctx.spans.enabled() { row_spans(msgs) } else { Vec::new() };
+        self.sent_at.push_back(Sent { call, at: Instant::now(), wall: SystemTime::now(), rows });
         match self.sink.publish(msgs).await {
             Ok(done) => {
                 self.publish_calls += 1;
@@ -711,17 +714,19 @@ impl ForwardRunner<'_> {
         }
     }
 
-    /// Records the broker-ack latency of every publish call confirmed by now. A pipelined
-    /// sink's confirmation is seen at its next `publish` or `flush`, so the latency is the
-    /// relay's view of it: never shorter than the target's.
+    /// Records the broker-ack latency of every publish call confirmed by now (and, when spans
+    /// are exported, the span of each of its outbox rows). A pipelined sink's confirmation is
+    /// seen at its next `publish` or `flush`, so the latency is the relay's view of it: never
+    /// shorter than the target's.
     fn observe_acks(&mut self) {
         let histogram = self.ctx.metrics.broker_ack.with_label_values(&[&self.spec.name, self.sink.name()]);
-        while let Some(&(call, at)) = self.sent_at.front() {
-            if call >= self.confirmed_calls {
-                break;
+        while self.sent_at.front().is_some_and(|s| s.call < self.confirmed_calls) {
+            let Some(sent) = self.sent_at.pop_front() else { break };
+            histogram.observe(sent.at.elapsed().as_secs_f64());
+            let ended = SystemTime::now();
+            for row in &sent.rows {
+                self.ctx.spans.row_published(&self.spec.name, self.sink.name(), row, sent.wall, ended);
             }
-            histogram.observe(at.elapsed().as_secs_f64());
-            self.sent_at.pop_front();
         }
     }
 
@@ -828,4 +833,24 @@ impl ForwardRunner<'_> {
         self.status_due = false;
         self.last_status = Instant::now();
     }
+}
+
+/// A publish call not yet confirmed.
+struct Sent {
+    call: u64,
+    at: Instant,
+    wall: SystemTime,
+    rows: Vec<RowSpan>,
+}
+
+/// The outbox rows of a publish call (messages of a row are consecutive).
+fn row_spans(msgs: &[RelayMessage]) -> Vec<RowSpan> {
+    let mut rows: Vec<RowSpan> = Vec::new();
+    for m in msgs {
+        match rows.last_mut() {
+            Some(r) if Arc::ptr_eq(&r.traceparent, &m.traceparent) || r.traceparent == m.traceparent => r.messages += 1,
+            _ => rows.push(RowSpan { traceparent: m.traceparent.clone(), outbox_id: m.outbox_id, messages: 1 }),
+        }
+    }
+    rows
 }
