@@ -13,13 +13,13 @@ use rdkafka::producer::FutureProducer;
 use serde_json::{json, Value};
 use tokio_postgres::Client;
 
-use crate::fault_targets::{Backend, DegradedWatch};
+use crate::fault_targets::{outage, Backend, DegradedWatch};
 use crate::faults::{kill_owner_repeatedly, stats, until_count, Scale};
 use crate::gate::Gate;
 use crate::kafka::KafkaBroker;
 use crate::nats::NatsServer;
 use crate::private_pg::PrivatePostgres;
-use crate::rabbitmq::{amqp_url, close_relay_connections, Rabbit};
+use crate::rabbitmq::{amqp_url, Rabbit};
 use crate::redis_server::RedisServer;
 use crate::sqs::SqsServer;
 use crate::{connect, create_inbox_table, free_port, run_cli, Relay};
@@ -245,33 +245,10 @@ impl Origin {
     /// no broker: the relay is the receiver, and `sigkill_owner` is its outage.)
     pub async fn outage(&mut self, down: Duration) -> &'static str {
         match &mut self.inner {
-            Inner::Nats(nats) => {
-                nats.stop();
-                tokio::time::sleep(down).await;
-                nats.restart();
-                "nats-server killed, started again on its JetStream store"
-            }
-            Inner::Kafka(_, gate, _) | Inner::Sqs(_, _, gate) => {
-                gate.close();
-                tokio::time::sleep(down).await;
-                gate.open();
-                "every connection cut and new ones reset (the broker keeps its data in memory only)"
-            }
-            Inner::Redis(redis) => {
-                redis.kill();
-                tokio::time::sleep(down).await;
-                redis.restart();
-                "redis-server SIGKILLed, started again on its append-only file"
-            }
-            Inner::Rabbitmq(..) => {
-                let until = Instant::now() + down;
-                while Instant::now() < until {
-                    let pipeline = self.pipeline.clone();
-                    tokio::task::spawn_blocking(move || close_relay_connections(&pipeline)).await.unwrap();
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                "the relay's connections closed with rabbitmqctl close_connection, again on every reconnect"
-            }
+            Inner::Nats(nats) => outage::nats(nats, down).await,
+            Inner::Kafka(_, gate, _) | Inner::Sqs(_, _, gate) => outage::gate(gate, down).await,
+            Inner::Redis(redis) => outage::redis(redis, down).await,
+            Inner::Rabbitmq(..) => outage::rabbitmq(&self.pipeline, down).await,
             Inner::Webhook(..) => panic!("the webhook source has no broker to restart"),
         }
     }

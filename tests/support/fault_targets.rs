@@ -16,7 +16,7 @@ use crate::http::WebhookServer;
 use crate::kafka::KafkaBroker;
 use crate::nats::NatsServer;
 use crate::private_pg::PrivatePostgres;
-use crate::rabbitmq::{amqp_url, close_relay_connections, Rabbit};
+use crate::rabbitmq::{amqp_url, Rabbit};
 use crate::redis_server::RedisServer;
 use crate::sqs::SqsServer;
 use crate::{committed_offset, connect, create_inbox_table, db_with_outbox, Relay};
@@ -215,35 +215,10 @@ impl Target {
     /// Takes the target away for `down`, then brings it back; says how.
     pub async fn outage(&mut self, down: Duration) -> &'static str {
         match &mut self.inner {
-            Inner::Nats(nats) => {
-                nats.stop();
-                tokio::time::sleep(down).await;
-                nats.restart();
-                "nats-server killed, started again on its JetStream store"
-            }
-            Inner::Kafka(_, gate) | Inner::Sqs(_, _, gate) => {
-                gate.close();
-                tokio::time::sleep(down).await;
-                gate.open();
-                "every connection cut and new ones reset (the broker keeps its data in memory only)"
-            }
-            Inner::Redis(redis) => {
-                redis.kill();
-                tokio::time::sleep(down).await;
-                redis.restart();
-                "redis-server SIGKILLed, started again on its append-only file"
-            }
-            Inner::Rabbitmq(..) => {
-                // The machine's node serves other tests: the relay's connections are closed
-                // instead, again as soon as it has reconnected.
-                let until = Instant::now() + down;
-                while Instant::now() < until {
-                    let pipeline = self.pipeline.clone();
-                    tokio::task::spawn_blocking(move || close_relay_connections(&pipeline)).await.unwrap();
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                "the relay's connections closed with rabbitmqctl close_connection, again on every reconnect"
-            }
+            Inner::Nats(nats) => outage::nats(nats, down).await,
+            Inner::Kafka(_, gate) | Inner::Sqs(_, _, gate) => outage::gate(gate, down).await,
+            Inner::Redis(redis) => outage::redis(redis, down).await,
+            Inner::Rabbitmq(..) => outage::rabbitmq(&self.pipeline, down).await,
             Inner::Webhook(server) => {
                 server.outage(down / 2, down / 2).await;
                 "503 with Retry-After: 1, then connections dropped unanswered, then 200 again"
@@ -399,5 +374,49 @@ impl DegradedWatch {
         self.poll.abort();
         let seen = *self.seen.lock().unwrap();
         seen
+    }
+}
+
+/// The broker outages both directions use; each says what it did.
+pub mod outage {
+    use std::time::{Duration, Instant};
+
+    use crate::gate::Gate;
+    use crate::nats::NatsServer;
+    use crate::rabbitmq::close_relay_connections;
+    use crate::redis_server::RedisServer;
+
+    pub async fn nats(nats: &mut NatsServer, down: Duration) -> &'static str {
+        nats.stop();
+        tokio::time::sleep(down).await;
+        nats.restart();
+        "nats-server killed, started again on its JetStream store"
+    }
+
+    /// For brokers that keep their data in memory only (tansu, moto).
+    pub async fn gate(gate: &Gate, down: Duration) -> &'static str {
+        gate.close();
+        tokio::time::sleep(down).await;
+        gate.open();
+        "every connection cut and new ones reset (the broker keeps its data in memory only)"
+    }
+
+    pub async fn redis(redis: &mut RedisServer, down: Duration) -> &'static str {
+        redis.kill();
+        tokio::time::sleep(down).await;
+        redis.restart();
+        "redis-server SIGKILLed, started again on its append-only file"
+    }
+
+    /// The machine's node serves other tests: the relay's connections are closed instead, again
+    /// as soon as it has reconnected.
+    pub async fn rabbitmq(pipeline: &str, down: Duration) -> &'static str {
+        let until = Instant::now() + down;
+        while Instant::now() < until {
+            let pipeline = pipeline.to_owned();
+            tokio::task::spawn_blocking(move || close_relay_connections(&pipeline)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        "the relay's connections closed with rabbitmqctl close_connection, again on every reconnect"
     }
 }
