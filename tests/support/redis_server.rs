@@ -157,9 +157,9 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !answers_ping(port) {
+            assert!(Instant::now() < deadline, "redis-server did not start (or did not finish loading its data)");
             std::thread::sleep(Duration::from_millis(20));
         }
         child
@@ -214,5 +214,23 @@ impl Drop for RedisServer {
         if let Some(dir) = &self.dir {
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+}
+
+/// Whether the server on `port` takes commands: it accepts connections while it still loads an
+/// append-only file, answering `-LOADING` until it is done. A TLS-only server never answers a
+/// plain `PING`: for it, accepting connections is enough.
+fn answers_ping(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
+    if conn.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut reply = [0u8; 16];
+    match conn.read(&mut reply) {
+        Ok(n) if n > 0 => !reply[..n].starts_with(b"-LOADING"),
+        // No plain-text answer: a TLS port.
+        _ => true,
     }
 }
