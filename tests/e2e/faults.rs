@@ -31,6 +31,14 @@ async fn a_broker_outage_degrades_then_resumes_without_a_restart() {
     assert_eq!(v["state_after"], "running", "{v:#}");
 }
 
+/// Where a 4 s outage is noticed well within it (NATS, Redis, the inbox's database), the
+/// pipeline showed `degraded` meanwhile, in either direction.
+fn outage_was_reported(backend: Backend, v: &Value) {
+    if matches!(backend, Backend::Nats | Backend::Redis | Backend::PgInbox) {
+        assert!(v["degraded_after_ms"].is_u64(), "the outage never showed as degraded: {v:#}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_postgres_crash_mid_stream_loses_nothing() {
     let v = faults::postgres_restart(&Scale::ci()).await;
@@ -125,6 +133,7 @@ async fn broker_restart_towards(backend: Backend) {
     let v = broker_restart_to(backend, &Scale::ci()).await;
     counted_at_the_target(backend, &v);
     assert_eq!(v["state_after"], "running", "{v:#}");
+    outage_was_reported(backend, &v);
 }
 
 macro_rules! broker_restart_tests {
@@ -163,6 +172,7 @@ macro_rules! reverse_tests {
             every_message_once_in_the_inbox(&v);
             if let Some(state) = v.get("state_after") {
                 assert_eq!(state, "running", "{v:#}");
+                outage_was_reported($backend, &v);
             }
             if let Some(worst) = v["failover_ms"]["max"].as_u64() {
                 assert!(worst <= 1500, "failover took {worst} ms: {v:#}");

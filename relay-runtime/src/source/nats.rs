@@ -18,6 +18,8 @@ use crate::backend::nats::{DeliverPolicy as Policy, NatsSourceConfig};
 use crate::backend::BuildError;
 
 const BACKEND: &str = "nats";
+/// How long an ack flush may wait for the server.
+const ACK_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct NatsSource {
     client: async_nats::Client,
@@ -100,6 +102,26 @@ pub async fn build(cfg: &NatsSourceConfig, ctx: &SourceContext<'_>) -> Result<Bo
     Ok(Box::new(NatsSource { client, stream: stream_name, consumer, pending: Vec::new() }))
 }
 
+impl NatsSource {
+    fn incoming(&self, m: &jetstream::Message, seq: u64) -> Incoming {
+        let headers: Vec<(String, String)> = m
+            .headers
+            .iter()
+            .flat_map(|h| h.iter())
+            .flat_map(|(k, vs)| vs.iter().map(move |v| (k.to_string(), v.to_string())))
+            .collect();
+        let id = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("Nats-Msg-Id")).map(|(_, v)| v.clone());
+        Incoming {
+            id,
+            coordinate: format!("nats:{}:{seq}", self.stream),
+            subject: Some(m.subject.to_string()),
+            key: None,
+            headers,
+            body: m.payload.to_vec(),
+        }
+    }
+}
+
 impl Source for NatsSource {
     fn name(&self) -> &'static str {
         BACKEND
@@ -107,42 +129,52 @@ impl Source for NatsSource {
 
     fn receive(&mut self, max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<Incoming>, SourceError>> {
         Box::pin(async move {
+            // Messages of a batch that ended in an error were never handed out: they must not
+            // be acknowledged with the next stored batch. Give them back for redelivery.
+            if !self.pending.is_empty() {
+                self.nack("an earlier fetch ended in an error").await;
+            }
             // While the client reconnects a fetch only times out, which would look like an idle
             // stream: say that the server is gone, so the pipeline shows `degraded`.
+            let gone = |state: async_nats::connection::State, stream: &str| {
+                retryable(format!("not connected to NATS ({state}); stream '{stream}'"))
+            };
             let state = self.client.connection_state();
             if state != async_nats::connection::State::Connected {
                 tokio::time::sleep(wait.min(Duration::from_millis(500))).await;
-                return Err(retryable(format!("not connected to NATS ({state}); stream '{}'", self.stream)));
+                return Err(gone(state, &self.stream));
             }
-            let mut batch = self
-                .consumer
-                .fetch()
-                .max_messages(max)
-                .expires(wait)
-                .messages()
-                .await
-                .map_err(|e| retryable(format!("fetch from stream '{}' failed: {e}", self.stream)))?;
+            // The fetch expires after `wait` at the server; a server that went away answers
+            // nothing, so the client gives up a little later.
+            let deadline = tokio::time::Instant::now() + wait + Duration::from_secs(1);
+            let fetched =
+                tokio::time::timeout_at(deadline, self.consumer.fetch().max_messages(max).expires(wait).messages())
+                    .await;
+            let mut batch = match fetched {
+                Ok(b) => b.map_err(|e| retryable(format!("fetch from stream '{}' failed: {e}", self.stream)))?,
+                Err(_) => return Err(gone(self.client.connection_state(), &self.stream)),
+            };
             let mut out = Vec::new();
-            while let Some(m) = batch.next().await {
-                let m = m.map_err(|e| retryable(format!("fetch from stream '{}' failed: {e}", self.stream)))?;
-                let seq =
-                    m.info().map(|i| i.stream_sequence).map_err(|e| retryable(format!("bad message metadata: {e}")))?;
-                let headers: Vec<(String, String)> = m
-                    .headers
-                    .iter()
-                    .flat_map(|h| h.iter())
-                    .flat_map(|(k, vs)| vs.iter().map(move |v| (k.to_string(), v.to_string())))
-                    .collect();
-                let id = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("Nats-Msg-Id")).map(|(_, v)| v.clone());
-                out.push(Incoming {
-                    id,
-                    coordinate: format!("nats:{}:{seq}", self.stream),
-                    subject: Some(m.subject.to_string()),
-                    key: None,
-                    headers,
-                    body: m.payload.to_vec(),
-                });
-                self.pending.push(m);
+            loop {
+                // Every message handed out is in `pending` and in `out`, or in neither: an error
+                // after some messages ends the batch with those (the next receive reports it).
+                let failed = match tokio::time::timeout_at(deadline, batch.next()).await {
+                    Ok(None) => break,
+                    Ok(Some(Ok(m))) => match m.info().map(|i| i.stream_sequence) {
+                        Ok(seq) => {
+                            out.push(self.incoming(&m, seq));
+                            self.pending.push(m);
+                            continue;
+                        }
+                        Err(e) => retryable(format!("bad message metadata: {e}")),
+                    },
+                    Ok(Some(Err(e))) => retryable(format!("fetch from stream '{}' failed: {e}", self.stream)),
+                    Err(_) => gone(self.client.connection_state(), &self.stream),
+                };
+                if out.is_empty() {
+                    return Err(failed);
+                }
+                break;
             }
             Ok(out)
         })
@@ -153,7 +185,17 @@ impl Source for NatsSource {
             for m in self.pending.drain(..) {
                 m.ack().await.map_err(|e| retryable(format!("ack failed: {e}")))?;
             }
-            self.client.flush().await.map_err(|e| retryable(format!("ack flush failed: {e}")))
+            // A flush waits for the server: while it is gone the acks stay buffered (sent on
+            // reconnect, or the messages come back and the event ids absorb them) and the next
+            // receive reports the outage.
+            match tokio::time::timeout(ACK_FLUSH_TIMEOUT, self.client.flush()).await {
+                Ok(flushed) => flushed.map_err(|e| retryable(format!("ack flush failed: {e}"))),
+                Err(_) => Err(retryable(format!(
+                    "acks not confirmed by the server within {} s ({})",
+                    ACK_FLUSH_TIMEOUT.as_secs(),
+                    self.client.connection_state()
+                ))),
+            }
         })
     }
 
