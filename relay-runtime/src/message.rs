@@ -79,9 +79,13 @@ pub fn traceparent(row_ref: &str) -> Arc<str> {
     out.into()
 }
 
-/// The trace id (32 hex digits) of a `traceparent`.
-pub fn trace_id(traceparent: &str) -> &str {
-    traceparent.get(3..35).unwrap_or("")
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), in lower case; none
+/// when it is malformed or all zeros.
+pub fn trace_id(traceparent: &str) -> Option<String> {
+    let mut parts = traceparent.trim().split('-');
+    let (_version, trace) = (parts.next()?, parts.next()?);
+    (trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit()) && trace != "0".repeat(32))
+        .then(|| trace.to_ascii_lowercase())
 }
 
 impl RelayMessage {
@@ -382,7 +386,7 @@ mod tests {
         assert_eq!((parts[1].len(), parts[2].len()), (32, 16), "{a}");
         assert!(a.bytes().all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{a}");
         assert_ne!(parts[1], "0".repeat(32));
-        assert_eq!(trace_id(&a), parts[1]);
+        assert_eq!(trace_id(&a).as_deref(), Some(parts[1]));
     }
 
     #[test]

@@ -56,10 +56,7 @@ impl Origin {
                 Inner::Nats(nats)
             }
             Backend::Kafka => {
-                let gate_port = free_port();
-                let kafka = KafkaBroker::start_advertising(Some(gate_port));
-                let gate = Gate::start(gate_port, kafka.port).await;
-                kafka.create_topic(TOPIC, 3).await;
+                let (kafka, gate) = Gate::kafka(TOPIC, 3).await;
                 let producer = rdkafka::ClientConfig::new()
                     .set("bootstrap.servers", kafka.brokers())
                     .set("enable.idempotence", "true")

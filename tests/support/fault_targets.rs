@@ -104,10 +104,7 @@ impl Target {
                 Inner::Nats(nats)
             }
             Backend::Kafka => {
-                let gate_port = crate::free_port();
-                let kafka = KafkaBroker::start_advertising(Some(gate_port));
-                let gate = Gate::start(gate_port, kafka.port).await;
-                kafka.create_topic(TOPIC, 1).await;
+                let (kafka, gate) = Gate::kafka(TOPIC, 1).await;
                 Inner::Kafka(kafka, gate)
             }
             Backend::Redis => Inner::Redis(RedisServer::start_durable()),

@@ -18,6 +18,16 @@ pub struct Gate {
 }
 
 impl Gate {
+    /// A private tansu whose clients all go through a gate (it advertises the gate's port),
+    /// with `topic` created.
+    pub async fn kafka(topic: &str, partitions: i32) -> (crate::kafka::KafkaBroker, Self) {
+        let port = crate::free_port();
+        let kafka = crate::kafka::KafkaBroker::start_advertising(Some(port));
+        let gate = Self::start(port, kafka.port).await;
+        kafka.create_topic(topic, partitions).await;
+        (kafka, gate)
+    }
+
     /// Listens on `port` (0: any) and forwards to 127.0.0.1:`upstream`.
     pub async fn start(port: u16, upstream: u16) -> Self {
         let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();

@@ -848,7 +848,7 @@ fn row_spans(msgs: &[RelayMessage]) -> Vec<RowSpan> {
     let mut rows: Vec<RowSpan> = Vec::new();
     for m in msgs {
         match rows.last_mut() {
-            Some(r) if Arc::ptr_eq(&r.traceparent, &m.traceparent) || r.traceparent == m.traceparent => r.messages += 1,
+            Some(r) if r.traceparent == m.traceparent => r.messages += 1,
             _ => rows.push(RowSpan { traceparent: m.traceparent.clone(), outbox_id: m.outbox_id, messages: 1 }),
         }
     }

@@ -20,7 +20,7 @@ use crate::catalog::pool::{pipeline_lock_held, Work};
 use crate::config::{Direction, ReverseSpec};
 use crate::error::report as report_error;
 use crate::inbox::{self, InboxError, InboxRow, InboxTable};
-use crate::message::Payload;
+use crate::message::{trace_id, Payload};
 use crate::source::{self, Incoming, Outcome, Source, SourceContext};
 use crate::state::{PipelineState, PipelineStatus, RelayState};
 
@@ -92,14 +92,6 @@ impl Mapping {
             trace_id: m.header("traceparent").and_then(trace_id),
         })
     }
-}
-
-/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
-pub fn trace_id(traceparent: &str) -> Option<String> {
-    let mut parts = traceparent.trim().split('-');
-    let (_version, trace) = (parts.next()?, parts.next()?);
-    (trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit()) && trace != "0".repeat(32))
-        .then(|| trace.to_ascii_lowercase())
 }
 
 /// Writes a status with a borrowed connection (in memory only when none can be had).

@@ -127,7 +127,7 @@ impl Sink for PgInboxSink {
                     source: Some(self.source.clone()),
                     aggregate_id: self.aggregate_id(m),
                     payload: m.payload.clone(),
-                    trace_id: Some(crate::message::trace_id(&m.traceparent).to_owned()),
+                    trace_id: crate::message::trace_id(&m.traceparent),
                 })
                 .collect();
             let client = match (&borrowed, &self.conn) {

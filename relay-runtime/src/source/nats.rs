@@ -129,11 +129,6 @@ impl Source for NatsSource {
 
     fn receive(&mut self, max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<Incoming>, SourceError>> {
         Box::pin(async move {
-            // Messages of a batch that ended in an error were never handed out: they must not
-            // be acknowledged with the next stored batch. Give them back for redelivery.
-            if !self.pending.is_empty() {
-                self.nack("an earlier fetch ended in an error").await;
-            }
             // While the client reconnects a fetch only times out, which would look like an idle
             // stream: say that the server is gone, so the pipeline shows `degraded`.
             let gone = |state: async_nats::connection::State, stream: &str| {
