@@ -182,6 +182,7 @@ async fn check_cmd(url: &str) -> anyhow::Result<ExitCode> {
     for row in &rows {
         let verdict = match row.parse() {
             Err(e) => Err(e.to_string()),
+            Ok(PipelineSpec::Forward(spec)) if !spec.conflicts.is_empty() => Err(spec.conflicts.join("; ")),
             Ok(PipelineSpec::Forward(spec)) => match OutboxTable::resolve(&conn.client, &spec.outbox).await {
                 Ok(t) => match crate::sink::build(
                     &spec.sink,
@@ -194,6 +195,7 @@ async fn check_cmd(url: &str) -> anyhow::Result<ExitCode> {
                         // A check only builds the sink; it never writes.
                         dedup_scope: "check",
                         own_database: None,
+                        envelope: &crate::pipeline::forward::envelope_of(&spec, &t),
                     },
                 )
                 .await

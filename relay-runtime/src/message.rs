@@ -1,5 +1,6 @@
 //! The relay message (the wire JSON of contract §4.8), dedup keys and subject templates.
 
+pub mod envelope;
 mod payload;
 pub(crate) mod scan;
 
@@ -52,6 +53,19 @@ pub struct RelayMessage {
     /// where the target has headers, a field where it has not. Shared by the row's messages.
     #[serde(skip)]
     pub traceparent: Arc<str>,
+    /// Facts of the outbox row the message came from (for envelopes).
+    #[serde(skip)]
+    pub stamp: RowStamp,
+}
+
+/// Facts of an outbox row that its messages share, used by the CloudEvents and Debezium
+/// envelopes: when and in which transaction the refresh wrote the row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RowStamp {
+    /// The outbox row's `created_at`, in microseconds since the epoch.
+    pub time_us: Option<i64>,
+    /// The outbox row's `xmin`: the refresh transaction that wrote it.
+    pub txid: Option<i64>,
 }
 
 /// The W3C `traceparent` of an outbox row's relay span: `00-<trace id>-<span id>-01`, both
@@ -284,6 +298,11 @@ impl Template {
         if source.is_empty() {
             return Err(TemplateError::Empty);
         }
+        Ok(Self::from_text(source))
+    }
+
+    /// A template of text the relay chose itself (a default): never empty.
+    pub(crate) fn from_text(source: &str) -> Self {
         let mut segments = Vec::new();
         let mut literal = String::new();
         let mut rest = source;
@@ -309,11 +328,17 @@ impl Template {
         if !literal.is_empty() {
             segments.push(Segment::Literal(literal));
         }
-        Ok(Self { source: source.to_owned(), segments })
+        Self { source: source.to_owned(), segments }
     }
 
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// Whether the template renders differently for two messages of the same op
+    /// (`{outbox_id}`, `{refresh_id}`).
+    pub fn per_outbox_row(&self) -> bool {
+        self.segments.iter().any(|s| matches!(s, Segment::OutboxId | Segment::RefreshId))
     }
 
     /// Whether the template has no variables (it renders to its source text).
@@ -406,6 +431,7 @@ mod tests {
             refresh_id: None,
             before: None,
             traceparent: traceparent("outbox_orders:10"),
+            stamp: RowStamp::default(),
         };
         let v = serde_json::to_value(&m).unwrap();
         assert_eq!(

@@ -52,7 +52,8 @@ proptest! {
                 let subject = Template::parse("pgtrickle.{stream_table}.{op}").unwrap_or_else(|_| unreachable!());
                 let key_columns = vec!["id".to_owned()];
                 let ctx = MessageContext { stream_table: "s", outbox_table: "outbox_s", subject: &subject,
-                                           key_columns: &key_columns, keep_internal_columns: false };
+                                           key_columns: &key_columns, keep_internal_columns: false,
+                                           stamp: Default::default() };
                 let rows = inserted.len() + deleted.len();
                 let mut out = Vec::new();
                 build_messages(&ctx, Delta { outbox_id: 7, row_ref: "outbox_s:7", inserted, deleted, full_refresh,

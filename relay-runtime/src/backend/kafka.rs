@@ -91,6 +91,9 @@ pub struct KafkaSinkConfig {
     pub partitions: Option<Int<1, 100_000>>,
     /// Replication factor of a created topic (default 1).
     pub replication_factor: Option<Int<1, 100>>,
+    /// With `envelope: debezium`: a tombstone (same key, no value) after each delete, so log
+    /// compaction can drop the key (default true).
+    pub tombstones: Option<Flag>,
 }
 
 /// The Kafka source.

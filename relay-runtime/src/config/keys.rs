@@ -32,6 +32,15 @@ crate::choices!(
     DedupKeyFormatChoice "DedupKeyFormat" { RowUid = "row_uid", Legacy = "legacy" }
 );
 
+crate::choices!(
+    /// See [`crate::message::envelope::EnvelopeSpec`].
+    EnvelopeChoice "Envelope" { Native = "native", CloudEvents = "cloudevents", Debezium = "debezium" }
+);
+crate::choices!(
+    /// How CloudEvents travel: the whole event as the body, or attributes as headers.
+    CloudEventsModeChoice "CloudEventsMode" { Structured = "structured", Binary = "binary" }
+);
+
 /// The keys of a forward pipeline that are not its sink's. They may be written at the top
 /// (flat form), or inside `source` / `sink` (pg_trickle's positional form stores only those).
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
@@ -66,6 +75,20 @@ pub struct ForwardKeys {
     pub initial_snapshot: Option<Choice<InitialSnapshotChoice>>,
     /// `row_uid` (default) or `legacy`.
     pub dedup_key_format: Option<Choice<DedupKeyFormatChoice>>,
+    /// What each message is: `native` (default, the relay's JSON), `cloudevents` (CloudEvents
+    /// 1.0) or `debezium` (Debezium's change-event envelope).
+    pub envelope: Option<Choice<EnvelopeChoice>>,
+    /// With `envelope: cloudevents`: `structured` (default, the event is the body) or `binary`
+    /// (the row is the body, attributes are headers; NATS, Kafka, webhook, RabbitMQ).
+    pub cloudevents_mode: Option<Choice<CloudEventsModeChoice>>,
+    /// With `envelope: cloudevents`: the `source` attribute (default
+    /// `/pgtrickle/<database>/{stream_table}`).
+    pub cloudevents_source: Option<TemplateText>,
+    /// With `envelope: cloudevents`: the `type` attribute (default
+    /// `io.pgtrickle.{stream_table}.{op}`).
+    pub cloudevents_type: Option<TemplateText>,
+    /// With `envelope: debezium`: `source.name` (default: the database name).
+    pub debezium_name: Option<Text>,
     /// Written by pg_trickle's positional `set_relay_outbox`; not used by this relay.
     pub retention_hours: Option<Ignored>,
 }

@@ -20,6 +20,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::backend;
+use crate::message::envelope::EnvelopeSpec;
 use crate::message::{DedupKeyFormat, Template};
 use keys::json_type;
 
@@ -186,6 +187,12 @@ pub struct ForwardSpec {
     pub initial_snapshot: InitialSnapshot,
     /// `row_uid` (default) or `legacy` (see [`DedupKeyFormat`]).
     pub dedup_key_format: DedupKeyFormat,
+    /// What each message is on the wire (the keys `envelope`, `cloudevents_*`, `debezium_*`).
+    pub envelope: EnvelopeSpec,
+    /// Keys that contradict each other (an envelope key without its envelope, binary CloudEvents
+    /// on a target without headers). The database checks each key alone and stores such a
+    /// config; the pipeline refuses to start with these messages.
+    pub conflicts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -479,6 +486,7 @@ fn parse_forward(name: &str, obj: &Map<String, Value>) -> Result<ForwardSpec, Co
         (None, Some(st)) => OutboxRef::StreamTable(st.0.clone()),
         (None, None) => return Err(ConfigError::new(name, "missing key 'stream_table'")),
     };
+    let (envelope, conflicts) = envelope_spec(&k, &config);
     let subject_template = match &k.subject_template {
         Some(t) => t.0.clone(),
         None => Template::parse(DEFAULT_SUBJECT).map_err(|e| ConfigError::new(name, e.to_string()))?,
@@ -506,7 +514,64 @@ fn parse_forward(name: &str, obj: &Map<String, Value>) -> Result<ForwardSpec, Co
             None | Some(keys::DedupKeyFormatChoice::RowUid) => DedupKeyFormat::RowUid,
             Some(keys::DedupKeyFormatChoice::Legacy) => DedupKeyFormat::Legacy,
         },
+        envelope,
+        conflicts,
     })
+}
+
+/// The envelope keys, and what contradicts among them and the sink (each key's own type and
+/// range were checked with the catalog).
+fn envelope_spec(k: &keys::ForwardKeys, sink: &SinkConfig) -> (EnvelopeSpec, Vec<String>) {
+    use keys::{CloudEventsModeChoice as Mode, EnvelopeChoice as E};
+    let mut problems = Vec::new();
+    let chosen = k.envelope.map_or(E::Native, |c| c.0);
+    let mut only_with = |set: bool, key: &str, envelope: E| {
+        if set && chosen != envelope {
+            problems.push(format!(
+                "key '{key}' applies only with \"envelope\": \"{}\" (this pipeline's envelope is '{}')",
+                envelope.as_str(),
+                chosen.as_str()
+            ));
+        }
+    };
+    only_with(k.cloudevents_mode.is_some(), "cloudevents_mode", E::CloudEvents);
+    only_with(k.cloudevents_source.is_some(), "cloudevents_source", E::CloudEvents);
+    only_with(k.cloudevents_type.is_some(), "cloudevents_type", E::CloudEvents);
+    only_with(k.debezium_name.is_some(), "debezium_name", E::Debezium);
+    if let SinkConfig::Kafka(c) = sink {
+        only_with(c.tombstones.is_some(), "tombstones", E::Debezium);
+    }
+    let binary = k.cloudevents_mode.is_some_and(|m| m.0 == Mode::Binary);
+    if binary && chosen == E::CloudEvents {
+        let headerless = match sink {
+            SinkConfig::Stdout(_) => Some("stdout"),
+            SinkConfig::File(_) => Some("file"),
+            SinkConfig::Redis(_) => Some("redis"),
+            SinkConfig::Sqs(_) => Some("sqs"),
+            SinkConfig::PgInbox(_) => Some("pg-inbox"),
+            _ => None,
+        };
+        if let Some(sink) = headerless {
+            problems.push(format!(
+                "key 'cloudevents_mode': 'binary' needs a target with message headers (nats, kafka, webhook, rabbitmq); the {sink} sink writes structured events only"
+            ));
+        }
+        if let SinkConfig::Webhook(c) = sink {
+            if c.batch_mode.is_some_and(|f| f.0) {
+                problems.push("key 'cloudevents_mode': 'binary' sends one event per request; it cannot be combined with \"batch_mode\": true".into());
+            }
+        }
+    }
+    let spec = match chosen {
+        E::Native => EnvelopeSpec::Native,
+        E::CloudEvents => EnvelopeSpec::CloudEvents {
+            binary,
+            source: k.cloudevents_source.as_ref().map(|t| t.0.clone()),
+            event_type: k.cloudevents_type.as_ref().map(|t| t.0.clone()),
+        },
+        E::Debezium => EnvelopeSpec::Debezium { name: k.debezium_name.as_ref().map(|t| t.0.clone()) },
+    };
+    (spec, problems)
 }
 
 fn parse_reverse(name: &str, obj: &Map<String, Value>) -> Result<ReverseSpec, ConfigError> {

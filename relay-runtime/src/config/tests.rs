@@ -162,3 +162,35 @@ fn max_inflight_is_an_alias_of_max_in_flight() {
     let SinkConfig::Kafka(c) = &nested.sink.config else { panic!("kafka") };
     assert_eq!(c.max_in_flight.map(|n| n.get()), Some(9), "the later key wins");
 }
+
+#[test]
+fn envelope_keys_parse_and_contradictions_are_named() {
+    let f =
+        forward(json!({"stream_table": "s", "sink_type": "nats", "nats_url": "nats://h", "envelope": "cloudevents",
+                           "cloudevents_mode": "binary", "cloudevents_type": "com.shop.{op}"}))
+        .unwrap();
+    assert!(f.conflicts.is_empty(), "{:?}", f.conflicts);
+    let EnvelopeSpec::CloudEvents { binary: true, event_type: Some(t), source: None } = &f.envelope else {
+        panic!("{:?}", f.envelope)
+    };
+    assert_eq!(t.source(), "com.shop.{op}");
+    let f = forward(json!({"stream_table": "s", "sink_type": "stdout"})).unwrap();
+    assert_eq!((f.envelope, f.conflicts.len()), (EnvelopeSpec::Native, 0));
+
+    // Each contradiction is named; the pipeline refuses to start with them.
+    let conflicts = |config: Value| forward(config).unwrap().conflicts;
+    let c = conflicts(json!({"stream_table": "s", "sink_type": "kafka", "kafka_brokers": "b", "kafka_topic": "t",
+                             "debezium_name": "x", "kafka_tombstones": false}));
+    assert_eq!(c.len(), 2, "{c:?}");
+    assert!(c[0].contains("'debezium_name' applies only with \"envelope\": \"debezium\""), "{c:?}");
+    assert!(c[1].contains("'tombstones'"), "{c:?}");
+    let c = conflicts(json!({"stream_table": "s", "sink_type": "redis", "redis_url": "redis://h",
+                             "envelope": "cloudevents", "cloudevents_mode": "binary"}));
+    assert!(c[0].contains("the redis sink writes structured events only"), "{c:?}");
+    let c = conflicts(json!({"stream_table": "s", "sink_type": "webhook", "webhook_url": "http://h",
+                             "envelope": "cloudevents", "cloudevents_mode": "binary", "webhook_batch_mode": true}));
+    assert!(c[0].contains("cannot be combined with \"batch_mode\": true"), "{c:?}");
+    let c = conflicts(json!({"stream_table": "s", "sink_type": "stdout", "envelope": "debezium",
+                             "cloudevents_source": "/x"}));
+    assert!(c[0].contains("this pipeline's envelope is 'debezium'"), "{c:?}");
+}

@@ -99,6 +99,11 @@ impl Payload {
         Self::row(raw.get(), keep_internal).map_err(<serde_json::Error as de::Error>::custom)
     }
 
+    /// JSON text the relay wrote itself (an envelope), taken as it is.
+    pub(crate) fn written(text: Vec<u8>) -> Self {
+        Self::whole(into_string(text))
+    }
+
     pub fn from_value(value: &Value) -> Self {
         Self::whole(value.to_string())
     }

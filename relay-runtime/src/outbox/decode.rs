@@ -12,7 +12,9 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use crate::message::{dedup_key, scan, split_rows, traceparent, Op, Payload, RelayMessage, Template, TemplateVars};
+use crate::message::{
+    dedup_key, scan, split_rows, traceparent, Op, Payload, RelayMessage, RowStamp, Template, TemplateVars,
+};
 
 /// What one outbox header row holds. Rows are JSON texts (cleaned of `__pgt_*` keys unless
 /// asked to keep them), not parsed values.
@@ -153,6 +155,8 @@ pub struct MessageContext<'a> {
     pub subject: &'a Template,
     pub key_columns: &'a [String],
     pub keep_internal_columns: bool,
+    /// The outbox row being relayed.
+    pub stamp: RowStamp,
 }
 
 /// One delta: rows of one outbox row (or one page of its claim-check rows), as JSON texts.
@@ -212,6 +216,7 @@ pub fn build_messages(ctx: &MessageContext<'_>, delta: Delta<'_>, out: &mut Vec<
             refresh_id: refresh_id.map(str::to_owned),
             before,
             traceparent: trace.clone(),
+            stamp: ctx.stamp,
         });
     }
     for (i, row) in deleted.into_iter().enumerate() {
@@ -226,6 +231,7 @@ pub fn build_messages(ctx: &MessageContext<'_>, delta: Delta<'_>, out: &mut Vec<
             refresh_id: refresh_id.map(str::to_owned),
             before: None,
             traceparent: trace.clone(),
+            stamp: ctx.stamp,
         });
     }
 }
@@ -268,6 +274,7 @@ pub fn diff_message(
         refresh_id: refresh_id.map(str::to_owned),
         before,
         traceparent: traceparent(row_ref),
+        stamp: ctx.stamp,
     }
 }
 
@@ -291,6 +298,7 @@ pub fn summary_message(ctx: &MessageContext<'_>, outbox_id: i64, row_ref: &str, 
         refresh_id,
         before: None,
         traceparent: traceparent(row_ref),
+        stamp: ctx.stamp,
     }
 }
 

@@ -23,6 +23,11 @@ pub struct OutboxTable {
     pub table: String,
     /// Bare stream table name (`orders`): `{stream_table}` in templates.
     pub stream_table: String,
+    /// The stream table's schema (Debezium's `source.schema`): from pg_trickle's catalog when it
+    /// names one, else the schema of the only table of that name, else `current_schema()`.
+    pub stream_schema: String,
+    /// `current_database()` (the envelopes' `source`).
+    pub database: String,
     pub has_claim_check_column: bool,
     pub has_refresh_id_column: bool,
     pub has_created_at_column: bool,
@@ -171,7 +176,13 @@ impl OutboxTable {
             catalog_row(&catalog, &table).and_then(|r| r.get("created_at").and_then(Value::as_str).map(str::to_owned));
         let id_sequence =
             readable_id_sequence(client, &format!("{}.{}", quote_ident(&schema), quote_ident(&table))).await?;
+        let catalog_schema = catalog_row(&catalog, &table)
+            .and_then(|r| r.get("stream_table_name").and_then(Value::as_str))
+            .and_then(|s| s.split_once('.').map(|(schema, _)| schema.trim_matches('"').to_owned()));
+        let (database, stream_schema) = stream_table_home(client, &stream_table, catalog_schema).await?;
         Ok(Self {
+            stream_schema,
+            database,
             has_pgt_id_column: columns.iter().any(|c| c == "pgt_id"),
             registered_at,
             id_sequence,
@@ -184,6 +195,26 @@ impl OutboxTable {
             delta,
         })
     }
+}
+
+/// `current_database()` and the stream table's schema (`known` when pg_trickle's catalog names it).
+async fn stream_table_home(
+    client: &Client,
+    stream_table: &str,
+    known: Option<String>,
+) -> Result<(String, String), ResolveError> {
+    let row = client
+        .query_one(
+            "SELECT current_database()::text,
+                    coalesce($2::text,
+                             (SELECT min(n.nspname)::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                               WHERE c.relname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+                              HAVING count(*) = 1),
+                             current_schema()::text, 'public')",
+            &[&stream_table, &known],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
 }
 
 /// The columns of table or view `schema.table`; none when there is no such table or view.

@@ -32,6 +32,8 @@ pub struct HeaderRow {
     pub payload: Option<String>,
     pub is_claim_check: bool,
     pub refresh_id: Option<String>,
+    /// Its `created_at` and `xmin` (for envelopes).
+    pub stamp: crate::message::RowStamp,
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +86,8 @@ impl OutboxReader {
         let seq = table.id_high_sql();
         let claim = if table.has_claim_check_column { "is_claim_check" } else { "false" };
         let refresh = if table.has_refresh_id_column { "refresh_id::text" } else { "NULL::text" };
+        let created =
+            if table.has_created_at_column { "(extract(epoch FROM created_at) * 1000000)::int8" } else { "NULL::int8" };
         let lag_age = if table.has_created_at_column {
             format!(
                 "(SELECT extract(epoch FROM now() - created_at)::float8 FROM {q} WHERE id > $1 ORDER BY id LIMIT 1)"
@@ -108,7 +112,8 @@ impl OutboxReader {
                              AND l.mode = 'RowExclusiveLock' AND l.virtualtransaction = ANY($2)"
                     .to_owned(),
             fetch_sql: format!(
-                "SELECT id::int8, payload, {claim}, {refresh}, {uid} FROM {q} WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3"
+                "SELECT id::int8, payload, {claim}, {refresh}, {uid}, {created}, xmin::text::int8
+                   FROM {q} WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3"
             )
             .into(),
             lag_sql: format!("SELECT (SELECT coalesce(max(id), 0)::int8 FROM {q}), {lag_age}"),
@@ -257,6 +262,7 @@ pub async fn fetch_rows(
                 is_claim_check: r.try_get(2)?,
                 refresh_id: r.try_get(3)?,
                 uid: r.try_get(4)?,
+                stamp: crate::message::RowStamp { time_us: r.try_get(5)?, txid: r.try_get(6)? },
             })
         })
         .collect()

@@ -108,6 +108,7 @@ pub async fn run(ctx: Arc<RelayState>, spec: ForwardSpec, link: &WorkerLink, st:
             commit_sql: offsets::commit_sql(Some(&epoch::anchor_select(&table, (epoch.table_oid, epoch.relfilenode)))),
             reader: OutboxReader::new(table, (epoch.table_oid, epoch.relfilenode), epoch.offset),
             scope: epoch.scope,
+            stamp: Default::default(),
             spec: spec.clone(),
             work: None,
             link,
@@ -265,7 +266,12 @@ async fn build_sink(
     table: &OutboxTable,
     epoch: &Epoch,
 ) -> Result<Box<dyn Sink>, SetupError> {
+    if !spec.conflicts.is_empty() {
+        return Err(SetupError::Retry { message: spec.conflicts.join("; "), transient: false });
+    }
+    let envelope = envelope_of(spec, table);
     let sink_ctx = SinkContext {
+        envelope: &envelope,
         pipeline: &spec.name,
         subject_template: spec.subject_template.source(),
         postgres_url: &ctx.postgres_url,
@@ -277,6 +283,20 @@ async fn build_sink(
     sink::build(&spec.sink, &sink_ctx)
         .await
         .map_err(|e| SetupError::Retry { transient: e.is_transient(), message: report_error(&e) })
+}
+
+/// The pipeline's envelope for its resolved outbox.
+pub(crate) fn envelope_of(spec: &ForwardSpec, table: &OutboxTable) -> crate::message::envelope::Envelope {
+    crate::message::envelope::Envelope::new(
+        &spec.envelope,
+        &crate::message::envelope::EnvelopeFacts {
+            database: &table.database,
+            schema: &table.stream_schema,
+            stream_table: &table.stream_table,
+            outbox_table: &table.table,
+            key_columns: &spec.key_columns,
+        },
+    )
 }
 
 /// The next batch, read ahead: rows with `after < id <= upto`.
@@ -297,6 +317,8 @@ struct ForwardRunner<'a> {
     reader: OutboxReader,
     /// The epoch's scope: names dedup state, and outbox rows without a `pgt_id` in dedup keys.
     scope: String,
+    /// The outbox row being relayed ([`MessageContext::stamp`]).
+    stamp: crate::message::RowStamp,
     /// The fenced offset commit, recording the outbox row it stands on.
     commit_sql: String,
     sink: Box<dyn Sink>,
@@ -612,6 +634,7 @@ impl ForwardRunner<'_> {
         let keep = self.spec.keep_internal_columns;
         for row in rows {
             let row_ref = self.row_ref(&row);
+            self.stamp = row.stamp;
             match decode(row.payload.as_deref(), row.is_claim_check, row.refresh_id.as_deref(), keep) {
                 Ok(Decoded::Empty) => {}
                 Ok(Decoded::Rows { deleted, full_refresh: true, refresh_id, .. })
@@ -634,6 +657,8 @@ impl ForwardRunner<'_> {
                     };
                     build_messages(&self.message_context(), delta, &mut msgs);
                 }
+                // Debezium has no event for a summary (counts, no row change).
+                Ok(Decoded::Summary(_)) if self.spec.envelope.is_debezium() => {}
                 Ok(Decoded::Summary(summary)) => {
                     let m = summary_message(&self.message_context(), row.id, &row_ref, summary);
                     msgs.push(m);
@@ -684,6 +709,7 @@ impl ForwardRunner<'_> {
             subject: &self.spec.subject_template,
             key_columns: &self.spec.key_columns,
             keep_internal_columns: self.spec.keep_internal_columns,
+            stamp: self.stamp,
         }
     }
 

@@ -27,6 +27,7 @@ use crate::backend::fields::Flag;
 use crate::backend::kafka::{scrub, KafkaSinkConfig};
 
 mod deliveries;
+use crate::message::envelope::{Binding, Envelope};
 use crate::message::{RelayMessage, Template};
 use deliveries::{Deliveries, Reports};
 
@@ -34,6 +35,8 @@ const BACKEND: &str = "kafka";
 
 enum PartitionKey {
     Dedup,
+    /// Debezium: the `key_columns` as a JSON object.
+    Envelope,
     Field(String),
     Template(Template),
 }
@@ -52,6 +55,9 @@ pub struct KafkaSink {
     timeout: Duration,
     /// The value buffer, reused across messages.
     body: Vec<u8>,
+    envelope: Envelope,
+    /// A tombstone after each Debezium delete (`tombstones`, default true).
+    tombstones: bool,
 }
 
 /// The librdkafka settings of a sink: ours first, then the `rdkafka` passthrough map.
@@ -82,6 +88,7 @@ pub async fn build(cfg: &KafkaSinkConfig, ctx: &SinkContext<'_>) -> Result<Box<d
     let key = match (&cfg.key_field, &cfg.key_template) {
         (Some(f), _) => PartitionKey::Field(f.0.clone()),
         (None, Some(t)) => PartitionKey::Template(t.0.clone()),
+        (None, None) if ctx.envelope.is_debezium() => PartitionKey::Envelope,
         (None, None) => PartitionKey::Dedup,
     };
     let deliveries = Arc::new(Deliveries::new(cfg.max_in_flight.map_or(50_000, |n| n.get() as usize)));
@@ -100,6 +107,8 @@ pub async fn build(cfg: &KafkaSinkConfig, ctx: &SinkContext<'_>) -> Result<Box<d
         outbox_table: ctx.outbox_table.to_owned(),
         timeout,
         body: Vec::with_capacity(1024),
+        envelope: ctx.envelope.clone(),
+        tombstones: cfg.tombstones.is_none_or(|f| f.0),
     };
     // A fixed topic is checked (and created when asked) now; a templated one at its first message.
     let fixed = sink.fixed_topic.as_deref().map(str::to_owned);
@@ -188,27 +197,45 @@ impl KafkaSink {
         }
     }
 
-    fn key_of<'m>(&self, m: &'m RelayMessage) -> Cow<'m, str> {
-        match &self.key {
-            PartitionKey::Dedup => Cow::Borrowed(&m.dedup_key),
-            PartitionKey::Field(f) => m.field_text(f).map_or(Cow::Borrowed(m.dedup_key.as_str()), Cow::Owned),
-            PartitionKey::Template(t) => Cow::Owned(t.render(&m.vars(&self.stream_table, &self.outbox_table))),
-        }
+    /// The record key; none for a Debezium pipeline without `key_columns` (as Debezium does
+    /// for a table without a primary key).
+    fn key_of<'m>(&self, m: &'m RelayMessage) -> Option<Cow<'m, [u8]>> {
+        Some(match &self.key {
+            PartitionKey::Dedup => Cow::Borrowed(m.dedup_key.as_bytes()),
+            PartitionKey::Envelope => Cow::Owned(self.envelope.record_key(m)?),
+            PartitionKey::Field(f) => {
+                m.field_text(f).map_or(Cow::Borrowed(m.dedup_key.as_bytes()), |t| Cow::Owned(t.into_bytes()))
+            }
+            PartitionKey::Template(t) => {
+                Cow::Owned(t.render(&m.vars(&self.stream_table, &self.outbox_table)).into_bytes())
+            }
+        })
     }
 }
 
-fn headers(m: &RelayMessage) -> OwnedHeaders {
+fn headers(m: &RelayMessage, envelope: &Envelope) -> OwnedHeaders {
     let outbox_id = m.outbox_id.map(|i| i.to_string());
-    let mut h = OwnedHeaders::new_with_capacity(6)
+    let mut h = OwnedHeaders::new_with_capacity(if envelope.is_binary() { 18 } else { 6 })
         .insert(Header { key: "pgtrickle-op", value: Some(m.op.as_str()) })
         .insert(Header { key: "pgtrickle-dedup-key", value: Some(m.dedup_key.as_str()) })
         .insert(Header { key: "pgtrickle-full-refresh", value: Some(if m.is_full_refresh { "true" } else { "false" }) })
-        .insert(Header { key: "content-type", value: Some("application/json") })
+        .insert(Header { key: "content-type", value: Some(envelope.content_type()) })
         .insert(Header { key: "traceparent", value: Some(&*m.traceparent) });
     if let Some(id) = &outbox_id {
         h = h.insert(Header { key: "pgtrickle-outbox-id", value: Some(id.as_str()) });
     }
+    envelope.attributes(m, Binding::Kafka, |k, v| {
+        h = std::mem::replace(&mut h, OwnedHeaders::new()).insert(Header { key: k, value: Some(v) });
+    });
     h
+}
+
+/// The headers of the tombstone after a Debezium delete: what it is, and its delete's ids.
+fn tombstone_headers(m: &RelayMessage) -> OwnedHeaders {
+    OwnedHeaders::new_with_capacity(3)
+        .insert(Header { key: "pgtrickle-op", value: Some("tombstone") })
+        .insert(Header { key: "pgtrickle-dedup-key", value: Some(m.dedup_key.as_str()) })
+        .insert(Header { key: "traceparent", value: Some(&*m.traceparent) })
 }
 
 impl KafkaSink {
@@ -217,42 +244,67 @@ impl KafkaSink {
     async fn produce(&self, call: u64, batch: &[RelayMessage], body: &mut Vec<u8>) -> Result<(), SinkError> {
         for m in batch {
             body.clear();
-            m.write_json(body);
+            self.envelope.write_body(m, body);
             let key = self.key_of(m);
             let topic: Cow<'_, str> = match &self.fixed_topic {
                 Some(t) => Cow::Borrowed(t),
                 None => Cow::Owned(self.topic.render(&m.vars(&self.stream_table, &self.outbox_table))),
             };
-            let mut record = BaseRecord::with_opaque_to(&topic, call as usize)
+            let record = BaseRecord::with_opaque_to(&topic, call as usize)
                 .payload(body.as_slice())
-                .key(key.as_ref())
-                .headers(headers(m));
-            loop {
-                let full = self.deliveries.sending(call);
-                match self.producer.send(record) {
-                    Ok(()) if full => {
-                        self.deliveries.wait_for_space().await;
-                        break;
-                    }
-                    Ok(()) => break,
-                    // librdkafka's queue is full: wait for reports, then retry.
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        self.deliveries.not_sent(call);
-                        record = r;
-                        if !self.deliveries.wait_for_space().await {
-                            tokio::time::sleep(Duration::from_millis(5)).await;
-                        }
-                    }
-                    Err((e, _)) => {
-                        self.deliveries.not_sent(call);
-                        if deliveries::needs_new_producer(&e) {
-                            self.deliveries.mark_stale_producer();
-                        }
-                        return Err(classify(&e, &topic));
-                    }
+                .headers(headers(m, &self.envelope));
+            let record = match &key {
+                Some(k) => record.key(k.as_ref()),
+                None => record,
+            };
+            self.send(call, record, false, &topic).await?;
+            if self.tombstones && self.envelope.tombstone_after(m) {
+                if let Some(k) = &key {
+                    let tombstone = BaseRecord::<[u8], [u8], usize>::with_opaque_to(&topic, call as usize)
+                        .key(k.as_ref())
+                        .headers(tombstone_headers(m));
+                    self.send(call, tombstone, true, &topic).await?;
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Hands one record to librdkafka, waiting while the window (or its queue) is full. An
+    /// `extra` record (a tombstone) is confirmed with its call but not counted as a message.
+    async fn send(
+        &self,
+        call: u64,
+        mut record: BaseRecord<'_, [u8], [u8], usize>,
+        extra: bool,
+        topic: &str,
+    ) -> Result<(), SinkError> {
+        loop {
+            let full = self.deliveries.sending(call, extra);
+            match self.producer.send(record) {
+                Ok(()) if full => {
+                    self.deliveries.wait_for_space().await;
+                    break;
+                }
+                Ok(()) => break,
+                // librdkafka's queue is full: wait for reports, then retry.
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    self.deliveries.not_sent(call, extra);
+                    record = r;
+                    if !self.deliveries.wait_for_space().await {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+                Err((e, _)) => {
+                    self.deliveries.not_sent(call, extra);
+                    if deliveries::needs_new_producer(&e) {
+                        self.deliveries.mark_stale_producer();
+                    }
+                    return Err(classify(&e, topic));
+                }
+            }
+        }
+
         Ok(())
     }
 }

@@ -28,6 +28,7 @@ use futures::future::BoxFuture;
 
 use crate::config::{SinkConfig, SinkKind, SinkSpec};
 use crate::error::Cause;
+use crate::message::envelope::Envelope;
 use crate::message::RelayMessage;
 
 /// What the backend's library reported is kept as the `source()` (written out by
@@ -152,6 +153,9 @@ pub struct SinkContext<'a> {
     /// The instance's pool for sinks that write into the relay's own database (`pg-inbox`),
     /// so that they count within `--max-db-connections`.
     pub own_database: Option<&'a crate::catalog::pool::WorkPool>,
+    /// What each message is on the wire: every sink writes bodies (and, in CloudEvents binary
+    /// mode, headers) through it.
+    pub envelope: &'a Envelope,
 }
 
 /// Builds the sink a pipeline asks for.
@@ -173,7 +177,7 @@ pub async fn build(spec: &SinkSpec, ctx: &SinkContext<'_>) -> Result<Box<dyn Sin
         #[cfg(feature = "sqs")]
         SinkConfig::Sqs(c) => sqs::build(c, ctx).await,
         #[cfg(feature = "stdout")]
-        SinkConfig::Stdout(_) | SinkConfig::File(_) => stdout::build(&spec.config).await,
+        SinkConfig::Stdout(_) | SinkConfig::File(_) => stdout::build(&spec.config, ctx).await,
         // Reached only for backends left out of this build.
         #[allow(unreachable_patterns)]
         _ => Err(BuildError::NotCompiled(match spec.kind {

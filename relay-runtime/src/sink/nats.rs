@@ -16,6 +16,7 @@ use futures::future::BoxFuture;
 use super::window::AckWindow;
 use super::{BuildError, Published, Sink, SinkContext, SinkError};
 use crate::backend::nats::NatsSinkConfig;
+use crate::message::envelope::{Binding, Envelope};
 use crate::message::RelayMessage;
 
 const BACKEND: &str = "nats";
@@ -26,6 +27,7 @@ pub struct NatsSink {
     /// Outstanding acknowledgements across `publish` calls: the next batch is sent while the
     /// previous one is still being acknowledged.
     window: AckWindow,
+    envelope: Envelope,
 }
 
 pub async fn build(cfg: &NatsSinkConfig, ctx: &SinkContext<'_>) -> Result<Box<dyn Sink>, BuildError> {
@@ -37,7 +39,7 @@ pub async fn build(cfg: &NatsSinkConfig, ctx: &SinkContext<'_>) -> Result<Box<dy
     if let Some(name) = &cfg.stream {
         ensure_stream(&js, cfg, name.as_str(), ctx).await?;
     }
-    Ok(Box::new(NatsSink { client, js, window: AckWindow::new(window) }))
+    Ok(Box::new(NatsSink { client, js, window: AckWindow::new(window), envelope: ctx.envelope.clone() }))
 }
 
 /// Checks that the configured stream exists, or creates it when `create_stream` is true.
@@ -105,7 +107,7 @@ fn classify(e: &async_nats::jetstream::context::PublishError, subject: &str) -> 
 }
 
 impl NatsSink {
-    fn headers(m: &RelayMessage) -> HeaderMap {
+    fn headers(&self, m: &RelayMessage) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(async_nats::header::NATS_MESSAGE_ID, m.dedup_key.as_str());
         h.insert("Pgtrickle-Op", m.op.as_str());
@@ -115,8 +117,9 @@ impl NatsSink {
         if let Some(id) = m.outbox_id {
             h.insert("Pgtrickle-Outbox-Id", id.to_string().as_str());
         }
-        h.insert("Content-Type", "application/json");
+        h.insert("Content-Type", self.envelope.content_type());
         h.insert("traceparent", &*m.traceparent);
+        self.envelope.attributes(m, Binding::Nats, |k, v| h.insert(k, v));
         h
     }
 }
@@ -131,10 +134,10 @@ impl Sink for NatsSink {
             let call = self.window.begin();
             let mut done = Published::default();
             for m in batch {
-                let body = m.to_json();
+                let body = self.envelope.body(m);
                 let ack = self
                     .js
-                    .publish_with_headers(m.subject.clone(), Self::headers(m), body.into())
+                    .publish_with_headers(m.subject.clone(), self.headers(m), body.into())
                     .await
                     .map_err(|e| classify(&e, &m.subject))?;
                 let ack = Box::pin(async move {

@@ -15,7 +15,8 @@ use crate::backend::pg_inbox::{InboxEventType, PgInboxSinkConfig};
 use crate::catalog::pool::WorkPool;
 use crate::catalog::{self, DbConnection};
 use crate::inbox::{self, InboxError, InboxRow, InboxTable};
-use crate::message::RelayMessage;
+use crate::message::envelope::Envelope;
+use crate::message::{Payload, RelayMessage};
 use crate::redact::redact_url;
 
 const BACKEND: &str = "pg-inbox";
@@ -38,6 +39,7 @@ pub struct PgInboxSink {
     event_type: EventType,
     aggregate_id_field: Option<String>,
     source: String,
+    envelope: Envelope,
 }
 
 pub async fn build(cfg: &PgInboxSinkConfig, ctx: &SinkContext<'_>) -> Result<Box<dyn Sink>, BuildError> {
@@ -77,6 +79,7 @@ pub async fn build(cfg: &PgInboxSinkConfig, ctx: &SinkContext<'_>) -> Result<Box
         event_type,
         aggregate_id_field,
         source: ctx.pipeline.to_owned(),
+        envelope: ctx.envelope.clone(),
     }))
 }
 
@@ -126,7 +129,11 @@ impl Sink for PgInboxSink {
                     }),
                     source: Some(self.source.clone()),
                     aggregate_id: self.aggregate_id(m),
-                    payload: m.payload.clone(),
+                    payload: if self.envelope.is_native() {
+                        m.payload.clone()
+                    } else {
+                        Payload::written(self.envelope.body(m))
+                    },
                     trace_id: crate::message::trace_id(&m.traceparent),
                 })
                 .collect();

@@ -16,6 +16,7 @@ use super::window::AckWindow;
 use super::{BuildError, Published, Sink, SinkContext, SinkError};
 use crate::backend::rabbitmq::RabbitmqSinkConfig;
 use crate::error::report;
+use crate::message::envelope::{Binding, Envelope};
 use crate::message::{RelayMessage, Template};
 use crate::redact::redact_url;
 
@@ -32,6 +33,7 @@ pub struct RabbitSink {
     stream_table: String,
     outbox_table: String,
     window: AckWindow,
+    envelope: Envelope,
 }
 
 fn retryable(message: String) -> SinkError {
@@ -71,6 +73,7 @@ pub async fn build(cfg: &RabbitmqSinkConfig, ctx: &SinkContext<'_>) -> Result<Bo
         stream_table: ctx.stream_table.to_owned(),
         outbox_table: ctx.outbox_table.to_owned(),
         window: AckWindow::new(cfg.max_in_flight.map_or(1024, |n| n.get() as usize)),
+        envelope: ctx.envelope.clone(),
     };
     let channel = sink.channel().await.map_err(|e| BuildError::unreachable(BACKEND, report(&e)))?;
     // The default exchange ("") cannot be declared; it always exists.
@@ -140,7 +143,7 @@ impl RabbitSink {
     }
 }
 
-fn properties(m: &RelayMessage) -> BasicProperties {
+fn properties(m: &RelayMessage, envelope: &Envelope) -> BasicProperties {
     let mut headers = FieldTable::default();
     headers.insert("pgtrickle-op".into(), AMQPValue::LongString(m.op.as_str().into()));
     headers.insert("pgtrickle-dedup-key".into(), AMQPValue::LongString(m.dedup_key.as_str().into()));
@@ -149,9 +152,13 @@ fn properties(m: &RelayMessage) -> BasicProperties {
     if let Some(id) = m.outbox_id {
         headers.insert("pgtrickle-outbox-id".into(), AMQPValue::LongLongInt(id));
     }
+    // CloudEvents binary mode: `cloudEvents:*` application properties, as canonical strings.
+    envelope.attributes(m, Binding::Amqp, |k, v| {
+        headers.insert(k.into(), AMQPValue::LongString(v.into()));
+    });
     BasicProperties::default()
         .with_message_id(ShortString::from(m.dedup_key.as_str()))
-        .with_content_type("application/json".into())
+        .with_content_type(envelope.content_type().into())
         .with_delivery_mode(2)
         .with_app_id("pgtrickle-relay".into())
         .with_headers(headers)
@@ -169,7 +176,7 @@ impl Sink for RabbitSink {
             let mut done = Published::default();
             let options = BasicPublishOptions { mandatory: self.mandatory, ..Default::default() };
             for m in batch {
-                let body = m.to_json();
+                let body = self.envelope.body(m);
                 let key = self.routing_key(m);
                 let confirm = channel
                     .basic_publish(
@@ -177,7 +184,7 @@ impl Sink for RabbitSink {
                         ShortString::from(key.as_str()),
                         options,
                         &body,
-                        properties(m),
+                        properties(m, &self.envelope),
                     )
                     .await
                     .map_err(|e| {

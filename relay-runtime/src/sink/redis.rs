@@ -21,6 +21,7 @@ use futures::future::BoxFuture;
 
 use super::{BuildError, Published, Sink, SinkContext, SinkError};
 use crate::backend::redis::RedisSinkConfig;
+use crate::message::envelope::Envelope;
 use crate::message::{RelayMessage, Template};
 use crate::redact::redact_url;
 
@@ -89,6 +90,7 @@ pub struct RedisSink {
     stream_key: Template,
     stream_table: String,
     outbox_table: String,
+    envelope: Envelope,
     maxlen: String,
     /// Skip entries at or below the pipeline's high-water mark (on by default).
     dedup: bool,
@@ -129,6 +131,7 @@ pub async fn build(cfg: &RedisSinkConfig, ctx: &SinkContext<'_>) -> Result<Box<d
         stream_key,
         stream_table: ctx.stream_table.to_owned(),
         outbox_table: ctx.outbox_table.to_owned(),
+        envelope: ctx.envelope.clone(),
         maxlen,
         dedup: cfg.dedup.is_none_or(|f| f.0),
         inflight: VecDeque::new(),
@@ -220,7 +223,9 @@ impl Sink for RedisSink {
                     .arg(expected);
                 for m in &batch[start..end] {
                     let (outbox_id, index) = position(m);
-                    let nf = if m.before.is_some() { 14 } else { 12 };
+                    // An envelope carries `before` itself and says what `payload` is.
+                    let native = self.envelope.is_native();
+                    let nf = if !native || m.before.is_some() { 14 } else { 12 };
                     cmd.arg(outbox_id)
                         .arg(index)
                         .arg(nf)
@@ -230,14 +235,17 @@ impl Sink for RedisSink {
                         .arg(&m.subject)
                         .arg("op")
                         .arg(m.op.as_str())
-                        .arg("payload")
-                        .arg(m.payload.to_string())
-                        .arg("outbox_id")
-                        .arg(m.outbox_id.unwrap_or(0))
-                        .arg("traceparent")
-                        .arg(&*m.traceparent);
-                    if let Some(before) = &m.before {
-                        cmd.arg("before").arg(before.to_string());
+                        .arg("payload");
+                    if native {
+                        cmd.arg(m.payload.json());
+                    } else {
+                        cmd.arg(self.envelope.body(m));
+                    }
+                    cmd.arg("outbox_id").arg(m.outbox_id.unwrap_or(0)).arg("traceparent").arg(&*m.traceparent);
+                    if !native {
+                        cmd.arg("content-type").arg(self.envelope.content_type());
+                    } else if let Some(before) = &m.before {
+                        cmd.arg("before").arg(before.json());
                     }
                 }
                 self.last_sent.insert(key, position(&batch[end - 1]));

@@ -21,6 +21,7 @@ use super::{BuildError, Published, Sink, SinkContext, SinkError};
 use crate::backend::sqs::{check_queue, SqsSinkConfig};
 use crate::backoff::Backoff;
 use crate::error::report;
+use crate::message::envelope::Envelope;
 use crate::message::{RelayMessage, Template};
 
 const BACKEND: &str = "sqs";
@@ -38,6 +39,7 @@ pub struct SqsSink {
     stream_table: String,
     outbox_table: String,
     calls_in_flight: usize,
+    envelope: Envelope,
 }
 
 pub async fn build(cfg: &SqsSinkConfig, ctx: &SinkContext<'_>) -> Result<Box<dyn Sink>, BuildError> {
@@ -45,6 +47,7 @@ pub async fn build(cfg: &SqsSinkConfig, ctx: &SinkContext<'_>) -> Result<Box<dyn
     let fifo = queue_url.ends_with(".fifo");
     let default_inflight = if fifo { 1 } else { 10 };
     let sink = SqsSink {
+        envelope: ctx.envelope.clone(),
         client,
         fifo,
         group: match &cfg.message_group_id {
@@ -87,7 +90,12 @@ fn attribute(value: &str) -> Result<MessageAttributeValue, SinkError> {
 
 impl SqsSink {
     fn entry(&self, index: usize, m: &RelayMessage) -> Result<SendMessageBatchRequestEntry, SinkError> {
-        let body = m.to_json_string();
+        // Only JSON text was written.
+        let body = String::from_utf8(self.envelope.body(m))
+            .map_err(|_| SinkError::permanent(BACKEND, format!("message {} is not UTF-8", m.dedup_key)))?;
+        // The relay's own JSON keeps its five attributes; an envelope says what the body is
+        // (SQS has no CloudEvents binding: events are structured).
+        let content_type = (!self.envelope.is_native()).then(|| self.envelope.content_type());
         let outbox_id = m.outbox_id.unwrap_or(0).to_string();
         let attrs = [
             ("pgtrickle-op", m.op.as_str()),
@@ -96,7 +104,9 @@ impl SqsSink {
             ("pgtrickle-full-refresh", if m.is_full_refresh { "true" } else { "false" }),
             ("traceparent", &*m.traceparent),
         ];
-        let size = body.len() + attrs.iter().map(|(k, v)| k.len() + "String".len() + v.len()).sum::<usize>();
+        let size = body.len()
+            + attrs.iter().map(|(k, v)| k.len() + "String".len() + v.len()).sum::<usize>()
+            + content_type.map_or(0, |c| "content-type".len() + "String".len() + c.len());
         if size > MAX_MESSAGE_BYTES {
             return Err(SinkError::permanent(BACKEND, format!(
                     "message {} is {size} bytes, over SQS's limit of {MAX_MESSAGE_BYTES} (256 KiB); shrink the row or relay this stream table to another sink",
@@ -106,6 +116,9 @@ impl SqsSink {
         let mut e = SendMessageBatchRequestEntry::builder().id(index.to_string()).message_body(body);
         for (k, v) in attrs {
             e = e.message_attributes(k, attribute(v)?);
+        }
+        if let Some(c) = content_type {
+            e = e.message_attributes("content-type", attribute(c)?);
         }
         if self.fifo {
             e = e

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use tokio::io::AsyncWriteExt;
 
-use super::{BuildError, Published, Sink, SinkError};
+use super::{BuildError, Published, Sink, SinkContext, SinkError};
 use crate::backend::fields::Text;
 use crate::config::SinkConfig;
+use crate::message::envelope::Envelope;
 use crate::message::RelayMessage;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,9 +38,10 @@ pub struct StdoutSink {
     target: Target,
     format: Format,
     buf: Vec<u8>,
+    envelope: Envelope,
 }
 
-pub async fn build(config: &SinkConfig) -> Result<Box<dyn Sink>, BuildError> {
+pub async fn build(config: &SinkConfig, ctx: &SinkContext<'_>) -> Result<Box<dyn Sink>, BuildError> {
     let (format, path) = match config {
         SinkConfig::Stdout(c) => (c.format, c.path.as_ref().map(Text::as_str)),
         SinkConfig::File(c) => (c.format, Some(c.path.as_str())),
@@ -62,7 +64,7 @@ pub async fn build(config: &SinkConfig) -> Result<Box<dyn Sink>, BuildError> {
         }
         None => Target::Stdout(tokio::io::stdout()),
     };
-    Ok(Box::new(StdoutSink { target, format, buf: Vec::new() }))
+    Ok(Box::new(StdoutSink { target, format, buf: Vec::new(), envelope: ctx.envelope.clone() }))
 }
 
 /// Opens `path` for appending (created if missing), repaired first: a relay killed mid-write can
@@ -106,6 +108,15 @@ impl StdoutSink {
         self.buf.clear();
         for m in batch {
             let r = match self.format {
+                // An envelope carries the trace context itself.
+                Format::JsonLines if !self.envelope.is_native() => {
+                    self.envelope.write_body(m, &mut self.buf);
+                    Ok(())
+                }
+                Format::Pretty if !self.envelope.is_native() => {
+                    serde_json::from_slice::<serde_json::Value>(&self.envelope.body(m))
+                        .and_then(|v| serde_json::to_writer_pretty(&mut self.buf, &v))
+                }
                 // The message with its trace context as a last field (a line has no headers).
                 Format::JsonLines => {
                     m.write_json(&mut self.buf);

@@ -23,6 +23,7 @@ use super::{BuildError, Published, Sink, SinkContext, SinkError};
 use crate::backend::fields::Text;
 use crate::backend::webhook::{Method as HttpMethod, WebhookSinkConfig};
 use crate::backoff::Backoff;
+use crate::message::envelope::{Binding, Envelope, CLOUDEVENTS_BATCH_JSON, JSON};
 use crate::message::RelayMessage;
 use crate::redact::redact_url;
 
@@ -41,13 +42,16 @@ pub struct WebhookSink {
     retries: u32,
     signing_secret: Option<Vec<u8>>,
     signature_header: HeaderName,
+    envelope: Envelope,
+    /// `headers` sets `Content-Type` itself.
+    own_content_type: bool,
 }
 
 fn opt_err(key: &str, message: impl Into<String>) -> BuildError {
     BuildError::option(BACKEND, key, message)
 }
 
-pub async fn build(cfg: &WebhookSinkConfig, _ctx: &SinkContext<'_>) -> Result<Box<dyn Sink>, BuildError> {
+pub async fn build(cfg: &WebhookSinkConfig, ctx: &SinkContext<'_>) -> Result<Box<dyn Sink>, BuildError> {
     let url = cfg.url.0.clone();
     let parsed = reqwest::Url::parse(&url).map_err(|e| opt_err("url", format!("not a URL: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") {
@@ -89,12 +93,16 @@ pub async fn build(cfg: &WebhookSinkConfig, _ctx: &SinkContext<'_>) -> Result<Bo
         url,
         method,
         headers,
-        batch_mode: cfg.batch_mode.is_none_or(|f| f.0),
+        // CloudEvents batches "MUST NOT be used unless solicited" (HTTP binding §3.3): one event
+        // per request unless `batch_mode` asks for arrays.
+        batch_mode: cfg.batch_mode.map_or(!ctx.envelope.is_cloudevents(), |f| f.0),
         max_batch: cfg.max_batch_messages.map_or(100, |n| n.get() as usize),
         in_flight: cfg.max_in_flight.map_or(1, |n| n.get() as usize),
         retries: cfg.max_retries.map_or(3, |n| n.get() as u32),
         signing_secret: cfg.signing_secret.as_ref().map(|s| s.expose().as_bytes().to_vec()),
         signature_header,
+        envelope: ctx.envelope.clone(),
+        own_content_type: cfg.headers.iter().flat_map(|h| &h.0).any(|(k, _)| k.eq_ignore_ascii_case("content-type")),
     }))
 }
 
@@ -106,6 +114,9 @@ struct Request {
     traceparent: std::sync::Arc<str>,
     op: Option<&'static str>,
     full_refresh: bool,
+    content_type: &'static str,
+    /// CloudEvents binary mode: the event's attributes as `ce-*` headers.
+    attributes: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl WebhookSink {
@@ -115,12 +126,23 @@ impl WebhookSink {
                 .chunks(self.max_batch)
                 .map(|chunk| {
                     let (first, last) = (&chunk[0].dedup_key, &chunk[chunk.len() - 1].dedup_key);
+                    let mut body = Vec::with_capacity(chunk.iter().map(|m| m.payload.json().len() + 320).sum());
+                    body.push(b'[');
+                    for (i, m) in chunk.iter().enumerate() {
+                        if i > 0 {
+                            body.push(b',');
+                        }
+                        self.envelope.write_body(m, &mut body);
+                    }
+                    body.push(b']');
                     Ok(Request {
-                        body: crate::message::json_array(chunk),
+                        body,
                         idempotency_key: if chunk.len() == 1 { first.clone() } else { format!("{first}..{last}") },
                         traceparent: chunk[0].traceparent.clone(),
                         op: None,
                         full_refresh: false,
+                        content_type: if self.envelope.is_cloudevents() { CLOUDEVENTS_BATCH_JSON } else { JSON },
+                        attributes: Vec::new(),
                     })
                 })
                 .collect()
@@ -128,12 +150,29 @@ impl WebhookSink {
             batch
                 .iter()
                 .map(|m| {
+                    let mut attributes = Vec::new();
+                    let mut bad = None;
+                    self.envelope.attributes(m, Binding::Http, |k, v| {
+                        // Names are ASCII and values percent-encoded: both always valid.
+                        match (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+                            (Ok(k), Ok(v)) => attributes.push((k, v)),
+                            _ => bad = Some(k.to_owned()),
+                        }
+                    });
+                    if let Some(k) = bad {
+                        return Err(SinkError::permanent(
+                            BACKEND,
+                            format!("attribute '{k}' of message {} is not a valid header", m.dedup_key),
+                        ));
+                    }
                     Ok(Request {
-                        body: m.to_json(),
+                        body: self.envelope.body(m),
                         idempotency_key: m.dedup_key.clone(),
                         traceparent: m.traceparent.clone(),
                         op: Some(m.op.as_str()),
                         full_refresh: m.is_full_refresh,
+                        content_type: self.envelope.content_type(),
+                        attributes,
                     })
                 })
                 .collect()
@@ -151,6 +190,10 @@ impl WebhookSink {
     async fn send(&self, req: &Request) -> Result<(), SinkError> {
         let mut headers = self.headers.clone();
         let value = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+        if !self.own_content_type {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static(req.content_type));
+        }
+        headers.extend(req.attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
         headers.insert(HeaderName::from_static("idempotency-key"), value(&req.idempotency_key));
         headers.insert(HeaderName::from_static("traceparent"), value(&req.traceparent));
         if let Some(op) = req.op {

@@ -13,6 +13,7 @@ fn ctx<'a>(subject: &'a Template, keys: &'a [String]) -> MessageContext<'a> {
         subject,
         key_columns: keys,
         keep_internal_columns: false,
+        stamp: Default::default(),
     }
 }
 

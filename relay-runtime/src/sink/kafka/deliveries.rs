@@ -20,6 +20,9 @@ use crate::sink::{Published, SinkError};
 struct Call {
     id: u64,
     sent: u64,
+    /// Records of `sent` that are no message of the batch (Debezium tombstones): confirmed
+    /// with the call, not counted.
+    extra: u64,
     reported: u64,
     sealed: bool,
     error: Option<SinkError>,
@@ -72,26 +75,29 @@ impl Deliveries {
         let mut st = self.lock();
         st.next_call += 1;
         let id = st.next_call;
-        st.calls.push_back(Call { id, sent: 0, reported: 0, sealed: false, error: None });
+        st.calls.push_back(Call { id, sent: 0, extra: 0, reported: 0, sealed: false, error: None });
         id
     }
 
-    /// Counts a record about to be handed to librdkafka (before, so its report always finds it).
-    /// Returns whether the window is full.
-    pub fn sending(&self, call: u64) -> bool {
+    /// Counts a record about to be handed to librdkafka (before, so its report always finds it);
+    /// `extra`: a record that is not one of the batch's messages. Returns whether the window is
+    /// full.
+    pub fn sending(&self, call: u64, extra: bool) -> bool {
         let mut st = self.lock();
         if let Some(c) = st.calls.iter_mut().rev().find(|c| c.id == call) {
             c.sent += 1;
+            c.extra += u64::from(extra);
             st.outstanding += 1;
         }
         st.outstanding >= self.limit
     }
 
     /// Takes back a record librdkafka refused.
-    pub fn not_sent(&self, call: u64) {
+    pub fn not_sent(&self, call: u64, extra: bool) {
         let mut st = self.lock();
         if let Some(c) = st.calls.iter_mut().rev().find(|c| c.id == call) {
             c.sent -= 1;
+            c.extra -= u64::from(extra);
             st.outstanding -= 1;
         }
     }
@@ -161,7 +167,7 @@ impl Deliveries {
                     if !c.complete() {
                         break;
                     }
-                    done.confirmed += c.sent;
+                    done.confirmed += c.sent - c.extra;
                     st.calls.pop_front();
                 }
                 if st.calls.front().is_none_or(|c| c.id >= call) {
@@ -245,11 +251,11 @@ mod tests {
     async fn calls_confirm_in_order_and_errors_fail_their_call() {
         let d = Deliveries::new(10);
         let a = d.begin();
-        assert!(!d.sending(a));
-        assert!(!d.sending(a));
+        assert!(!d.sending(a, false));
+        assert!(!d.sending(a, false));
         d.seal(a);
         let b = d.begin();
-        d.sending(b);
+        d.sending(b, false);
         d.seal(b);
         // b's report first: a is not complete, so nothing settles before b.
         d.report(b, None);
@@ -265,9 +271,18 @@ mod tests {
         assert_eq!(done.confirmed, 2);
         assert_eq!(d.flush().await.unwrap().confirmed, 1);
 
+        // A tombstone is confirmed with its call and not counted as a message.
+        let t = d.begin();
+        d.sending(t, false);
+        d.sending(t, true);
+        d.seal(t);
+        d.report(t, None);
+        d.report(t, None);
+        assert_eq!(d.flush().await.unwrap().confirmed, 1);
+
         let c = d.begin();
-        d.sending(c);
-        d.sending(c);
+        d.sending(c, false);
+        d.sending(c, false);
         d.seal(c);
         d.report(c, Some(SinkError::retryable("kafka", "broker down")));
         let err = d.flush().await.unwrap_err();
@@ -283,9 +298,9 @@ mod tests {
         let d = Deliveries::new(4);
         let a = d.begin();
         for _ in 0..3 {
-            assert!(!d.sending(a));
+            assert!(!d.sending(a, false));
         }
-        assert!(d.sending(a), "the fourth record fills the window");
+        assert!(d.sending(a, false), "the fourth record fills the window");
         let waiting = d.wait_for_space();
         tokio::pin!(waiting);
         assert!(futures::poll!(waiting.as_mut()).is_pending());

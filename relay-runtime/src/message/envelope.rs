@@ -1,0 +1,507 @@
+//! What each forward message is on the wire (the pipeline key `envelope`): the relay's own JSON
+//! (`native`), a CloudEvents 1.0 event (`cloudevents`, structured or binary) or a Debezium change
+//! event (`debezium`).
+//!
+//! One [`Envelope`] per pipeline, built once when the sink starts ([`Envelope::new`]); sinks ask it
+//! for a message's body, content type and, in CloudEvents binary mode, its attributes as protocol
+//! headers ([`Binding`]). Bodies are written into the caller's buffer from the row's JSON text:
+//! no `serde_json::Value` is built except for `key_columns` values. Invariants:
+//! - `native` writes exactly [`RelayMessage::write_json`] (nothing changes for existing users);
+//! - an event's `id` is the message's dedup key, so a redelivered row is the same event;
+//! - every extension attribute name is `[a-z0-9]{1,20}` (CloudEvents naming rules), and values
+//!   that are not strings in the spec's type system travel as strings (`pgtoutboxid`: the
+//!   spec's Integer is 32-bit; `pgtbefore`: there is no object type).
+
+use std::fmt::Write as _;
+
+use super::{value_text, write_json_str, Op, RelayMessage, Template, TemplateVars};
+
+/// The content type of the relay's own JSON, CloudEvents binary data and Debezium values.
+pub const JSON: &str = "application/json";
+/// A structured CloudEvent (JSON event format).
+pub const CLOUDEVENTS_JSON: &str = "application/cloudevents+json; charset=utf-8";
+/// An array of structured CloudEvents (webhook batches).
+pub const CLOUDEVENTS_BATCH_JSON: &str = "application/cloudevents-batch+json; charset=utf-8";
+
+/// The `envelope` keys of a pipeline, validated (see `config::parse_forward`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum EnvelopeSpec {
+    #[default]
+    Native,
+    CloudEvents {
+        /// Attributes as protocol headers and the row as the body (`cloudevents_mode: binary`).
+        binary: bool,
+        /// `cloudevents_source` (default `/pgtrickle/<database>/{stream_table}`).
+        source: Option<Template>,
+        /// `cloudevents_type` (default `io.pgtrickle.{stream_table}.{op}`).
+        event_type: Option<Template>,
+    },
+    Debezium {
+        /// `debezium_name`: `source.name` (default: the database name).
+        name: Option<String>,
+    },
+}
+
+impl EnvelopeSpec {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EnvelopeSpec::Native => "native",
+            EnvelopeSpec::CloudEvents { .. } => "cloudevents",
+            EnvelopeSpec::Debezium { .. } => "debezium",
+        }
+    }
+
+    pub fn is_native(&self) -> bool {
+        matches!(self, EnvelopeSpec::Native)
+    }
+
+    pub fn is_binary(&self) -> bool {
+        matches!(self, EnvelopeSpec::CloudEvents { binary: true, .. })
+    }
+
+    pub fn is_debezium(&self) -> bool {
+        matches!(self, EnvelopeSpec::Debezium { .. })
+    }
+}
+
+/// What the envelope needs to know about the pipeline's tables, read once at start.
+#[derive(Debug, Clone, Copy)]
+pub struct EnvelopeFacts<'a> {
+    /// `current_database()`.
+    pub database: &'a str,
+    /// The stream table's schema and bare name.
+    pub schema: &'a str,
+    pub stream_table: &'a str,
+    pub outbox_table: &'a str,
+    pub key_columns: &'a [String],
+}
+
+/// Where CloudEvents binary attributes go, each protocol binding with its own header names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding {
+    /// `ce-<name>`, percent-encoded; `datacontenttype` is the `Content-Type` header only.
+    Http,
+    /// `ce-<name>`, percent-encoded, `ce-datacontenttype` included (the binding's 1.0.3 text).
+    Nats,
+    /// `ce_<name>`, raw UTF-8; `datacontenttype` is the `content-type` header.
+    Kafka,
+    /// `cloudEvents:<name>` application properties (RabbitMQ headers); `datacontenttype` is the
+    /// `content_type` property.
+    Amqp,
+}
+
+impl Binding {
+    fn prefix(self) -> &'static str {
+        match self {
+            Binding::Http | Binding::Nats => "ce-",
+            Binding::Kafka => "ce_",
+            Binding::Amqp => "cloudEvents:",
+        }
+    }
+
+    fn percent_encoded(self) -> bool {
+        matches!(self, Binding::Http | Binding::Nats)
+    }
+}
+
+/// A template rendered once per op when it does not depend on the outbox row.
+#[derive(Debug, Clone)]
+enum Rendered {
+    PerOp([String; 4]),
+    PerMessage(Template),
+}
+
+impl Rendered {
+    fn new(t: &Template, stream_table: &str, outbox_table: &str) -> Self {
+        if t.per_outbox_row() {
+            return Rendered::PerMessage(t.clone());
+        }
+        let op = |op| t.render(&TemplateVars { stream_table, outbox_table, op, outbox_id: 0, refresh_id: None });
+        Rendered::PerOp([op(Op::Insert), op(Op::Update), op(Op::Delete), op(Op::Summary)])
+    }
+
+    fn get<'a>(&'a self, m: &RelayMessage, stream_table: &str, outbox_table: &str) -> std::borrow::Cow<'a, str> {
+        match self {
+            Rendered::PerOp(by_op) => std::borrow::Cow::Borrowed(&by_op[m.op as usize]),
+            Rendered::PerMessage(t) => std::borrow::Cow::Owned(t.render(&m.vars(stream_table, outbox_table))),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct CloudEvents {
+    binary: bool,
+    source: Rendered,
+    event_type: Rendered,
+}
+
+#[derive(Debug, Clone)]
+struct Debezium {
+    /// `{"version":…,"connector":…,"name":…,` — the part of `source` before the timestamps.
+    source_head: String,
+    /// `,"db":…,"sequence":null,"schema":…,"table":…` — after `snapshot`.
+    source_table: String,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Native,
+    CloudEvents(CloudEvents),
+    Debezium(Debezium),
+}
+
+/// A pipeline's envelope, ready to encode messages.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    kind: Kind,
+    key_columns: Vec<String>,
+    stream_table: String,
+    outbox_table: String,
+}
+
+impl Default for Envelope {
+    fn default() -> Self {
+        Self::native()
+    }
+}
+
+/// The default CloudEvents `source`: `/pgtrickle/<database>/<stream table>`, each segment
+/// percent-encoded (a URI-reference).
+pub fn default_source(database: &str, stream_table: &str) -> String {
+    let mut s = String::from("/pgtrickle/");
+    uri_segment(&mut s, database);
+    s.push('/');
+    uri_segment(&mut s, stream_table);
+    s
+}
+
+fn uri_segment(out: &mut String, s: &str) {
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+}
+
+impl Envelope {
+    pub fn native() -> Self {
+        Self { kind: Kind::Native, key_columns: Vec::new(), stream_table: String::new(), outbox_table: String::new() }
+    }
+
+    pub fn new(spec: &EnvelopeSpec, facts: &EnvelopeFacts<'_>) -> Self {
+        let (st, ot) = (facts.stream_table, facts.outbox_table);
+        let kind = match spec {
+            EnvelopeSpec::Native => Kind::Native,
+            EnvelopeSpec::CloudEvents { binary, source, event_type } => {
+                // Percent-encoded segments hold no braces: the source is a literal.
+                let default_source = || Template::from_text(&default_source(facts.database, st));
+                let default_type = || Template::from_text(DEFAULT_TYPE);
+                Kind::CloudEvents(CloudEvents {
+                    binary: *binary,
+                    source: Rendered::new(&source.clone().unwrap_or_else(default_source), st, ot),
+                    event_type: Rendered::new(&event_type.clone().unwrap_or_else(default_type), st, ot),
+                })
+            }
+            EnvelopeSpec::Debezium { name } => {
+                let mut head = String::from("{\"version\":");
+                json_str(&mut head, env!("CARGO_PKG_VERSION"));
+                head.push_str(",\"connector\":\"pgtrickle-relay\",\"name\":");
+                json_str(&mut head, name.as_deref().unwrap_or(facts.database));
+                head.push(',');
+                let mut table = String::from(",\"db\":");
+                json_str(&mut table, facts.database);
+                table.push_str(",\"sequence\":null,\"schema\":");
+                json_str(&mut table, facts.schema);
+                table.push_str(",\"table\":");
+                json_str(&mut table, st);
+                Kind::Debezium(Debezium { source_head: head, source_table: table })
+            }
+        };
+        Self { kind, key_columns: facts.key_columns.to_vec(), stream_table: st.to_owned(), outbox_table: ot.to_owned() }
+    }
+
+    pub fn is_native(&self) -> bool {
+        matches!(self.kind, Kind::Native)
+    }
+
+    /// CloudEvents binary mode: the body is the row, the attributes are headers.
+    pub fn is_binary(&self) -> bool {
+        matches!(self.kind, Kind::CloudEvents(CloudEvents { binary: true, .. }))
+    }
+
+    pub fn is_cloudevents(&self) -> bool {
+        matches!(self.kind, Kind::CloudEvents(_))
+    }
+
+    pub fn is_debezium(&self) -> bool {
+        matches!(self.kind, Kind::Debezium(_))
+    }
+
+    /// The content type of a body written by [`Envelope::write_body`].
+    pub fn content_type(&self) -> &'static str {
+        match self.kind {
+            Kind::CloudEvents(CloudEvents { binary: false, .. }) => CLOUDEVENTS_JSON,
+            _ => JSON,
+        }
+    }
+
+    /// Whether the message is relayed at all: Debezium has no event for a summary row (it
+    /// carries counts, no row change).
+    pub fn relays(&self, m: &RelayMessage) -> bool {
+        !(self.is_debezium() && m.op == Op::Summary)
+    }
+
+    /// Whether a Kafka tombstone (same key, no value) follows this message: after each Debezium
+    /// delete of a keyed row, so that log compaction can drop the key.
+    pub fn tombstone_after(&self, m: &RelayMessage) -> bool {
+        self.is_debezium() && m.op == Op::Delete && !self.key_columns.is_empty()
+    }
+
+    /// Appends the message's body.
+    pub fn write_body(&self, m: &RelayMessage, out: &mut Vec<u8>) {
+        match &self.kind {
+            Kind::Native => m.write_json(out),
+            Kind::CloudEvents(ce) if ce.binary => out.extend_from_slice(m.payload.json().as_bytes()),
+            Kind::CloudEvents(ce) => self.write_event(ce, m, out),
+            Kind::Debezium(d) => self.write_debezium(d, m, out),
+        }
+    }
+
+    /// The body in a new buffer.
+    pub fn body(&self, m: &RelayMessage) -> Vec<u8> {
+        let mut out = Vec::with_capacity(m.payload.json().len() + m.dedup_key.len() + 320);
+        self.write_body(m, &mut out);
+        out
+    }
+
+    /// Calls `f(name, value)` for each CloudEvents attribute that travels as a header in binary
+    /// mode (nothing in any other mode). Names carry the binding's prefix; values are
+    /// percent-encoded where the binding asks for it.
+    pub fn attributes(&self, m: &RelayMessage, binding: Binding, mut f: impl FnMut(&str, &str)) {
+        let Kind::CloudEvents(ce @ CloudEvents { binary: true, .. }) = &self.kind else { return };
+        let mut name = String::with_capacity(32);
+        let mut encoded = String::new();
+        let mut emit = |attr: &str, value: &str| {
+            name.clear();
+            name.push_str(binding.prefix());
+            name.push_str(attr);
+            if binding.percent_encoded() && needs_percent_encoding(value) {
+                encoded.clear();
+                percent_encode(&mut encoded, value);
+                f(&name, &encoded);
+            } else {
+                f(&name, value);
+            }
+        };
+        emit("specversion", "1.0");
+        emit("id", &m.dedup_key);
+        emit("source", &ce.source.get(m, &self.stream_table, &self.outbox_table));
+        emit("type", &ce.event_type.get(m, &self.stream_table, &self.outbox_table));
+        if let Some(subject) = self.subject(m) {
+            emit("subject", &subject);
+        }
+        if let Some(us) = m.stamp.time_us {
+            emit("time", &rfc3339(us));
+        }
+        if binding == Binding::Nats {
+            emit("datacontenttype", JSON);
+        }
+        emit("pgtop", m.op.as_str());
+        if let Some(id) = m.outbox_id {
+            emit("pgtoutboxid", itoa::Buffer::new().format(id));
+        }
+        if let Some(r) = &m.refresh_id {
+            emit("pgtrefreshid", r);
+        }
+        if m.is_full_refresh {
+            emit("pgtfullrefresh", "true");
+        }
+        if let Some(before) = &m.before {
+            emit("pgtbefore", before.json());
+        }
+        emit("traceparent", &m.traceparent);
+    }
+
+    /// The CloudEvents `subject`: the row's `key_columns` values (one column: its value as text;
+    /// several: `col/value/col/value`). None without key columns.
+    pub fn subject(&self, m: &RelayMessage) -> Option<String> {
+        match self.key_columns.as_slice() {
+            [] => None,
+            [one] => m.payload.field(one).and_then(value_text),
+            cols => {
+                let values = m.payload.fields(cols);
+                let mut s = String::new();
+                for (c, v) in cols.iter().zip(values) {
+                    if !s.is_empty() {
+                        s.push('/');
+                    }
+                    s.push_str(c);
+                    s.push('/');
+                    s.push_str(&v.and_then(value_text).unwrap_or_default());
+                }
+                Some(s)
+            }
+        }
+    }
+
+    /// The Debezium record key: the `key_columns` as a JSON object in their order (`{"id":2}`).
+    /// None for other envelopes or without key columns.
+    pub fn record_key(&self, m: &RelayMessage) -> Option<Vec<u8>> {
+        if !self.is_debezium() || self.key_columns.is_empty() {
+            return None;
+        }
+        let mut out = Vec::with_capacity(16 * self.key_columns.len());
+        out.push(b'{');
+        for (i, (c, v)) in self.key_columns.iter().zip(m.payload.fields(&self.key_columns)).enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_json_str(&mut out, c);
+            out.push(b':');
+            // Writing a value into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut out, &v.unwrap_or(serde_json::Value::Null));
+        }
+        out.push(b'}');
+        Some(out)
+    }
+
+    fn write_event(&self, ce: &CloudEvents, m: &RelayMessage, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":");
+        write_json_str(out, &m.dedup_key);
+        out.extend_from_slice(b",\"source\":");
+        write_json_str(out, &ce.source.get(m, &self.stream_table, &self.outbox_table));
+        out.extend_from_slice(b",\"type\":");
+        write_json_str(out, &ce.event_type.get(m, &self.stream_table, &self.outbox_table));
+        if let Some(subject) = self.subject(m) {
+            out.extend_from_slice(b",\"subject\":");
+            write_json_str(out, &subject);
+        }
+        if let Some(us) = m.stamp.time_us {
+            out.extend_from_slice(b",\"time\":\"");
+            out.extend_from_slice(rfc3339(us).as_bytes());
+            out.push(b'"');
+        }
+        out.extend_from_slice(b",\"datacontenttype\":\"application/json\",\"pgtop\":\"");
+        out.extend_from_slice(m.op.as_str().as_bytes());
+        out.push(b'"');
+        if let Some(id) = m.outbox_id {
+            out.extend_from_slice(b",\"pgtoutboxid\":\"");
+            out.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
+            out.push(b'"');
+        }
+        if let Some(r) = &m.refresh_id {
+            out.extend_from_slice(b",\"pgtrefreshid\":");
+            write_json_str(out, r);
+        }
+        if m.is_full_refresh {
+            out.extend_from_slice(b",\"pgtfullrefresh\":true");
+        }
+        if let Some(before) = &m.before {
+            out.extend_from_slice(b",\"pgtbefore\":");
+            write_json_str(out, before.json());
+        }
+        out.extend_from_slice(b",\"traceparent\":");
+        write_json_str(out, &m.traceparent);
+        out.extend_from_slice(b",\"data\":");
+        out.extend_from_slice(m.payload.json().as_bytes());
+        out.push(b'}');
+    }
+
+    fn write_debezium(&self, d: &Debezium, m: &RelayMessage, out: &mut Vec<u8>) {
+        let (op, before, after) = match m.op {
+            Op::Insert if m.is_full_refresh => ("r", None, Some(&m.payload)),
+            Op::Insert | Op::Summary => ("c", None, Some(&m.payload)),
+            Op::Update => ("u", m.before.as_ref(), Some(&m.payload)),
+            Op::Delete => ("d", Some(&m.payload), None),
+        };
+        let now_us = now_us();
+        out.extend_from_slice(b"{\"before\":");
+        out.extend_from_slice(before.map_or("null", |p| p.json()).as_bytes());
+        out.extend_from_slice(b",\"after\":");
+        out.extend_from_slice(after.map_or("null", |p| p.json()).as_bytes());
+        out.extend_from_slice(b",\"source\":");
+        out.extend_from_slice(d.source_head.as_bytes());
+        write_ts(out, m.stamp.time_us.unwrap_or(now_us));
+        out.extend_from_slice(if op == "r" { b",\"snapshot\":\"true\"" } else { b",\"snapshot\":\"false\"" });
+        out.extend_from_slice(d.source_table.as_bytes());
+        out.extend_from_slice(b",\"txId\":");
+        match m.stamp.txid {
+            Some(x) => out.extend_from_slice(itoa::Buffer::new().format(x).as_bytes()),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"lsn\":null,\"xmin\":null,\"pgt_outbox_id\":");
+        match m.outbox_id {
+            Some(id) => out.extend_from_slice(itoa::Buffer::new().format(id).as_bytes()),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"pgt_refresh_id\":");
+        match &m.refresh_id {
+            Some(r) => write_json_str(out, r),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"pgt_dedup_key\":");
+        write_json_str(out, &m.dedup_key);
+        out.extend_from_slice(b",\"pgt_traceparent\":");
+        write_json_str(out, &m.traceparent);
+        out.extend_from_slice(b"},\"op\":\"");
+        out.extend_from_slice(op.as_bytes());
+        out.extend_from_slice(b"\",");
+        write_ts(out, now_us);
+        out.extend_from_slice(b",\"transaction\":null}");
+    }
+}
+
+/// The default CloudEvents `type`.
+pub const DEFAULT_TYPE: &str = "io.pgtrickle.{stream_table}.{op}";
+
+/// `"ts_ms":…,"ts_us":…,"ts_ns":…` of a time in microseconds since the epoch.
+fn write_ts(out: &mut Vec<u8>, us: i64) {
+    let mut b = itoa::Buffer::new();
+    out.extend_from_slice(b"\"ts_ms\":");
+    out.extend_from_slice(b.format(us.div_euclid(1000)).as_bytes());
+    out.extend_from_slice(b",\"ts_us\":");
+    out.extend_from_slice(b.format(us).as_bytes());
+    out.extend_from_slice(b",\"ts_ns\":");
+    out.extend_from_slice(b.format(i128::from(us) * 1000).as_bytes());
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}
+
+/// RFC 3339 in UTC with microseconds (`2026-05-04T10:15:30.123456Z`).
+pub fn rfc3339(us: i64) -> String {
+    match jiff::Timestamp::from_microsecond(us) {
+        Ok(t) => format!("{t:.6}"),
+        Err(_) => "1970-01-01T00:00:00.000000Z".to_owned(),
+    }
+}
+
+fn json_str(out: &mut String, s: &str) {
+    let mut v = Vec::with_capacity(s.len() + 2);
+    write_json_str(&mut v, s);
+    out.push_str(std::str::from_utf8(&v).unwrap_or("\"\""));
+}
+
+/// Whether a header value must be percent-encoded (HTTP binding §3.1.3: space, `"`, `%` and
+/// anything outside printable ASCII).
+fn needs_percent_encoding(s: &str) -> bool {
+    s.bytes().any(|b| !(0x21..=0x7e).contains(&b) || b == b'"' || b == b'%')
+}
+
+/// Percent-encodes a header value: UTF-8 bytes of space, `"`, `%` and anything outside
+/// U+0021–U+007E.
+pub fn percent_encode(out: &mut String, s: &str) {
+    for b in s.bytes() {
+        if (0x21..=0x7e).contains(&b) && b != b'"' && b != b'%' {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
