@@ -6,6 +6,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use futures::stream::{FuturesUnordered, StreamExt};
 use relay_e2e::nats::NatsServer;
+use relay_e2e::nats_inject::NatsInject;
 use relay_e2e::*;
 use serde_json::{json, Value};
 
@@ -220,6 +221,57 @@ async fn a_poison_message_is_dead_lettered_and_acked_while_its_neighbours_are_st
     assert_eq!((row.get::<_, String>(0).as_str(), row.get::<_, String>(1).as_str()), ("nats:events:2", "events.b"));
     let (_, out, _) = run_cli(&db.url, &["dlq", "list"]);
     assert!(out.contains("0 dead letter(s)"), "{out}");
+}
+
+/// Guards the NATS source's lockstep of handed-out and pending messages (fixed in 302a4ca): when
+/// a fetch yields messages and then an error status, those messages were kept pending although
+/// the receive failed, so the next stored batch's ack acknowledged them too — never in the
+/// inbox, never delivered again. A proxy adds a `409` status right after a delivered message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_that_ends_in_an_error_status_after_some_messages_loses_none_of_them() {
+    let nats = NatsServer::start();
+    let js = nats.jetstream().await;
+    nats.create_stream("injected", &["injected.>"]).await;
+    let proxy = NatsInject::start(nats.port).await;
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    assert!(run_cli(&db.url, &["migrate"]).0.success());
+    create_inbox(&c, "injected_inbox").await;
+    // Messages that were on their way to the failed fetch come back after the ack wait.
+    let config = json!({"source_type": "nats", "nats_url": proxy.url(), "nats_stream": "injected",
+                        "nats_consumer": "injected", "inbox_table": "injected_inbox", "ack_wait_seconds": 5});
+    c.execute("SELECT pgtrickle.set_relay_inbox('injected-in', config => $1::jsonb)", &[&config]).await.unwrap();
+    let _relay = Relay::start(&db.url, "default", &[]);
+
+    const SET: usize = 20;
+    publish(&js, "injected.orders", 0, SET).await;
+    eventually(Duration::from_secs(15), "the first set stored", || async {
+        (count(&c, "SELECT count(*) FROM pgtrickle.injected_inbox").await == SET as i64).then_some(())
+    })
+    .await;
+    // The fetch that delivers the next message ends in an error right after it.
+    proxy.arm();
+    publish(&js, "injected.orders", SET, SET).await;
+    eventually(Duration::from_secs(10), "a status injected into a fetch", || async {
+        (proxy.injections() > 0).then_some(())
+    })
+    .await;
+    // A later batch is stored and acknowledged (before the fix: with the failed fetch's messages).
+    publish(&js, "injected.orders", 2 * SET, SET).await;
+
+    // Once JetStream has every message acknowledged nothing more comes: each must be stored, once.
+    all_acked(&js, "injected", "injected").await;
+    let seqs: Vec<i64> = c
+        .query("SELECT (payload->>'seq')::bigint FROM pgtrickle.injected_inbox ORDER BY 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let missing: Vec<i64> = (0..3 * SET as i64).filter(|i| seqs.binary_search(i).is_err()).collect();
+    assert!(missing.is_empty(), "acknowledged but never stored in the inbox (lost): seq {missing:?}");
+    assert_eq!(seqs.len(), 3 * SET, "every message exactly once");
+    assert_eq!(proxy.injections(), 1);
 }
 
 fn webhook_config(port: u16) -> Value {

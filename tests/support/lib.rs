@@ -26,6 +26,7 @@ pub mod http;
 pub mod kafka;
 pub mod kube_env;
 pub mod nats;
+pub mod nats_inject;
 pub mod private_pg;
 pub mod rabbitmq;
 pub mod redis_server;
