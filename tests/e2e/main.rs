@@ -7,6 +7,7 @@ mod catalog;
 mod conformance;
 mod cursor_share;
 mod diff;
+mod envelopes;
 mod faults;
 mod forward;
 mod ha;

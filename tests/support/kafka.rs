@@ -40,7 +40,10 @@ pub struct Record {
     pub partition: i32,
     pub offset: i64,
     pub key: Option<String>,
+    /// The value as JSON (`Null` for a record without a value: a tombstone).
     pub value: serde_json::Value,
+    /// The value as it was written; `None` for a tombstone.
+    pub payload: Option<Vec<u8>>,
     pub headers: BTreeMap<String, String>,
 }
 
@@ -171,7 +174,8 @@ fn read_topic(mut config: ClientConfig, topic: &str, mut count: Option<&mut usiz
             partition: m.partition(),
             offset: m.offset(),
             key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-            value: serde_json::from_slice(m.payload().unwrap_or_default()).unwrap(),
+            value: m.payload().map_or(serde_json::Value::Null, |p| serde_json::from_slice(p).unwrap()),
+            payload: m.payload().map(<[u8]>::to_vec),
             headers,
         });
     }

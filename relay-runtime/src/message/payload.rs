@@ -100,6 +100,7 @@ impl Payload {
     }
 
     /// JSON text the relay wrote itself (an envelope), taken as it is.
+    #[cfg(feature = "pg-inbox")]
     pub(crate) fn written(text: Vec<u8>) -> Self {
         Self::whole(into_string(text))
     }
