@@ -185,7 +185,7 @@ async fn replay_one(client: &Client, configs: &[crate::config::PipelineRow], d: 
         headers,
         body: d.payload.clone().unwrap_or_default(),
     };
-    let inbox_row = mapping.row(&incoming)?;
+    let inbox_row = mapping.row(&incoming)?.ok_or("the message is a tombstone: nothing to store")?;
     let new =
         inbox::write(client, &table.insert_sql(), std::slice::from_ref(&inbox_row)).await.map_err(|e| e.to_string())?;
     client

@@ -137,11 +137,13 @@ proptest! {
         let m = crate::pipeline::reverse::Mapping {
             source_name: "p".into(), event_id_field: Some("id".into()), event_type_field: "event_type".into(),
             default_event_type: "nats".into(), aggregate_id_field: Some("k".into()), max_message_bytes: 150,
+            source_name_set: false, envelope: crate::source::envelope::InboundEnvelope::Auto,
         };
         let incoming = crate::source::Incoming { id, coordinate: "nats:s:1".into(), subject: None, key: None,
                                                  headers: vec![], body };
         match m.row(&incoming) {
-            Ok(r) => prop_assert!(!r.event_id.is_empty() && incoming.body.len() <= 150),
+            Ok(Some(r)) => prop_assert!(!r.event_id.is_empty() && incoming.body.len() <= 150),
+            Ok(None) => prop_assert!(false, "no key: never a tombstone"),
             Err(e) => prop_assert!(!e.is_empty()),
         }
     }

@@ -41,6 +41,13 @@ crate::choices!(
     CloudEventsModeChoice "CloudEventsMode" { Structured = "structured", Binary = "binary" }
 );
 
+crate::choices!(
+    /// See [`crate::source::envelope::InboundEnvelope`].
+    InboundEnvelopeChoice "InboundEnvelope" {
+        Auto = "auto", Native = "native", CloudEvents = "cloudevents", Debezium = "debezium"
+    }
+);
+
 /// The keys of a forward pipeline that are not its sink's. They may be written at the top
 /// (flat form), or inside `source` / `sink` (pg_trickle's positional form stores only those).
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
@@ -127,6 +134,9 @@ pub struct ReverseKeys {
     pub source_name: Option<Text>,
     /// Larger messages are poison (default 1048576).
     pub max_message_bytes: Option<Int<1, 268_435_456>>,
+    /// How messages are read: `auto` (default: CloudEvents and Debezium events are recognised,
+    /// anything else mapped as it is), `native`, `cloudevents` or `debezium` (required).
+    pub envelope: Option<Choice<InboundEnvelopeChoice>>,
     /// Written by pg_trickle's positional `set_relay_inbox`; not used by this relay.
     pub max_retries: Option<Ignored>,
     /// Written by pg_trickle's positional `set_relay_inbox`; not used by this relay.

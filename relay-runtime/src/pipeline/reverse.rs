@@ -17,10 +17,12 @@ use crate::backend::fields::Text;
 use crate::backoff::Backoff;
 use crate::catalog::dead_letters::{self, DeadLetter};
 use crate::catalog::pool::{pipeline_lock_held, Work};
+use crate::config::keys::InboundEnvelopeChoice;
 use crate::config::{Direction, ReverseSpec};
 use crate::error::report as report_error;
 use crate::inbox::{self, InboxError, InboxRow, InboxTable};
 use crate::message::{trace_id, Payload};
+use crate::source::envelope::{self, Inbound, InboundEnvelope, Unwrapped};
 use crate::source::{self, Incoming, Outcome, Source, SourceContext};
 use crate::state::{PipelineState, PipelineStatus, RelayState};
 
@@ -36,6 +38,9 @@ pub struct Mapping {
     pub default_event_type: String,
     pub aggregate_id_field: Option<String>,
     pub max_message_bytes: usize,
+    /// `source_name` was set (it then wins over a CloudEvent's `source`).
+    pub source_name_set: bool,
+    pub envelope: InboundEnvelope,
 }
 
 impl Mapping {
@@ -49,11 +54,18 @@ impl Mapping {
             default_event_type: text(&k.event_type).unwrap_or_else(|| spec.source_type.to_owned()),
             aggregate_id_field: text(&k.aggregate_id_field),
             max_message_bytes: k.max_message_bytes.map_or(1_048_576, |n| n.get() as usize),
+            source_name_set: k.source_name.is_some(),
+            envelope: match k.envelope.map(|c| c.0) {
+                None | Some(InboundEnvelopeChoice::Auto) => InboundEnvelope::Auto,
+                Some(InboundEnvelopeChoice::Native) => InboundEnvelope::Native,
+                Some(InboundEnvelopeChoice::CloudEvents) => InboundEnvelope::CloudEvents,
+                Some(InboundEnvelopeChoice::Debezium) => InboundEnvelope::Debezium,
+            },
         }
     }
 
-    /// The inbox row of a message, or why it is poison.
-    pub fn row(&self, m: &Incoming) -> Result<InboxRow, String> {
+    /// The inbox row of a message (none: nothing to store), or why it is poison.
+    pub fn row(&self, m: &Incoming) -> Result<Option<InboxRow>, String> {
         if m.body.len() > self.max_message_bytes {
             return Err(format!(
                 "message is {} bytes, over max_message_bytes ({})",
@@ -61,6 +73,37 @@ impl Mapping {
                 self.max_message_bytes
             ));
         }
+        match envelope::inbound(m, self.envelope)? {
+            Inbound::Native => self.native_row(m).map(Some),
+            Inbound::Tombstone => Ok(None),
+            Inbound::Unwrapped(u) => Ok(Some(self.unwrapped_row(m, u))),
+        }
+    }
+
+    /// A CloudEvent's or Debezium event's row: fields named by the pipeline (looked up in the
+    /// event's data) win, then the envelope's own, then the message's.
+    fn unwrapped_row(&self, m: &Incoming, u: Unwrapped) -> InboxRow {
+        let [id_value, aggregate_value] =
+            u.payload.pick([self.event_id_field.as_deref(), self.aggregate_id_field.as_deref()]);
+        InboxRow {
+            event_id: id_value
+                .and_then(crate::message::value_text)
+                .or(u.event_id)
+                .or_else(|| m.id.clone())
+                .unwrap_or_else(|| m.coordinate.clone()),
+            event_type: Some(u.event_type.unwrap_or_else(|| self.default_event_type.clone())),
+            source: Some(match u.source {
+                Some(s) if !self.source_name_set => s,
+                _ => self.source_name.clone(),
+            }),
+            aggregate_id: aggregate_value.and_then(crate::message::value_text).or(u.aggregate_id),
+            trace_id: u.traceparent.as_deref().and_then(trace_id),
+            payload: u.payload,
+        }
+    }
+
+    /// A message without an envelope: the pipeline's mapping.
+    fn native_row(&self, m: &Incoming) -> Result<InboxRow, String> {
         let text = std::str::from_utf8(&m.body).map_err(|e| format!("message is not UTF-8: {e}"))?;
         // Kept as text; only the mapped fields are parsed, in one pass.
         let payload = Payload::parse(text, true).map_err(|e| format!("message is not JSON: {e}"))?;
@@ -181,9 +224,10 @@ pub async fn run(ctx: Arc<RelayState>, spec: ReverseSpec, link: &WorkerLink, st:
                 let n = outcomes.len() as u64;
                 let dups = outcomes.iter().filter(|o| **o == Outcome::Duplicate).count() as u64;
                 let dead = outcomes.iter().filter(|o| matches!(o, Outcome::DeadLettered(_))).count() as u64;
+                let skipped = outcomes.iter().filter(|o| **o == Outcome::Skipped).count() as u64;
                 ctx.metrics.messages_consumed.with_label_values(&labels).inc_by(n);
                 // Published: in the inbox now, written by this batch or already there.
-                ctx.metrics.messages_published.with_label_values(&labels).inc_by(n - dead);
+                ctx.metrics.messages_published.with_label_values(&labels).inc_by(n - dead - skipped);
                 ctx.metrics.dedup_skipped.with_label_values(&[labels[0]]).inc_by(dups);
                 if dead > 0 {
                     ctx.metrics.dead_letters.with_label_values(&labels).inc_by(dead);
@@ -303,10 +347,11 @@ async fn store(
     let mut dead: Vec<(usize, String)> = Vec::new();
     for (i, m) in batch.iter().enumerate() {
         match mapping.row(m) {
-            Ok(r) => {
+            Ok(Some(r)) => {
                 rows.push(r);
                 row_index.push(i);
             }
+            Ok(None) => outcomes[i] = Outcome::Skipped,
             Err(e) => dead.push((i, e)),
         }
     }
@@ -426,19 +471,21 @@ mod tests {
             default_event_type: "nats".into(),
             aggregate_id_field: Some("order_id".into()),
             max_message_bytes: 100,
+            source_name_set: false,
+            envelope: InboundEnvelope::Auto,
         }
     }
 
     #[test]
     fn rows_take_ids_types_and_aggregates_in_order_of_preference() {
         let m = mapping();
-        let r = m.row(&incoming(r#"{"order_id": 7, "x": 1}"#)).unwrap();
+        let r = m.row(&incoming(r#"{"order_id": 7, "x": 1}"#)).unwrap().unwrap();
         assert_eq!(r.event_id, "nats:s:7", "no own id: the broker coordinate");
         assert_eq!(r.event_type.as_deref(), Some("orders.created"), "no event_type field: the subject");
         assert_eq!(r.aggregate_id.as_deref(), Some("7"));
         let mut with_id = incoming(r#"{"event_type": "OrderPlaced"}"#);
         with_id.id = Some("msg-1".into());
-        let r = m.row(&with_id).unwrap();
+        let r = m.row(&with_id).unwrap().unwrap();
         assert_eq!((r.event_id.as_str(), r.event_type.as_deref()), ("msg-1", Some("OrderPlaced")));
     }
 

@@ -5,6 +5,7 @@
 //! was not stored is given back for redelivery. Every message carries a deterministic identity:
 //! its own id when it has one, else a broker coordinate that is the same on every redelivery.
 
+pub mod envelope;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 #[cfg(feature = "nats")]
@@ -52,6 +53,8 @@ impl Incoming {
 pub enum Outcome {
     Stored,
     Duplicate,
+    /// Nothing to store (a Kafka tombstone): acknowledged, counted neither stored nor dead.
+    Skipped,
     DeadLettered(String),
 }
 

@@ -230,11 +230,27 @@ async fn handle(
 /// The events of one request: a JSON array is one event per element.
 fn incoming(headers: &HeaderMap, body: &Bytes) -> Vec<Incoming> {
     let key = header(headers, "idempotency-key").filter(|k| !k.is_empty()).map(str::to_owned);
-    let kept: Vec<(String, String)> = ["traceparent", "content-type", "user-agent", "x-event-type", "ce-type"]
+    let mut kept: Vec<(String, String)> = ["traceparent", "content-type", "user-agent", "x-event-type"]
         .iter()
         .filter_map(|n| header(headers, n).map(|v| ((*n).to_owned(), v.to_owned())))
         .collect();
-    if let Ok(serde_json::Value::Array(items)) = serde_json::from_slice::<serde_json::Value>(body) {
+    // CloudEvents binary mode: every attribute is a `ce-` header.
+    kept.extend(
+        headers
+            .iter()
+            .filter(|(k, _)| k.as_str().starts_with("ce-"))
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned()))),
+    );
+    // One CloudEvent whose data is an array stays one event; a CloudEvents batch is split.
+    let content_type = header(headers, "content-type").unwrap_or_default().to_ascii_lowercase();
+    let one_event = header(headers, "ce-specversion").is_some()
+        || (content_type.starts_with("application/cloudevents")
+            && !content_type.starts_with("application/cloudevents-batch"));
+    let items = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Array(items)) if !one_event => Some(items),
+        _ => None,
+    };
+    if let Some(items) = items {
         return items
             .iter()
             .enumerate()
