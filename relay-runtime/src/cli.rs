@@ -195,7 +195,7 @@ async fn check_cmd(url: &str) -> anyhow::Result<ExitCode> {
                         // A check only builds the sink; it never writes.
                         dedup_scope: "check",
                         own_database: None,
-                        envelope: &crate::pipeline::forward::envelope_of(&spec, &t),
+                        envelope: &crate::pipeline::forward::envelope_of(&spec, &t, &[]),
                     },
                 )
                 .await

@@ -314,18 +314,25 @@ async fn debezium_on_kafka_is_keyed_by_the_key_columns_with_a_tombstone_after_ea
     let kafka = KafkaBroker::start();
     kafka.create_topic("dbz", 3).await;
     kafka.create_topic("dbz-no-tombstones", 3).await;
+    kafka.create_topic("dbz-schemas", 1).await;
     let (db, c, outbox) = db_with_outbox("orders").await;
-    for (name, topic, tombstones) in [("dbz", "dbz", None), ("dbz-nt", "dbz-no-tombstones", Some(false))] {
+    // The stream table itself, whose columns the Connect schemas describe.
+    c.batch_execute("CREATE TABLE public.orders (id int4 PRIMARY KEY, total numeric(10,2), __pgt_row_id int8)")
+        .await
+        .unwrap();
+    for (name, topic, extra) in [
+        ("dbz", "dbz", json!({})),
+        ("dbz-nt", "dbz-no-tombstones", json!({"kafka_tombstones": false})),
+        ("dbz-schemas", "dbz-schemas", json!({"debezium_schemas": true, "debezium_name": "shop-app"})),
+    ] {
         let mut config = json!({"stream_table": "orders", "sink_type": "kafka", "kafka_brokers": kafka.brokers(),
                                 "kafka_topic": topic, "envelope": "debezium", "key_columns": ["id"]});
-        if let Some(t) = tombstones {
-            config["kafka_tombstones"] = json!(t);
-        }
+        config.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         pipeline(&c, name, config).await;
     }
     let relay = Relay::start(&db.url, "default", &[]);
     let last = three_refreshes(&c, &outbox).await;
-    all_committed(&c, &["dbz", "dbz-nt"], last).await;
+    all_committed(&c, &["dbz", "dbz-nt", "dbz-schemas"], last).await;
     // Tombstones are records, not messages: five changes were published by each pipeline.
     assert_eq!((published(&relay, "dbz"), published(&relay, "dbz-nt")), (5, 5));
 
@@ -379,6 +386,25 @@ async fn debezium_on_kafka_is_keyed_by_the_key_columns_with_a_tombstone_after_ea
     let records = kafka.records("dbz-no-tombstones").await;
     assert_eq!(records.len(), 5, "tombstones: false");
     assert!(records.iter().all(|r| r.payload.is_some()));
+
+    // Kafka Connect's JSON converter with schemas: {"schema", "payload"} values and keys, the
+    // schema from the table's columns (numeric as a string, as decimal.handling.mode=string).
+    let records = kafka.records("dbz-schemas").await;
+    assert_eq!(records.len(), 6);
+    let update = records.iter().find(|r| r.value["payload"]["op"] == "u").unwrap();
+    assert_eq!(update.value["payload"]["after"], json!({"id": 2, "total": "25"}));
+    assert_eq!(update.value["payload"]["before"], json!({"id": 2, "total": "20"}));
+    let schema = &update.value["schema"];
+    assert_eq!(schema["name"], "shop_app.public.orders.Envelope");
+    assert_eq!(
+        schema["fields"][1]["fields"],
+        json!([{"type": "int32", "optional": false, "field": "id"}, {"type": "string", "optional": true, "field": "total"}]),
+        "after: the table's columns without pg_trickle's internal ones"
+    );
+    let key: Value = serde_json::from_str(update.key.as_deref().unwrap()).unwrap();
+    assert_eq!((&key["payload"], &key["schema"]["name"]), (&json!({"id": 2}), &json!("shop_app.public.orders.Key")));
+    let tombstone = records.iter().find(|r| r.payload.is_none()).unwrap();
+    assert_eq!(serde_json::from_str::<Value>(tombstone.key.as_deref().unwrap()).unwrap()["payload"], json!({"id": 3}));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -512,9 +538,24 @@ async fn a_contradicting_envelope_key_fails_only_its_pipeline() {
                                "envelope": "cloudevents", "cloudevents_mode": "binary"}),
     )
     .await;
+    // The stream table does not exist here: nothing to build a Connect schema from.
+    pipeline(
+        &c,
+        "no-table",
+        json!({"stream_table": "orders", "sink_type": "stdout", "envelope": "debezium",
+                                    "debezium_schemas": true}),
+    )
+    .await;
     let relay = Relay::start(&db.url, "default", &[]);
     let last = write_inline(&c, &outbox, Some(json!([{"id": 1}]))).await;
     all_committed(&c, &["good"], last).await;
+    let error = eventually(Duration::from_secs(15), "the no-table pipeline says why", || async {
+        let h = relay.health();
+        let p = h["pipelines"].as_array()?.iter().find(|p| p["name"] == "no-table")?.clone();
+        (p["state"] == "failed").then(|| p["last_error"].as_str().unwrap_or_default().to_owned())
+    })
+    .await;
+    assert!(error.contains("'debezium_schemas': no table public.orders"), "{error}");
     let error = eventually(Duration::from_secs(15), "the bad pipeline says why", || async {
         let h = relay.health();
         let p = h["pipelines"].as_array()?.iter().find(|p| p["name"] == "bad")?.clone();

@@ -96,6 +96,9 @@ pub struct ForwardKeys {
     pub cloudevents_type: Option<TemplateText>,
     /// With `envelope: debezium`: `source.name` (default: the database name).
     pub debezium_name: Option<Text>,
+    /// With `envelope: debezium`: Kafka Connect's `{"schema", "payload"}` wrapping of values and
+    /// keys, the schema from the stream table's columns (default false).
+    pub debezium_schemas: Option<Flag>,
     /// Written by pg_trickle's positional `set_relay_outbox`; not used by this relay.
     pub retention_hours: Option<Ignored>,
 }

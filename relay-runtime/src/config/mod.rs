@@ -538,6 +538,7 @@ fn envelope_spec(k: &keys::ForwardKeys, sink: &SinkConfig) -> (EnvelopeSpec, Vec
     only_with(k.cloudevents_source.is_some(), "cloudevents_source", E::CloudEvents);
     only_with(k.cloudevents_type.is_some(), "cloudevents_type", E::CloudEvents);
     only_with(k.debezium_name.is_some(), "debezium_name", E::Debezium);
+    only_with(k.debezium_schemas.is_some(), "debezium_schemas", E::Debezium);
     if let SinkConfig::Kafka(c) = sink {
         only_with(c.tombstones.is_some(), "tombstones", E::Debezium);
     }
@@ -569,7 +570,10 @@ fn envelope_spec(k: &keys::ForwardKeys, sink: &SinkConfig) -> (EnvelopeSpec, Vec
             source: k.cloudevents_source.as_ref().map(|t| t.0.clone()),
             event_type: k.cloudevents_type.as_ref().map(|t| t.0.clone()),
         },
-        E::Debezium => EnvelopeSpec::Debezium { name: k.debezium_name.as_ref().map(|t| t.0.clone()) },
+        E::Debezium => EnvelopeSpec::Debezium {
+            name: k.debezium_name.as_ref().map(|t| t.0.clone()),
+            schemas: k.debezium_schemas.is_some_and(|f| f.0),
+        },
     };
     (spec, problems)
 }

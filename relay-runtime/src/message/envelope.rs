@@ -14,6 +14,8 @@
 
 use std::fmt::Write as _;
 
+mod schema;
+
 use super::{value_text, write_json_str, Op, RelayMessage, Template, TemplateVars};
 
 /// The content type of the relay's own JSON, CloudEvents binary data and Debezium values.
@@ -39,6 +41,8 @@ pub enum EnvelopeSpec {
     Debezium {
         /// `debezium_name`: `source.name` (default: the database name).
         name: Option<String>,
+        /// `debezium_schemas`: Kafka Connect's `{"schema", "payload"}` wrapping.
+        schemas: bool,
     },
 }
 
@@ -74,6 +78,17 @@ pub struct EnvelopeFacts<'a> {
     pub stream_table: &'a str,
     pub outbox_table: &'a str,
     pub key_columns: &'a [String],
+    /// The stream table's columns (read only for `debezium_schemas`).
+    pub columns: &'a [Column],
+}
+
+/// A column of the stream table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    /// Its type as `regtype` text (`integer`, `numeric`, `jsonb`, `text[]`, …).
+    pub pg_type: String,
+    pub not_null: bool,
 }
 
 /// Where CloudEvents binary attributes go, each protocol binding with its own header names.
@@ -141,6 +156,8 @@ struct Debezium {
     source_head: String,
     /// `,"db":…,"sequence":null,"schema":…,"table":…` — after `snapshot`.
     source_table: String,
+    /// `debezium_schemas`.
+    connect: Option<schema::ConnectSchema>,
 }
 
 #[derive(Debug, Clone)]
@@ -204,7 +221,7 @@ impl Envelope {
                     event_type: Rendered::new(&event_type.clone().unwrap_or_else(default_type), st, ot),
                 })
             }
-            EnvelopeSpec::Debezium { name } => {
+            EnvelopeSpec::Debezium { name, schemas } => {
                 let mut head = String::from("{\"version\":");
                 json_str(&mut head, env!("CARGO_PKG_VERSION"));
                 head.push_str(",\"connector\":\"pgtrickle-relay\",\"name\":");
@@ -216,7 +233,10 @@ impl Envelope {
                 json_str(&mut table, facts.schema);
                 table.push_str(",\"table\":");
                 json_str(&mut table, st);
-                Kind::Debezium(Debezium { source_head: head, source_table: table })
+                let name = name.as_deref().unwrap_or(facts.database);
+                let connect = schemas
+                    .then(|| schema::ConnectSchema::new(name, facts.schema, st, facts.columns, facts.key_columns));
+                Kind::Debezium(Debezium { source_head: head, source_table: table, connect })
             }
         };
         Self { kind, key_columns: facts.key_columns.to_vec(), stream_table: st.to_owned(), outbox_table: ot.to_owned() }
@@ -349,7 +369,8 @@ impl Envelope {
     /// The Debezium record key: the `key_columns` as a JSON object in their order (`{"id":2}`).
     /// None for other envelopes or without key columns.
     pub fn record_key(&self, m: &RelayMessage) -> Option<Vec<u8>> {
-        if !self.is_debezium() || self.key_columns.is_empty() {
+        let Kind::Debezium(d) = &self.kind else { return None };
+        if self.key_columns.is_empty() {
             return None;
         }
         let mut out = Vec::with_capacity(16 * self.key_columns.len());
@@ -364,6 +385,14 @@ impl Envelope {
             let _ = serde_json::to_writer(&mut out, &v.unwrap_or(serde_json::Value::Null));
         }
         out.push(b'}');
+        if let Some(connect) = &d.connect {
+            let mut wrapped = Vec::with_capacity(connect.key_head().len() + out.len() + 1);
+            wrapped.extend_from_slice(connect.key_head().as_bytes());
+            // Only JSON text was written.
+            connect.write_row(std::str::from_utf8(&out).unwrap_or("null"), &mut wrapped);
+            wrapped.push(b'}');
+            return Some(wrapped);
+        }
         Some(out)
     }
 
@@ -417,10 +446,18 @@ impl Envelope {
             Op::Delete => ("d", Some(&m.payload), None),
         };
         let now_us = now_us();
+        let row = |p: Option<&crate::message::Payload>, out: &mut Vec<u8>| match (p, &d.connect) {
+            (None, _) => out.extend_from_slice(b"null"),
+            (Some(p), None) => out.extend_from_slice(p.json().as_bytes()),
+            (Some(p), Some(connect)) => connect.write_row(p.json(), out),
+        };
+        if let Some(connect) = &d.connect {
+            out.extend_from_slice(connect.value_head().as_bytes());
+        }
         out.extend_from_slice(b"{\"before\":");
-        out.extend_from_slice(before.map_or("null", |p| p.json()).as_bytes());
+        row(before, out);
         out.extend_from_slice(b",\"after\":");
-        out.extend_from_slice(after.map_or("null", |p| p.json()).as_bytes());
+        row(after, out);
         out.extend_from_slice(b",\"source\":");
         out.extend_from_slice(d.source_head.as_bytes());
         write_ts(out, m.stamp.time_us.unwrap_or(now_us));
@@ -450,6 +487,9 @@ impl Envelope {
         out.extend_from_slice(b"\",");
         write_ts(out, now_us);
         out.extend_from_slice(b",\"transaction\":null}");
+        if d.connect.is_some() {
+            out.push(b'}');
+        }
     }
 }
 

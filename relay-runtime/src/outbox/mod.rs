@@ -197,6 +197,30 @@ impl OutboxTable {
     }
 }
 
+/// The stream table's columns in order (pg_trickle's `__pgt_*` ones only with `keep_internal`);
+/// none when there is no such table.
+pub async fn stream_table_columns(
+    client: &Client,
+    table: &OutboxTable,
+    keep_internal: bool,
+) -> Result<Vec<crate::message::envelope::Column>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, a.atttypid::regtype::text, a.attnotnull
+               FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+                AND a.attnum > 0 AND NOT a.attisdropped
+              ORDER BY a.attnum",
+            &[&table.stream_schema, &table.stream_table],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| crate::message::envelope::Column { name: r.get(0), pg_type: r.get(1), not_null: r.get(2) })
+        .filter(|c| keep_internal || !c.name.starts_with("__pgt_"))
+        .collect())
+}
+
 /// `current_database()` and the stream table's schema (`known` when pg_trickle's catalog names it).
 async fn stream_table_home(
     client: &Client,

@@ -28,6 +28,7 @@ use crate::catalog::offsets;
 use crate::catalog::pool::Work;
 use crate::config::{DeltaMode, Direction, ForwardSpec};
 use crate::error::report as report_error;
+use crate::message::envelope::{Column, Envelope, EnvelopeFacts, EnvelopeSpec};
 use crate::message::outbox_row_ref;
 use crate::message::RelayMessage;
 use crate::otel::RowSpan;
@@ -188,8 +189,8 @@ async fn start(ctx: &RelayState, spec: &ForwardSpec, link: &WorkerLink, st: &mut
         let prepared = prepare(ctx, spec, &work, link.lock.fence()).await;
         drop(work);
         let built = match prepared {
-            Ok((table, epoch)) => {
-                build_sink(ctx, spec, &table, &epoch).await.map(|sink| Started { table, sink, epoch })
+            Ok((table, epoch, columns)) => {
+                build_sink(ctx, spec, &table, &epoch, &columns).await.map(|sink| Started { table, sink, epoch })
             }
             Err(e) => Err(e),
         };
@@ -236,10 +237,28 @@ async fn prepare(
     spec: &ForwardSpec,
     client: &Client,
     fence: (i32, i64),
-) -> Result<(OutboxTable, Epoch), SetupError> {
+) -> Result<(OutboxTable, Epoch, Vec<Column>), SetupError> {
     let table = OutboxTable::resolve(client, &spec.outbox)
         .await
         .map_err(|e| SetupError::Retry { message: e.to_string(), transient: false })?;
+    let columns = if matches!(spec.envelope, EnvelopeSpec::Debezium { schemas: true, .. }) {
+        let columns =
+            crate::outbox::stream_table_columns(client, &table, spec.keep_internal_columns).await.map_err(|e| {
+                SetupError::Retry { message: format!("cannot read the stream table's columns: {e}"), transient: true }
+            })?;
+        if columns.is_empty() {
+            return Err(SetupError::Retry {
+                message: format!(
+                    "key 'debezium_schemas': no table {}.{} to describe; the Connect schema is built from the stream table's columns",
+                    table.stream_schema, table.stream_table
+                ),
+                transient: false,
+            });
+        }
+        columns
+    } else {
+        Vec::new()
+    };
     let epoch = match epoch::check(client, &ctx.group_id, &spec.name, &table, fence).await {
         Ok(epoch) => epoch,
         Err(epoch::CheckError::LockLost) => return Err(SetupError::LockLost),
@@ -257,7 +276,7 @@ async fn prepare(
         );
         ctx.metrics.outbox_recreated.with_label_values(&[&spec.name]).inc();
     }
-    Ok((table, epoch))
+    Ok((table, epoch, columns))
 }
 
 async fn build_sink(
@@ -265,11 +284,12 @@ async fn build_sink(
     spec: &ForwardSpec,
     table: &OutboxTable,
     epoch: &Epoch,
+    columns: &[Column],
 ) -> Result<Box<dyn Sink>, SetupError> {
     if !spec.conflicts.is_empty() {
         return Err(SetupError::Retry { message: spec.conflicts.join("; "), transient: false });
     }
-    let envelope = envelope_of(spec, table);
+    let envelope = envelope_of(spec, table, columns);
     let sink_ctx = SinkContext {
         envelope: &envelope,
         pipeline: &spec.name,
@@ -286,15 +306,16 @@ async fn build_sink(
 }
 
 /// The pipeline's envelope for its resolved outbox.
-pub(crate) fn envelope_of(spec: &ForwardSpec, table: &OutboxTable) -> crate::message::envelope::Envelope {
-    crate::message::envelope::Envelope::new(
+pub(crate) fn envelope_of(spec: &ForwardSpec, table: &OutboxTable, columns: &[Column]) -> Envelope {
+    Envelope::new(
         &spec.envelope,
-        &crate::message::envelope::EnvelopeFacts {
+        &EnvelopeFacts {
             database: &table.database,
             schema: &table.stream_schema,
             stream_table: &table.stream_table,
             outbox_table: &table.table,
             key_columns: &spec.key_columns,
+            columns,
         },
     )
 }

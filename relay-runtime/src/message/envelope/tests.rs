@@ -12,6 +12,7 @@ fn facts(keys: &[String]) -> EnvelopeFacts<'_> {
         stream_table: "orders",
         outbox_table: "outbox_orders",
         key_columns: keys,
+        columns: &[],
     }
 }
 
@@ -155,7 +156,7 @@ fn percent_encoding_is_the_http_bindings() {
 #[test]
 fn debezium_values_follow_debeziums_envelope() {
     let keys = keys();
-    let env = Envelope::new(&EnvelopeSpec::Debezium { name: None }, &facts(&keys));
+    let env = Envelope::new(&EnvelopeSpec::Debezium { name: None, schemas: false }, &facts(&keys));
     let value = |m: &RelayMessage| -> Value { serde_json::from_slice(&env.body(m)).unwrap() };
 
     let u = value(&msg(Op::Update, json!({"id": 2, "total": 50.0}), Some(json!({"id": 2, "total": 42.5}))));
@@ -197,7 +198,7 @@ fn debezium_values_follow_debeziums_envelope() {
     assert_eq!(env.record_key(&delete), Some(br#"{"id":4}"#.to_vec()));
     assert!(!env.tombstone_after(&msg(Op::Update, json!({"id": 4}), None)));
     // Without key columns: no key, so no tombstone (as Debezium for keyless tables).
-    let keyless = Envelope::new(&EnvelopeSpec::Debezium { name: Some("prod".into()) }, &facts(&[]));
+    let keyless = Envelope::new(&EnvelopeSpec::Debezium { name: Some("prod".into()), schemas: false }, &facts(&[]));
     assert_eq!((keyless.record_key(&delete), keyless.tombstone_after(&delete)), (None, false));
     assert_eq!(serde_json::from_slice::<Value>(&keyless.body(&delete)).unwrap()["source"]["name"], json!("prod"));
 }
@@ -205,11 +206,63 @@ fn debezium_values_follow_debeziums_envelope() {
 #[test]
 fn key_objects_keep_key_column_order_and_native_is_unchanged() {
     let keys = vec!["region".to_owned(), "id".to_owned()];
-    let env = Envelope::new(&EnvelopeSpec::Debezium { name: None }, &facts(&keys));
+    let env = Envelope::new(&EnvelopeSpec::Debezium { name: None, schemas: false }, &facts(&keys));
     let m = msg(Op::Insert, json!({"id": 7, "region": "eu"}), None);
     assert_eq!(env.record_key(&m), Some(br#"{"region":"eu","id":7}"#.to_vec()));
     let native = Envelope::native();
     assert_eq!(native.body(&m), m.to_json());
     assert_eq!(native.content_type(), "application/json");
     assert_eq!(native.record_key(&m), None);
+}
+
+#[test]
+fn connect_schemas_wrap_values_and_keys_and_rewrite_numeric_and_json() {
+    let col = |name: &str, pg_type: &str, not_null| Column { name: name.into(), pg_type: pg_type.into(), not_null };
+    let columns = vec![
+        col("id", "integer", true),
+        col("total", "numeric", false),
+        col("meta", "jsonb", false),
+        col("tags", "text[]", false),
+        col("ref", "uuid", false),
+    ];
+    let keys = keys();
+    let facts = EnvelopeFacts { columns: &columns, ..facts(&keys) };
+    let env = Envelope::new(&EnvelopeSpec::Debezium { name: Some("my-app".into()), schemas: true }, &facts);
+    let m = msg(
+        Op::Update,
+        json!({"id": 2, "total": 50.10, "meta": {"a": [1]}, "tags": ["x"], "ref": null}),
+        Some(json!({"id": 2, "total": 42, "meta": null, "tags": [], "ref": null})),
+    );
+    let v: Value = serde_json::from_slice(&env.body(&m)).unwrap();
+    let p = &v["payload"];
+    assert_eq!(p["op"], "u");
+    assert_eq!(p["after"], json!({"id": 2, "total": "50.1", "meta": "{\"a\":[1]}", "tags": ["x"], "ref": null}));
+    assert_eq!(p["before"], json!({"id": 2, "total": "42", "meta": null, "tags": [], "ref": null}));
+    let s = &v["schema"];
+    assert_eq!(
+        (&s["type"], &s["name"], &s["optional"]),
+        (&json!("struct"), &json!("my_app.public.orders.Envelope"), &json!(false))
+    );
+    let fields: Vec<&str> = s["fields"].as_array().unwrap().iter().map(|f| f["field"].as_str().unwrap()).collect();
+    assert_eq!(fields, ["before", "after", "source", "op", "ts_ms", "ts_us", "ts_ns", "transaction"]);
+    let after = &s["fields"][1];
+    assert_eq!(after["name"], "my_app.public.orders.Value");
+    assert_eq!(
+        after["fields"],
+        json!([{"type": "int32", "optional": false, "field": "id"},
+               {"type": "string", "optional": true, "field": "total"},
+               {"type": "string", "optional": true, "name": "io.debezium.data.Json", "field": "meta"},
+               {"type": "array", "items": {"type": "string", "optional": true}, "optional": true, "field": "tags"},
+               {"type": "string", "optional": true, "name": "io.debezium.data.Uuid", "field": "ref"}])
+    );
+    // Every source field the value carries is described.
+    let described: Vec<&str> =
+        s["fields"][2]["fields"].as_array().unwrap().iter().map(|f| f["field"].as_str().unwrap()).collect();
+    let written: Vec<&str> = p["source"].as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(described, written);
+    // The key: the key columns' schema and values.
+    let key: Value = serde_json::from_slice(&env.record_key(&m).unwrap()).unwrap();
+    assert_eq!(key["payload"], json!({"id": 2}));
+    assert_eq!(key["schema"]["name"], "my_app.public.orders.Key");
+    assert_eq!(key["schema"]["fields"], json!([{"type": "int32", "optional": false, "field": "id"}]));
 }
