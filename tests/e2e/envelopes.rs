@@ -658,6 +658,33 @@ async fn cloudevents_posted_to_the_webhook_receiver_land_in_the_inbox_once() {
         let answer: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
         assert_eq!((&answer["stored"], &answer["duplicates"]), (&json!(1 - attempt), &json!(attempt)), "{answer}");
     }
+    // A CloudEvents batch (JSON batch format): one event per element.
+    let batch = json!([
+        {"specversion": "1.0", "id": "evt-batch-1", "source": "/shop/orders", "type": "com.shop.order.paid", "data": {"order": 9}},
+        {"specversion": "1.0", "id": "evt-batch-2", "source": "/shop/orders", "type": "com.shop.order.paid", "data": {"order": 10}}
+    ]);
+    let r = http
+        .post(&url)
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(batch.to_string())
+        .send()
+        .await
+        .unwrap();
+    let answer: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(answer["stored"], 2, "{answer}");
+    let batch_rows: Vec<(String, Value)> = c
+        .query("SELECT event_id, payload FROM public.ce_in WHERE event_id LIKE 'evt-batch-%' ORDER BY 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        batch_rows,
+        [("evt-batch-1".to_owned(), json!({"order": 9})), ("evt-batch-2".to_owned(), json!({"order": 10}))]
+    );
+    c.execute("DELETE FROM public.ce_in WHERE event_id LIKE 'evt-batch-%'", &[]).await.unwrap();
+
     let rows = inbox_rows(&c, "public.ce_in").await;
     assert_eq!(rows.len(), 2, "each event once: {rows:?}");
     let (id, ty, source, aggregate, payload, trace) = &rows[0];
