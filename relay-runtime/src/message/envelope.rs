@@ -12,8 +12,8 @@
 //!   that are not strings in the spec's type system travel as strings (`pgtoutboxid`: the
 //!   spec's Integer is 32-bit; `pgtbefore`: there is no object type).
 
-use std::fmt::Write as _;
-
+mod cloudevents;
+mod debezium;
 mod schema;
 
 use super::{value_text, write_json_str, Op, RelayMessage, Template, TemplateVars};
@@ -144,23 +144,6 @@ impl Rendered {
 }
 
 #[derive(Debug, Clone)]
-struct CloudEvents {
-    binary: bool,
-    source: Rendered,
-    event_type: Rendered,
-}
-
-#[derive(Debug, Clone)]
-struct Debezium {
-    /// `{"version":…,"connector":…,"name":…,` — the part of `source` before the timestamps.
-    source_head: String,
-    /// `,"db":…,"sequence":null,"schema":…,"table":…` — after `snapshot`.
-    source_table: String,
-    /// `debezium_schemas`.
-    connect: Option<schema::ConnectSchema>,
-}
-
-#[derive(Debug, Clone)]
 enum Kind {
     Native,
     CloudEvents(CloudEvents),
@@ -182,25 +165,9 @@ impl Default for Envelope {
     }
 }
 
-/// The default CloudEvents `source`: `/pgtrickle/<database>/<stream table>`, each segment
-/// percent-encoded (a URI-reference).
-pub fn default_source(database: &str, stream_table: &str) -> String {
-    let mut s = String::from("/pgtrickle/");
-    uri_segment(&mut s, database);
-    s.push('/');
-    uri_segment(&mut s, stream_table);
-    s
-}
-
-fn uri_segment(out: &mut String, s: &str) {
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-}
+use cloudevents::CloudEvents;
+pub use cloudevents::{default_source, percent_encode};
+use debezium::Debezium;
 
 impl Envelope {
     pub fn native() -> Self {
@@ -267,12 +234,6 @@ impl Envelope {
         }
     }
 
-    /// Whether the message is relayed at all: Debezium has no event for a summary row (it
-    /// carries counts, no row change).
-    pub fn relays(&self, m: &RelayMessage) -> bool {
-        !(self.is_debezium() && m.op == Op::Summary)
-    }
-
     /// Whether a Kafka tombstone (same key, no value) follows this message: after each Debezium
     /// delete of a keyed row, so that log compaction can drop the key.
     pub fn tombstone_after(&self, m: &RelayMessage) -> bool {
@@ -296,54 +257,6 @@ impl Envelope {
         out
     }
 
-    /// Calls `f(name, value)` for each CloudEvents attribute that travels as a header in binary
-    /// mode (nothing in any other mode). Names carry the binding's prefix; values are
-    /// percent-encoded where the binding asks for it.
-    pub fn attributes(&self, m: &RelayMessage, binding: Binding, mut f: impl FnMut(&str, &str)) {
-        let Kind::CloudEvents(ce @ CloudEvents { binary: true, .. }) = &self.kind else { return };
-        let mut name = String::with_capacity(32);
-        let mut encoded = String::new();
-        let mut emit = |attr: &str, value: &str| {
-            name.clear();
-            name.push_str(binding.prefix());
-            name.push_str(attr);
-            if binding.percent_encoded() && needs_percent_encoding(value) {
-                encoded.clear();
-                percent_encode(&mut encoded, value);
-                f(&name, &encoded);
-            } else {
-                f(&name, value);
-            }
-        };
-        emit("specversion", "1.0");
-        emit("id", &m.dedup_key);
-        emit("source", &ce.source.get(m, &self.stream_table, &self.outbox_table));
-        emit("type", &ce.event_type.get(m, &self.stream_table, &self.outbox_table));
-        if let Some(subject) = self.subject(m) {
-            emit("subject", &subject);
-        }
-        if let Some(us) = m.stamp.time_us {
-            emit("time", &rfc3339(us));
-        }
-        if binding == Binding::Nats {
-            emit("datacontenttype", JSON);
-        }
-        emit("pgtop", m.op.as_str());
-        if let Some(id) = m.outbox_id {
-            emit("pgtoutboxid", itoa::Buffer::new().format(id));
-        }
-        if let Some(r) = &m.refresh_id {
-            emit("pgtrefreshid", r);
-        }
-        if m.is_full_refresh {
-            emit("pgtfullrefresh", "true");
-        }
-        if let Some(before) = &m.before {
-            emit("pgtbefore", before.json());
-        }
-        emit("traceparent", &m.traceparent);
-    }
-
     /// The CloudEvents `subject`: the row's `key_columns` values (one column: its value as text;
     /// several: `col/value/col/value`). None without key columns.
     pub fn subject(&self, m: &RelayMessage) -> Option<String> {
@@ -365,151 +278,10 @@ impl Envelope {
             }
         }
     }
-
-    /// The Debezium record key: the `key_columns` as a JSON object in their order (`{"id":2}`).
-    /// None for other envelopes or without key columns.
-    pub fn record_key(&self, m: &RelayMessage) -> Option<Vec<u8>> {
-        let Kind::Debezium(d) = &self.kind else { return None };
-        if self.key_columns.is_empty() {
-            return None;
-        }
-        let mut out = Vec::with_capacity(16 * self.key_columns.len());
-        out.push(b'{');
-        for (i, (c, v)) in self.key_columns.iter().zip(m.payload.fields(&self.key_columns)).enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            write_json_str(&mut out, c);
-            out.push(b':');
-            // Writing a value into a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut out, &v.unwrap_or(serde_json::Value::Null));
-        }
-        out.push(b'}');
-        if let Some(connect) = &d.connect {
-            let mut wrapped = Vec::with_capacity(connect.key_head().len() + out.len() + 1);
-            wrapped.extend_from_slice(connect.key_head().as_bytes());
-            // Only JSON text was written.
-            connect.write_row(std::str::from_utf8(&out).unwrap_or("null"), &mut wrapped);
-            wrapped.push(b'}');
-            return Some(wrapped);
-        }
-        Some(out)
-    }
-
-    fn write_event(&self, ce: &CloudEvents, m: &RelayMessage, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":");
-        write_json_str(out, &m.dedup_key);
-        out.extend_from_slice(b",\"source\":");
-        write_json_str(out, &ce.source.get(m, &self.stream_table, &self.outbox_table));
-        out.extend_from_slice(b",\"type\":");
-        write_json_str(out, &ce.event_type.get(m, &self.stream_table, &self.outbox_table));
-        if let Some(subject) = self.subject(m) {
-            out.extend_from_slice(b",\"subject\":");
-            write_json_str(out, &subject);
-        }
-        if let Some(us) = m.stamp.time_us {
-            out.extend_from_slice(b",\"time\":\"");
-            out.extend_from_slice(rfc3339(us).as_bytes());
-            out.push(b'"');
-        }
-        out.extend_from_slice(b",\"datacontenttype\":\"application/json\",\"pgtop\":\"");
-        out.extend_from_slice(m.op.as_str().as_bytes());
-        out.push(b'"');
-        if let Some(id) = m.outbox_id {
-            out.extend_from_slice(b",\"pgtoutboxid\":\"");
-            out.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
-            out.push(b'"');
-        }
-        if let Some(r) = &m.refresh_id {
-            out.extend_from_slice(b",\"pgtrefreshid\":");
-            write_json_str(out, r);
-        }
-        if m.is_full_refresh {
-            out.extend_from_slice(b",\"pgtfullrefresh\":true");
-        }
-        if let Some(before) = &m.before {
-            out.extend_from_slice(b",\"pgtbefore\":");
-            write_json_str(out, before.json());
-        }
-        out.extend_from_slice(b",\"traceparent\":");
-        write_json_str(out, &m.traceparent);
-        out.extend_from_slice(b",\"data\":");
-        out.extend_from_slice(m.payload.json().as_bytes());
-        out.push(b'}');
-    }
-
-    fn write_debezium(&self, d: &Debezium, m: &RelayMessage, out: &mut Vec<u8>) {
-        let (op, before, after) = match m.op {
-            Op::Insert if m.is_full_refresh => ("r", None, Some(&m.payload)),
-            Op::Insert | Op::Summary => ("c", None, Some(&m.payload)),
-            Op::Update => ("u", m.before.as_ref(), Some(&m.payload)),
-            Op::Delete => ("d", Some(&m.payload), None),
-        };
-        let now_us = now_us();
-        let row = |p: Option<&crate::message::Payload>, out: &mut Vec<u8>| match (p, &d.connect) {
-            (None, _) => out.extend_from_slice(b"null"),
-            (Some(p), None) => out.extend_from_slice(p.json().as_bytes()),
-            (Some(p), Some(connect)) => connect.write_row(p.json(), out),
-        };
-        if let Some(connect) = &d.connect {
-            out.extend_from_slice(connect.value_head().as_bytes());
-        }
-        out.extend_from_slice(b"{\"before\":");
-        row(before, out);
-        out.extend_from_slice(b",\"after\":");
-        row(after, out);
-        out.extend_from_slice(b",\"source\":");
-        out.extend_from_slice(d.source_head.as_bytes());
-        write_ts(out, m.stamp.time_us.unwrap_or(now_us));
-        out.extend_from_slice(if op == "r" { b",\"snapshot\":\"true\"" } else { b",\"snapshot\":\"false\"" });
-        out.extend_from_slice(d.source_table.as_bytes());
-        out.extend_from_slice(b",\"txId\":");
-        match m.stamp.txid {
-            Some(x) => out.extend_from_slice(itoa::Buffer::new().format(x).as_bytes()),
-            None => out.extend_from_slice(b"null"),
-        }
-        out.extend_from_slice(b",\"lsn\":null,\"xmin\":null,\"pgt_outbox_id\":");
-        match m.outbox_id {
-            Some(id) => out.extend_from_slice(itoa::Buffer::new().format(id).as_bytes()),
-            None => out.extend_from_slice(b"null"),
-        }
-        out.extend_from_slice(b",\"pgt_refresh_id\":");
-        match &m.refresh_id {
-            Some(r) => write_json_str(out, r),
-            None => out.extend_from_slice(b"null"),
-        }
-        out.extend_from_slice(b",\"pgt_dedup_key\":");
-        write_json_str(out, &m.dedup_key);
-        out.extend_from_slice(b",\"pgt_traceparent\":");
-        write_json_str(out, &m.traceparent);
-        out.extend_from_slice(b"},\"op\":\"");
-        out.extend_from_slice(op.as_bytes());
-        out.extend_from_slice(b"\",");
-        write_ts(out, now_us);
-        out.extend_from_slice(b",\"transaction\":null}");
-        if d.connect.is_some() {
-            out.push(b'}');
-        }
-    }
 }
 
 /// The default CloudEvents `type`.
 pub const DEFAULT_TYPE: &str = "io.pgtrickle.{stream_table}.{op}";
-
-/// `"ts_ms":…,"ts_us":…,"ts_ns":…` of a time in microseconds since the epoch.
-fn write_ts(out: &mut Vec<u8>, us: i64) {
-    let mut b = itoa::Buffer::new();
-    out.extend_from_slice(b"\"ts_ms\":");
-    out.extend_from_slice(b.format(us.div_euclid(1000)).as_bytes());
-    out.extend_from_slice(b",\"ts_us\":");
-    out.extend_from_slice(b.format(us).as_bytes());
-    out.extend_from_slice(b",\"ts_ns\":");
-    out.extend_from_slice(b.format(i128::from(us) * 1000).as_bytes());
-}
-
-fn now_us() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
-}
 
 /// RFC 3339 in UTC with microseconds (`2026-05-04T10:15:30.123456Z`).
 pub fn rfc3339(us: i64) -> String {
@@ -523,24 +295,6 @@ fn json_str(out: &mut String, s: &str) {
     let mut v = Vec::with_capacity(s.len() + 2);
     write_json_str(&mut v, s);
     out.push_str(std::str::from_utf8(&v).unwrap_or("\"\""));
-}
-
-/// Whether a header value must be percent-encoded (HTTP binding §3.1.3: space, `"`, `%` and
-/// anything outside printable ASCII).
-fn needs_percent_encoding(s: &str) -> bool {
-    s.bytes().any(|b| !(0x21..=0x7e).contains(&b) || b == b'"' || b == b'%')
-}
-
-/// Percent-encodes a header value: UTF-8 bytes of space, `"`, `%` and anything outside
-/// U+0021–U+007E.
-pub fn percent_encode(out: &mut String, s: &str) {
-    for b in s.bytes() {
-        if (0x21..=0x7e).contains(&b) && b != b'"' && b != b'%' {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
 }
 
 #[cfg(test)]

@@ -57,14 +57,14 @@ fn structured_event_is_a_valid_cloudevent_with_every_attribute() {
     );
     assert_eq!(env.content_type(), "application/cloudevents+json; charset=utf-8");
     // The CloudEvents SDK reads it as an event: attributes, extensions and JSON data.
-    let event: cloudevents::Event = serde_json::from_slice(&body).unwrap();
-    use cloudevents::AttributesReader;
+    let event: ::cloudevents::Event = serde_json::from_slice(&body).unwrap();
+    use ::cloudevents::AttributesReader;
     assert_eq!(event.id(), "outbox_orders:5f0c:0");
     assert_eq!(event.ty(), "io.pgtrickle.orders.update");
     assert_eq!(event.subject(), Some("2"));
     assert_eq!(event.time().map(|t| t.timestamp_micros()), Some(1_777_889_730_123_456));
     assert_eq!(event.extension("pgtoutboxid").map(|e| e.to_string()), Some("42".into()));
-    assert_eq!(event.data(), Some(&cloudevents::Data::Json(json!({"id": 2, "total": 50.0}))));
+    assert_eq!(event.data(), Some(&::cloudevents::Data::Json(json!({"id": 2, "total": 50.0}))));
     // Extension names follow the spec's naming rule.
     for (name, _) in v.as_object().unwrap() {
         let valid = name.len() <= 20 && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
@@ -150,7 +150,7 @@ fn percent_encoding_is_the_http_bindings() {
     s.clear();
     percent_encode(&mut s, "100% \"sure\"");
     assert_eq!(s, "100%25%20%22sure%22");
-    assert!(!needs_percent_encoding("outbox_orders:5f0c:0"));
+    assert!(!cloudevents::needs_percent_encoding("outbox_orders:5f0c:0"));
 }
 
 #[test]

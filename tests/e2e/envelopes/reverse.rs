@@ -1,0 +1,226 @@
+//! CloudEvents and Debezium events from sources, unwrapped into the inbox exactly once.
+
+use super::*;
+
+/// A request as the CloudEvents SDK's HTTP binding writes it (binary mode): headers and body.
+#[derive(Default)]
+struct HttpRequest(Vec<(String, String)>);
+
+impl cloudevents::binding::http::Builder<(Vec<(String, String)>, Vec<u8>)> for HttpRequest {
+    fn header(&mut self, key: &str, value: ::http::HeaderValue) {
+        self.0.push((key.to_owned(), value.to_str().unwrap().to_owned()));
+    }
+
+    fn body(&mut self, bytes: Vec<u8>) -> cloudevents::message::Result<(Vec<(String, String)>, Vec<u8>)> {
+        Ok((std::mem::take(&mut self.0), bytes))
+    }
+
+    fn finish(&mut self) -> cloudevents::message::Result<(Vec<(String, String)>, Vec<u8>)> {
+        self.body(Vec::new())
+    }
+}
+
+async fn inbox_rows(c: &Client, table: &str) -> Vec<(String, String, String, Option<String>, Value, Option<String>)> {
+    c.query(
+        &format!("SELECT event_id, event_type, source, aggregate_id, payload, trace_id FROM {table} ORDER BY received_at, event_id"),
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudevents_posted_to_the_webhook_receiver_land_in_the_inbox_once() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    assert!(run_cli(&db.url, &["migrate"]).0.success());
+    create_inbox_table(&c, "public.ce_in").await;
+    let port = free_port();
+    let config = json!({"source_type": "webhook", "webhook_bind": format!("127.0.0.1:{port}"),
+                        "webhook_path": "/events", "inbox_table": "ce_in", "schema": "public"});
+    c.execute("SELECT pgtrickle.set_relay_inbox('ce-in', config => $1::jsonb)", &[&config]).await.unwrap();
+    let _relay = Relay::start(&db.url, "default", &[]);
+    let url = format!("http://127.0.0.1:{port}/events");
+    eventually(Duration::from_secs(10), "the receiver listens", || async {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+    })
+    .await;
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    // Built and sent by the CloudEvents SDK's own HTTP binding (binary mode): `ce-` headers.
+    let binary = cloudevents::EventBuilderV10::new()
+        .id("evt-binary-1")
+        .source("/shop/orders")
+        .ty("com.shop.order.paid")
+        .subject("ORD 7")
+        .extension("traceparent", tp)
+        .data("application/json", json!({"order": 7, "lines": [1, 2]}))
+        .build()
+        .unwrap();
+    let structured = cloudevents::EventBuilderV10::new()
+        .id("evt-structured-1")
+        .source("/shop/orders")
+        .ty("com.shop.order.shipped")
+        .subject("ORD-8")
+        .data("application/json", json!({"order": 8}))
+        .build()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let (headers, body) = BinaryDeserializer::deserialize_binary(
+        binary,
+        cloudevents::binding::http::Serializer::new(HttpRequest::default()),
+    )
+    .unwrap();
+    for attempt in 0..2 {
+        let mut post = http.post(&url).body(body.clone());
+        for (k, v) in &headers {
+            post = post.header(k.as_str(), v.as_str());
+        }
+        let r = post.send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let answer: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        assert_eq!((&answer["stored"], &answer["duplicates"]), (&json!(1 - attempt), &json!(attempt)), "{answer}");
+        let r = http
+            .post(&url)
+            .header("content-type", "application/cloudevents+json")
+            .body(serde_json::to_vec(&structured).unwrap())
+            .send()
+            .await
+            .unwrap();
+        let answer: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        assert_eq!((&answer["stored"], &answer["duplicates"]), (&json!(1 - attempt), &json!(attempt)), "{answer}");
+    }
+    // A CloudEvents batch (JSON batch format): one event per element.
+    let batch = json!([
+        {"specversion": "1.0", "id": "evt-batch-1", "source": "/shop/orders", "type": "com.shop.order.paid", "data": {"order": 9}},
+        {"specversion": "1.0", "id": "evt-batch-2", "source": "/shop/orders", "type": "com.shop.order.paid", "data": {"order": 10}}
+    ]);
+    let r = http
+        .post(&url)
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(batch.to_string())
+        .send()
+        .await
+        .unwrap();
+    let answer: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(answer["stored"], 2, "{answer}");
+    let batch_rows: Vec<(String, Value)> = c
+        .query("SELECT event_id, payload FROM public.ce_in WHERE event_id LIKE 'evt-batch-%' ORDER BY 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        batch_rows,
+        [("evt-batch-1".to_owned(), json!({"order": 9})), ("evt-batch-2".to_owned(), json!({"order": 10}))]
+    );
+    c.execute("DELETE FROM public.ce_in WHERE event_id LIKE 'evt-batch-%'", &[]).await.unwrap();
+
+    let rows = inbox_rows(&c, "public.ce_in").await;
+    assert_eq!(rows.len(), 2, "each event once: {rows:?}");
+    let (id, ty, source, aggregate, payload, trace) = &rows[0];
+    assert_eq!((id.as_str(), ty.as_str(), source.as_str()), ("evt-binary-1", "com.shop.order.paid", "/shop/orders"));
+    assert_eq!(aggregate.as_deref(), Some("ORD 7"), "percent-decoded subject");
+    assert_eq!(payload, &json!({"order": 7, "lines": [1, 2]}), "the data, an array inside kept whole");
+    assert_eq!(trace.as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+    let (id, ty, _, aggregate, payload, _) = &rows[1];
+    assert_eq!(
+        (id.as_str(), ty.as_str(), aggregate.as_deref()),
+        ("evt-structured-1", "com.shop.order.shipped", Some("ORD-8"))
+    );
+    assert_eq!(payload, &json!({"order": 8}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debezium_events_from_kafka_land_in_the_inbox_once_and_tombstones_are_skipped() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let kafka = KafkaBroker::start();
+    kafka.create_topic("changes", 1).await;
+    // The relay's own Debezium events (forward pipeline, with tombstones) …
+    let (db, c, outbox) = db_with_outbox("orders").await;
+    pipeline(
+        &c,
+        "dbz-out",
+        json!({"stream_table": "orders", "sink_type": "kafka", "kafka_brokers": kafka.brokers(), "kafka_topic": "changes",
+               "envelope": "debezium", "key_columns": ["id"]}),
+    )
+    .await;
+    // … and one written by Debezium with Kafka Connect's schemas, keyed by a composite key.
+    let producer: FutureProducer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", kafka.brokers()).create().unwrap();
+    let foreign = json!({"schema": {"type": "struct", "name": "shop.public.items.Envelope"},
+                         "payload": {"before": null, "after": {"sku": "A-1", "qty": 3}, "op": "c", "ts_ms": 1,
+                                     "source": {"connector": "postgresql", "db": "shop", "table": "items"}}});
+    let key = json!({"schema": {"type": "struct"}, "payload": {"sku": "A-1", "wh": 2}}).to_string();
+    producer
+        .send(FutureRecord::to("changes").key(&key).payload(&foreign.to_string()), Duration::from_secs(10))
+        .await
+        .unwrap();
+    create_inbox_table(&c, "public.changes_in").await;
+    let reverse = json!({"source_type": "kafka", "kafka_brokers": kafka.brokers(), "kafka_topic": "changes",
+                         "kafka_group_id": "changes-in", "kafka_session_timeout_ms": 6000,
+                         "inbox_table": "changes_in", "schema": "public", "envelope": "debezium"});
+    c.execute("SELECT pgtrickle.set_relay_inbox('changes-in', config => $1::jsonb)", &[&reverse]).await.unwrap();
+    let relay = Relay::start(&db.url, "default", &[]);
+    let last = three_refreshes(&c, &outbox).await;
+    all_committed(&c, &["dbz-out"], last).await;
+    let count = || async { c.query_one("SELECT count(*) FROM public.changes_in", &[]).await.unwrap().get::<_, i64>(0) };
+    eventually(Duration::from_secs(60), "six change events in the inbox", || async {
+        (count().await == 6).then_some(())
+    })
+    .await;
+    // Every record (tombstone included) was consumed before the next check.
+    eventually(Duration::from_secs(30), "every record consumed", || async {
+        let m = relay.get("/metrics").1;
+        m.lines()
+            .any(|l| {
+                l.starts_with(r#"pgtrickle_relay_messages_consumed_total{direction="reverse",pipeline="changes-in"} 7"#)
+            })
+            .then_some(())
+    })
+    .await;
+    let rows = inbox_rows(&c, "public.changes_in").await;
+    let by_type: Vec<(&str, Option<&str>, &Value)> =
+        rows.iter().map(|(_, t, _, a, p, _)| (t.as_str(), a.as_deref(), p)).collect();
+    for want in [
+        ("c", Some(r#"{"sku":"A-1","wh":2}"#), json!({"sku": "A-1", "qty": 3})),
+        ("r", Some("1"), json!({"id": 1, "total": 10})),
+        ("u", Some("2"), json!({"id": 2, "total": 25})),
+        ("d", Some("3"), json!({"id": 3, "total": 30})),
+    ] {
+        assert!(by_type.iter().any(|(t, a, p)| (*t, *a, *p) == (want.0, want.1, &want.2)), "{want:?} in {by_type:?}");
+    }
+    // The relay's events keep their dedup keys as event ids; nothing was dead-lettered.
+    let own: Vec<&String> = rows.iter().map(|r| &r.0).filter(|id| id.starts_with("outbox_orders:")).collect();
+    assert_eq!(own.len(), 5, "{rows:?}");
+    let dead: i64 = c
+        .query_one("SELECT count(*) FROM pgtrickle.relay_dead_letters WHERE pipeline = 'changes-in'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dead, 0, "the tombstone is skipped, not dead-lettered");
+
+    // Consumed again from the start (a new group): still six rows.
+    drop(relay);
+    let again = json!({"kafka_group_id": "changes-in-again"});
+    c.execute(
+        "UPDATE pgtrickle.relay_inbox_config SET config = config || $1::jsonb WHERE name = 'changes-in'",
+        &[&again],
+    )
+    .await
+    .unwrap();
+    let relay = Relay::start(&db.url, "default", &[]);
+    eventually(Duration::from_secs(60), "the topic consumed again", || async {
+        let m = relay.get("/metrics").1;
+        m.lines()
+            .any(|l| {
+                l.starts_with(r#"pgtrickle_relay_messages_consumed_total{direction="reverse",pipeline="changes-in"} 7"#)
+            })
+            .then_some(())
+    })
+    .await;
+    assert_eq!(count().await, 6, "redelivered events are duplicates");
+}
