@@ -4,7 +4,10 @@
 //!
 //! Rows: `outbox_to_nats` (ceiling: async-nats JetStream publish with the relay's ack window),
 //! `nats_one_ack_at_a_time` (the naive design, as a baseline), `outbox_to_nats_latency` (outbox
-//! commit → JetStream ack at half the measured rate), `outbox_to_pg_inbox` (ceiling: batched
+//! commit → JetStream ack at half the measured rate), `outbox_to_nats_envelopes` (NATS per
+//! `envelope`: native, CloudEvents structured and binary, Debezium, each with its message size;
+//! ceiling per envelope: async-nats publishing the body and headers the relay stored, same
+//! window; target: each envelope ≥ 0.90 of native), `outbox_to_pg_inbox` (ceiling: batched
 //! `INSERT … ON CONFLICT` of the same rows), `outbox_to_webhook` (ceiling: the same request
 //! bodies sent with reqwest to the same keep-alive server), `snapshot_diff` (diff mode on a
 //! 100,000-row snapshot with 1 % changed rows, beside reading the snapshot alone),
@@ -210,6 +213,125 @@ async fn bench_nats(rows: i64, repeats: usize) {
                 "note": "baseline: the publish-and-await-each-ack design this relay avoids"}));
 
     bench_nats_latency(&nats, relay_rate / 2.0).await;
+}
+
+/// The envelopes compared by `outbox_to_nats_envelopes`: row field name and pipeline keys.
+const NATS_ENVELOPES: [(&str, &str); 4] = [
+    ("native", r#"{"envelope": "native"}"#),
+    ("cloudevents_structured", r#"{"envelope": "cloudevents", "cloudevents_mode": "structured"}"#),
+    ("cloudevents_binary", r#"{"envelope": "cloudevents", "cloudevents_mode": "binary"}"#),
+    ("debezium", r#"{"envelope": "debezium"}"#),
+];
+
+/// Bytes of a header block on the wire (`NATS/1.0\r\n`, `Name: value\r\n` each, `\r\n`).
+fn nats_header_bytes(h: &async_nats::HeaderMap) -> usize {
+    let fields: usize = h
+        .iter()
+        .map(|(k, vs)| vs.iter().map(|v| AsRef::<[u8]>::as_ref(k).len() + 2 + v.as_str().len() + 2).sum::<usize>())
+        .sum();
+    10 + fields + 2
+}
+
+/// NATS throughput per envelope (`native`, CloudEvents structured and binary, Debezium), each
+/// beside async-nats publishing the same bodies and headers the relay stored: the ceiling of
+/// what the client and JetStream take at that message size and header count, so that a slower envelope shows whether the relay
+/// or the bytes cost the difference.
+async fn bench_nats_envelopes(rows: i64, repeats: usize) {
+    let nats = NatsServer::start();
+    let (db, c, outbox) = db_with_outbox("bench").await;
+    let last = fill_outbox(&c, &outbox, rows).await;
+    let js = nats.jetstream().await;
+    let n = NATS_ENVELOPES.len();
+    let (mut relay_rates, mut ceiling_rates) = (vec![Vec::new(); n], vec![Vec::new(); n]);
+    let mut sizes = vec![(0usize, 0usize); n];
+    // Rounds of every envelope, each round starting one envelope later, so that drift (page
+    // cache, broker storage, other load) touches all of them alike; each run on a fresh stream.
+    for r in 0..repeats {
+        for k in 0..n {
+            let v = (r + k) % n;
+            let (stream, pipeline) = (format!("env{v}r{r}"), format!("env{v}r{r}"));
+            nats.create_stream(&stream, &[&format!("{stream}.>")]).await;
+            let mut config = json!({"stream_table": "bench", "sink_type": "nats", "nats_url": nats.url(),
+                                    "subject_template": format!("{stream}.{{op}}"), "delta_mode": "snapshot",
+                                    // The rows' key (fill_outbox): the CloudEvents subject and Debezium
+                                    // key are built from it; every variant pays for the key lookup.
+                                    "key_columns": ["order_id"]});
+            let keys: Value = serde_json::from_str(NATS_ENVELOPES[v].1).unwrap();
+            for (key, val) in keys.as_object().unwrap() {
+                config[key] = val.clone();
+            }
+            c.execute("SELECT pgtrickle.set_relay_outbox($1, config => $2::jsonb)", &[&pipeline, &config])
+                .await
+                .unwrap();
+            let t0 = Instant::now();
+            let mut relay = Relay::start(&db.url, "bench", &["--log-level", "warn"]);
+            wait_committed(&c, "bench", &pipeline, last, &relay).await;
+            let took = t0.elapsed();
+            relay.terminate();
+            c.execute("SELECT pgtrickle.delete_relay($1)", &[&pipeline]).await.unwrap();
+            let s = js.get_stream(&stream).await.unwrap();
+            assert_eq!(s.get_info().await.unwrap().state.messages, rows as u64, "every message stored once");
+            let sample = s.get_raw_message(1).await.unwrap();
+            js.delete_stream(&stream).await.unwrap();
+            relay_rates[v].push(rate(rows as u64, took));
+            let headers = sample.headers.clone();
+            sizes[v] = (sample.payload.len(), nats_header_bytes(&headers));
+
+            // The same messages (the stored body and headers, a unique message id each, as the
+            // relay's dedup keys are) published straight with async-nats, the relay's window.
+            let ceil = format!("cei{v}r{r}");
+            nats.create_stream(&ceil, &[&format!("{ceil}.>")]).await;
+            let subject = sample.subject.replacen(&stream, &ceil, 1);
+            let binary = headers.get("ce-id").is_some();
+            let t0 = Instant::now();
+            let mut acks = FuturesOrdered::new();
+            for i in 0..rows {
+                let mut h = headers.clone();
+                let id = ceiling_key(i / PER_OUTBOX_ROW, i % PER_OUTBOX_ROW);
+                if binary {
+                    h.insert("ce-id", id.as_str());
+                }
+                h.insert(async_nats::header::NATS_MESSAGE_ID, id);
+                acks.push_back(
+                    js.publish_with_headers(subject.clone(), h, sample.payload.clone()).await.unwrap().into_future(),
+                );
+                while acks.len() >= NATS_WINDOW {
+                    acks.next().await.unwrap().unwrap();
+                }
+            }
+            while let Some(a) = acks.next().await {
+                a.unwrap();
+            }
+            ceiling_rates[v].push(rate(rows as u64, t0.elapsed()));
+            let stored = js.get_stream(&ceil).await.unwrap().get_info().await.unwrap().state.messages;
+            assert_eq!(stored, rows as u64, "the ceiling run stored every message once");
+            js.delete_stream(&ceil).await.unwrap();
+        }
+    }
+    let ratio = |a: f64, b: f64| (a / b * 1000.0).round() / 1000.0;
+    let native = (median(relay_rates[0].clone()), median(ceiling_rates[0].clone()));
+    let mut row = json!({
+        "bench": "outbox_to_nats_envelopes", "delta_rows": rows, "runs": repeats, "key_columns": ["order_id"],
+        "ceiling": format!("async-nats JetStream publish, window {NATS_WINDOW}, the body and headers the relay stored (one message id each), per envelope"),
+    });
+    for (v, (name, _)) in NATS_ENVELOPES.iter().enumerate() {
+        let (relay_rate, ceiling) = (median(relay_rates[v].clone()), median(ceiling_rates[v].clone()));
+        let (body, headers) = sizes[v];
+        let mut entry = json!({
+            "relay_msgs_per_sec": relay_rate, "relay_runs": relay_rates[v],
+            "body_bytes": body, "header_bytes": headers, "message_bytes": body + headers,
+            "same_body_ceiling_msgs_per_sec": ceiling, "same_body_ceiling_runs": ceiling_rates[v],
+            "ratio_to_same_body_ceiling": ratio(relay_rate, ceiling),
+        });
+        if v > 0 {
+            entry["ratio_to_native"] = json!(ratio(relay_rate, native.0));
+            entry["ceiling_ratio_to_native"] = json!(ratio(ceiling, native.1));
+        }
+        row[*name] = entry;
+    }
+    row["target"] = json!("each envelope ≥ 0.90 of native");
+    row["measured"] = json!("relay: start to the last committed offset, delta_mode snapshot, medians of rounds that rotate the envelope order; message_bytes: body + NATS header block of the first stored message; ceiling_ratio_to_native: what the messages alone (bytes, header count) cost async-nats and JetStream");
+    emit(row);
 }
 
 /// Outbox commit → JetStream ack latency with the relay running and a writer at `msgs_per_sec`.
@@ -1366,6 +1488,9 @@ async fn main() {
     let repeats: usize = std::env::var("BENCH_REPEATS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     if wants("nats") {
         bench_nats(rows, repeats).await;
+    }
+    if wants("nats-envelopes") {
+        bench_nats_envelopes(rows, repeats).await;
     }
     if wants("inbox") {
         bench_inbox(rows).await;
