@@ -180,6 +180,8 @@ async fn bench_nats(rows: i64, repeats: usize) {
             h.insert("Pgtrickle-Full-Refresh", "true");
             h.insert("Pgtrickle-Outbox-Id", i.to_string().as_str());
             h.insert("Content-Type", "application/json");
+            // The relay sends each message's trace context too.
+            h.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
             acks.push_back(js.publish_with_headers(subject.clone(), h, body.clone()).await.unwrap().into_future());
             while acks.len() >= NATS_WINDOW {
                 acks.next().await.unwrap().unwrap();
