@@ -106,14 +106,6 @@ pub enum Binding {
 }
 
 impl Binding {
-    fn prefix(self) -> &'static str {
-        match self {
-            Binding::Http | Binding::Nats => "ce-",
-            Binding::Kafka => "ce_",
-            Binding::Amqp => "cloudEvents:",
-        }
-    }
-
     fn percent_encoded(self) -> bool {
         matches!(self, Binding::Http | Binding::Nats)
     }

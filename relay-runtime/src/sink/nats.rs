@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use async_nats::header::HeaderMap;
+use async_nats::header::{HeaderMap, HeaderName};
 use async_nats::jetstream::context::{CreateStreamErrorKind, GetStreamErrorKind, PublishErrorKind};
 use async_nats::jetstream::{self, stream};
 use futures::future::BoxFuture;
@@ -108,18 +108,24 @@ fn classify(e: &async_nats::jetstream::context::PublishError, subject: &str) -> 
 
 impl NatsSink {
     fn headers(&self, m: &RelayMessage) -> HeaderMap {
+        // Static names: a name given as `&str` is copied into every message's map.
+        const OP: HeaderName = HeaderName::from_static("Pgtrickle-Op");
+        const FULL_REFRESH: HeaderName = HeaderName::from_static("Pgtrickle-Full-Refresh");
+        const OUTBOX_ID: HeaderName = HeaderName::from_static("Pgtrickle-Outbox-Id");
+        const CONTENT_TYPE: HeaderName = HeaderName::from_static("Content-Type");
+        const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
         let mut h = HeaderMap::new();
         h.insert(async_nats::header::NATS_MESSAGE_ID, m.dedup_key.as_str());
-        h.insert("Pgtrickle-Op", m.op.as_str());
+        h.insert(OP, m.op.as_str());
         if m.is_full_refresh {
-            h.insert("Pgtrickle-Full-Refresh", "true");
+            h.insert(FULL_REFRESH, "true");
         }
         if let Some(id) = m.outbox_id {
-            h.insert("Pgtrickle-Outbox-Id", id.to_string().as_str());
+            h.insert(OUTBOX_ID, itoa::Buffer::new().format(id));
         }
-        h.insert("Content-Type", self.envelope.content_type());
-        h.insert("traceparent", &*m.traceparent);
-        self.envelope.attributes(m, Binding::Nats, |k, v| h.insert(k, v));
+        h.insert(CONTENT_TYPE, self.envelope.content_type());
+        h.insert(TRACEPARENT, &*m.traceparent);
+        self.envelope.attributes(m, Binding::Nats, |k, v| h.insert(HeaderName::from_static(k), v));
         h
     }
 }

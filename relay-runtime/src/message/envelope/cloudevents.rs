@@ -33,53 +33,105 @@ fn uri_segment(out: &mut String, s: &str) {
     }
 }
 
+/// The attributes binary mode sends, in the order of the name tables below.
+#[derive(Debug, Clone, Copy)]
+enum Attr {
+    SpecVersion,
+    Id,
+    Source,
+    Type,
+    Subject,
+    Time,
+    DataContentType,
+    PgtOp,
+    PgtOutboxId,
+    PgtRefreshId,
+    PgtFullRefresh,
+    PgtBefore,
+    TraceParent,
+}
+
+/// Every attribute's header name with a binding's prefix, spelled out once (no name is built
+/// per message).
+macro_rules! prefixed {
+    ($p:literal) => {
+        [
+            concat!($p, "specversion"),
+            concat!($p, "id"),
+            concat!($p, "source"),
+            concat!($p, "type"),
+            concat!($p, "subject"),
+            concat!($p, "time"),
+            concat!($p, "datacontenttype"),
+            concat!($p, "pgtop"),
+            concat!($p, "pgtoutboxid"),
+            concat!($p, "pgtrefreshid"),
+            concat!($p, "pgtfullrefresh"),
+            concat!($p, "pgtbefore"),
+            concat!($p, "traceparent"),
+        ]
+    };
+}
+
+const CE_DASH: [&str; 13] = prefixed!("ce-");
+const CE_UNDERSCORE: [&str; 13] = prefixed!("ce_");
+const CLOUD_EVENTS_COLON: [&str; 13] = prefixed!("cloudEvents:");
+
+impl Binding {
+    fn names(self) -> &'static [&'static str; 13] {
+        match self {
+            Binding::Http | Binding::Nats => &CE_DASH,
+            Binding::Kafka => &CE_UNDERSCORE,
+            Binding::Amqp => &CLOUD_EVENTS_COLON,
+        }
+    }
+}
+
 impl Envelope {
     /// Calls `f(name, value)` for each CloudEvents attribute that travels as a header in binary
     /// mode (nothing in any other mode). Names carry the binding's prefix; values are
     /// percent-encoded where the binding asks for it.
-    pub fn attributes(&self, m: &RelayMessage, binding: Binding, mut f: impl FnMut(&str, &str)) {
+    pub fn attributes(&self, m: &RelayMessage, binding: Binding, mut f: impl FnMut(&'static str, &str)) {
         let Kind::CloudEvents(ce @ CloudEvents { binary: true, .. }) = &self.kind else { return };
-        let mut name = String::with_capacity(32);
+        let names = binding.names();
         let mut encoded = String::new();
-        let mut emit = |attr: &str, value: &str| {
-            name.clear();
-            name.push_str(binding.prefix());
-            name.push_str(attr);
+        let mut emit = |attr: Attr, value: &str| {
+            let name = names[attr as usize];
             if binding.percent_encoded() && needs_percent_encoding(value) {
                 encoded.clear();
                 percent_encode(&mut encoded, value);
-                f(&name, &encoded);
+                f(name, &encoded);
             } else {
-                f(&name, value);
+                f(name, value);
             }
         };
-        emit("specversion", "1.0");
-        emit("id", &m.dedup_key);
-        emit("source", &ce.source.get(m, &self.stream_table, &self.outbox_table));
-        emit("type", &ce.event_type.get(m, &self.stream_table, &self.outbox_table));
+        emit(Attr::SpecVersion, "1.0");
+        emit(Attr::Id, &m.dedup_key);
+        emit(Attr::Source, &ce.source.get(m, &self.stream_table, &self.outbox_table));
+        emit(Attr::Type, &ce.event_type.get(m, &self.stream_table, &self.outbox_table));
         if let Some(subject) = self.subject(m) {
-            emit("subject", &subject);
+            emit(Attr::Subject, &subject);
         }
         if let Some(us) = m.stamp.time_us {
-            emit("time", &rfc3339(us));
+            emit(Attr::Time, &rfc3339(us));
         }
         if binding == Binding::Nats {
-            emit("datacontenttype", JSON);
+            emit(Attr::DataContentType, JSON);
         }
-        emit("pgtop", m.op.as_str());
+        emit(Attr::PgtOp, m.op.as_str());
         if let Some(id) = m.outbox_id {
-            emit("pgtoutboxid", itoa::Buffer::new().format(id));
+            emit(Attr::PgtOutboxId, itoa::Buffer::new().format(id));
         }
         if let Some(r) = &m.refresh_id {
-            emit("pgtrefreshid", r);
+            emit(Attr::PgtRefreshId, r);
         }
         if m.is_full_refresh {
-            emit("pgtfullrefresh", "true");
+            emit(Attr::PgtFullRefresh, "true");
         }
         if let Some(before) = &m.before {
-            emit("pgtbefore", before.json());
+            emit(Attr::PgtBefore, before.json());
         }
-        emit("traceparent", &m.traceparent);
+        emit(Attr::TraceParent, &m.traceparent);
     }
 
     pub(super) fn write_event(&self, ce: &CloudEvents, m: &RelayMessage, out: &mut Vec<u8>) {
