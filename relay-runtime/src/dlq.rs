@@ -184,6 +184,7 @@ async fn replay_one(client: &Client, configs: &[crate::config::PipelineRow], d: 
         key: None,
         headers,
         body: d.payload.clone().unwrap_or_default(),
+        null_body: false,
     };
     let inbox_row = mapping.row(&incoming)?.ok_or("the message is a tombstone: nothing to store")?;
     let new =

@@ -19,6 +19,7 @@ pub mod message;
 pub mod metrics;
 pub mod otel;
 pub mod outbox;
+pub mod percent;
 pub mod pipeline;
 pub mod redact;
 pub mod runner;

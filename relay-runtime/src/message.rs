@@ -135,12 +135,6 @@ impl RelayMessage {
         out.push(b'}');
     }
 
-    /// [`RelayMessage::to_json`] as a string.
-    pub fn to_json_string(&self) -> String {
-        // Only string and JSON texts were written.
-        String::from_utf8(self.to_json()).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-    }
-
     /// [`RelayMessage::write_json`] into a new buffer.
     pub fn to_json(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.payload.json().len() + self.dedup_key.len() + self.subject.len() + 128);
@@ -223,20 +217,6 @@ pub fn dedup_key(row_ref: &str, row_index: usize) -> String {
     key.push(':');
     key.push_str(index);
     key
-}
-
-/// The wire JSON of a batch of messages: an array.
-pub fn json_array(msgs: &[RelayMessage]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(msgs.iter().map(|m| m.payload.json().len() + 160).sum::<usize>() + 2);
-    out.push(b'[');
-    for (i, m) in msgs.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        m.write_json(&mut out);
-    }
-    out.push(b']');
-    out
 }
 
 /// Appends `s` as a JSON string.

@@ -140,7 +140,7 @@ proptest! {
             source_name_set: false, envelope: crate::source::envelope::InboundEnvelope::Auto,
         };
         let incoming = crate::source::Incoming { id, coordinate: "nats:s:1".into(), subject: None, key: None,
-                                                 headers: vec![], body };
+                                                 headers: vec![], body, null_body: false };
         match m.row(&incoming) {
             Ok(Some(r)) => prop_assert!(!r.event_id.is_empty() && incoming.body.len() <= 150),
             Ok(None) => prop_assert!(false, "no key: never a tombstone"),

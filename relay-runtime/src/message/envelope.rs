@@ -16,7 +16,10 @@ mod cloudevents;
 mod debezium;
 mod schema;
 
-use super::{value_text, write_json_str, Op, RelayMessage, Template, TemplateVars};
+use cloudevents::{default_source, CloudEvents};
+use debezium::Debezium;
+
+use super::{scan, write_json_str, Op, RelayMessage, Template, TemplateVars};
 
 /// The content type of the relay's own JSON, CloudEvents binary data and Debezium values.
 pub const JSON: &str = "application/json";
@@ -47,22 +50,6 @@ pub enum EnvelopeSpec {
 }
 
 impl EnvelopeSpec {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            EnvelopeSpec::Native => "native",
-            EnvelopeSpec::CloudEvents { .. } => "cloudevents",
-            EnvelopeSpec::Debezium { .. } => "debezium",
-        }
-    }
-
-    pub fn is_native(&self) -> bool {
-        matches!(self, EnvelopeSpec::Native)
-    }
-
-    pub fn is_binary(&self) -> bool {
-        matches!(self, EnvelopeSpec::CloudEvents { binary: true, .. })
-    }
-
     pub fn is_debezium(&self) -> bool {
         matches!(self, EnvelopeSpec::Debezium { .. })
     }
@@ -129,7 +116,14 @@ impl Rendered {
 
     fn get<'a>(&'a self, m: &RelayMessage, stream_table: &str, outbox_table: &str) -> std::borrow::Cow<'a, str> {
         match self {
-            Rendered::PerOp(by_op) => std::borrow::Cow::Borrowed(&by_op[m.op as usize]),
+            Rendered::PerOp(by_op) => std::borrow::Cow::Borrowed(
+                &by_op[match m.op {
+                    Op::Insert => 0,
+                    Op::Update => 1,
+                    Op::Delete => 2,
+                    Op::Summary => 3,
+                }],
+            ),
             Rendered::PerMessage(t) => std::borrow::Cow::Owned(t.render(&m.vars(stream_table, outbox_table))),
         }
     }
@@ -151,17 +145,9 @@ pub struct Envelope {
     outbox_table: String,
 }
 
-impl Default for Envelope {
-    fn default() -> Self {
-        Self::native()
-    }
-}
-
-use cloudevents::CloudEvents;
-pub use cloudevents::{default_source, percent_encode};
-use debezium::Debezium;
-
 impl Envelope {
+    /// The relay's own JSON (what a sink built without a pipeline writes, in tests).
+    #[cfg(test)]
     pub fn native() -> Self {
         Self { kind: Kind::Native, key_columns: Vec::new(), stream_table: String::new(), outbox_table: String::new() }
     }
@@ -251,32 +237,52 @@ impl Envelope {
 
     /// The CloudEvents `subject`: the row's `key_columns` values (one column: its value as text;
     /// several: `col/value/col/value`). None without key columns.
-    pub fn subject(&self, m: &RelayMessage) -> Option<String> {
+    fn subject(&self, m: &RelayMessage) -> Option<String> {
+        // A value as text: a string unquoted, anything else as PostgreSQL wrote it (so a
+        // `numeric` key keeps its digits).
+        let text = |raw: Option<&str>| match raw {
+            None | Some("null") => String::new(),
+            Some(r) if r.starts_with('"') => serde_json::from_str::<String>(r).unwrap_or_else(|_| r.to_owned()),
+            Some(r) => r.to_owned(),
+        };
         match self.key_columns.as_slice() {
             [] => None,
-            [one] => m.payload.field(one).and_then(value_text),
+            [_] => Some(text(self.key_values(m)[0])).filter(|s| !s.is_empty()),
             cols => {
-                let values = m.payload.fields(cols);
                 let mut s = String::new();
-                for (c, v) in cols.iter().zip(values) {
+                for (c, raw) in cols.iter().zip(self.key_values(m)) {
                     if !s.is_empty() {
                         s.push('/');
                     }
                     s.push_str(c);
                     s.push('/');
-                    s.push_str(&v.and_then(value_text).unwrap_or_default());
+                    s.push_str(&text(raw));
                 }
                 Some(s)
             }
         }
     }
+
+    /// The JSON text of each key column's value in the row, in `key_columns` order.
+    fn key_values<'m>(&self, m: &'m RelayMessage) -> Vec<Option<&'m str>> {
+        let row = m.payload.json();
+        let mut found = vec![None; self.key_columns.len()];
+        // Rows come from PostgreSQL's JSON: keys are plain quoted names unless they need escapes.
+        let _ = scan::object_entries(row.as_bytes(), 0, |k, v| {
+            let name = &row[k.start + 1..k.end - 1];
+            if let Some(i) = self.key_columns.iter().position(|c| c == name) {
+                found[i].get_or_insert(&row[v]);
+            }
+        });
+        found
+    }
 }
 
 /// The default CloudEvents `type`.
-pub const DEFAULT_TYPE: &str = "io.pgtrickle.{stream_table}.{op}";
+const DEFAULT_TYPE: &str = "io.pgtrickle.{stream_table}.{op}";
 
 /// RFC 3339 in UTC with microseconds (`2026-05-04T10:15:30.123456Z`).
-pub fn rfc3339(us: i64) -> String {
+fn rfc3339(us: i64) -> String {
     match jiff::Timestamp::from_microsecond(us) {
         Ok(t) => format!("{t:.6}"),
         Err(_) => "1970-01-01T00:00:00.000000Z".to_owned(),

@@ -206,8 +206,12 @@ pub async fn stream_table_columns(
 ) -> Result<Vec<crate::message::envelope::Column>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT a.attname::text, a.atttypid::regtype::text, a.attnotnull
+            "SELECT a.attname::text,
+                    -- A domain is described by its base type (its values are the base type's).
+                    CASE WHEN t.typtype = 'd' THEN t.typbasetype::regtype::text ELSE a.atttypid::regtype::text END,
+                    a.attnotnull
                FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+               JOIN pg_type t ON t.oid = a.atttypid
               WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
                 AND a.attnum > 0 AND NOT a.attisdropped
               ORDER BY a.attnum",

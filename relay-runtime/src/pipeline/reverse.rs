@@ -460,6 +460,7 @@ mod tests {
             key: None,
             headers: vec![],
             body: body.as_bytes().to_vec(),
+            null_body: false,
         }
     }
 

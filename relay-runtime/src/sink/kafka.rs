@@ -224,9 +224,14 @@ fn headers(m: &RelayMessage, envelope: &Envelope) -> OwnedHeaders {
     if let Some(id) = &outbox_id {
         h = h.insert(Header { key: "pgtrickle-outbox-id", value: Some(id.as_str()) });
     }
-    envelope.attributes(m, Binding::Kafka, |k, v| {
-        h = std::mem::replace(&mut h, OwnedHeaders::new()).insert(Header { key: k, value: Some(v) });
-    });
+    if envelope.is_binary() {
+        // `OwnedHeaders::insert` takes the list by value: gather first, then chain.
+        let mut attributes: Vec<(&'static str, String)> = Vec::with_capacity(12);
+        envelope.attributes(m, Binding::Kafka, |k, v| attributes.push((k, v.to_owned())));
+        for (k, v) in &attributes {
+            h = h.insert(Header { key: k, value: Some(v.as_str()) });
+        }
+    }
     h
 }
 

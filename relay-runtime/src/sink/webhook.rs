@@ -63,7 +63,6 @@ pub async fn build(cfg: &WebhookSinkConfig, ctx: &SinkContext<'_>) -> Result<Box
         Some(HttpMethod::Patch) => Method::PATCH,
     };
     let mut headers = HeaderMap::new();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(USER_AGENT, HeaderValue::from_static(concat!("pgtrickle-relay/", env!("CARGO_PKG_VERSION"))));
     for (k, v) in cfg.headers.iter().flat_map(|h| &h.0) {
         let name = HeaderName::from_bytes(k.as_bytes())

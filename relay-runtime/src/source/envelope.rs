@@ -6,9 +6,10 @@
 //!    `cloudEvents_specversion` (AMQP) header: a binary CloudEvent;
 //! 2. a content type `application/cloudevents…` (a structured event, or one element of a
 //!    `cloudevents-batch`): a structured CloudEvent;
-//! 3. no body and a record key (Kafka): a tombstone — acknowledged, nothing stored;
+//! 3. a keyed Kafka record with a null value: a tombstone — acknowledged, nothing stored (an
+//!    empty value is no tombstone: it is read like any other body);
 //! 4. a body object with string `specversion`, `id`, `source` and `type`: a structured CloudEvent;
-//! 5. a body object with an `op` of Debezium's (`c u d r t m`), an object `source` and both
+//! 5. a body object with a row-change `op` of Debezium's (`c u d r`), an object `source` and both
 //!    `before` and `after`, or Kafka Connect's `{"schema": …, "payload": that}`: Debezium;
 //! 6. anything else: the relay's own mapping (unchanged).
 //!
@@ -73,7 +74,7 @@ pub fn inbound(m: &Incoming, mode: InboundEnvelope) -> Result<Inbound, String> {
     if ce_wanted && content_type.starts_with("application/cloudevents") {
         return structured_event(m).map(Inbound::Unwrapped);
     }
-    if dbz_wanted && m.body.is_empty() && m.key.is_some() {
+    if dbz_wanted && m.null_body && m.key.is_some() {
         return Ok(Inbound::Tombstone);
     }
     let text = std::str::from_utf8(&m.body).map_err(|e| format!("message is not UTF-8: {e}"))?;
@@ -132,7 +133,7 @@ impl Shape {
         let is_object = |v: Option<&RawValue>| v.is_some_and(|v| v.get().starts_with('{'));
         let debezium_op =
             k.op.and_then(|v| serde_json::from_str::<&str>(v.get()).ok())
-                .is_some_and(|op| matches!(op, "c" | "u" | "d" | "r" | "t" | "m"));
+                .is_some_and(|op| matches!(op, "c" | "u" | "d" | "r"));
         let cloudevent = is_string(k.specversion) && is_string(k.id) && is_string(k.source) && is_string(k.ty);
         let debezium = debezium_op && is_object(k.source) && k.before && k.after;
         let connect_wrapped = is_object(k.schema)
@@ -257,29 +258,10 @@ fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     s.get(..prefix.len()).filter(|p| p.eq_ignore_ascii_case(prefix)).map(|_| &s[prefix.len()..])
 }
 
-/// Percent-decoding of HTTP/NATS binding header values; text that does not decode to UTF-8
-/// is kept as it came.
+/// An HTTP/NATS binding header value, percent-decoded; text that does not decode to UTF-8 is
+/// kept as it came.
 fn percent_decode(s: &str) -> String {
-    if !s.contains('%') {
-        return s.to_owned();
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).unwrap_or_else(|_| s.to_owned())
+    crate::percent::decode(s).unwrap_or_else(|_| s.to_owned())
 }
 
 #[derive(Deserialize)]
@@ -292,8 +274,6 @@ struct Change<'a> {
     after: Option<&'a RawValue>,
     #[serde(borrow, default)]
     source: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    message: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -320,8 +300,6 @@ fn debezium(m: &Incoming, text: &str) -> Result<Unwrapped, String> {
     }
     let data = match c.op.as_ref() {
         "d" => pick(c.before),
-        "t" => None,
-        "m" => pick(c.message),
         _ => pick(c.after),
     };
     let payload = match data {

@@ -112,6 +112,7 @@ fn incoming(m: &rdkafka::message::BorrowedMessage<'_>) -> Incoming {
         key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
         headers,
         body: m.payload().unwrap_or_default().to_vec(),
+        null_body: m.payload().is_none(),
     }
 }
 

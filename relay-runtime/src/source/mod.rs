@@ -40,6 +40,9 @@ pub struct Incoming {
     pub key: Option<String>,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The message has no value at all — a Kafka record with a null value, a tombstone — as
+    /// opposed to an empty one.
+    pub null_body: bool,
 }
 
 impl Incoming {

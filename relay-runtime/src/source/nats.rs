@@ -118,6 +118,7 @@ impl NatsSource {
             key: None,
             headers,
             body: m.payload.to_vec(),
+            null_body: false,
         }
     }
 }

@@ -151,6 +151,10 @@ impl RabbitSource {
         if let Some(t) = d.properties.kind() {
             headers.push(("x-event-type".to_owned(), t.to_string()));
         }
+        // What the body is (CloudEvents structured mode says so here).
+        if let Some(ct) = d.properties.content_type() {
+            headers.push(("content-type".to_owned(), ct.to_string()));
+        }
         Incoming {
             id: d.properties.message_id().as_ref().map(|s| s.to_string()),
             coordinate: format!("amqp:{}:{}", self.queue, hex::encode(Sha256::digest(&d.data))),
@@ -158,6 +162,7 @@ impl RabbitSource {
             key: None,
             headers,
             body: d.data.clone(),
+            null_body: false,
         }
     }
 }

@@ -124,6 +124,7 @@ impl RedisSource {
             key: None,
             headers,
             body,
+            null_body: false,
         }
     }
 

@@ -99,6 +99,7 @@ impl Source for SqsSource {
                         key: None,
                         headers,
                         body: m.body().unwrap_or_default().as_bytes().to_vec(),
+                        null_body: false,
                     });
                     if let Some(h) = m.receipt_handle() {
                         self.pending.push(h.to_owned());

@@ -263,6 +263,7 @@ fn incoming(headers: &HeaderMap, body: &Bytes) -> Vec<Incoming> {
                     key: None,
                     headers: kept.clone(),
                     body: bytes,
+                    null_body: false,
                 }
             })
             .collect();
@@ -274,6 +275,7 @@ fn incoming(headers: &HeaderMap, body: &Bytes) -> Vec<Incoming> {
         key: None,
         headers: kept,
         body: body.to_vec(),
+        null_body: false,
     }]
 }
 

@@ -224,3 +224,72 @@ async fn debezium_events_from_kafka_land_in_the_inbox_once_and_tombstones_are_sk
     .await;
     assert_eq!(count().await, 6, "redelivered events are duplicates");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudevents_round_trip_through_rabbitmq_into_the_inbox() {
+    use lapin::options::BasicPublishOptions;
+    let rabbit = relay_e2e::rabbitmq::Rabbit::connect().await;
+    let (exchange, queue) = (rabbit.name("ce-rt"), rabbit.name("ce-rt-in"));
+    rabbit.bind_queue(&exchange, lapin::ExchangeKind::Topic, &queue, "#").await;
+    let (db, c, outbox) = db_with_outbox("orders").await;
+    create_inbox_table(&c, "public.amqp_ce_in").await;
+    // The relay's binary events (`cloudEvents:*` headers) go out to the exchange …
+    pipeline(
+        &c,
+        "ce-to-amqp",
+        json!({"stream_table": "orders", "sink_type": "rabbitmq", "rabbitmq_url": relay_e2e::rabbitmq::amqp_url(),
+               "rabbitmq_exchange": exchange, "envelope": "cloudevents", "cloudevents_mode": "binary",
+               "key_columns": ["id"]}),
+    )
+    .await;
+    // … and come back from the queue into an inbox that requires CloudEvents.
+    let reverse = json!({"source_type": "rabbitmq", "rabbitmq_url": relay_e2e::rabbitmq::amqp_url(),
+                         "rabbitmq_queue": queue, "rabbitmq_declare_queue": false, "inbox_table": "amqp_ce_in", "schema": "public",
+                         "envelope": "cloudevents"});
+    c.execute("SELECT pgtrickle.set_relay_inbox('amqp-ce-in', config => $1::jsonb)", &[&reverse]).await.unwrap();
+    // A structured event from another producer: its content type says what it is.
+    let structured = json!({"specversion": "1.0", "id": "evt-amqp-1", "source": "/billing", "type": "invoice.sent",
+                            "subject": "INV-3", "data": {"invoice": 3}});
+    let props = lapin::BasicProperties::default().with_content_type("application/cloudevents+json".into());
+    rabbit
+        .channel()
+        .basic_publish(
+            "".into(),
+            queue.as_str().into(),
+            BasicPublishOptions::default(),
+            structured.to_string().as_bytes(),
+            props,
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let _relay = Relay::start(&db.url, "default", &[]);
+    let last = three_refreshes(&c, &outbox).await;
+    all_committed(&c, &["ce-to-amqp"], last).await;
+    let count = || async { c.query_one("SELECT count(*) FROM public.amqp_ce_in", &[]).await.unwrap().get::<_, i64>(0) };
+    eventually(Duration::from_secs(30), "six events in the inbox", || async { (count().await == 6).then_some(()) })
+        .await;
+    let rows = inbox_rows(&c, "public.amqp_ce_in").await;
+    let find = |ty: &str| rows.iter().find(|r| r.1 == ty).unwrap_or_else(|| panic!("{ty} in {rows:?}"));
+    let update = find("io.pgtrickle.orders.update");
+    assert!(update.0.starts_with("outbox_orders:"), "the event id is the relay's dedup key: {update:?}");
+    assert_eq!(
+        (update.2.as_str(), update.3.as_deref()),
+        (format!("/pgtrickle/{}/orders", db.name).as_str(), Some("2"))
+    );
+    assert_eq!(update.4, json!({"id": 2, "total": 25}));
+    assert!(update.5.is_some(), "the trace id came along");
+    let invoice = find("invoice.sent");
+    assert_eq!(
+        (invoice.0.as_str(), invoice.2.as_str(), invoice.3.as_deref()),
+        ("evt-amqp-1", "/billing", Some("INV-3"))
+    );
+    assert_eq!(invoice.4, json!({"invoice": 3}));
+    let dead: i64 = c
+        .query_one("SELECT count(*) FROM pgtrickle.relay_dead_letters WHERE pipeline = 'amqp-ce-in'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dead, 0);
+}

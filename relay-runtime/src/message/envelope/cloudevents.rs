@@ -1,8 +1,6 @@
 //! CloudEvents 1.0: the structured event (JSON event format) and the binary attributes each
 //! protocol binding carries as headers.
 
-use std::fmt::Write as _;
-
 use super::{rfc3339, Binding, Envelope, Kind, Rendered, JSON};
 use crate::message::{write_json_str, RelayMessage};
 
@@ -15,7 +13,7 @@ pub(super) struct CloudEvents {
 
 /// The default CloudEvents `source`: `/pgtrickle/<database>/<stream table>`, each segment
 /// percent-encoded (a URI-reference).
-pub fn default_source(database: &str, stream_table: &str) -> String {
+pub(super) fn default_source(database: &str, stream_table: &str) -> String {
     let mut s = String::from("/pgtrickle/");
     uri_segment(&mut s, database);
     s.push('/');
@@ -24,13 +22,7 @@ pub fn default_source(database: &str, stream_table: &str) -> String {
 }
 
 fn uri_segment(out: &mut String, s: &str) {
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
+    crate::percent::encode(out, s, |b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
 }
 
 /// The attributes binary mode sends, in the order of the name tables below.
@@ -185,12 +177,6 @@ pub(super) fn needs_percent_encoding(s: &str) -> bool {
 
 /// Percent-encodes a header value: UTF-8 bytes of space, `"`, `%` and anything outside
 /// U+0021–U+007E.
-pub fn percent_encode(out: &mut String, s: &str) {
-    for b in s.bytes() {
-        if (0x21..=0x7e).contains(&b) && b != b'"' && b != b'%' {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
+pub(super) fn percent_encode(out: &mut String, s: &str) {
+    crate::percent::encode(out, s, |b| (0x21..=0x7e).contains(&b) && b != b'"' && b != b'%');
 }

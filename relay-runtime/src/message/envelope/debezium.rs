@@ -24,14 +24,14 @@ impl Envelope {
         }
         let mut out = Vec::with_capacity(16 * self.key_columns.len());
         out.push(b'{');
-        for (i, (c, v)) in self.key_columns.iter().zip(m.payload.fields(&self.key_columns)).enumerate() {
+        // The values' own text: a `numeric` key keeps its digits, so the key stays the same.
+        for (i, (c, raw)) in self.key_columns.iter().zip(self.key_values(m)).enumerate() {
             if i > 0 {
                 out.push(b',');
             }
             write_json_str(&mut out, c);
             out.push(b':');
-            // Writing a value into a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut out, &v.unwrap_or(serde_json::Value::Null));
+            out.extend_from_slice(raw.unwrap_or("null").as_bytes());
         }
         out.push(b'}');
         if let Some(connect) = &d.connect {
@@ -48,6 +48,7 @@ impl Envelope {
     pub(super) fn write_debezium(&self, d: &Debezium, m: &RelayMessage, out: &mut Vec<u8>) {
         let (op, before, after) = match m.op {
             Op::Insert if m.is_full_refresh => ("r", None, Some(&m.payload)),
+            // A summary never reaches here: the forward runner drops it under Debezium.
             Op::Insert | Op::Summary => ("c", None, Some(&m.payload)),
             Op::Update => ("u", m.before.as_ref(), Some(&m.payload)),
             Op::Delete => ("d", Some(&m.payload), None),

@@ -1,9 +1,10 @@
 //! Kafka Connect's JSON converter with schemas (`debezium_schemas: true`): every Debezium value
 //! and key becomes `{"schema": …, "payload": …}`, the schema describing the stream table's
 //! columns in Connect types. The schemas are built once per pipeline from the columns read at
-//! start; per row only `numeric` and `json`/`jsonb` values are rewritten (to strings, as
-//! Debezium's `decimal.handling.mode=string` and its `io.debezium.data.Json` type do), in one
-//! pass over the row text.
+//! start; per row, values of columns described as strings that are not JSON strings (`numeric`,
+//! `json`/`jsonb`, composites, other types) are rewritten to strings of their JSON text — as
+//! Debezium's `decimal.handling.mode=string` and its `io.debezium.data.Json` type do — in one
+//! pass over the row text, so every value fits its schema.
 
 use std::collections::HashMap;
 
@@ -14,7 +15,8 @@ use crate::message::write_json_str;
 /// How a column's value is written in schemas mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Rewrite {
-    /// A JSON number or text becomes a JSON string of its text (`numeric`).
+    /// A value that is not a JSON string becomes a JSON string of its text (`numeric`, and
+    /// any type the schema describes as a plain string).
     Text,
     /// Any JSON becomes a JSON string holding it (`json`, `jsonb`).
     Json,
@@ -43,25 +45,58 @@ fn connect_type(pg: &str) -> (&'static str, Option<&'static str>, Option<Rewrite
         "numeric" => ("string", None, Some(Rewrite::Text)),
         "json" | "jsonb" => ("string", Some("io.debezium.data.Json"), Some(Rewrite::Json)),
         "uuid" => ("string", Some("io.debezium.data.Uuid"), None),
-        _ => ("string", None, None),
+        // Text, temporal, enum, inet… are JSON strings already; anything else (composites,
+        // hstore, oid, unknown types) is sent as its JSON text, so the value fits the schema.
+        _ => ("string", None, Some(Rewrite::Text)),
     }
+}
+
+/// Types whose values PostgreSQL's JSON always writes as strings.
+fn writes_json_strings(pg: &str) -> bool {
+    matches!(
+        pg,
+        "text"
+            | "character varying"
+            | "character"
+            | "name"
+            | "uuid"
+            | "date"
+            | "time without time zone"
+            | "time with time zone"
+            | "timestamp without time zone"
+            | "timestamp with time zone"
+            | "interval"
+            | "inet"
+            | "cidr"
+            | "macaddr"
+            | "bytea"
+            | "money"
+    )
 }
 
 /// One field of a struct schema.
 fn field(out: &mut String, c: &Column) -> Option<Rewrite> {
     out.push_str("{\"type\":");
     let (rewrite, name) = match c.pg_type.strip_suffix("[]") {
-        Some(element) if matches!(connect_type(element), (_, None, None)) => {
-            out.push_str("\"array\",\"items\":{\"type\":\"");
-            out.push_str(connect_type(element).0);
-            out.push_str("\",\"optional\":true}");
-            (None, None)
-        }
-        // Arrays of other types (numeric, json, composites) travel as JSON text.
-        Some(_) => {
-            out.push_str("\"string\"");
-            (Some(Rewrite::Json), Some("io.debezium.data.Json"))
-        }
+        Some(element) => match connect_type(element) {
+            (ty, None, None) => {
+                // An array of numbers or booleans (one level: PostgreSQL's JSON of a
+                // multi-dimensional array nests, which this schema does not describe).
+                out.push_str("\"array\",\"items\":{\"type\":\"");
+                out.push_str(ty);
+                out.push_str("\",\"optional\":true}");
+                (None, None)
+            }
+            _ if writes_json_strings(element) => {
+                out.push_str("\"array\",\"items\":{\"type\":\"string\",\"optional\":true}");
+                (None, None)
+            }
+            // Arrays of other types (numeric, json, composites) travel as JSON text.
+            _ => {
+                out.push_str("\"string\"");
+                (Some(Rewrite::Json), Some("io.debezium.data.Json"))
+            }
+        },
         None => {
             let (ty, name, rewrite) = connect_type(&c.pg_type);
             out.push('"');

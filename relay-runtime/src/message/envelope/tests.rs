@@ -1,5 +1,6 @@
 use serde_json::{json, Value};
 
+use super::cloudevents::{default_source, percent_encode};
 use super::*;
 use crate::message::{traceparent, Payload, RowStamp};
 
@@ -265,4 +266,19 @@ fn connect_schemas_wrap_values_and_keys_and_rewrite_numeric_and_json() {
     assert_eq!(key["payload"], json!({"id": 2}));
     assert_eq!(key["schema"]["name"], "my_app.public.orders.Key");
     assert_eq!(key["schema"]["fields"], json!([{"type": "int32", "optional": false, "field": "id"}]));
+}
+
+#[test]
+fn keys_and_subjects_keep_the_values_text() {
+    let keys = vec!["sku".to_owned(), "amount".to_owned()];
+    let env = Envelope::new(&EnvelopeSpec::Debezium { name: None, schemas: false }, &facts(&keys));
+    let mut m = msg(Op::Insert, json!({}), None);
+    m.payload =
+        crate::message::Payload::row(r#"{"amount":1.10,"sku":"A \"1\"","n":12345678901234567890}"#, false).unwrap();
+    assert_eq!(env.record_key(&m), Some(br#"{"sku":"A \"1\"","amount":1.10}"#.to_vec()));
+    let ce = Envelope::new(&cloudevents(false), &facts(&keys));
+    assert_eq!(ce.subject(&m).as_deref(), Some("sku/A \"1\"/amount/1.10"));
+    let one = vec!["n".to_owned()];
+    let ce = Envelope::new(&cloudevents(false), &facts(&one));
+    assert_eq!(ce.subject(&m).as_deref(), Some("12345678901234567890"), "no float rounding");
 }

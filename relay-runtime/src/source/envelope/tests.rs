@@ -10,6 +10,7 @@ fn msg(headers: &[(&str, &str)], body: &str) -> Incoming {
         key: None,
         headers: headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
         body: body.as_bytes().to_vec(),
+        null_body: false,
     }
 }
 
@@ -116,6 +117,8 @@ fn debezium_events_map_op_row_and_key() {
     // A tombstone: a keyed record without a value.
     let mut t = msg(&[], "");
     t.key = Some(r#"{"id":3}"#.into());
+    assert_eq!(inbound(&t, InboundEnvelope::Auto).unwrap(), Inbound::Native, "an empty value is no tombstone");
+    t.null_body = true;
     assert_eq!(inbound(&t, InboundEnvelope::Auto).unwrap(), Inbound::Tombstone);
     assert!(inbound(&t, InboundEnvelope::Native).is_ok_and(|i| i == Inbound::Native));
 }
