@@ -141,6 +141,32 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Registers `pipeline` (NATS sink `config`), runs the relay until it committed `last`, checks
+/// that `stream` holds every message once and removes both; returns the time taken and the
+/// stream's first message.
+async fn relay_into_stream(
+    db: &TestDb,
+    c: &tokio_postgres::Client,
+    js: &async_nats::jetstream::Context,
+    (pipeline, stream): (&str, &str),
+    config: &Value,
+    last: i64,
+    rows: i64,
+) -> (Duration, async_nats::jetstream::message::StreamMessage) {
+    c.execute("SELECT pgtrickle.set_relay_outbox($1, config => $2::jsonb)", &[&pipeline, config]).await.unwrap();
+    let t0 = Instant::now();
+    let mut relay = Relay::start(&db.url, "bench", &["--log-level", "warn"]);
+    wait_committed(c, "bench", pipeline, last, &relay).await;
+    let took = t0.elapsed();
+    relay.terminate();
+    c.execute("SELECT pgtrickle.delete_relay($1)", &[&pipeline]).await.unwrap();
+    let s = js.get_stream(stream).await.unwrap();
+    assert_eq!(s.get_info().await.unwrap().state.messages, rows as u64, "every message stored once");
+    let sample = s.get_raw_message(1).await.unwrap();
+    js.delete_stream(stream).await.unwrap();
+    (took, sample)
+}
+
 async fn bench_nats(rows: i64, repeats: usize) {
     let nats = NatsServer::start();
     let (db, c, outbox) = db_with_outbox("bench").await;
@@ -154,17 +180,8 @@ async fn bench_nats(rows: i64, repeats: usize) {
         nats.create_stream(&stream, &[&format!("{stream}.>")]).await;
         let config = json!({"stream_table": "bench", "sink_type": "nats", "nats_url": nats.url(),
                             "subject_template": format!("{stream}.{{op}}"), "delta_mode": "snapshot"});
-        c.execute("SELECT pgtrickle.set_relay_outbox($1, config => $2::jsonb)", &[&pipeline, &config]).await.unwrap();
-        let t0 = Instant::now();
-        let mut relay = Relay::start(&db.url, "bench", &["--log-level", "warn"]);
-        wait_committed(&c, "bench", &pipeline, last, &relay).await;
-        let took = t0.elapsed();
-        relay.terminate();
-        c.execute("SELECT pgtrickle.delete_relay($1)", &[&pipeline]).await.unwrap();
-        let s = js.get_stream(&stream).await.unwrap();
-        assert_eq!(s.get_info().await.unwrap().state.messages, rows as u64, "every message stored once");
-        body = s.get_raw_message(1).await.unwrap().payload;
-        js.delete_stream(&stream).await.unwrap();
+        let (took, sample) = relay_into_stream(&db, &c, &js, (&pipeline, &stream), &config, last, rows).await;
+        body = sample.payload;
         relay_rates.push(rate(rows as u64, took));
 
         // The same messages (body and headers) published straight with async-nats.
@@ -262,19 +279,7 @@ async fn bench_nats_envelopes(rows: i64, repeats: usize) {
             for (key, val) in keys.as_object().unwrap() {
                 config[key] = val.clone();
             }
-            c.execute("SELECT pgtrickle.set_relay_outbox($1, config => $2::jsonb)", &[&pipeline, &config])
-                .await
-                .unwrap();
-            let t0 = Instant::now();
-            let mut relay = Relay::start(&db.url, "bench", &["--log-level", "warn"]);
-            wait_committed(&c, "bench", &pipeline, last, &relay).await;
-            let took = t0.elapsed();
-            relay.terminate();
-            c.execute("SELECT pgtrickle.delete_relay($1)", &[&pipeline]).await.unwrap();
-            let s = js.get_stream(&stream).await.unwrap();
-            assert_eq!(s.get_info().await.unwrap().state.messages, rows as u64, "every message stored once");
-            let sample = s.get_raw_message(1).await.unwrap();
-            js.delete_stream(&stream).await.unwrap();
+            let (took, sample) = relay_into_stream(&db, &c, &js, (&pipeline, &stream), &config, last, rows).await;
             relay_rates[v].push(rate(rows as u64, took));
             let headers = sample.headers.clone();
             sizes[v] = (sample.payload.len(), nats_header_bytes(&headers));

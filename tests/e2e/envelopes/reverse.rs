@@ -20,6 +20,15 @@ impl cloudevents::binding::http::Builder<(Vec<(String, String)>, Vec<u8>)> for H
     }
 }
 
+/// Waits until a reverse pipeline has consumed `n` messages (stored, skipped or dead).
+async fn consumed(relay: &Relay, pipeline: &str, n: u64, what: &str) {
+    let series = format!(r#"pgtrickle_relay_messages_consumed_total{{direction="reverse",pipeline="{pipeline}"}} {n}"#);
+    eventually(Duration::from_secs(60), what, || async {
+        relay.get("/metrics").1.lines().any(|l| l == series).then_some(())
+    })
+    .await;
+}
+
 async fn inbox_rows(c: &Client, table: &str) -> Vec<(String, String, String, Option<String>, Value, Option<String>)> {
     c.query(
         &format!("SELECT event_id, event_type, source, aggregate_id, payload, trace_id FROM {table} ORDER BY received_at, event_id"),
@@ -173,15 +182,7 @@ async fn debezium_events_from_kafka_land_in_the_inbox_once_and_tombstones_are_sk
     })
     .await;
     // Every record (tombstone included) was consumed before the next check.
-    eventually(Duration::from_secs(30), "every record consumed", || async {
-        let m = relay.get("/metrics").1;
-        m.lines()
-            .any(|l| {
-                l.starts_with(r#"pgtrickle_relay_messages_consumed_total{direction="reverse",pipeline="changes-in"} 7"#)
-            })
-            .then_some(())
-    })
-    .await;
+    consumed(&relay, "changes-in", 7, "every record consumed").await;
     let rows = inbox_rows(&c, "public.changes_in").await;
     let by_type: Vec<(&str, Option<&str>, &Value)> =
         rows.iter().map(|(_, t, _, a, p, _)| (t.as_str(), a.as_deref(), p)).collect();
@@ -213,15 +214,7 @@ async fn debezium_events_from_kafka_land_in_the_inbox_once_and_tombstones_are_sk
     .await
     .unwrap();
     let relay = Relay::start(&db.url, "default", &[]);
-    eventually(Duration::from_secs(60), "the topic consumed again", || async {
-        let m = relay.get("/metrics").1;
-        m.lines()
-            .any(|l| {
-                l.starts_with(r#"pgtrickle_relay_messages_consumed_total{direction="reverse",pipeline="changes-in"} 7"#)
-            })
-            .then_some(())
-    })
-    .await;
+    consumed(&relay, "changes-in", 7, "the topic consumed again").await;
     assert_eq!(count().await, 6, "redelivered events are duplicates");
 }
 
