@@ -64,7 +64,7 @@ impl Scale {
             kills: 3,
             backend_rows: 10_000,
             broker_outage: Duration::from_secs(4),
-            restart_outage: Duration::from_secs(4),
+            restart_outage: Duration::from_secs(6),
             pg_down: Duration::from_secs(2),
             writers: 150,
             tx_per_writer: 4,
