@@ -31,8 +31,9 @@ async fn a_broker_outage_degrades_then_resumes_without_a_restart() {
     assert_eq!(v["state_after"], "running", "{v:#}");
 }
 
-/// Where a 6 s outage is noticed well within it (about 2 s in, with room for a loaded machine) (NATS, Redis, the inbox's database), the
-/// pipeline showed `degraded` meanwhile, in either direction.
+/// Where a 6 s outage is noticed well within it (NATS, Redis, the inbox's database: about 2 s
+/// in, with room for a loaded machine), the pipeline showed `degraded` meanwhile, in either
+/// direction.
 fn outage_was_reported(backend: Backend, v: &Value) {
     if matches!(backend, Backend::Nats | Backend::Redis | Backend::PgInbox) {
         assert!(v["degraded_after_ms"].is_u64(), "the outage never showed as degraded: {v:#}");
