@@ -57,7 +57,10 @@ async fn two_relay_pods_get_ready_relay_every_row_once_and_fail_over() {
         })
         .await;
     let took = deleted_at.elapsed();
-    assert_eq!(new_owner, survivor, "the surviving pod must take the pipeline over");
+    // The surviving pod usually takes over; the Deployment's replacement pod may start and win
+    // the lock first when the owner's graceful stop released it. Either is a pod of the group.
+    let group_pods: Vec<String> = s.pods().await.iter().filter_map(|p| p.metadata.name.clone()).collect();
+    assert!(group_pods.contains(&new_owner), "new owner {new_owner} is not a pod of the group {group_pods:?}");
     // Some more rows for the new owner, then the writer stops.
     eventually_every(
         Duration::from_secs(30),
@@ -69,10 +72,14 @@ async fn two_relay_pods_get_ready_relay_every_row_once_and_fail_over() {
     stop.store(true, Ordering::Relaxed);
     let written = writer.finish().await;
     s.expect_every_row_once(Duration::from_secs(60)).await;
-    eprintln!("[cluster] owner pod deleted: {survivor} took over in {took:.1?}; {} rows relayed once", 1000 + written);
+    let who = if new_owner == survivor { "the surviving pod" } else { "the replacement pod" };
+    eprintln!(
+        "[cluster] owner pod deleted: {new_owner} ({who}) took over in {took:.1?}; {} rows relayed once",
+        1000 + written
+    );
 
     // The Deployment replaces the deleted pod; the pipeline stays where it is.
     let after = s.wait_ready_pods(2, Duration::from_secs(60)).await;
     assert!(!after.contains(&owner) && after.contains(&survivor), "pods after the delete: {after:?}");
-    assert_eq!(s.owner_pod().await.as_deref(), Some(survivor.as_str()));
+    assert_eq!(s.owner_pod().await.as_deref(), Some(new_owner.as_str()));
 }
