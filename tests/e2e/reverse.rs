@@ -280,7 +280,8 @@ fn webhook_config(port: u16) -> Value {
            "aggregate_id_field": "id"})
 }
 
-async fn wait_listening(port: u16) {
+/// Waits until the relay's webhook receiver accepts connections on `port`.
+pub(crate) async fn wait_listening(port: u16) {
     eventually(Duration::from_secs(10), "the receiver listens", || async {
         std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
     })

@@ -24,7 +24,8 @@ pub struct WebhookSinkConfig {
     pub headers: Option<Settings>,
     /// Request timeout in milliseconds (default 10000).
     pub timeout_ms: Option<Int<1, 3_600_000>>,
-    /// A JSON array of messages per request (default true); false: one message per request.
+    /// A JSON array of messages per request (default true; false under `envelope: cloudevents`);
+    /// false: one message per request.
     pub batch_mode: Option<Flag>,
     /// Messages per request in batch mode (default 100).
     pub max_batch_messages: Option<Int<1, 100_000>>,

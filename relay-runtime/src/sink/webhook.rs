@@ -1,6 +1,7 @@
 //! HTTP webhook sink.
 //!
-//! `batch_mode: true` (the default, as the upstream relay) sends a JSON array of up to
+//! `batch_mode: true` (the default, as the upstream relay, but for `envelope: cloudevents`,
+//! whose HTTP binding sends batches only when asked for) sends a JSON array of up to
 //! `max_batch_messages` messages per request; `false` sends one message per request. Requests
 //! go out one at a time by default so the receiver sees outbox order; `max_in_flight` above 1
 //! trades order for throughput. Every request carries an `Idempotency-Key` (per-message mode:
@@ -43,8 +44,6 @@ pub struct WebhookSink {
     signing_secret: Option<Vec<u8>>,
     signature_header: HeaderName,
     envelope: Envelope,
-    /// `headers` sets `Content-Type` itself.
-    own_content_type: bool,
 }
 
 fn opt_err(key: &str, message: impl Into<String>) -> BuildError {
@@ -101,7 +100,6 @@ pub async fn build(cfg: &WebhookSinkConfig, ctx: &SinkContext<'_>) -> Result<Box
         signing_secret: cfg.signing_secret.as_ref().map(|s| s.expose().as_bytes().to_vec()),
         signature_header,
         envelope: ctx.envelope.clone(),
-        own_content_type: cfg.headers.iter().flat_map(|h| &h.0).any(|(k, _)| k.eq_ignore_ascii_case("content-type")),
     }))
 }
 
@@ -152,10 +150,11 @@ impl WebhookSink {
                     let mut attributes = Vec::new();
                     let mut bad = None;
                     self.envelope.attributes(m, Binding::Http, |k, v| {
-                        // Names are ASCII and values percent-encoded: both always valid.
-                        match (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
-                            (Ok(k), Ok(v)) => attributes.push((k, v)),
-                            _ => bad = Some(k.to_owned()),
+                        // Names are the binding's fixed lower-case `ce-*` names; values are
+                        // percent-encoded, so always valid too.
+                        match HeaderValue::from_str(v) {
+                            Ok(v) => attributes.push((HeaderName::from_static(k), v)),
+                            Err(_) => bad = Some(k),
                         }
                     });
                     if let Some(k) = bad {
@@ -189,7 +188,8 @@ impl WebhookSink {
     async fn send(&self, req: &Request) -> Result<(), SinkError> {
         let mut headers = self.headers.clone();
         let value = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
-        if !self.own_content_type {
+        // A `Content-Type` among the configured headers wins.
+        if !self.headers.contains_key(CONTENT_TYPE) {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static(req.content_type));
         }
         headers.extend(req.attributes.iter().map(|(k, v)| (k.clone(), v.clone())));

@@ -70,8 +70,8 @@ pub fn inbound(m: &Incoming, mode: InboundEnvelope) -> Result<Inbound, String> {
     if ce_wanted && CE_BINARY_MARKERS.iter().any(|h| m.header(h).is_some()) {
         return binary_event(m).map(Inbound::Unwrapped);
     }
-    let content_type = m.header("content-type").unwrap_or_default().trim_start().to_ascii_lowercase();
-    if ce_wanted && content_type.starts_with("application/cloudevents") {
+    let content_type = m.header("content-type").unwrap_or_default().trim_start();
+    if ce_wanted && strip_prefix_ci(content_type, "application/cloudevents").is_some() {
         return structured_event(m).map(Inbound::Unwrapped);
     }
     if dbz_wanted && m.null_body && m.key.is_some() {
@@ -86,7 +86,7 @@ pub fn inbound(m: &Incoming, mode: InboundEnvelope) -> Result<Inbound, String> {
         return structured_event(m).map(Inbound::Unwrapped);
     }
     if dbz_wanted && (shape.debezium || shape.connect_wrapped) {
-        return debezium(m, text).map(Inbound::Unwrapped);
+        return debezium(m, text, !shape.debezium).map(Inbound::Unwrapped);
     }
     match mode {
         InboundEnvelope::CloudEvents => Err("expected a CloudEvent (a ce-specversion header, an application/cloudevents content type, or a body with specversion, id, source and type) (the pipeline's envelope is 'cloudevents')".into()),
@@ -289,9 +289,10 @@ struct DedupKey {
 }
 
 /// A Debezium change event (schema-wrapped or not).
-fn debezium(m: &Incoming, text: &str) -> Result<Unwrapped, String> {
+/// `wrapped`: the event is inside Kafka Connect's `{"schema", "payload"}`.
+fn debezium(m: &Incoming, text: &str, wrapped: bool) -> Result<Unwrapped, String> {
     let inner = match serde_json::from_str::<Wrapped<'_>>(text) {
-        Ok(w) if !Shape::of(text).debezium => w.payload.get(),
+        Ok(w) if wrapped => w.payload.get(),
         _ => text,
     };
     let c: Change<'_> = serde_json::from_str(inner).map_err(|e| format!("not a Debezium change event: {e}"))?;

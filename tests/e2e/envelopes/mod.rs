@@ -60,27 +60,11 @@ fn ext(e: &Event, name: &str) -> Option<String> {
     e.extension(name).map(|v| v.to_string())
 }
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).unwrap()
-}
-
-/// Checks a CloudEvent the SDK built against the change it stands for. `binary_http`: the
+/// Checks a CloudEvent the SDK built against the change it stands for. `encoded`: the
 /// attributes came as percent-encoded headers (the SDK does not decode them).
 fn check_event(e: &Event, change: &(&str, Value, Option<Value>), db: &str, encoded: bool) {
     let (op, row, before) = change;
-    let text = |v: Option<String>| v.map(|s| if encoded { percent_decode(&s) } else { s });
+    let text = |v: Option<String>| v.map(|s| if encoded { relay_runtime::percent::decode(&s).unwrap() } else { s });
     assert_eq!(e.ty(), format!("io.pgtrickle.orders.{op}"));
     assert_eq!(e.source().to_string(), format!("/pgtrickle/{db}/orders"));
     assert_eq!(e.subject(), Some(row["id"].to_string().as_str()), "subject = the key");

@@ -53,10 +53,7 @@ async fn cloudevents_posted_to_the_webhook_receiver_land_in_the_inbox_once() {
     c.execute("SELECT pgtrickle.set_relay_inbox('ce-in', config => $1::jsonb)", &[&config]).await.unwrap();
     let _relay = Relay::start(&db.url, "default", &[]);
     let url = format!("http://127.0.0.1:{port}/events");
-    eventually(Duration::from_secs(10), "the receiver listens", || async {
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
-    })
-    .await;
+    crate::reverse::wait_listening(port).await;
     let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     // Built and sent by the CloudEvents SDK's own HTTP binding (binary mode): `ce-` headers.
     let binary = cloudevents::EventBuilderV10::new()
