@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use relay_e2e::nats::NatsServer;
 use relay_e2e::*;
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_nats_example_publishes_every_row_once_even_after_redelivery() {
@@ -251,4 +251,147 @@ async fn credentials_from_a_secret_reference_authenticate_and_never_leak() {
     let (_, shown, _) = run_cli(&db.url, &["pipelines", "show", "bad"]);
     let everything = format!("{}{}{}{}", relay.get("/health").1, relay.get("/metrics").1, relay.full_stderr(), shown);
     assert!(!everything.contains(PASSWORD) && !everything.contains("wrong-password"), "a secret leaked");
+}
+
+/// Two pipelines from one outbox, each on its own subjects, into one stream that captures both:
+/// both give a row the same `Nats-Msg-Id` (its dedup key), so JetStream stores whichever copy
+/// comes first and acknowledges the other as a duplicate without storing it. Neither pipeline may
+/// commit past a message JetStream dropped: one that meets the other's copy stops, `failed`, and
+/// says why; with `nats_msg_id: "pipeline"` both relay every row onto their own subjects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelines_sharing_a_stream_never_commit_past_a_message_jetstream_dropped() {
+    const ROWS: usize = 40;
+    const LANES: [&str; 2] = ["a", "b"];
+    const WAIT: Duration = Duration::from_secs(30);
+    let nats = NatsServer::start();
+    nats.create_stream("fan", &["fan.>"]).await;
+    let (db, c, outbox) = db_with_outbox("fan").await;
+    let name = |lane: &str| format!("fan-{lane}");
+    let register = |lane: &'static str, msg_id: Option<&'static str>| {
+        let mut config = json!({"stream_table": "fan", "sink_type": "nats", "nats_url": nats.url(),
+                                "subject_template": format!("fan.{lane}.{{op}}"), "delta_mode": "snapshot"});
+        if let Some(m) = msg_id {
+            config["nats_msg_id"] = json!(m);
+        }
+        let c = &c;
+        async move {
+            c.execute("SELECT pgtrickle.set_relay_outbox($1, config => $2::jsonb)", &[&format!("fan-{lane}"), &config])
+                .await
+                .unwrap();
+        }
+    };
+    for lane in LANES {
+        register(lane, None).await;
+    }
+    let relay = Relay::start(&db.url, "default", &[]);
+    let pipeline = |lane: &str| -> Value {
+        let h = relay.health();
+        h["pipelines"].as_array().unwrap().iter().find(|p| p["name"] == name(lane)).cloned().unwrap_or(Value::Null)
+    };
+    eventually(WAIT, "both pipelines running", || async {
+        LANES.iter().all(|l| pipeline(l)["state"] == "running").then_some(())
+    })
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..ROWS {
+        ids.push(write_inline(&c, &outbox, Some(json!([{"i": i}]))).await);
+    }
+    let last = *ids.last().unwrap();
+    let refs = row_refs(&c, &outbox).await;
+    let key = |id: &i64| format!("{}:0", refs[id]);
+
+    // Each pipeline either commits every row or stops; then count what each lane holds.
+    eventually(WAIT, "each pipeline committed every row or stopped", || async {
+        for lane in LANES {
+            let done = committed_offset(&c, "default", &name(lane)).await == Some(last);
+            if !done && pipeline(lane)["state"] != "failed" {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    let stored = nats.stream_messages("fan").await;
+    let mut failed = Vec::new();
+    for lane in LANES {
+        let committed = committed_offset(&c, "default", &name(lane)).await.unwrap_or(0);
+        let copies = copies_on_lane(&stored, lane);
+        let lost: Vec<i64> =
+            ids.iter().filter(|id| **id <= committed && !copies.contains_key(&key(id))).copied().collect();
+        eprintln!(
+            "{}: committed up to outbox id {committed} of {last}; {} rows on its subjects",
+            name(lane),
+            copies.len()
+        );
+        assert!(
+            lost.is_empty(),
+            "{} committed up to outbox id {committed}, but JetStream never stored outbox ids {lost:?} on its subjects: \
+             they were dropped as duplicates of the other pipeline's copies",
+            name(lane)
+        );
+        assert!(copies.values().all(|ids| ids.len() == 1), "{}: a row stored twice: {copies:?}", name(lane));
+        let p = pipeline(lane);
+        if p["state"] == "failed" {
+            failed.push((name(lane), p["last_error"].as_str().unwrap_or_default().to_owned()));
+        }
+    }
+    assert!(!failed.is_empty(), "both pipelines published every row, so at least one met the other's copy");
+    for (p, error) in &failed {
+        eprintln!("{p} failed: {error}");
+        assert!(
+            error.contains("as a duplicate of its message") && error.contains("\"nats_msg_id\": \"pipeline\""),
+            "{p}: {error}"
+        );
+    }
+
+    // Ids scoped by pipeline: both relay every row. A row a stopped pipeline had published under
+    // the old id beyond its committed offset comes again under the new one (at most twice).
+    for lane in LANES {
+        register(lane, Some("pipeline")).await;
+    }
+    eventually(WAIT, "both pipelines committed every row", || async {
+        for lane in LANES {
+            if committed_offset(&c, "default", &name(lane)).await != Some(last) {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    let stored = nats.stream_messages("fan").await;
+    for lane in LANES {
+        let copies = copies_on_lane(&stored, lane);
+        let lost: Vec<i64> = ids.iter().filter(|id| !copies.contains_key(&key(id))).copied().collect();
+        assert!(lost.is_empty(), "{}: outbox ids {lost:?} never reached its subjects", name(lane));
+        assert_eq!(copies.len(), ROWS, "{}: unexpected rows {copies:?}", name(lane));
+        let scoped = format!("{}/", name(lane));
+        for (k, msg_ids) in &copies {
+            let ok = match msg_ids.as_slice() {
+                [one] => *one == *k || *one == format!("{scoped}{k}"),
+                [a, b] => *a == *k && *b == format!("{scoped}{k}"),
+                _ => false,
+            };
+            assert!(ok, "{}: row {k} stored as {msg_ids:?}", name(lane));
+        }
+        let again = copies.values().filter(|v| v.len() == 2).count();
+        eprintln!(
+            "{}: all {ROWS} rows on its subjects, {again} of them again under the pipeline-scoped id",
+            name(lane)
+        );
+        assert!(pipeline(lane)["state"] == "running", "{}: {}", name(lane), pipeline(lane));
+    }
+}
+
+/// For each dedup key stored on `fan.<lane>.*`, the `Nats-Msg-Id`s of its copies in stream order.
+fn copies_on_lane(
+    stored: &[relay_e2e::nats::StoredMessage],
+    lane: &str,
+) -> std::collections::HashMap<String, Vec<String>> {
+    let prefix = format!("fan.{lane}.");
+    let mut copies: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for m in stored.iter().filter(|m| m.subject.starts_with(&prefix)) {
+        let key = m.body["dedup_key"].as_str().unwrap().to_owned();
+        copies.entry(key).or_default().push(m.msg_id.clone().unwrap_or_default());
+    }
+    copies
 }

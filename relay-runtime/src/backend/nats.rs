@@ -66,7 +66,16 @@ pub struct NatsSinkConfig {
     pub max_in_flight: Option<Int<1, 65_536>>,
     /// Milliseconds to wait for a publish ack (default 10000).
     pub ack_timeout_ms: Option<Int<1, 3_600_000>>,
+    /// Each message's `Nats-Msg-Id`: `dedup_key` (default: the row's dedup key, the same through
+    /// every pipeline) or `pipeline` (`<pipeline>/<dedup key>`: for pipelines from one outbox
+    /// whose subjects one stream captures).
+    pub msg_id: Option<Choice<MsgId>>,
 }
+
+crate::choices!(
+    /// What a message's `Nats-Msg-Id` is made of.
+    MsgId "MsgId" { DedupKey = "dedup_key", Pipeline = "pipeline" }
+);
 
 crate::choices!(
     /// Where a new JetStream consumer starts.

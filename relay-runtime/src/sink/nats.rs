@@ -5,17 +5,24 @@
 //! confirms a batch only when JetStream acknowledged every message of it. Each message carries
 //! `Nats-Msg-Id` = its dedup key, so a batch published again after a crash or a retry is
 //! dropped by JetStream's duplicate window instead of being stored twice.
+//!
+//! A duplicate is confirmed only once the stored original is on the message's own subject (a
+//! redelivery always is): another pipeline from the same outbox into the same stream uses the
+//! same ids on other subjects, and JetStream would drop its messages while acknowledging them.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::header::{HeaderMap, HeaderName};
-use async_nats::jetstream::context::{CreateStreamErrorKind, GetStreamErrorKind, PublishErrorKind};
+use async_nats::header::{HeaderMap, HeaderName, NATS_MESSAGE_ID};
+use async_nats::jetstream::context::{CreateStreamErrorKind, GetStreamErrorKind, PublishAckFuture, PublishErrorKind};
+use async_nats::jetstream::stream::RawMessageErrorKind;
 use async_nats::jetstream::{self, stream};
+use async_nats::Subject;
 use futures::future::BoxFuture;
 
 use super::window::AckWindow;
 use super::{BuildError, Published, Sink, SinkContext, SinkError};
-use crate::backend::nats::NatsSinkConfig;
+use crate::backend::nats::{MsgId, NatsSinkConfig};
 use crate::message::envelope::{Binding, Envelope};
 use crate::message::RelayMessage;
 
@@ -28,6 +35,10 @@ pub struct NatsSink {
     /// previous one is still being acknowledged.
     window: AckWindow,
     envelope: Envelope,
+    /// `<pipeline>/` when `msg_id` is `pipeline`: prefixed to every `Nats-Msg-Id`.
+    msg_id_prefix: Option<String>,
+    /// Reads the original of a message acknowledged as a duplicate (shared by the ack futures).
+    originals: Arc<jetstream::Context>,
 }
 
 pub async fn build(cfg: &NatsSinkConfig, ctx: &SinkContext<'_>) -> Result<Box<dyn Sink>, BuildError> {
@@ -39,7 +50,18 @@ pub async fn build(cfg: &NatsSinkConfig, ctx: &SinkContext<'_>) -> Result<Box<dy
     if let Some(name) = &cfg.stream {
         ensure_stream(&js, cfg, name.as_str(), ctx).await?;
     }
-    Ok(Box::new(NatsSink { client, js, window: AckWindow::new(window), envelope: ctx.envelope.clone() }))
+    let msg_id_prefix = match cfg.msg_id.map(|c| c.0) {
+        Some(MsgId::Pipeline) => Some(format!("{}/", ctx.pipeline)),
+        Some(MsgId::DedupKey) | None => None,
+    };
+    Ok(Box::new(NatsSink {
+        client,
+        originals: Arc::new(js.clone()),
+        js,
+        window: AckWindow::new(window),
+        envelope: ctx.envelope.clone(),
+        msg_id_prefix,
+    }))
 }
 
 /// Checks that the configured stream exists, or creates it when `create_stream` is true.
@@ -106,6 +128,61 @@ fn classify(e: &async_nats::jetstream::context::PublishError, subject: &str) -> 
     }
 }
 
+/// Waits for a message's acknowledgement; `true` when JetStream reported a duplicate, which is
+/// confirmed only after [`check_duplicate`].
+async fn confirm(
+    ack: PublishAckFuture,
+    subject: Subject,
+    originals: Arc<jetstream::Context>,
+) -> Result<bool, SinkError> {
+    let ack =
+        ack.await.map_err(|e| SinkError::retryable(BACKEND, "JetStream did not acknowledge a message").because(e))?;
+    if ack.duplicate {
+        check_duplicate(&originals, &ack.stream, ack.sequence, &subject).await?;
+    }
+    Ok(ack.duplicate)
+}
+
+/// JetStream acknowledges a message whose `Nats-Msg-Id` it saw within the duplicate window as a
+/// duplicate, with the sequence of the stored original, and does not store it. A redelivery
+/// (after a crash, a retry, a failover) goes to the subject of its original. An original on
+/// another subject was published by someone else with the same id — typically another pipeline
+/// from the same outbox into this stream — so this message was dropped: confirming it would
+/// commit past a message no consumer will ever see. An original that is gone (a work-queue
+/// consumer took it, limits removed it) cannot be compared and is taken as a redelivery.
+async fn check_duplicate(
+    js: &jetstream::Context,
+    stream: &str,
+    sequence: u64,
+    subject: &Subject,
+) -> Result<(), SinkError> {
+    let unreadable = || {
+        SinkError::retryable(
+            BACKEND,
+            format!("cannot read message {sequence} of stream '{stream}', the original of a duplicate on '{subject}'"),
+        )
+    };
+    let original = match js.get_stream_no_info(stream).await {
+        Ok(s) => s.get_raw_message(sequence).await,
+        Err(e) => return Err(unreadable().because(e)),
+    };
+    match original {
+        Ok(original) if original.subject == *subject => Ok(()),
+        Ok(original) => {
+            let id = original.headers.get(NATS_MESSAGE_ID).map_or("", |v| v.as_str());
+            Err(SinkError::permanent(BACKEND, format!(
+                "JetStream stream '{stream}' dropped a message for '{subject}' as a duplicate of its message {sequence} on '{}' \
+                 (the same Nats-Msg-Id '{id}'): another publisher, such as another pipeline from this outbox, uses this \
+                 stream with the same ids. Nothing is committed past the dropped message. Give each pipeline its own \
+                 stream, or set \"nats_msg_id\": \"pipeline\" on the pipelines that share it",
+                original.subject
+            )))
+        }
+        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(()),
+        Err(e) => Err(unreadable().because(e)),
+    }
+}
+
 impl NatsSink {
     fn headers(&self, m: &RelayMessage) -> HeaderMap {
         // Static names: a name given as `&str` is copied into every message's map.
@@ -115,7 +192,10 @@ impl NatsSink {
         const CONTENT_TYPE: HeaderName = HeaderName::from_static("Content-Type");
         const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
         let mut h = HeaderMap::new();
-        h.insert(async_nats::header::NATS_MESSAGE_ID, m.dedup_key.as_str());
+        match &self.msg_id_prefix {
+            None => h.insert(NATS_MESSAGE_ID, m.dedup_key.as_str()),
+            Some(prefix) => h.insert(NATS_MESSAGE_ID, [prefix.as_str(), &m.dedup_key].concat()),
+        }
         h.insert(OP, m.op.as_str());
         if m.is_full_refresh {
             h.insert(FULL_REFRESH, "true");
@@ -141,16 +221,13 @@ impl Sink for NatsSink {
             let mut done = Published::default();
             for m in batch {
                 let body = self.envelope.body(m);
+                let subject = Subject::from(m.subject.clone());
                 let ack = self
                     .js
-                    .publish_with_headers(m.subject.clone(), self.headers(m), body.into())
+                    .publish_with_headers(subject.clone(), self.headers(m), body.into())
                     .await
                     .map_err(|e| classify(&e, &m.subject))?;
-                let ack = Box::pin(async move {
-                    ack.await.map(|a| a.duplicate).map_err(|e| {
-                        SinkError::retryable(BACKEND, "JetStream did not acknowledge a message").because(e)
-                    })
-                });
+                let ack = Box::pin(confirm(ack, subject, self.originals.clone()));
                 self.window.push(call, ack, &mut done).await?;
             }
             // Everything sent by earlier calls must be confirmed before this call returns.
