@@ -8,6 +8,12 @@
 //! them all and fences every worker's commits at once; the workers stop and their pipelines are
 //! taken again from their committed offsets. `pgtrickle_outbox_new` notifications (payload: the bare
 //! outbox table name) wake the matching forward worker without waiting for its poll interval.
+//!
+//! An instance that joins the group, or lets pipelines go while it is alive — it stops (SIGTERM:
+//! a rolling update, a scale-down) or hands its surplus over to a newcomer — says so on
+//! `pgtrickle_relay_handover` (payload: the relay group; after the locks are released), and the
+//! group's other instances discover at once: pipelines move in milliseconds, not a discovery
+//! interval later.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,6 +32,7 @@ use crate::state::RelayState;
 
 pub const CONFIG_CHANNEL: &str = "pgtrickle_relay_config";
 pub const OUTBOX_CHANNEL: &str = "pgtrickle_outbox_new";
+pub const HANDOVER_CHANNEL: &str = "pgtrickle_relay_handover";
 
 #[derive(Debug, Clone)]
 pub struct CoordinatorOptions {
@@ -104,8 +111,10 @@ impl Coordinator {
             else {
                 break 'reconnect;
             };
-            if let Err(e) =
-                conn.client.batch_execute(&format!("LISTEN {CONFIG_CHANNEL}; LISTEN {OUTBOX_CHANNEL}")).await
+            if let Err(e) = conn
+                .client
+                .batch_execute(&format!("LISTEN {CONFIG_CHANNEL}; LISTEN {OUTBOX_CHANNEL}; LISTEN {HANDOVER_CHANNEL}"))
+                .await
             {
                 tracing::warn!(error = %e, "cannot LISTEN; reconnecting");
                 continue 'reconnect;
@@ -115,6 +124,9 @@ impl Coordinator {
             // its instance lock.
             if let Err(e) = self.register(&conn).await {
                 tracing::warn!(error = %e, "cannot register this relay instance; balancing treats it as absent");
+            } else {
+                // The others' share shrank: they hand their surplus over now, not on their next tick.
+                self.announce_handover(&conn).await;
             }
             // A reconnect may have missed notifications: resync at once.
             self.discover(&conn).await;
@@ -132,7 +144,12 @@ impl Coordinator {
             heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = shutdown.cancelled() => break 'reconnect,
+                    _ = shutdown.cancelled() => {
+                        self.ctx.set_ready(false);
+                        let clean = self.stop_all().await;
+                        self.depart(&conn).await;
+                        return clean;
+                    }
                     _ = conn.closed.cancelled() => {
                         tracing::warn!("lost the catalog connection; reconnecting (workers keep running on their own connections)");
                         self.ctx.set_catalog_connected(false);
@@ -149,11 +166,15 @@ impl Coordinator {
                         while let Ok(n) = rx.try_recv() {
                             batch.push(n);
                         }
+                        let handover = batch.iter().any(|n| n.channel == HANDOVER_CHANNEL && n.payload == self.ctx.group_id);
                         if batch.iter().any(|n| n.channel == CONFIG_CHANNEL) {
                             tracing::debug!(changes = batch.iter().filter(|n| n.channel == CONFIG_CHANNEL).count(), "relay config changed");
                             self.discover(&conn).await;
+                        } else if handover {
+                            tracing::debug!("another instance of the group let pipelines go");
+                            self.discover(&conn).await;
                         }
-                        for n in batch.iter().filter(|n| n.channel != CONFIG_CHANNEL) {
+                        for n in batch.iter().filter(|n| n.channel == OUTBOX_CHANNEL) {
                             self.wake(n);
                         }
                     }
@@ -284,6 +305,9 @@ impl Coordinator {
                     self.stop_worker(&key, w).await;
                     released.push(key);
                 }
+            }
+            if !released.is_empty() {
+                self.announce_handover(conn).await;
             }
         }
         let mut keys: Vec<Key> = wanted.keys().cloned().collect();
@@ -482,6 +506,31 @@ impl Coordinator {
             }
         }
         self.ctx.remove(pipeline, *direction);
+    }
+
+    /// Leaves the group after [`Self::stop_all`]: the workers released their pipelines' locks;
+    /// the instance lock goes now, so that the others' fair share grows, and they are told.
+    async fn depart(&self, conn: &DbConnection) {
+        if let Err(e) = conn
+            .client
+            .execute(
+                "SELECT pg_advisory_unlock(hashtext($1), hashtext('instance:' || $2))",
+                &[&self.ctx.group_id, &self.ctx.worker_id],
+            )
+            .await
+        {
+            tracing::debug!(error = %e, "cannot release the instance lock (it goes with the session)");
+            return;
+        }
+        self.announce_handover(conn).await;
+    }
+
+    /// Tells the group's other instances that pipelines were let go (see the module docs).
+    async fn announce_handover(&self, conn: &DbConnection) {
+        if let Err(e) = conn.client.execute("SELECT pg_notify($1, $2)", &[&HANDOVER_CHANNEL, &self.ctx.group_id]).await
+        {
+            tracing::debug!(error = %e, "cannot announce the handover; the others find the pipelines on their next discovery");
+        }
     }
 
     async fn stop_all(&mut self) -> bool {

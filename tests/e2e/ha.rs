@@ -173,3 +173,69 @@ async fn a_second_instance_takes_its_fair_share_and_gives_it_back_when_it_dies()
         .await;
     }
 }
+
+/// With a discovery interval far longer than the test, only the handover notifications can move
+/// pipelines: an instance that joins gets its fair share at once, and one stopped with SIGTERM (a
+/// rolling update, a scale-down) hands every pipeline to the survivor at once. Every hand-over
+/// is graceful (the batch in flight is committed first), so each row arrives exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_and_stopping_instances_hand_pipelines_over_at_once() {
+    let names = ["hand-a", "hand-b", "hand-c", "hand-d"];
+    let (db, c, outboxes) = stdout_pipelines(&names).await;
+    let owned_by = |relay: &Relay| relay.health()["pipelines_owned"].as_u64().unwrap_or(0);
+    let slow_discovery = ["--discovery-interval", "300s"];
+    let mut r1 = Relay::start(&db.url, "hand", &slow_discovery);
+    eventually(Duration::from_secs(10), "the only instance owns everything", || async {
+        (owned_by(&r1) == 4).then_some(())
+    })
+    .await;
+    let mut written = 0;
+    let mut write_round = |round: i32| {
+        let (c, outboxes) = (&c, &outboxes);
+        written += outboxes.len();
+        async move {
+            for o in outboxes {
+                write_inline(c, o, Some(json!([{"round": round}]))).await;
+            }
+        }
+    };
+    write_round(0).await;
+
+    let t = Instant::now();
+    let r2 = Relay::start(&db.url, "hand", &slow_discovery);
+    eventually(Duration::from_secs(10), "the newcomer gets its fair share", || async {
+        (owned_by(&r1) == 2 && owned_by(&r2) == 2).then_some(())
+    })
+    .await;
+    eprintln!("a joining instance had its fair share {:?} after it was started", t.elapsed());
+    write_round(1).await;
+
+    let t = Instant::now();
+    assert!(r1.terminate().success(), "{}", r1.stderr());
+    let stopped = t.elapsed();
+    eventually(Duration::from_secs(10), "the survivor owns everything", || async {
+        (owned_by(&r2) == 4).then_some(())
+    })
+    .await;
+    eprintln!(
+        "SIGTERM: the instance exited after {stopped:?}; the survivor owned everything {:?} after the signal",
+        t.elapsed()
+    );
+    write_round(2).await;
+
+    for n in names {
+        let last: i64 = c
+            .query_one(&format!("SELECT max(id) FROM pgtrickle.\"outbox_{}\"", n.replace('-', "_")), &[])
+            .await
+            .unwrap()
+            .get(0);
+        eventually(Duration::from_secs(10), "every outbox relayed", || async {
+            (committed_offset(&c, "hand", n).await == Some(last)).then_some(())
+        })
+        .await;
+    }
+    let all: Vec<Value> = r1.messages().into_iter().chain(r2.messages()).collect();
+    let keys: BTreeSet<String> = all.iter().map(|m| m["dedup_key"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(keys.len(), written, "every row relayed");
+    assert_eq!(all.len(), written, "graceful hand-overs relay no row twice");
+}
