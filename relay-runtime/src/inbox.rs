@@ -114,6 +114,22 @@ impl InboxTable {
             self.qualified()
         )
     }
+
+    /// What a reverse pipeline runs on this inbox.
+    pub fn statements(&self) -> InboxStatements {
+        InboxStatements {
+            insert: self.insert_sql(),
+            sources: format!("SELECT event_id, source FROM {} WHERE event_id = ANY($1::text[])", self.qualified()),
+        }
+    }
+}
+
+/// The statements of [`InboxTable::statements`].
+pub struct InboxStatements {
+    /// [`InboxTable::insert_sql`], for [`write`].
+    pub insert: String,
+    /// The stored `source` of rows by `event_id` ($1 `text[]`), for [`stored_sources`].
+    pub sources: String,
 }
 
 /// One inbox row.
@@ -125,6 +141,9 @@ pub struct InboxRow {
     pub aggregate_id: Option<String>,
     pub payload: crate::message::Payload,
     pub trace_id: Option<String>,
+    /// `event_id` is unique only within `source` (a CloudEvent's id, CloudEvents 1.0 §id): a
+    /// stored row of the same id from another source is another event, not a redelivery.
+    pub source_scoped: bool,
 }
 
 /// Writes `rows` with one statement (`sql` from [`InboxTable::insert_sql`]); returns the event
@@ -141,6 +160,17 @@ pub async fn write(client: &impl GenericClient, sql: &str, rows: &[InboxRow]) ->
         .await
         .map_err(|e| InboxError::from_pg(&e))?;
     Ok(inserted.iter().map(|r| r.get(0)).collect())
+}
+
+/// The stored `source` of each of `ids` that is in the inbox (`sql`:
+/// [`InboxStatements::sources`]).
+pub async fn stored_sources(
+    client: &impl GenericClient,
+    sql: &str,
+    ids: &[&str],
+) -> Result<std::collections::HashMap<String, Option<String>>, InboxError> {
+    let rows = client.query(sql, &[&ids]).await.map_err(|e| InboxError::from_pg(&e))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 #[cfg(test)]

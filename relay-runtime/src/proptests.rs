@@ -138,6 +138,7 @@ proptest! {
             source_name: "p".into(), event_id_field: Some("id".into()), event_type_field: "event_type".into(),
             default_event_type: "nats".into(), aggregate_id_field: Some("k".into()), max_message_bytes: 150,
             source_name_set: false, envelope: crate::source::envelope::InboundEnvelope::Auto,
+            cloudevents_source_id: false,
         };
         let incoming = crate::source::Incoming { id, coordinate: "nats:s:1".into(), subject: None, key: None,
                                                  headers: vec![], body, null_body: false };

@@ -48,6 +48,11 @@ crate::choices!(
     }
 );
 
+crate::choices!(
+    /// What a CloudEvent's inbox `event_id` is made of.
+    CloudEventsEventIdChoice "CloudEventsEventId" { Id = "id", SourceId = "source_id" }
+);
+
 /// The keys of a forward pipeline that are not its sink's. They may be written at the top
 /// (flat form), or inside `source` / `sink` (pg_trickle's positional form stores only those).
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
@@ -140,6 +145,9 @@ pub struct ReverseKeys {
     /// How messages are read: `auto` (default: CloudEvents and Debezium events are recognised,
     /// anything else mapped as it is), `native`, `cloudevents` or `debezium` (required).
     pub envelope: Option<Choice<InboundEnvelopeChoice>>,
+    /// A CloudEvent's `event_id`: `id` (default) or `source_id` (`<source> <id>`, for senders
+    /// whose ids repeat across sources, as CloudEvents allows).
+    pub cloudevents_event_id: Option<Choice<CloudEventsEventIdChoice>>,
     /// Written by pg_trickle's positional `set_relay_inbox`; not used by this relay.
     pub max_retries: Option<Ignored>,
     /// Written by pg_trickle's positional `set_relay_inbox`; not used by this relay.

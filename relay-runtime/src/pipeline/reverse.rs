@@ -17,10 +17,10 @@ use crate::backend::fields::Text;
 use crate::backoff::Backoff;
 use crate::catalog::dead_letters::{self, DeadLetter};
 use crate::catalog::pool::{pipeline_lock_held, Work};
-use crate::config::keys::InboundEnvelopeChoice;
+use crate::config::keys::{CloudEventsEventIdChoice, InboundEnvelopeChoice};
 use crate::config::{Direction, ReverseSpec};
 use crate::error::report as report_error;
-use crate::inbox::{self, InboxError, InboxRow, InboxTable};
+use crate::inbox::{self, InboxError, InboxRow, InboxStatements, InboxTable};
 use crate::message::{trace_id, Payload};
 use crate::source::envelope::{self, Inbound, InboundEnvelope, Unwrapped};
 use crate::source::{self, Incoming, Outcome, Source, SourceContext};
@@ -41,6 +41,8 @@ pub struct Mapping {
     /// `source_name` was set (it then wins over a CloudEvent's `source`).
     pub source_name_set: bool,
     pub envelope: InboundEnvelope,
+    /// `cloudevents_event_id: source_id`: a CloudEvent's `event_id` is `<source> <id>`.
+    pub cloudevents_source_id: bool,
 }
 
 impl Mapping {
@@ -61,6 +63,7 @@ impl Mapping {
                 Some(InboundEnvelopeChoice::CloudEvents) => InboundEnvelope::CloudEvents,
                 Some(InboundEnvelopeChoice::Debezium) => InboundEnvelope::Debezium,
             },
+            cloudevents_source_id: k.cloudevents_event_id.is_some_and(|c| c.0 == CloudEventsEventIdChoice::SourceId),
         }
     }
 
@@ -85,10 +88,18 @@ impl Mapping {
     fn unwrapped_row(&self, m: &Incoming, u: Unwrapped) -> InboxRow {
         let [id_value, aggregate_value] =
             u.payload.pick([self.event_id_field.as_deref(), self.aggregate_id_field.as_deref()]);
+        // Only a CloudEvent has a `source`; its id is unique within that source.
+        let envelope_id = match (u.event_id, &u.source) {
+            (Some(id), Some(source)) if self.cloudevents_source_id => Some(format!("{source} {id}")),
+            (id, _) => id,
+        };
+        // The inbox's `source` column holds the event's source unless `source_name` overrides it:
+        // only then can a stored row tell which source its id came from.
+        let source_scoped = u.source.is_some() && !self.source_name_set;
         InboxRow {
             event_id: id_value
                 .and_then(crate::message::value_text)
-                .or(u.event_id)
+                .or(envelope_id)
                 .or_else(|| m.id.clone())
                 .unwrap_or_else(|| m.coordinate.clone()),
             event_type: Some(u.event_type.unwrap_or_else(|| self.default_event_type.clone())),
@@ -99,6 +110,7 @@ impl Mapping {
             aggregate_id: aggregate_value.and_then(crate::message::value_text).or(u.aggregate_id),
             trace_id: u.traceparent.as_deref().and_then(trace_id),
             payload: u.payload,
+            source_scoped,
         }
     }
 
@@ -133,6 +145,7 @@ impl Mapping {
             aggregate_id,
             payload,
             trace_id: m.header("traceparent").and_then(trace_id),
+            source_scoped: false,
         })
     }
 }
@@ -175,7 +188,7 @@ pub async fn run(ctx: Arc<RelayState>, spec: ReverseSpec, link: &WorkerLink, st:
     st.state = PipelineState::Running;
     st.last_error = None;
     report_now(&ctx, link, st, 0, 0).await;
-    let insert_sql = table.insert_sql();
+    let statements = table.statements();
     let labels = [spec.name.as_str(), "reverse"];
     let mut delay = Backoff::new(Duration::from_millis(100), crate::backoff::MAX);
     let (mut unreported, mut unreported_errors, mut last_status) = (0i64, 0i64, Instant::now());
@@ -213,7 +226,7 @@ pub async fn run(ctx: Arc<RelayState>, spec: ReverseSpec, link: &WorkerLink, st:
             source.nack("the relay is stopping").await;
             break;
         };
-        let stored = store(&work, link.lock.fence(), &ctx.group_id, &spec.name, &insert_sql, &mapping, &batch).await;
+        let stored = store(&work, link.lock.fence(), &ctx.group_id, &spec.name, &statements, &mapping, &batch).await;
         drop(work);
         match stored {
             Ok(outcomes) => {
@@ -337,7 +350,7 @@ async fn store(
     lock: (i32, i64),
     group: &str,
     pipeline: &str,
-    insert_sql: &str,
+    sql: &InboxStatements,
     mapping: &Mapping,
     batch: &[Incoming],
 ) -> Result<Vec<Outcome>, InboxError> {
@@ -361,13 +374,13 @@ async fn store(
     let result: Result<(), InboxError> = async {
         if !rows.is_empty() {
             client.batch_execute("SAVEPOINT batch").await.map_err(pg)?;
-            match inbox::write(&**client, insert_sql, &rows).await {
+            match inbox::write(&**client, &sql.insert, &rows).await {
                 Ok(new) => mark_duplicates(&mut outcomes, &rows, &row_index, &new),
                 Err(InboxError::Row(_)) => {
                     client.batch_execute("ROLLBACK TO SAVEPOINT batch").await.map_err(pg)?;
                     for (r, &i) in rows.iter().zip(&row_index) {
                         client.batch_execute("SAVEPOINT one").await.map_err(pg)?;
-                        match inbox::write(&**client, insert_sql, std::slice::from_ref(r)).await {
+                        match inbox::write(&**client, &sql.insert, std::slice::from_ref(r)).await {
                             Ok(new) if new.is_empty() => outcomes[i] = Outcome::Duplicate,
                             Ok(_) => {}
                             Err(InboxError::Row(e)) => {
@@ -380,6 +393,7 @@ async fn store(
                 }
                 Err(e) => return Err(e),
             }
+            dead.extend(collisions(client, sql, &outcomes, &rows, &row_index).await?);
         }
         for (i, error) in &dead {
             let m = &batch[*i];
@@ -425,6 +439,45 @@ async fn store(
             Err(e)
         }
     }
+}
+
+/// The duplicates that are not redeliveries: a CloudEvent whose id is stored from another
+/// source is another event (CloudEvents ids are unique per source). Skipping it would lose it
+/// silently, so it is dead-lettered, saying so.
+async fn collisions(
+    client: &Work,
+    sql: &InboxStatements,
+    outcomes: &[Outcome],
+    rows: &[InboxRow],
+    index: &[usize],
+) -> Result<Vec<(usize, String)>, InboxError> {
+    let scoped: Vec<(&InboxRow, usize)> = rows
+        .iter()
+        .zip(index)
+        .filter(|(r, &i)| r.source_scoped && outcomes[i] == Outcome::Duplicate)
+        .map(|(r, &i)| (r, i))
+        .collect();
+    if scoped.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<&str> = scoped.iter().map(|(r, _)| r.event_id.as_str()).collect();
+    let stored = inbox::stored_sources(&**client, &sql.sources, &ids).await?;
+    Ok(scoped
+        .into_iter()
+        .filter_map(|(r, i)| {
+            let theirs = stored.get(&r.event_id)?;
+            (theirs != &r.source).then(|| {
+                (i, format!(
+                    "event id '{}' from source '{}' is already in the inbox from source '{}': CloudEvents ids are unique only \
+                     within their source, so this is another event, not a redelivery. Set \"cloudevents_event_id\": \"source_id\" \
+                     to key the inbox on source and id, then replay this dead letter",
+                    r.event_id,
+                    r.source.as_deref().unwrap_or(""),
+                    theirs.as_deref().unwrap_or(""),
+                ))
+            })
+        })
+        .collect())
 }
 
 /// After a batch insert: a row whose id is not among the new ones (or that repeats an id of
@@ -474,6 +527,7 @@ mod tests {
             max_message_bytes: 100,
             source_name_set: false,
             envelope: InboundEnvelope::Auto,
+            cloudevents_source_id: false,
         }
     }
 
@@ -501,6 +555,20 @@ mod tests {
     }
 
     #[test]
+    fn a_cloudevent_id_is_scoped_by_its_source_when_asked() {
+        let event = incoming(r#"{"specversion":"1.0","id":"7","source":"/shop/a","type":"t","data":{}}"#);
+        let row = mapping().row(&event).unwrap().unwrap();
+        assert_eq!((row.event_id.as_str(), row.source.as_deref(), row.source_scoped), ("7", Some("/shop/a"), true));
+        let scoped = Mapping { cloudevents_source_id: true, ..mapping() };
+        assert_eq!(scoped.row(&event).unwrap().unwrap().event_id, "/shop/a 7");
+        // `source_name` replaces the source column: a stored row cannot tell the sources apart.
+        let named = Mapping { source_name_set: true, ..mapping() };
+        assert!(!named.row(&event).unwrap().unwrap().source_scoped);
+        // Debezium and native rows have no source of their own.
+        assert!(!mapping().row(&incoming(r#"{"order_id": 1}"#)).unwrap().unwrap().source_scoped);
+    }
+
+    #[test]
     fn ids_not_returned_as_new_are_duplicates() {
         let row = |id: &str| InboxRow {
             event_id: id.into(),
@@ -509,6 +577,7 @@ mod tests {
             aggregate_id: None,
             payload: Value::Null.into(),
             trace_id: None,
+            source_scoped: false,
         };
         let rows = vec![row("a"), row("b"), row("a")];
         let mut outcomes = vec![Outcome::Stored; 3];

@@ -135,6 +135,7 @@ impl Sink for PgInboxSink {
                         Payload::written(self.envelope.body(m))
                     },
                     trace_id: crate::message::trace_id(&m.traceparent),
+                    source_scoped: false,
                 })
                 .collect();
             let client = match (&borrowed, &self.conn) {

@@ -283,3 +283,113 @@ async fn cloudevents_round_trip_through_rabbitmq_into_the_inbox() {
         .get(0);
     assert_eq!(dead, 0);
 }
+
+/// CloudEvents ids are unique only within their source: two senders that both number their events
+/// 1, 2, 3 … send different events under the same ids. The inbox keys on `id`, so an id already
+/// stored from another source is dead-lettered, saying why — never skipped as a duplicate — and
+/// `cloudevents_event_id: source_id` plus a replay put every event in the inbox once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudevents_of_two_sources_with_the_same_ids_are_never_dropped_as_duplicates() {
+    const N: i64 = 5;
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    assert!(run_cli(&db.url, &["migrate"]).0.success());
+    create_inbox_table(&c, "public.ce_ids").await;
+    let port = free_port();
+    let config = |event_id: &str| {
+        json!({"source_type": "webhook", "webhook_bind": format!("127.0.0.1:{port}"), "webhook_path": "/events",
+               "inbox_table": "ce_ids", "schema": "public", "cloudevents_event_id": event_id})
+    };
+    c.execute("SELECT pgtrickle.set_relay_inbox('ce-ids', config => $1::jsonb)", &[&config("id")]).await.unwrap();
+    let relay = Relay::start(&db.url, "default", &[]);
+    crate::reverse::wait_listening(port).await;
+    let http = reqwest::Client::new();
+    let post = |source: &'static str| {
+        let events: Vec<Value> = (1..=N)
+            .map(|n| {
+                json!({"specversion": "1.0", "id": n.to_string(), "source": source, "type": "com.shop.counted",
+                             "data": {"from": source, "n": n}})
+            })
+            .collect();
+        let request = http
+            .post(format!("http://127.0.0.1:{port}/events"))
+            .header("content-type", "application/cloudevents-batch+json")
+            .body(Value::Array(events).to_string());
+        async move {
+            let r = request.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, serde_json::from_slice::<Value>(&r.bytes().await.unwrap()).unwrap())
+        }
+    };
+    let (status, answer) = post("/shop/a").await;
+    assert_eq!((status, &answer["stored"]), (200, &json!(N)), "{answer}");
+    // The same ids from another source: other events.
+    let (status, answer) = post("/shop/b").await;
+    assert_eq!((status, &answer["dead_lettered"], &answer["duplicates"]), (422, &json!(N), &json!(0)), "{answer}");
+    let error = answer["error"].as_str().unwrap();
+    assert!(
+        error.contains("from source '/shop/b' is already in the inbox from source '/shop/a'")
+            && error.contains("\"cloudevents_event_id\": \"source_id\""),
+        "{error}"
+    );
+    // A real redelivery is still a duplicate.
+    let (status, answer) = post("/shop/a").await;
+    assert_eq!((status, &answer["duplicates"]), (200, &json!(N)), "{answer}");
+
+    // Every event is in the inbox or in the dead letters, never nowhere.
+    let inbox = counted_events(&c).await;
+    let dead: Vec<Value> = c
+        .query(
+            "SELECT payload FROM pgtrickle.relay_dead_letters WHERE pipeline = 'ce-ids' AND replayed_at IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::from_slice(r.get::<_, &[u8]>(0)).unwrap())
+        .collect();
+    assert_eq!(inbox, (1..=N).map(|n| (("/shop/a".to_owned(), n), 1)).collect(), "the first source's events once");
+    let mut dead_events: Vec<(String, i64)> = dead
+        .iter()
+        .map(|e| (e["data"]["from"].as_str().unwrap().to_owned(), e["data"]["n"].as_i64().unwrap()))
+        .collect();
+    dead_events.sort();
+    assert_eq!(dead_events, (1..=N).map(|n| ("/shop/b".to_owned(), n)).collect::<Vec<_>>(), "the other's, kept");
+
+    // Keyed on source and id, the dead letters replay into the inbox; nothing twice.
+    c.execute("SELECT pgtrickle.set_relay_inbox('ce-ids', config => $1::jsonb)", &[&config("source_id")])
+        .await
+        .unwrap();
+    let (ok, out, err) = run_cli(&db.url, &["dlq", "replay", "--pipeline", "ce-ids"]);
+    assert!(ok.success(), "{out}{err}");
+    let inbox = counted_events(&c).await;
+    let expected: std::collections::BTreeMap<(String, i64), usize> =
+        ["/shop/a", "/shop/b"].iter().flat_map(|s| (1..=N).map(move |n| ((s.to_string(), n), 1))).collect();
+    assert_eq!(inbox, expected, "every event of both sources once");
+    let b_ids: Vec<String> = c
+        .query("SELECT event_id FROM public.ce_ids WHERE source = '/shop/b' ORDER BY event_id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(b_ids, (1..=N).map(|n| format!("/shop/b {n}")).collect::<Vec<_>>());
+    // The pipeline restarted with the new key: the second source's redelivery is a duplicate.
+    eventually(Duration::from_secs(10), "the receiver keyed on source and id", || async {
+        let (status, answer) = post("/shop/b").await;
+        (status == 200 && answer["duplicates"] == N).then_some(())
+    })
+    .await;
+    assert_eq!(counted_events(&c).await, expected);
+    drop(relay);
+}
+
+/// How many times each (sender, n) of the counted events is in the inbox.
+async fn counted_events(c: &Client) -> std::collections::BTreeMap<(String, i64), usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for r in c.query("SELECT payload FROM public.ce_ids", &[]).await.unwrap() {
+        let p: Value = r.get(0);
+        *counts.entry((p["from"].as_str().unwrap().to_owned(), p["n"].as_i64().unwrap())).or_insert(0) += 1;
+    }
+    counts
+}
