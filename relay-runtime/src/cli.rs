@@ -184,25 +184,24 @@ async fn check_cmd(url: &str) -> anyhow::Result<ExitCode> {
             Err(e) => Err(e.to_string()),
             Ok(PipelineSpec::Forward(spec)) if !spec.conflicts.is_empty() => Err(spec.conflicts.join("; ")),
             Ok(PipelineSpec::Forward(spec)) => match OutboxTable::resolve(&conn.client, &spec.outbox).await {
-                Ok(t) => match crate::sink::build(
-                    &spec.sink,
-                    &crate::sink::SinkContext {
+                Ok(t) => {
+                    let names = crate::pipeline::forward::template_names(&spec, &t);
+                    let envelope = crate::pipeline::forward::envelope_of(&spec, &names, &[]);
+                    let sink_ctx = crate::sink::SinkContext {
                         pipeline: &spec.name,
                         subject_template: spec.subject_template.source(),
                         postgres_url: url,
-                        stream_table: &t.stream_table,
-                        outbox_table: &t.table,
+                        names: &names,
                         // A check only builds the sink; it never writes.
                         dedup_scope: "check",
                         own_database: None,
-                        envelope: &crate::pipeline::forward::envelope_of(&spec, &t, &[]),
-                    },
-                )
-                .await
-                {
-                    Ok(_) => Ok(format!("{} -> {}", t.qualified(), spec.sink.kind.as_str())),
-                    Err(e) => Err(report(&e)),
-                },
+                        envelope: &envelope,
+                    };
+                    match crate::sink::build(&spec.sink, &sink_ctx).await {
+                        Ok(_) => Ok(format!("{} -> {}", t.qualified(), spec.sink.kind.as_str())),
+                        Err(e) => Err(report(&e)),
+                    }
+                }
                 Err(e) => Err(report(&e)),
             },
             // The source is not contacted (that would bind a receiver or create consumers).

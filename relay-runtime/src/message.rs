@@ -144,10 +144,9 @@ impl RelayMessage {
 
     /// The template variables of this message, for sink-side templates (topics, stream keys,
     /// routing keys, message groups).
-    pub fn vars<'a>(&'a self, stream_table: &'a str, outbox_table: &'a str) -> TemplateVars<'a> {
+    pub fn vars<'a>(&'a self, names: &'a TemplateNames) -> TemplateVars<'a> {
         TemplateVars {
-            stream_table,
-            outbox_table,
+            names,
             op: self.op,
             outbox_id: self.outbox_id.unwrap_or(0),
             refresh_id: self.refresh_id.as_deref(),
@@ -231,11 +230,22 @@ fn write_json_str(out: &mut Vec<u8>, s: &str) {
     }
 }
 
+/// What a pipeline's templates can name that is the same for all of its messages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TemplateNames {
+    pub pipeline: String,
+    /// `current_database()`.
+    pub database: String,
+    /// The stream table's schema.
+    pub schema: String,
+    pub stream_table: String,
+    pub outbox_table: String,
+}
+
 /// Values a template can refer to.
 #[derive(Debug, Clone, Copy)]
 pub struct TemplateVars<'a> {
-    pub stream_table: &'a str,
-    pub outbox_table: &'a str,
+    pub names: &'a TemplateNames,
     pub op: Op,
     pub outbox_id: i64,
     pub refresh_id: Option<&'a str>,
@@ -244,6 +254,9 @@ pub struct TemplateVars<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
     Literal(String),
+    Pipeline,
+    Database,
+    Schema,
     StreamTable,
     OutboxTable,
     Op,
@@ -251,8 +264,9 @@ enum Segment {
     RefreshId,
 }
 
-/// A subject/topic template, parsed once: `{stream_table}`, `{outbox_table}`, `{op}`,
-/// `{outbox_id}`, `{refresh_id}`. Any other text — other braces included — is literal.
+/// A subject/topic template, parsed once: `{pipeline}`, `{database}`, `{schema}`,
+/// `{stream_table}`, `{outbox_table}`, `{op}`, `{outbox_id}`, `{refresh_id}`. Any other text —
+/// other braces included — is literal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
     source: String,
@@ -266,6 +280,9 @@ pub enum TemplateError {
 }
 
 const VARIABLES: &[(&str, Segment)] = &[
+    ("{pipeline}", Segment::Pipeline),
+    ("{database}", Segment::Database),
+    ("{schema}", Segment::Schema),
     ("{stream_table}", Segment::StreamTable),
     ("{outbox_table}", Segment::OutboxTable),
     ("{op}", Segment::Op),
@@ -331,8 +348,11 @@ impl Template {
         for seg in &self.segments {
             match seg {
                 Segment::Literal(s) => out.push_str(s),
-                Segment::StreamTable => out.push_str(vars.stream_table),
-                Segment::OutboxTable => out.push_str(vars.outbox_table),
+                Segment::Pipeline => out.push_str(&vars.names.pipeline),
+                Segment::Database => out.push_str(&vars.names.database),
+                Segment::Schema => out.push_str(&vars.names.schema),
+                Segment::StreamTable => out.push_str(&vars.names.stream_table),
+                Segment::OutboxTable => out.push_str(&vars.names.outbox_table),
                 Segment::Op => out.push_str(vars.op.as_str()),
                 Segment::OutboxId => out.push_str(itoa::Buffer::new().format(vars.outbox_id)),
                 Segment::RefreshId => out.push_str(vars.refresh_id.unwrap_or("")),
@@ -347,14 +367,19 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn names() -> &'static TemplateNames {
+        static NAMES: std::sync::OnceLock<TemplateNames> = std::sync::OnceLock::new();
+        NAMES.get_or_init(|| TemplateNames {
+            pipeline: "orders-out".into(),
+            database: "shop".into(),
+            schema: "sales".into(),
+            stream_table: "orders".into(),
+            outbox_table: "outbox_orders".into(),
+        })
+    }
+
     fn vars(op: Op) -> TemplateVars<'static> {
-        TemplateVars {
-            stream_table: "orders",
-            outbox_table: "outbox_orders",
-            op,
-            outbox_id: 42,
-            refresh_id: Some("0b5f6c2e-1111-4c4c-8888-000000000001"),
-        }
+        TemplateVars { names: names(), op, outbox_id: 42, refresh_id: Some("0b5f6c2e-1111-4c4c-8888-000000000001") }
     }
 
     #[test]
@@ -371,6 +396,8 @@ mod tests {
             "outbox_orders/42/0b5f6c2e-1111-4c4c-8888-000000000001/delete/{nope}/{"
         );
         let no_refresh = TemplateVars { refresh_id: None, ..vars(Op::Update) };
+        let t = Template::parse("dbserver.{database}.{schema}.{stream_table}/{pipeline}").unwrap();
+        assert_eq!(t.render(&vars(Op::Insert)), "dbserver.shop.sales.orders/orders-out");
         assert_eq!(Template::parse("a.{refresh_id}.{op}").unwrap().render(&no_refresh), "a..update");
     }
 

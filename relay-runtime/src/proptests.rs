@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
 use crate::config::{Direction, PipelineRow, PipelineSpec};
-use crate::message::{Op, Template, TemplateVars};
+use crate::message::{Op, Template, TemplateNames, TemplateVars};
 use crate::outbox::decode::{build_messages, decode, Decoded, Delta, MessageContext};
 
 /// Arbitrary JSON, biased towards the shapes the decoder looks at (keys `v`, `inserted`,
@@ -51,7 +51,8 @@ proptest! {
             Ok(Decoded::Rows { inserted, deleted, full_refresh, refresh_id }) => {
                 let subject = Template::parse("pgtrickle.{stream_table}.{op}").unwrap_or_else(|_| unreachable!());
                 let key_columns = vec!["id".to_owned()];
-                let ctx = MessageContext { stream_table: "s", outbox_table: "outbox_s", subject: &subject,
+                let names = TemplateNames { stream_table: "s".into(), outbox_table: "outbox_s".into(), ..Default::default() };
+                let ctx = MessageContext { names: &names, subject: &subject,
                                            key_columns: &key_columns, keep_internal_columns: false,
                                            stamp: Default::default() };
                 let rows = inserted.len() + deleted.len();
@@ -123,7 +124,8 @@ proptest! {
         match Template::parse(&source) {
             Err(_) => prop_assert!(source.is_empty()),
             Ok(t) => {
-                let vars = TemplateVars { stream_table: &table, outbox_table: "o", op: Op::Update, outbox_id: id, refresh_id: None };
+                let names = TemplateNames { stream_table: table.clone(), outbox_table: "o".into(), ..Default::default() };
+                let vars = TemplateVars { names: &names, op: Op::Update, outbox_id: id, refresh_id: None };
                 let out = t.render(&vars);
                 if !source.contains('{') {
                     prop_assert_eq!(out, source, "text without variables renders as written");

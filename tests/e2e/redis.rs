@@ -1,4 +1,5 @@
-//! The Redis Streams sink: entry fields, templated stream keys, approximate trimming.
+//! The Redis Streams sink: entry fields, templated stream keys (every template variable),
+//! approximate trimming.
 
 use std::time::Duration;
 
@@ -13,10 +14,13 @@ async fn entries_carry_the_message_fields_under_templated_keys() {
     c.execute(
         "SELECT pgtrickle.set_relay_outbox('to-redis', config => $1::jsonb)",
         &[&json!({"stream_table": "orders", "sink_type": "redis", "redis_url": redis.url(),
-                  "redis_stream_key": "app:{stream_table}:{op}", "redis_maxlen": 1000})],
+                  "redis_stream_key": "app:{database}:{schema}.{stream_table}:{op}", "redis_maxlen": 1000,
+                  "subject_template": "{pipeline}.{schema}.{stream_table}.{op}"})],
     )
     .await
     .unwrap();
+    let database: String = c.query_one("SELECT current_database()", &[]).await.unwrap().get(0);
+    let key = |op: &str| format!("app:{database}:public.orders:{op}");
     let _relay = Relay::start(&db.url, "default", &[]);
     let s1 = write_inline(
         &c,
@@ -25,7 +29,7 @@ async fn entries_carry_the_message_fields_under_templated_keys() {
     )
     .await;
     eventually(Duration::from_secs(10), "two inserts", || async {
-        (redis.entries("app:orders:insert").await.len() == 2).then_some(())
+        (redis.entries(&key("insert")).await.len() == 2).then_some(())
     })
     .await;
     let s2 = write_inline(&c, &outbox, Some(json!([{"id": 2, "v": "b2", "__pgt_row_id": 2}]))).await;
@@ -33,17 +37,17 @@ async fn entries_carry_the_message_fields_under_templated_keys() {
         (committed_offset(&c, "default", "to-redis").await == Some(s2)).then_some(())
     })
     .await;
-    let inserts = redis.entries("app:orders:insert").await;
+    let inserts = redis.entries(&key("insert")).await;
     assert_eq!(inserts[0].1["dedup_key"], format!("{}:0", row_refs(&c, &outbox).await[&s1]));
-    assert_eq!(inserts[0].1["subject"], "pgtrickle.orders.insert");
+    assert_eq!(inserts[0].1["subject"], "to-redis.public.orders.insert");
     assert_eq!(inserts[0].1["op"], "insert");
     assert_eq!(serde_json::from_str::<Value>(&inserts[0].1["payload"]).unwrap(), json!({"id": 1, "v": "a"}));
     assert_eq!(inserts[0].1["outbox_id"], s1.to_string());
-    let updates = redis.entries("app:orders:update").await;
+    let updates = redis.entries(&key("update")).await;
     assert_eq!(updates.len(), 1);
     assert_eq!(serde_json::from_str::<Value>(&updates[0].1["payload"]).unwrap(), json!({"id": 2, "v": "b2"}));
     assert_eq!(serde_json::from_str::<Value>(&updates[0].1["before"]).unwrap(), json!({"id": 2, "v": "b"}));
-    let deletes = redis.entries("app:orders:delete").await;
+    let deletes = redis.entries(&key("delete")).await;
     assert_eq!(deletes.len(), 1);
     assert_eq!(serde_json::from_str::<Value>(&deletes[0].1["payload"]).unwrap(), json!({"id": 1, "v": "a"}));
 }

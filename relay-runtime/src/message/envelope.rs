@@ -19,7 +19,7 @@ mod schema;
 use cloudevents::{default_source, CloudEvents};
 use debezium::Debezium;
 
-use super::{scan, write_json_str, Op, RelayMessage, Template, TemplateVars};
+use super::{scan, write_json_str, Op, RelayMessage, Template, TemplateNames, TemplateVars};
 
 /// The content type of the relay's own JSON, CloudEvents binary data and Debezium values.
 pub const JSON: &str = "application/json";
@@ -58,12 +58,8 @@ impl EnvelopeSpec {
 /// What the envelope needs to know about the pipeline's tables, read once at start.
 #[derive(Debug, Clone, Copy)]
 pub struct EnvelopeFacts<'a> {
-    /// `current_database()`.
-    pub database: &'a str,
-    /// The stream table's schema and bare name.
-    pub schema: &'a str,
-    pub stream_table: &'a str,
-    pub outbox_table: &'a str,
+    /// The database, the stream table's schema and bare name, the outbox table (templates).
+    pub names: &'a TemplateNames,
     pub key_columns: &'a [String],
     /// The stream table's columns (read only for `debezium_schemas`).
     pub columns: &'a [Column],
@@ -106,15 +102,15 @@ enum Rendered {
 }
 
 impl Rendered {
-    fn new(t: &Template, stream_table: &str, outbox_table: &str) -> Self {
+    fn new(t: &Template, names: &TemplateNames) -> Self {
         if t.per_outbox_row() {
             return Rendered::PerMessage(t.clone());
         }
-        let op = |op| t.render(&TemplateVars { stream_table, outbox_table, op, outbox_id: 0, refresh_id: None });
+        let op = |op| t.render(&TemplateVars { names, op, outbox_id: 0, refresh_id: None });
         Rendered::PerOp([op(Op::Insert), op(Op::Update), op(Op::Delete), op(Op::Summary)])
     }
 
-    fn get<'a>(&'a self, m: &RelayMessage, stream_table: &str, outbox_table: &str) -> std::borrow::Cow<'a, str> {
+    fn get<'a>(&'a self, m: &RelayMessage, names: &TemplateNames) -> std::borrow::Cow<'a, str> {
         match self {
             Rendered::PerOp(by_op) => std::borrow::Cow::Borrowed(
                 &by_op[match m.op {
@@ -124,7 +120,7 @@ impl Rendered {
                     Op::Summary => 3,
                 }],
             ),
-            Rendered::PerMessage(t) => std::borrow::Cow::Owned(t.render(&m.vars(stream_table, outbox_table))),
+            Rendered::PerMessage(t) => std::borrow::Cow::Owned(t.render(&m.vars(names))),
         }
     }
 }
@@ -141,50 +137,50 @@ enum Kind {
 pub struct Envelope {
     kind: Kind,
     key_columns: Vec<String>,
-    stream_table: String,
-    outbox_table: String,
+    names: TemplateNames,
 }
 
 impl Envelope {
     /// The relay's own JSON (what a sink built without a pipeline writes, in tests).
     #[cfg(test)]
     pub fn native() -> Self {
-        Self { kind: Kind::Native, key_columns: Vec::new(), stream_table: String::new(), outbox_table: String::new() }
+        Self { kind: Kind::Native, key_columns: Vec::new(), names: TemplateNames::default() }
     }
 
     pub fn new(spec: &EnvelopeSpec, facts: &EnvelopeFacts<'_>) -> Self {
-        let (st, ot) = (facts.stream_table, facts.outbox_table);
+        let names = facts.names;
+        let (database, st) = (names.database.as_str(), names.stream_table.as_str());
         let kind = match spec {
             EnvelopeSpec::Native => Kind::Native,
             EnvelopeSpec::CloudEvents { binary, source, event_type } => {
                 // Percent-encoded segments hold no braces: the source is a literal.
-                let default_source = || Template::from_text(&default_source(facts.database, st));
+                let default_source = || Template::from_text(&default_source(database, st));
                 let default_type = || Template::from_text(DEFAULT_TYPE);
                 Kind::CloudEvents(CloudEvents {
                     binary: *binary,
-                    source: Rendered::new(&source.clone().unwrap_or_else(default_source), st, ot),
-                    event_type: Rendered::new(&event_type.clone().unwrap_or_else(default_type), st, ot),
+                    source: Rendered::new(&source.clone().unwrap_or_else(default_source), names),
+                    event_type: Rendered::new(&event_type.clone().unwrap_or_else(default_type), names),
                 })
             }
             EnvelopeSpec::Debezium { name, schemas } => {
                 let mut head = String::from("{\"version\":");
                 json_str(&mut head, env!("CARGO_PKG_VERSION"));
                 head.push_str(",\"connector\":\"pgtrickle-relay\",\"name\":");
-                json_str(&mut head, name.as_deref().unwrap_or(facts.database));
+                json_str(&mut head, name.as_deref().unwrap_or(database));
                 head.push(',');
                 let mut table = String::from(",\"db\":");
-                json_str(&mut table, facts.database);
+                json_str(&mut table, database);
                 table.push_str(",\"sequence\":null,\"schema\":");
-                json_str(&mut table, facts.schema);
+                json_str(&mut table, &names.schema);
                 table.push_str(",\"table\":");
                 json_str(&mut table, st);
-                let name = name.as_deref().unwrap_or(facts.database);
+                let name = name.as_deref().unwrap_or(database);
                 let connect = schemas
-                    .then(|| schema::ConnectSchema::new(name, facts.schema, st, facts.columns, facts.key_columns));
+                    .then(|| schema::ConnectSchema::new(name, &names.schema, st, facts.columns, facts.key_columns));
                 Kind::Debezium(Debezium { source_head: head, source_table: table, connect })
             }
         };
-        Self { kind, key_columns: facts.key_columns.to_vec(), stream_table: st.to_owned(), outbox_table: ot.to_owned() }
+        Self { kind, key_columns: facts.key_columns.to_vec(), names: names.clone() }
     }
 
     pub fn is_native(&self) -> bool {

@@ -13,7 +13,8 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use crate::message::{
-    dedup_key, scan, split_rows, traceparent, Op, Payload, RelayMessage, RowStamp, Template, TemplateVars,
+    dedup_key, scan, split_rows, traceparent, Op, Payload, RelayMessage, RowStamp, Template, TemplateNames,
+    TemplateVars,
 };
 
 /// What one outbox header row holds. Rows are JSON texts (cleaned of `__pgt_*` keys unless
@@ -150,8 +151,7 @@ fn decode_object(
 /// Per-pipeline facts needed to turn rows into messages.
 #[derive(Debug, Clone)]
 pub struct MessageContext<'a> {
-    pub stream_table: &'a str,
-    pub outbox_table: &'a str,
+    pub names: &'a TemplateNames,
     pub subject: &'a Template,
     pub key_columns: &'a [String],
     pub keep_internal_columns: bool,
@@ -194,13 +194,7 @@ pub fn build_messages(ctx: &MessageContext<'_>, delta: Delta<'_>, out: &mut Vec<
             }
         }
     }
-    let vars = |op: Op| TemplateVars {
-        stream_table: ctx.stream_table,
-        outbox_table: ctx.outbox_table,
-        op,
-        outbox_id,
-        refresh_id,
-    };
+    let vars = |op: Op| TemplateVars { names: ctx.names, op, outbox_id, refresh_id };
     for (i, row) in inserted.into_iter().enumerate() {
         let before = row_key(&row, ctx.key_columns)
             .and_then(|k| by_key.get_mut(&k).and_then(|v| if v.is_empty() { None } else { Some(v.remove(0)) }))
@@ -262,8 +256,7 @@ pub fn diff_message(
         Op::Update => (new, old),
         _ => (new, None),
     };
-    let vars =
-        TemplateVars { stream_table: ctx.stream_table, outbox_table: ctx.outbox_table, op, outbox_id, refresh_id };
+    let vars = TemplateVars { names: ctx.names, op, outbox_id, refresh_id };
     RelayMessage {
         dedup_key: dedup_key(row_ref, index),
         subject: ctx.subject.render(&vars),
@@ -282,8 +275,7 @@ pub fn diff_message(
 pub fn summary_message(ctx: &MessageContext<'_>, outbox_id: i64, row_ref: &str, summary: Value) -> RelayMessage {
     let refresh_id = summary.get("refresh_id").and_then(Value::as_str).map(str::to_owned);
     let subject = ctx.subject.render(&TemplateVars {
-        stream_table: ctx.stream_table,
-        outbox_table: ctx.outbox_table,
+        names: ctx.names,
         op: Op::Summary,
         outbox_id,
         refresh_id: refresh_id.as_deref(),

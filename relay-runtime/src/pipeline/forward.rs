@@ -30,7 +30,7 @@ use crate::config::{DeltaMode, Direction, ForwardSpec};
 use crate::error::report as report_error;
 use crate::message::envelope::{Column, Envelope, EnvelopeFacts, EnvelopeSpec};
 use crate::message::outbox_row_ref;
-use crate::message::RelayMessage;
+use crate::message::{RelayMessage, TemplateNames};
 use crate::otel::RowSpan;
 use crate::outbox::decode::{build_messages, decode, summary_message, Decoded, Delta, MessageContext};
 use crate::outbox::diff::{SnapshotDiff, SnapshotSource};
@@ -106,6 +106,7 @@ pub async fn run(ctx: Arc<RelayState>, spec: ForwardSpec, link: &WorkerLink, st:
             labels: [spec.name.clone(), "forward".to_owned()],
             ctx: ctx.clone(),
             diff: (spec.delta_mode == DeltaMode::Diff).then(|| SnapshotDiff::new(&table, &spec.key_columns)),
+            names: template_names(&spec, &table),
             commit_sql: offsets::commit_sql(Some(&epoch::anchor_select(&table, (epoch.table_oid, epoch.relfilenode)))),
             reader: OutboxReader::new(table, (epoch.table_oid, epoch.relfilenode), epoch.offset),
             scope: epoch.scope,
@@ -289,14 +290,14 @@ async fn build_sink(
     if !spec.conflicts.is_empty() {
         return Err(SetupError::Retry { message: spec.conflicts.join("; "), transient: false });
     }
-    let envelope = envelope_of(spec, table, columns);
+    let names = template_names(spec, table);
+    let envelope = envelope_of(spec, &names, columns);
     let sink_ctx = SinkContext {
         envelope: &envelope,
         pipeline: &spec.name,
         subject_template: spec.subject_template.source(),
         postgres_url: &ctx.postgres_url,
-        stream_table: &table.stream_table,
-        outbox_table: &table.table,
+        names: &names,
         dedup_scope: &epoch.scope,
         own_database: Some(&ctx.sink_pool),
     };
@@ -305,19 +306,20 @@ async fn build_sink(
         .map_err(|e| SetupError::Retry { transient: e.is_transient(), message: report_error(&e) })
 }
 
+/// What the pipeline's templates can name, for its resolved outbox.
+pub(crate) fn template_names(spec: &ForwardSpec, table: &OutboxTable) -> TemplateNames {
+    TemplateNames {
+        pipeline: spec.name.clone(),
+        database: table.database.clone(),
+        schema: table.stream_schema.clone(),
+        stream_table: table.stream_table.clone(),
+        outbox_table: table.table.clone(),
+    }
+}
+
 /// The pipeline's envelope for its resolved outbox.
-pub(crate) fn envelope_of(spec: &ForwardSpec, table: &OutboxTable, columns: &[Column]) -> Envelope {
-    Envelope::new(
-        &spec.envelope,
-        &EnvelopeFacts {
-            database: &table.database,
-            schema: &table.stream_schema,
-            stream_table: &table.stream_table,
-            outbox_table: &table.table,
-            key_columns: &spec.key_columns,
-            columns,
-        },
-    )
+pub(crate) fn envelope_of(spec: &ForwardSpec, names: &TemplateNames, columns: &[Column]) -> Envelope {
+    Envelope::new(&spec.envelope, &EnvelopeFacts { names, key_columns: &spec.key_columns, columns })
 }
 
 /// The next batch, read ahead: rows with `after < id <= upto`.
@@ -340,6 +342,8 @@ struct ForwardRunner<'a> {
     scope: String,
     /// The outbox row being relayed ([`MessageContext::stamp`]).
     stamp: crate::message::RowStamp,
+    /// What the subject template can name.
+    names: TemplateNames,
     /// The fenced offset commit, recording the outbox row it stands on.
     commit_sql: String,
     sink: Box<dyn Sink>,
@@ -723,10 +727,8 @@ impl ForwardRunner<'_> {
     }
 
     fn message_context(&self) -> MessageContext<'_> {
-        let table = self.reader.table();
         MessageContext {
-            stream_table: &table.stream_table,
-            outbox_table: &table.table,
+            names: &self.names,
             subject: &self.spec.subject_template,
             key_columns: &self.spec.key_columns,
             keep_internal_columns: self.spec.keep_internal_columns,

@@ -28,7 +28,7 @@ use crate::backend::kafka::{scrub, KafkaSinkConfig};
 
 mod deliveries;
 use crate::message::envelope::{Binding, Envelope};
-use crate::message::{RelayMessage, Template};
+use crate::message::{RelayMessage, Template, TemplateNames};
 use deliveries::{Deliveries, Reports};
 
 const BACKEND: &str = "kafka";
@@ -50,8 +50,8 @@ pub struct KafkaSink {
     /// The topic when the template has no variables (rendered once, shared by every record).
     fixed_topic: Option<Arc<str>>,
     key: PartitionKey,
-    stream_table: String,
-    outbox_table: String,
+    /// Names for the templates.
+    names: TemplateNames,
     timeout: Duration,
     /// The value buffer, reused across messages.
     body: Vec<u8>,
@@ -103,8 +103,7 @@ pub async fn build(cfg: &KafkaSinkConfig, ctx: &SinkContext<'_>) -> Result<Box<d
         fixed_topic: topic.is_static().then(|| Arc::from(topic.source())),
         topic,
         key,
-        stream_table: ctx.stream_table.to_owned(),
-        outbox_table: ctx.outbox_table.to_owned(),
+        names: ctx.names.clone(),
         timeout,
         body: Vec::with_capacity(1024),
         envelope: ctx.envelope.clone(),
@@ -206,9 +205,7 @@ impl KafkaSink {
             PartitionKey::Field(f) => {
                 m.field_text(f).map_or(Cow::Borrowed(m.dedup_key.as_bytes()), |t| Cow::Owned(t.into_bytes()))
             }
-            PartitionKey::Template(t) => {
-                Cow::Owned(t.render(&m.vars(&self.stream_table, &self.outbox_table)).into_bytes())
-            }
+            PartitionKey::Template(t) => Cow::Owned(t.render(&m.vars(&self.names)).into_bytes()),
         })
     }
 }
@@ -253,7 +250,7 @@ impl KafkaSink {
             let key = self.key_of(m);
             let topic: Cow<'_, str> = match &self.fixed_topic {
                 Some(t) => Cow::Borrowed(t),
-                None => Cow::Owned(self.topic.render(&m.vars(&self.stream_table, &self.outbox_table))),
+                None => Cow::Owned(self.topic.render(&m.vars(&self.names))),
             };
             let record = BaseRecord::with_opaque_to(&topic, call as usize)
                 .payload(body.as_slice())

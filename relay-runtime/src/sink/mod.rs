@@ -144,9 +144,8 @@ pub struct SinkContext<'a> {
     pub subject_template: &'a str,
     /// The relay's own database, the default target of the `pg-inbox` sink.
     pub postgres_url: &'a str,
-    /// The resolved stream and outbox table names, for sink-side templates (Redis keys).
-    pub stream_table: &'a str,
-    pub outbox_table: &'a str,
+    /// The names sink-side templates (topics, stream keys, routing keys, message groups) use.
+    pub names: &'a crate::message::TemplateNames,
     /// The pipeline's outbox epoch scope (a uuid, `outbox::epoch`): names sink-side dedup
     /// state so that another epoch, database or relay group never suppresses new messages.
     pub dedup_scope: &'a str,

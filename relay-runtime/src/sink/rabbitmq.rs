@@ -17,7 +17,7 @@ use super::{BuildError, Published, Sink, SinkContext, SinkError};
 use crate::backend::rabbitmq::RabbitmqSinkConfig;
 use crate::error::report;
 use crate::message::envelope::{Binding, Envelope};
-use crate::message::{RelayMessage, Template};
+use crate::message::{RelayMessage, Template, TemplateNames};
 use crate::redact::redact_url;
 
 const BACKEND: &str = "rabbitmq";
@@ -30,8 +30,8 @@ pub struct RabbitSink {
     exchange: String,
     routing_key: Option<Template>,
     mandatory: bool,
-    stream_table: String,
-    outbox_table: String,
+    /// Names for the templates.
+    names: TemplateNames,
     window: AckWindow,
     envelope: Envelope,
 }
@@ -70,8 +70,7 @@ pub async fn build(cfg: &RabbitmqSinkConfig, ctx: &SinkContext<'_>) -> Result<Bo
         exchange,
         routing_key,
         mandatory: cfg.mandatory.is_none_or(|f| f.0),
-        stream_table: ctx.stream_table.to_owned(),
-        outbox_table: ctx.outbox_table.to_owned(),
+        names: ctx.names.clone(),
         window: AckWindow::new(cfg.max_in_flight.map_or(1024, |n| n.get() as usize)),
         envelope: ctx.envelope.clone(),
     };
@@ -137,7 +136,7 @@ impl RabbitSink {
 
     fn routing_key(&self, m: &RelayMessage) -> String {
         match &self.routing_key {
-            Some(t) => t.render(&m.vars(&self.stream_table, &self.outbox_table)),
+            Some(t) => t.render(&m.vars(&self.names)),
             None => m.subject.clone(),
         }
     }

@@ -22,7 +22,7 @@ use futures::future::BoxFuture;
 use super::{BuildError, Published, Sink, SinkContext, SinkError};
 use crate::backend::redis::RedisSinkConfig;
 use crate::message::envelope::Envelope;
-use crate::message::{RelayMessage, Template};
+use crate::message::{RelayMessage, Template, TemplateNames};
 use crate::redact::redact_url;
 
 const BACKEND: &str = "redis";
@@ -88,8 +88,8 @@ pub struct RedisSink {
     /// outbox, another database or relay group starts a mark of its own.
     mark_field: String,
     stream_key: Template,
-    stream_table: String,
-    outbox_table: String,
+    /// Names for the templates.
+    names: TemplateNames,
     envelope: Envelope,
     maxlen: String,
     /// Skip entries at or below the pipeline's high-water mark (on by default).
@@ -129,8 +129,7 @@ pub async fn build(cfg: &RedisSinkConfig, ctx: &SinkContext<'_>) -> Result<Box<d
         script: redis::Script::new(APPEND_ONCE),
         mark_field: format!("{}@{}", ctx.pipeline, ctx.dedup_scope),
         stream_key,
-        stream_table: ctx.stream_table.to_owned(),
-        outbox_table: ctx.outbox_table.to_owned(),
+        names: ctx.names.clone(),
         envelope: ctx.envelope.clone(),
         maxlen,
         dedup: cfg.dedup.is_none_or(|f| f.0),
@@ -187,7 +186,7 @@ impl RedisSink {
     }
 
     fn key(&self, m: &RelayMessage) -> String {
-        self.stream_key.render(&m.vars(&self.stream_table, &self.outbox_table))
+        self.stream_key.render(&m.vars(&self.names))
     }
 }
 

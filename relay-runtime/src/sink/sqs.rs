@@ -22,7 +22,7 @@ use crate::backend::sqs::{check_queue, SqsSinkConfig};
 use crate::backoff::Backoff;
 use crate::error::report;
 use crate::message::envelope::Envelope;
-use crate::message::{RelayMessage, Template};
+use crate::message::{RelayMessage, Template, TemplateNames};
 
 const BACKEND: &str = "sqs";
 /// SQS's limit for a message: body plus attribute names, types and values.
@@ -36,8 +36,8 @@ pub struct SqsSink {
     queue_url: String,
     fifo: bool,
     group: Template,
-    stream_table: String,
-    outbox_table: String,
+    /// Names for the templates.
+    names: TemplateNames,
     calls_in_flight: usize,
     envelope: Envelope,
 }
@@ -55,8 +55,7 @@ pub async fn build(cfg: &SqsSinkConfig, ctx: &SinkContext<'_>) -> Result<Box<dyn
             None => Template::parse("{stream_table}")
                 .map_err(|e| BuildError::option(BACKEND, "message_group_id", e.to_string()))?,
         },
-        stream_table: ctx.stream_table.to_owned(),
-        outbox_table: ctx.outbox_table.to_owned(),
+        names: ctx.names.clone(),
         calls_in_flight: cfg.max_in_flight.map_or(default_inflight, |n| n.get() as usize),
         queue_url,
     };
@@ -122,7 +121,7 @@ impl SqsSink {
         }
         if self.fifo {
             e = e
-                .message_group_id(self.group.render(&m.vars(&self.stream_table, &self.outbox_table)))
+                .message_group_id(self.group.render(&m.vars(&self.names)))
                 .message_deduplication_id(deduplication_id(&m.dedup_key));
         }
         e.build().map_err(|e| SinkError::permanent(BACKEND, "cannot build a message").because(e))

@@ -99,8 +99,8 @@ impl Envelope {
         };
         emit(Attr::SpecVersion, "1.0");
         emit(Attr::Id, &m.dedup_key);
-        emit(Attr::Source, &ce.source.get(m, &self.stream_table, &self.outbox_table));
-        emit(Attr::Type, &ce.event_type.get(m, &self.stream_table, &self.outbox_table));
+        emit(Attr::Source, &ce.source.get(m, &self.names));
+        emit(Attr::Type, &ce.event_type.get(m, &self.names));
         if let Some(subject) = self.subject(m) {
             emit(Attr::Subject, &subject);
         }
@@ -130,9 +130,9 @@ impl Envelope {
         out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":");
         write_json_str(out, &m.dedup_key);
         out.extend_from_slice(b",\"source\":");
-        write_json_str(out, &ce.source.get(m, &self.stream_table, &self.outbox_table));
+        write_json_str(out, &ce.source.get(m, &self.names));
         out.extend_from_slice(b",\"type\":");
-        write_json_str(out, &ce.event_type.get(m, &self.stream_table, &self.outbox_table));
+        write_json_str(out, &ce.event_type.get(m, &self.names));
         if let Some(subject) = self.subject(m) {
             out.extend_from_slice(b",\"subject\":");
             write_json_str(out, &subject);

@@ -6,15 +6,19 @@ use crate::message::{traceparent, Payload, RowStamp};
 
 const DB: &str = "shop";
 
+fn names() -> &'static TemplateNames {
+    static NAMES: std::sync::OnceLock<TemplateNames> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| TemplateNames {
+        pipeline: "orders-out".into(),
+        database: DB.into(),
+        schema: "public".into(),
+        stream_table: "orders".into(),
+        outbox_table: "outbox_orders".into(),
+    })
+}
+
 fn facts(keys: &[String]) -> EnvelopeFacts<'_> {
-    EnvelopeFacts {
-        database: DB,
-        schema: "public",
-        stream_table: "orders",
-        outbox_table: "outbox_orders",
-        key_columns: keys,
-        columns: &[],
-    }
+    EnvelopeFacts { names: names(), key_columns: keys, columns: &[] }
 }
 
 fn msg(op: Op, row: Value, before: Option<Value>) -> RelayMessage {

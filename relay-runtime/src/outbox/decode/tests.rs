@@ -6,10 +6,18 @@ fn raw(text: &str) -> Payload {
     Payload::row(text, false).unwrap()
 }
 
+fn names() -> &'static TemplateNames {
+    static NAMES: std::sync::OnceLock<TemplateNames> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| TemplateNames {
+        stream_table: "orders".into(),
+        outbox_table: "outbox_orders".into(),
+        ..Default::default()
+    })
+}
+
 fn ctx<'a>(subject: &'a Template, keys: &'a [String]) -> MessageContext<'a> {
     MessageContext {
-        stream_table: "orders",
-        outbox_table: "outbox_orders",
+        names: names(),
         subject,
         key_columns: keys,
         keep_internal_columns: false,
