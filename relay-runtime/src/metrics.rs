@@ -18,6 +18,9 @@ pub struct Metrics {
     pub publish_errors: IntCounterVec,
     pub source_errors: IntCounterVec,
     pub dedup_skipped: IntCounterVec,
+    /// Messages that have nothing to deliver, by `reason` (`summary`: a counts-only outbox row
+    /// under the Debezium envelope; `tombstone`: a Kafka tombstone into an inbox).
+    pub messages_skipped: IntCounterVec,
     pub dead_letters: IntCounterVec,
     pub outbox_recreated: IntCounterVec,
     pub pipeline_healthy: IntGaugeVec,
@@ -70,6 +73,11 @@ impl Metrics {
             "pgtrickle_relay_dedup_skipped_total",
             "Messages skipped as duplicates by the target.",
             &["pipeline"],
+        )?;
+        let messages_skipped = counter(
+            "pgtrickle_relay_messages_skipped_total",
+            "Messages with nothing to deliver, by reason (summary: a counts-only outbox row under the Debezium envelope; tombstone: a Kafka tombstone into an inbox).",
+            &["pipeline", "direction", "reason"],
         )?;
         let dead_letters = counter(
             "pgtrickle_relay_dead_letters_total",
@@ -173,6 +181,7 @@ impl Metrics {
             publish_errors,
             source_errors,
             dedup_skipped,
+            messages_skipped,
             dead_letters,
             outbox_recreated,
             pipeline_healthy,

@@ -683,7 +683,10 @@ impl ForwardRunner<'_> {
                     build_messages(&self.message_context(), delta, &mut msgs);
                 }
                 // Debezium has no event for a summary (counts, no row change).
-                Ok(Decoded::Summary(_)) if self.spec.envelope.is_debezium() => {}
+                Ok(Decoded::Summary(_)) if self.spec.envelope.is_debezium() => {
+                    let labels = [self.labels[0].as_str(), "forward", "summary"];
+                    self.ctx.metrics.messages_skipped.with_label_values(&labels).inc();
+                }
                 Ok(Decoded::Summary(summary)) => {
                     let m = summary_message(&self.message_context(), row.id, &row_ref, summary);
                     msgs.push(m);

@@ -239,6 +239,12 @@ pub async fn run(ctx: Arc<RelayState>, spec: ReverseSpec, link: &WorkerLink, st:
                 let dead = outcomes.iter().filter(|o| matches!(o, Outcome::DeadLettered(_))).count() as u64;
                 let skipped = outcomes.iter().filter(|o| **o == Outcome::Skipped).count() as u64;
                 ctx.metrics.messages_consumed.with_label_values(&labels).inc_by(n);
+                if skipped > 0 {
+                    ctx.metrics
+                        .messages_skipped
+                        .with_label_values(&[labels[0], labels[1], "tombstone"])
+                        .inc_by(skipped);
+                }
                 // Published: in the inbox now, written by this batch or already there.
                 ctx.metrics.messages_published.with_label_values(&labels).inc_by(n - dead - skipped);
                 ctx.metrics.dedup_skipped.with_label_values(&[labels[0]]).inc_by(dups);

@@ -180,6 +180,10 @@ async fn debezium_events_from_kafka_land_in_the_inbox_once_and_tombstones_are_sk
     .await;
     // Every record (tombstone included) was consumed before the next check.
     consumed(&relay, "changes-in", 7, "every record consumed").await;
+    let metrics = relay.get("/metrics").1;
+    let skipped =
+        r#"pgtrickle_relay_messages_skipped_total{direction="reverse",pipeline="changes-in",reason="tombstone"} 1"#;
+    assert!(metrics.lines().any(|l| l == skipped), "{metrics}");
     let rows = inbox_rows(&c, "public.changes_in").await;
     let by_type: Vec<(&str, Option<&str>, &Value)> =
         rows.iter().map(|(_, t, _, a, p, _)| (t.as_str(), a.as_deref(), p)).collect();
