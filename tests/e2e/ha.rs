@@ -23,6 +23,21 @@ async fn stdout_pipelines(names: &[&str]) -> (TestDb, tokio_postgres::Client, Ve
     (db, c, outboxes)
 }
 
+/// Waits until every pipeline of `names` (each on `outbox_<name>`) committed its outbox's last row.
+async fn all_relayed(c: &tokio_postgres::Client, group: &str, names: &[&str], wait: Duration) {
+    for n in names {
+        let last: i64 = c
+            .query_one(&format!("SELECT max(id) FROM pgtrickle.\"outbox_{}\"", n.replace('-', "_")), &[])
+            .await
+            .unwrap()
+            .get(0);
+        eventually(wait, "every outbox relayed", || async {
+            (committed_offset(c, group, n).await == Some(last)).then_some(())
+        })
+        .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_relays_share_pipelines_and_fail_over_without_loss() {
     let names = ["ha-a", "ha-b", "ha-c", "ha-d"];
@@ -79,17 +94,7 @@ async fn two_relays_share_pipelines_and_fail_over_without_loss() {
     let _ = ha_a_holder_before;
     eventually(Duration::from_secs(20), "relay 2 owns everything", || async { (owned_by(&r2) == 4).then_some(()) })
         .await;
-    for n in names {
-        let last: i64 = c
-            .query_one(&format!("SELECT max(id) FROM pgtrickle.outbox_{}", n.replace('-', "_")), &[])
-            .await
-            .unwrap()
-            .get(0);
-        eventually(Duration::from_secs(20), "all offsets at the end", || async {
-            (committed_offset(&c, "ha-group", n).await == Some(last)).then_some(())
-        })
-        .await;
-    }
+    all_relayed(&c, "ha-group", &names, Duration::from_secs(20)).await;
     let all: Vec<Value> = r1.messages().into_iter().chain(r2.messages()).collect();
     let keys: BTreeSet<String> = all.iter().map(|m| m["dedup_key"].as_str().unwrap().to_owned()).collect();
     assert_eq!(keys.len(), written, "every row relayed (no loss)");
@@ -161,17 +166,7 @@ async fn a_second_instance_takes_its_fair_share_and_gives_it_back_when_it_dies()
     })
     .await;
     assert!(t.elapsed() <= Duration::from_millis(1500), "take-over took {:?}", t.elapsed());
-    for n in names {
-        let last: i64 = c
-            .query_one(&format!("SELECT max(id) FROM pgtrickle.\"outbox_{}\"", n.replace('-', "_")), &[])
-            .await
-            .unwrap()
-            .get(0);
-        eventually(Duration::from_secs(10), "every outbox relayed", || async {
-            (committed_offset(&c, "fair", n).await == Some(last)).then_some(())
-        })
-        .await;
-    }
+    all_relayed(&c, "fair", &names, Duration::from_secs(10)).await;
 }
 
 /// With a discovery interval far longer than the test, only the handover notifications can move
@@ -223,17 +218,7 @@ async fn joining_and_stopping_instances_hand_pipelines_over_at_once() {
     );
     write_round(2).await;
 
-    for n in names {
-        let last: i64 = c
-            .query_one(&format!("SELECT max(id) FROM pgtrickle.\"outbox_{}\"", n.replace('-', "_")), &[])
-            .await
-            .unwrap()
-            .get(0);
-        eventually(Duration::from_secs(10), "every outbox relayed", || async {
-            (committed_offset(&c, "hand", n).await == Some(last)).then_some(())
-        })
-        .await;
-    }
+    all_relayed(&c, "hand", &names, Duration::from_secs(10)).await;
     let all: Vec<Value> = r1.messages().into_iter().chain(r2.messages()).collect();
     let keys: BTreeSet<String> = all.iter().map(|m| m["dedup_key"].as_str().unwrap().to_owned()).collect();
     assert_eq!(keys.len(), written, "every row relayed");
