@@ -10,6 +10,7 @@
 //! redelivery always is): another pipeline from the same outbox into the same stream uses the
 //! same ids on other subjects, and JetStream would drop its messages while acknowledging them.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,7 +39,15 @@ pub struct NatsSink {
     /// `<pipeline>/` when `msg_id` is `pipeline`: prefixed to every `Nats-Msg-Id`.
     msg_id_prefix: Option<String>,
     /// Reads the original of a message acknowledged as a duplicate (shared by the ack futures).
-    originals: Arc<jetstream::Context>,
+    originals: Arc<Originals>,
+}
+
+/// What [`check_duplicate`] reads originals with.
+struct Originals {
+    js: jetstream::Context,
+    pipeline: String,
+    /// An original could not be read once (logged once per sink).
+    unreadable_logged: AtomicBool,
 }
 
 pub async fn build(cfg: &NatsSinkConfig, ctx: &SinkContext<'_>) -> Result<Box<dyn Sink>, BuildError> {
@@ -56,7 +65,11 @@ pub async fn build(cfg: &NatsSinkConfig, ctx: &SinkContext<'_>) -> Result<Box<dy
     };
     Ok(Box::new(NatsSink {
         client,
-        originals: Arc::new(js.clone()),
+        originals: Arc::new(Originals {
+            js: js.clone(),
+            pipeline: ctx.pipeline.to_owned(),
+            unreadable_logged: AtomicBool::new(false),
+        }),
         js,
         window: AckWindow::new(window),
         envelope: ctx.envelope.clone(),
@@ -130,11 +143,7 @@ fn classify(e: &async_nats::jetstream::context::PublishError, subject: &str) -> 
 
 /// Waits for a message's acknowledgement; `true` when JetStream reported a duplicate, which is
 /// confirmed only after [`check_duplicate`].
-async fn confirm(
-    ack: PublishAckFuture,
-    subject: Subject,
-    originals: Arc<jetstream::Context>,
-) -> Result<bool, SinkError> {
+async fn confirm(ack: PublishAckFuture, subject: Subject, originals: Arc<Originals>) -> Result<bool, SinkError> {
     let ack =
         ack.await.map_err(|e| SinkError::retryable(BACKEND, "JetStream did not acknowledge a message").because(e))?;
     if ack.duplicate {
@@ -149,22 +158,21 @@ async fn confirm(
 /// another subject was published by someone else with the same id — typically another pipeline
 /// from the same outbox into this stream — so this message was dropped: confirming it would
 /// commit past a message no consumer will ever see. An original that is gone (a work-queue
-/// consumer took it, limits removed it) cannot be compared and is taken as a redelivery.
+/// consumer took it, limits removed it) cannot be compared and is taken as a redelivery; so is
+/// one that cannot be read (a user without `$JS.API.STREAM.MSG.GET` permission, a timeout),
+/// said once in the log: such collisions repeat on every message, so the next check finds them.
 async fn check_duplicate(
-    js: &jetstream::Context,
+    originals: &Originals,
     stream: &str,
     sequence: u64,
     subject: &Subject,
 ) -> Result<(), SinkError> {
-    let unreadable = || {
-        SinkError::retryable(
-            BACKEND,
-            format!("cannot read message {sequence} of stream '{stream}', the original of a duplicate on '{subject}'"),
-        )
-    };
-    let original = match js.get_stream_no_info(stream).await {
-        Ok(s) => s.get_raw_message(sequence).await,
-        Err(e) => return Err(unreadable().because(e)),
+    let original = match originals.js.get_stream_no_info(stream).await {
+        Ok(s) => s
+            .get_raw_message(sequence)
+            .await
+            .map_err(|e| (e.kind() == RawMessageErrorKind::NoMessageFound, e.to_string())),
+        Err(e) => Err((false, e.to_string())),
     };
     match original {
         Ok(original) if original.subject == *subject => Ok(()),
@@ -178,8 +186,16 @@ async fn check_duplicate(
                 original.subject
             )))
         }
-        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(()),
-        Err(e) => Err(unreadable().because(e)),
+        Err((true, _)) => Ok(()),
+        Err((false, error)) => {
+            if !originals.unreadable_logged.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    pipeline = %originals.pipeline, stream, sequence, %error,
+                    "cannot read the original of a message JetStream reported as a duplicate, so cannot tell a redelivery from another publisher's message with the same Nats-Msg-Id; taken as a redelivery (allow this user $JS.API.STREAM.MSG.GET.{stream})"
+                );
+            }
+            Ok(())
+        }
     }
 }
 
