@@ -404,6 +404,11 @@ impl Drop for Relay {
         if std::thread::panicking() {
             eprintln!("--- relay {} log ---\n{}", self.pid, self.stderr());
         }
+        // `PGTRICKLE_E2E_KEEP_LOGS=1`: every relay's log stays (for looking into a scenario).
+        if std::env::var_os("PGTRICKLE_E2E_KEEP_LOGS").is_some() {
+            eprintln!("relay {} log kept in {}", self.pid, self.stderr_path.display());
+            return;
+        }
         let _ = std::fs::remove_file(&self.stderr_path);
     }
 }

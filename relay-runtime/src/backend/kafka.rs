@@ -128,6 +128,10 @@ impl KafkaClient {
     pub fn base_config(&self, pipeline: &str) -> rdkafka::config::ClientConfig {
         let mut c = rdkafka::config::ClientConfig::new();
         c.set("bootstrap.servers", self.brokers.0.join(",")).set("client.id", format!("pgtrickle-relay-{pipeline}"));
+        // librdkafka's default backs reconnects off to 10 s: after an outage a broker that is
+        // back would wait that long for the relay. 2 s still spares a broker that is down
+        // (`rdkafka` can set it back).
+        c.set("reconnect.backoff.max.ms", "2000");
         let settings = [
             ("security.protocol", self.security_protocol.as_ref().map(Text::as_str)),
             ("sasl.mechanism", self.sasl_mechanism.as_ref().map(Text::as_str)),

@@ -116,6 +116,38 @@ fn incoming(m: &rdkafka::message::BorrowedMessage<'_>) -> Incoming {
     }
 }
 
+/// An error about reaching the brokers (not about a message or the group).
+fn is_transport(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::Resolve
+                | RDKafkaErrorCode::NetworkException
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::OperationTimedOut
+        )
+    )
+}
+
+impl KafkaSource {
+    /// Asks the cluster for its metadata: `Ok` when a broker answers, which also ends the
+    /// "every broker down" state.
+    async fn probe(&self, wait: Duration) -> Result<(), SourceError> {
+        let consumer = Arc::clone(&self.consumer);
+        let probe = wait.clamp(Duration::from_millis(200), Duration::from_secs(2));
+        let answered = tokio::task::spawn_blocking(move || consumer.fetch_metadata(None, probe))
+            .await
+            .map_err(|e| retryable(format!("broker probe failed: {e}")))?;
+        if let Err(e) = answered {
+            return Err(retryable(format!("no Kafka broker reachable ({e})")));
+        }
+        self.consumer.context().brokers_down.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
 impl Source for KafkaSource {
     fn name(&self) -> &'static str {
         BACKEND
@@ -126,19 +158,13 @@ impl Source for KafkaSource {
             self.pending.clear();
             if self.consumer.context().brokers_down.load(Ordering::SeqCst) {
                 // Down until a broker answers again: one metadata request per receive.
-                let consumer = Arc::clone(&self.consumer);
-                let probe = wait.clamp(Duration::from_millis(200), Duration::from_secs(2));
-                let answered = tokio::task::spawn_blocking(move || consumer.fetch_metadata(None, probe))
-                    .await
-                    .map_err(|e| retryable(format!("broker probe failed: {e}")))?;
-                if let Err(e) = answered {
-                    return Err(retryable(format!("no Kafka broker reachable ({e})")));
-                }
-                self.consumer.context().brokers_down.store(false, Ordering::SeqCst);
+                self.probe(wait).await?;
             }
             self.revocations_at_receive = self.consumer.context().revocations.load(Ordering::SeqCst);
             let mut out = Vec::new();
             let deadline = tokio::time::Instant::now() + wait;
+            // A broker answered within this receive: connection errors still queued are stale.
+            let mut answered = false;
             while out.len() < max {
                 // After the first message, take only what arrives within a few milliseconds.
                 let until =
@@ -146,6 +172,18 @@ impl Source for KafkaSource {
                 let m = match tokio::time::timeout_at(until, self.consumer.recv()).await {
                     Err(_) => break,
                     Ok(Err(e)) => {
+                        // librdkafka queues an error for each failed connection attempt and
+                        // reconnects by itself: after an outage, the queue still holds the
+                        // outage's errors. Backing off for each of them kept a recovered
+                        // consumer idle for 40 s; those that a broker answering now contradicts
+                        // are stale and skipped (until this receive's wait is over).
+                        if is_transport(&e) {
+                            answered = answered || self.probe(wait).await.is_ok();
+                            if answered {
+                                tracing::debug!(error = %e, "skipped a connection error queued during an outage (a broker answers)");
+                                continue;
+                            }
+                        }
                         if out.is_empty() {
                             return Err(retryable(format!("receive failed: {e}")));
                         }
