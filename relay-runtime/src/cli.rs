@@ -185,6 +185,10 @@ async fn check_cmd(url: &str) -> anyhow::Result<ExitCode> {
             Ok(PipelineSpec::Forward(spec)) if !spec.conflicts.is_empty() => Err(spec.conflicts.join("; ")),
             Ok(PipelineSpec::Forward(spec)) => match OutboxTable::resolve(&conn.client, &spec.outbox).await {
                 Ok(t) => {
+                    let shared = match row.enabled {
+                        true => crate::pipeline::forward::shared_fifo_queue(&conn.client, &spec, &t).await,
+                        false => None,
+                    };
                     let names = crate::pipeline::forward::template_names(&spec, &t);
                     let envelope = crate::pipeline::forward::envelope_of(&spec, &names, &[]);
                     let sink_ctx = crate::sink::SinkContext {
@@ -197,9 +201,12 @@ async fn check_cmd(url: &str) -> anyhow::Result<ExitCode> {
                         own_database: None,
                         envelope: &envelope,
                     };
-                    match crate::sink::build(&spec.sink, &sink_ctx).await {
-                        Ok(_) => Ok(format!("{} -> {}", t.qualified(), spec.sink.kind.as_str())),
-                        Err(e) => Err(report(&e)),
+                    match shared {
+                        Some(conflict) => Err(conflict),
+                        None => match crate::sink::build(&spec.sink, &sink_ctx).await {
+                            Ok(_) => Ok(format!("{} -> {}", t.qualified(), spec.sink.kind.as_str())),
+                            Err(e) => Err(report(&e)),
+                        },
                     }
                 }
                 Err(e) => Err(report(&e)),

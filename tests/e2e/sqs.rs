@@ -83,3 +83,47 @@ async fn a_missing_queue_is_reported_by_name() {
     assert!(!relay.full_stderr().contains("moto-secret-key-4711"), "no credentials in the log");
     assert!(!relay.get("/health").1.contains("moto-secret-key-4711"), "no credentials in /health");
 }
+
+/// Two pipelines from one outbox into one FIFO queue would give each row the same
+/// `MessageDeduplicationId`, and SQS drops the second copy while reporting it sent: each pipeline
+/// would lose the rows the other sent first. Both stop, naming each other, and send nothing;
+/// `check` says so; with one disabled, the other delivers every row once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pipelines_from_one_outbox_never_share_a_fifo_queue() {
+    let server = SqsServer::start();
+    let url = server.create_queue("shared.fifo").await;
+    let (db, c, outbox) = db_with_outbox("events").await;
+    for name in ["fifo-a", "fifo-b"] {
+        c.execute(
+            "SELECT pgtrickle.set_relay_outbox($1, config => $2::jsonb)",
+            &[&name, &sqs_config(&server, &url, "events")],
+        )
+        .await
+        .unwrap();
+    }
+    let relay = Relay::start(&db.url, "default", &[]);
+    let rows: Vec<Value> = (0..5).map(|i| json!({"id": i})).collect();
+    write_inline(&c, &outbox, Some(Value::Array(rows))).await;
+    for (name, other) in [("fifo-a", "fifo-b"), ("fifo-b", "fifo-a")] {
+        let error = eventually(Duration::from_secs(10), "both pipelines refuse the shared queue", || async {
+            pipeline_error(&relay, name).filter(|e| e.contains("same SQS FIFO queue"))
+        })
+        .await;
+        assert!(error.contains(&format!("pipeline '{other}'")), "{error}");
+    }
+    let (status, out, _) = run_cli(&db.url, &["check"]);
+    assert!(!status.success() && out.matches("same SQS FIFO queue").count() == 2, "{out}");
+    assert_eq!(server.approximate_count(&url).await, 0, "nothing was sent");
+
+    // One disabled: the other starts again when its outbox is written to, and delivers every row.
+    c.execute("SELECT pgtrickle.disable_relay('fifo-b')", &[]).await.unwrap();
+    let last = write_inline(&c, &outbox, Some(json!([{"id": 5}]))).await;
+    eventually(Duration::from_secs(30), "fifo-a committed every row", || async {
+        (committed_offset(&c, "default", "fifo-a").await == Some(last)).then_some(())
+    })
+    .await;
+    let got = server.drain(&url).await;
+    let mut ids: Vec<i64> = got.iter().map(|m| m.body["payload"]["id"].as_i64().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, (0..6).collect::<Vec<_>>(), "every row once");
+}

@@ -25,8 +25,9 @@ use super::{borrow, report, WorkerLink, START_RETRY};
 use crate::backoff::{jitter, Backoff};
 use crate::catalog::dead_letters::{self, DeadLetter};
 use crate::catalog::offsets;
+use crate::catalog::pipelines;
 use crate::catalog::pool::Work;
-use crate::config::{DeltaMode, Direction, ForwardSpec};
+use crate::config::{DeltaMode, Direction, ForwardSpec, PipelineSpec, SinkConfig};
 use crate::error::report as report_error;
 use crate::message::envelope::{Column, Envelope, EnvelopeFacts, EnvelopeSpec};
 use crate::message::outbox_row_ref;
@@ -242,6 +243,9 @@ async fn prepare(
     let table = OutboxTable::resolve(client, &spec.outbox)
         .await
         .map_err(|e| SetupError::Retry { message: e.to_string(), transient: false })?;
+    if let Some(message) = shared_fifo_queue(client, spec, &table).await {
+        return Err(SetupError::Retry { message, transient: false });
+    }
     let columns = if matches!(spec.envelope, EnvelopeSpec::Debezium { schemas: true, .. }) {
         let columns =
             crate::outbox::stream_table_columns(client, &table, spec.keep_internal_columns).await.map_err(|e| {
@@ -304,6 +308,38 @@ async fn build_sink(
     sink::build(&spec.sink, &sink_ctx)
         .await
         .map_err(|e| SetupError::Retry { transient: e.is_transient(), message: report_error(&e) })
+}
+
+/// Another enabled forward pipeline relaying the same outbox into the same SQS FIFO queue. SQS
+/// drops a message whose deduplication id (the row's dedup key) it saw within 5 minutes and
+/// reports it sent, so each of the two would silently lose the rows the other sent first: both
+/// stop, saying so. A catalog that cannot be read skips the check (it runs again at each start).
+pub(crate) async fn shared_fifo_queue(client: &Client, spec: &ForwardSpec, table: &OutboxTable) -> Option<String> {
+    let SinkConfig::Sqs(sqs) = &spec.sink.config else { return None };
+    let queue = sqs.client.queue_url.as_str();
+    if !queue.ends_with(".fifo") {
+        return None;
+    }
+    let rows = pipelines::list(client).await.ok()?;
+    for row in rows.iter().filter(|r| r.enabled && r.direction == Direction::Forward && r.name != spec.name) {
+        let Ok(PipelineSpec::Forward(other)) = row.parse() else { continue };
+        let same_queue = matches!(&other.sink.config, SinkConfig::Sqs(o) if o.client.queue_url.as_str() == queue);
+        if !same_queue {
+            continue;
+        }
+        let Ok(theirs) = OutboxTable::resolve(client, &other.outbox).await else { continue };
+        if theirs.qualified() == table.qualified() {
+            return Some(format!(
+                "pipeline '{}' relays the same outbox {} into the same SQS FIFO queue {queue}: SQS drops a message \
+                 whose MessageDeduplicationId (the row's dedup key) it saw in the last 5 minutes and reports it sent, \
+                 so each pipeline would lose the rows the other sent first. Give each pipeline its own queue (or \
+                 disable one)",
+                other.name,
+                table.qualified()
+            ));
+        }
+    }
+    None
 }
 
 /// What the pipeline's templates can name, for its resolved outbox.
