@@ -185,9 +185,10 @@ async fn check_cmd(url: &str) -> anyhow::Result<ExitCode> {
             Ok(PipelineSpec::Forward(spec)) if !spec.conflicts.is_empty() => Err(spec.conflicts.join("; ")),
             Ok(PipelineSpec::Forward(spec)) => match OutboxTable::resolve(&conn.client, &spec.outbox).await {
                 Ok(t) => {
-                    let shared = match row.enabled {
-                        true => crate::pipeline::forward::shared_fifo_queue(&conn.client, &spec, &t).await,
-                        false => None,
+                    let shared = if row.enabled {
+                        crate::pipeline::forward::shared_fifo_queue(&conn.client, &spec, &t).await
+                    } else {
+                        None
                     };
                     let names = crate::pipeline::forward::template_names(&spec, &t);
                     let envelope = crate::pipeline::forward::envelope_of(&spec, &names, &[]);

@@ -31,18 +31,18 @@ const BACKEND: &str = "nats";
 
 pub struct NatsSink {
     client: async_nats::Client,
-    js: jetstream::Context,
     /// Outstanding acknowledgements across `publish` calls: the next batch is sent while the
     /// previous one is still being acknowledged.
     window: AckWindow,
     envelope: Envelope,
     /// `<pipeline>/` when `msg_id` is `pipeline`: prefixed to every `Nats-Msg-Id`.
     msg_id_prefix: Option<String>,
-    /// Reads the original of a message acknowledged as a duplicate (shared by the ack futures).
+    /// The JetStream context, shared with the ack futures (which read the original of a message
+    /// acknowledged as a duplicate).
     originals: Arc<Originals>,
 }
 
-/// What [`check_duplicate`] reads originals with.
+/// What the sink publishes with and [`check_duplicate`] reads originals with.
 struct Originals {
     js: jetstream::Context,
     pipeline: String,
@@ -66,11 +66,10 @@ pub async fn build(cfg: &NatsSinkConfig, ctx: &SinkContext<'_>) -> Result<Box<dy
     Ok(Box::new(NatsSink {
         client,
         originals: Arc::new(Originals {
-            js: js.clone(),
+            js,
             pipeline: ctx.pipeline.to_owned(),
             unreadable_logged: AtomicBool::new(false),
         }),
-        js,
         window: AckWindow::new(window),
         envelope: ctx.envelope.clone(),
         msg_id_prefix,
@@ -239,6 +238,7 @@ impl Sink for NatsSink {
                 let body = self.envelope.body(m);
                 let subject = Subject::from(m.subject.clone());
                 let ack = self
+                    .originals
                     .js
                     .publish_with_headers(subject.clone(), self.headers(m), body.into())
                     .await
